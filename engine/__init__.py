@@ -1,0 +1,10 @@
+"""UniGeo engine: runs the five ONNX encoders, tiles rasters, stores embeddings, answers queries.
+
+It depends on numpy, onnxruntime, tokenizers, rasterio, pyproj and shapely only; never on torch
+or qgis (a test enforces this). Imports inside the package are relative, so the same code works
+as the top-level ``engine`` package and as ``<plugin>.engine`` inside QGIS.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""Runtime dependencies of the plugin inside QGIS: check, explain, and install them privately.
+
+QGIS runs the system Python, not the project's .venv, so onnxruntime and tokenizers are
+installed into a folder of the QGIS profile (``python/dependencies/unigeo``) with pip's
+``--target``, and that folder is put on ``sys.path`` before the engine is imported. numpy is
+never installed there: the system numpy (1.x) must stay, Debian's GDAL bindings need it.
+
+Also a command-line tool (``python3 plugin/deps.py --install``) used by ``make qgis``.
+This module imports nothing from qgis at top level so it also runs outside QGIS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# Import name -> pip requirement. Kept in step with the "engine" extra in pyproject.toml.
+REQUIREMENTS = {
+    "onnxruntime": "onnxruntime>=1.17,<2",
+    "tokenizers": "tokenizers>=0.15,<1",
+    "pyproj": "pyproj>=3.4,<4",
+    "shapely": "shapely>=2.0,<3",
+}
+DEPS_SUBDIR = ("python", "dependencies", "unigeo")
+
+
+def deps_dir(profile_dir: str | Path | None = None) -> Path:
+    """The private dependency folder of the given (default: the running) QGIS profile."""
+    if profile_dir is None:
+        from qgis.core import QgsApplication
+
+        profile_dir = QgsApplication.qgisSettingsDirPath()
+    return Path(profile_dir).joinpath(*DEPS_SUBDIR)
+
+
+def activate(profile_dir: str | Path | None = None) -> None:
+    """Put the private dependency folder on ``sys.path`` (after the system's numpy)."""
+    try:
+        d = deps_dir(profile_dir)
+    except ImportError:
+        return
+    if d.is_dir() and str(d) not in sys.path:
+        sys.path.append(str(d))
+
+
+def missing() -> list[str]:
+    """Import names of the runtime dependencies that cannot be found."""
+    return [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
+
+
+def python_executable() -> str:
+    """The Python interpreter QGIS embeds (``sys.executable`` is the qgis binary there)."""
+    exe = Path(sys.executable)
+    if exe.name.startswith("python"):
+        return str(exe)
+    for cand in (Path(sys.base_prefix) / "bin" / "python3", Path(shutil.which("python3") or "")):
+        if cand.name and cand.exists():
+            return str(cand)
+    return "python3"
+
+
+def install_command(target: Path, names: list[str] | None = None) -> list[str]:
+    """The exact pip command that installs the dependencies into ``target``."""
+    import numpy
+
+    reqs = [REQUIREMENTS[n] for n in (names or list(REQUIREMENTS))]
+    return [
+        python_executable(), "-m", "pip", "install", "--disable-pip-version-check",
+        "--upgrade", "--target", str(target), f"numpy=={numpy.__version__}", *reqs,
+    ]
+
+
+def install(target: Path, names: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run :func:`install_command`, then drop numpy from ``target`` so the system one is used."""
+    target.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(install_command(target, names), capture_output=True, text=True)
+    if proc.returncode == 0:
+        for p in target.iterdir():
+            if p.name == "numpy" or p.name.startswith(("numpy-", "numpy.libs")):
+                shutil.rmtree(p, ignore_errors=True)
+            if p.name == "bin":
+                shutil.rmtree(p, ignore_errors=True)
+    return proc
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--install", action="store_true", help="install the missing dependencies")
+    ap.add_argument("--profile-dir", required=True, help="the QGIS profile folder")
+    a = ap.parse_args(argv)
+    target = deps_dir(a.profile_dir)
+    activate(a.profile_dir)
+    miss = missing()
+    if not miss:
+        print(f"deps: all runtime dependencies importable (private folder: {target})")
+        return 0
+    print(f"deps: missing {miss}; install command:\n  {' '.join(install_command(target, miss))}")
+    if not a.install:
+        return 1
+    proc = install(target, miss)
+    sys.stdout.write(proc.stdout[-2000:])
+    sys.stderr.write(proc.stderr[-4000:])
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PIP_NO_INPUT", "1")
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The "UniGeo" Processing provider and its algorithms."""

@@ -1,0 +1,42 @@
+"""Shared test fixtures: paths to the repo and the shared real data, and the plugin package alias."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SLUG = "unigeo"
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def load_plugin_package():
+    """Import the repository root as the package ``unigeo``, as QGIS does with the plugin folder."""
+    if SLUG in sys.modules:
+        return sys.modules[SLUG]
+    spec = importlib.util.spec_from_file_location(
+        SLUG, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[SLUG] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real rasters of ../shared/data; tests that need them skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def plugin_package():
+    return load_plugin_package()
