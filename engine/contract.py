@@ -180,7 +180,9 @@ class EncoderSpec:
             raise _fail(where, f"embedding dim {self.dim} is out of range")
         want = INPUT_NAMES[self.modality]
         if tuple(self.inputs) != want:
-            raise _fail(where, f"{self.modality.value} inputs must be {list(want)}, got {list(self.inputs)}")
+            raise _fail(
+                where, f"{self.modality.value} inputs must be {list(want)}, got {list(self.inputs)}"
+            )
         for name, shape in self.inputs.items():
             if not shape or shape[0] != BATCH_AXIS:
                 raise _fail(where, f"input '{name}' must start with the '{BATCH_AXIS}' axis")
@@ -318,7 +320,9 @@ class BundleSpec:
     def from_dict(cls, d: Any, where: str = BUNDLE_FILE) -> BundleSpec:
         fv = _need(d, "format_version", int, where)
         if not 1 <= fv <= FORMAT_VERSION:
-            raise _fail(where, f"format version {fv} is not supported (engine supports 1..{FORMAT_VERSION})")
+            raise _fail(
+                where, f"format version {fv} is not supported (engine supports 1..{FORMAT_VERSION})"
+            )
         enc: dict[Modality, str] = {}
         for k, v in _need(d, "encoders", dict, where).items():
             try:
@@ -326,7 +330,9 @@ class BundleSpec:
             except ValueError:
                 raise _fail(where, f"unknown modality '{k}' in encoders") from None
             if not isinstance(v, str) or not _safe_name(v):
-                raise _fail(where, f"encoder file for '{k}' must be a plain file name inside the bundle")
+                raise _fail(
+                    where, f"encoder file for '{k}' must be a plain file name inside the bundle"
+                )
             enc[m] = v
         if not enc:
             raise _fail(where, "the bundle lists no encoders")
@@ -335,12 +341,18 @@ class BundleSpec:
         if not isinstance(raw_prompts, dict):
             raise _fail(where, "'class_prompts' must be an object")
         for k, v in raw_prompts.items():
-            if not isinstance(v, list) or not v or not all(isinstance(p, str) and p.strip() for p in v):
+            if (
+                not isinstance(v, list)
+                or not v
+                or not all(isinstance(p, str) and p.strip() for p in v)
+            ):
                 raise _fail(where, f"class '{k}' needs a non-empty list of prompts")
             prompts[str(k)] = tuple(v)
         templates = d.get("prompt_templates", ["{}"])
-        if not isinstance(templates, list) or not templates or not all(
-            isinstance(t, str) and t.count("{}") == 1 for t in templates
+        if (
+            not isinstance(templates, list)
+            or not templates
+            or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
         ):
             raise _fail(where, "'prompt_templates' must be strings each holding one '{}'")
         prov = d.get("provenance", {})
@@ -363,7 +375,9 @@ class BundleSpec:
             class_colors={str(k): str(v) for k, v in colors.items()},
             prompt_templates=tuple(templates),
             provenance={str(k): str(v) for k, v in prov.items()},
-            training_domain=TrainingDomain.from_dict(d.get("training_domain", {"bboxes": []}), where),
+            training_domain=TrainingDomain.from_dict(
+                d.get("training_domain", {"bboxes": []}), where
+            ),
             description=str(d.get("description", "")),
             format_version=fv,
         )
@@ -372,7 +386,9 @@ class BundleSpec:
     def read(cls, folder: str | Path) -> BundleSpec:
         path = Path(folder) / BUNDLE_FILE
         if not path.is_file():
-            raise ModelContractError(f"no {BUNDLE_FILE} in {folder}: is this a UniGeo model bundle?")
+            raise ModelContractError(
+                f"no {BUNDLE_FILE} in {folder}: is this a UniGeo model bundle?"
+            )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError) as e:

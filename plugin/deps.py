@@ -69,8 +69,16 @@ def install_command(target: Path, names: list[str] | None = None) -> list[str]:
 
     reqs = [REQUIREMENTS[n] for n in (names or list(REQUIREMENTS))]
     return [
-        python_executable(), "-m", "pip", "install", "--disable-pip-version-check",
-        "--upgrade", "--target", str(target), f"numpy=={numpy.__version__}", *reqs,
+        python_executable(),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--upgrade",
+        "--target",
+        str(target),
+        f"numpy=={numpy.__version__}",
+        *reqs,
     ]
 
 

@@ -9,8 +9,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = (
-    "name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-    "repository", "hasProcessingProvider", "tracker", "icon", "category",
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "repository",
+    "hasProcessingProvider",
+    "tracker",
+    "icon",
+    "category",
 )
 
 
@@ -45,7 +55,9 @@ def test_root_init_only_defines_classfactory():
 
 
 def test_package_zip_has_runtime_files_only(tmp_path):
-    r = subprocess.run(["bash", "scripts/package.sh", "unigeo"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", "scripts/package.sh", "unigeo"], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     zips = sorted((ROOT / "dist").glob("unigeo-*.zip"))
     assert zips
