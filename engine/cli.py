@@ -80,7 +80,9 @@ def cmd_info(args) -> int:
         model.encoder_session(m)  # really load it: info validates every encoder
         shapes = ", ".join(f"{k}{v}" for k, v in s.inputs.items())
         prov = b.provenance.get(m.value, "?")
-        print(f"  {m.value:<10} ok   inputs {shapes}  gsd {s.preprocess.gsd_m or '-'} m  data: {prov}")
+        print(
+            f"  {m.value:<10} ok   inputs {shapes}  gsd {s.preprocess.gsd_m or '-'} m  data: {prov}"
+        )
     rep = model.provider_report()
     print(f"provider {rep.active}  threads {rep.threads}  device {rep.device}")
     if rep.fallback_reason:
@@ -106,24 +108,36 @@ def cmd_embed(args) -> int:
     reader = RasterioReader(args.raster, bands=bands, scale=args.scale)
     extent = _floats(args.extent, 4, "--extent") if args.extent else None
     grid = grid_for_raster(
-        reader, model.spec(modality).preprocess, stride_px=args.stride, extent=extent,
-        extent_crs=args.extent_crs, max_tiles=args.max_tiles,
+        reader,
+        model.spec(modality).preprocess,
+        stride_px=args.stride,
+        extent=extent,
+        extent_crs=args.extent_crs,
+        max_tiles=args.max_tiles,
     )
     print(f"grid     {grid.rows}×{grid.cols} tiles at {grid.gsd:g} m, CRS {_crs_name(grid.crs)}")
     bar, update = _progress_bar("embed")
     t0 = time.perf_counter()
     try:
         store = embed_raster(
-            model, reader, grid, args.out, modality=modality, batch_size=args.batch_size,
-            progress=update, resume=not args.no_resume,
+            model,
+            reader,
+            grid,
+            args.out,
+            modality=modality,
+            batch_size=args.batch_size,
+            progress=update,
+            resume=not args.no_resume,
         )
     finally:
         bar.close()
     dt = time.perf_counter() - t0
     n_valid = int(store.valid.sum())
     rep = model.provider_report()
-    print(f"store    {args.out}  ({n_valid}/{grid.n_tiles} valid tiles, {dt:.1f} s, "
-          f"{grid.n_tiles / max(dt, 1e-9):.1f} tiles/s, provider {rep.active})")
+    print(
+        f"store    {args.out}  ({n_valid}/{grid.n_tiles} valid tiles, {dt:.1f} s, "
+        f"{grid.n_tiles / max(dt, 1e-9):.1f} tiles/s, provider {rep.active})"
+    )
     return 0
 
 
@@ -163,7 +177,14 @@ def build_query(args, store, model):
         parts.append((Q.text_query(model, t), True))
     for pt in args.point:
         x, y = _floats(pt, 2, "--point")
-        parts.append((Q.point_query(store, x, y, crs=args.point_crs, gps_weight=args.gps_weight, model=model), False))
+        parts.append(
+            (
+                Q.point_query(
+                    store, x, y, crs=args.point_crs, gps_weight=args.gps_weight, model=model
+                ),
+                False,
+            )
+        )
     for pt in args.negative_point:
         x, y = _floats(pt, 2, "--negative-point")
         parts.append((Q.point_query(store, x, y, crs=args.point_crs, model=model), True))
@@ -216,8 +237,13 @@ def cmd_heatmap(args) -> int:
     store = _open_store(args, model)
     query = build_query(args, store, model)
     scores = similarity(store, query.vector())
-    write_heatmap(args.out, store, scores, percentiles=not args.no_percentile,
-                  provenance=_provenance(args, model, query))
+    write_heatmap(
+        args.out,
+        store,
+        scores,
+        percentiles=not args.no_percentile,
+        provenance=_provenance(args, model, query),
+    )
     warn = domain_warning(store, model.bundle.training_domain)
     if warn:
         print(f"warning  {warn}")
@@ -233,10 +259,17 @@ def cmd_hits(args) -> int:
     query = build_query(args, store, model)
     scores = similarity(store, query.vector())
     hits = top_k(store, scores, args.k, min_distance_tiles=args.min_distance)
-    write_hits(args.out, hits, store.grid.crs, as_polygons=args.polygons,
-               provenance=_provenance(args, model, query))
+    write_hits(
+        args.out,
+        hits,
+        store.grid.crs,
+        as_polygons=args.polygons,
+        provenance=_provenance(args, model, query),
+    )
     for h in hits[:5]:
-        print(f"  #{h.rank:<3} score {h.score:.3f}  pct {h.percentile:5.1f}  at {h.x:.1f}, {h.y:.1f}")
+        print(
+            f"  #{h.rank:<3} score {h.score:.3f}  pct {h.percentile:5.1f}  at {h.x:.1f}, {h.y:.1f}"
+        )
     print(f"hits     {args.out}  ({len(hits)} places)")
     return 0
 
@@ -254,17 +287,28 @@ def cmd_classify(args) -> int:
             raise InputError(f"--classes must be a JSON file {{class: [prompts]}}: {e}") from None
     result = C.zero_shot(store, model, class_prompts=prompts)
     conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
-    C.write_classification(args.out, conf, store, result, provenance={
-        "model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash,
-        "classes": ", ".join(result.classes), "method": "zero-shot"})
+    C.write_classification(
+        args.out,
+        conf,
+        store,
+        result,
+        provenance={
+            "model": f"{model.bundle.name} {model.bundle.version}",
+            "model_hash": model.model_hash,
+            "classes": ", ".join(result.classes),
+            "method": "zero-shot",
+        },
+    )
     print(f"classes  {args.out}\nconfid.  {conf}")
     return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m engine", description="UniGeo engine: embed rasters, query them, classify.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m engine",
+        description="UniGeo engine: embed rasters, query them, classify.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -276,20 +320,30 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--provider", default=None, help="auto (default), cpu, cuda or tensorrt")
         p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
 
-    p = sub.add_parser("info", help="validate a bundle and show its encoders and provider",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "info",
+        help="validate a bundle and show its encoders and provider",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="model bundle folder")
     p.add_argument("--provider", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("embed", help="embed a raster into a store (resumable)", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "embed",
+        help="embed a raster into a store (resumable)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("raster")
     common(p, store=False)
     p.add_argument("--out", required=True, help="store folder to write")
     p.add_argument("--modality", default="aerial", choices=["aerial", "dsm"])
-    p.add_argument("--bands", default=None, help="1-based band indices in model order, e.g. 1,2,3,4")
+    p.add_argument(
+        "--bands", default=None, help="1-based band indices in model order, e.g. 1,2,3,4"
+    )
     p.add_argument("--scale", default="dtype", help="dtype (uint8/255), percentile, or a number")
     p.add_argument("--stride", type=int, default=None, help="tile stride in pixels (default: tile)")
     p.add_argument("--extent", default=None, help="minx,miny,maxx,maxy (default: whole raster)")
@@ -299,16 +353,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("heatmap", help="similarity heatmap GeoTIFF for a query", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "heatmap",
+        help="similarity heatmap GeoTIFF for a query",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common(p)
     p.add_argument("--out", required=True, help="GeoTIFF to write")
     p.add_argument("--no-percentile", action="store_true", help="only the raw cosine band")
     _add_query_args(p)
     p.set_defaults(func=cmd_heatmap)
 
-    p = sub.add_parser("hits", help="top-k similar places as GeoPackage/GeoJSON", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "hits",
+        help="top-k similar places as GeoPackage/GeoJSON",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common(p)
     p.add_argument("--out", required=True, help=".gpkg or .geojson")
     p.add_argument("--k", type=int, default=20)
@@ -317,25 +379,36 @@ def make_parser() -> argparse.ArgumentParser:
     _add_query_args(p)
     p.set_defaults(func=cmd_hits)
 
-    p = sub.add_parser("classify", help="zero-shot land-use classification", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "classify",
+        help="zero-shot land-use classification",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common(p)
     p.add_argument("--out", required=True, help="class GeoTIFF (paletted)")
     p.add_argument("--confidence", default=None, help="confidence GeoTIFF")
-    p.add_argument("--classes", default=None, help="JSON {class: [prompts]} (default: the bundle's)")
+    p.add_argument(
+        "--classes", default=None, help="JSON {class: [prompts]} (default: the bundle's)"
+    )
     p.set_defaults(func=cmd_classify)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: a resumable partial store is kept; rerun the same command", file=sys.stderr)
+        print(
+            "interrupted: a resumable partial store is kept; rerun the same command",
+            file=sys.stderr,
+        )
         return 130

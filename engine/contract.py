@@ -226,10 +226,13 @@ class EncoderSpec:
                 (isinstance(s, int) and not isinstance(s, bool)) or s == BATCH_AXIS for s in v
             ):
                 raise _fail(where, f"input '{k}' shape must be a list of ints and '{BATCH_AXIS}'")
+        # JSON objects are unordered (to_json even sorts keys): restore the contract's order.
+        want = INPUT_NAMES[modality]
+        order = [k for k in want if k in inputs] + [k for k in inputs if k not in want]
         spec = cls(
             modality=modality,
             dim=_need(d, "dim", int, where),
-            inputs={str(k): list(v) for k, v in inputs.items()},
+            inputs={str(k): list(inputs[k]) for k in order},
             preprocess=Preprocess.from_dict(_need(d, "preprocess", dict, where), where),
             model_name=str(d.get("model_name", "unigeo")),
             model_version=str(d.get("model_version", "0")),

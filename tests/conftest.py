@@ -40,3 +40,11 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def plugin_package():
     return load_plugin_package()
+
+
+@pytest.fixture(scope="session")
+def analytic_bundle(tmp_path_factory) -> Path:
+    """A five-tower bundle with analytic encoders (see tests/fixtures/analytic_bundle.py)."""
+    from tests.fixtures.analytic_bundle import make_analytic_bundle
+
+    return make_analytic_bundle(tmp_path_factory.mktemp("analytic_bundle"))
