@@ -25,14 +25,26 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():
+        if tmp_path.is_file():
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
+            # mkstemp creates 0600 files; outputs get the usual umask-based mode instead.
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask is process-wide, so toggling it later would race other threads.
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -1,0 +1,325 @@
+"""Land-use classification of an embedding store: zero-shot from prompts, few-shot from polygons.
+
+* Zero-shot: each class prototype is the normalised mean of its prompt embeddings (text tower);
+  each tile takes the class of highest cosine.
+* Few-shot ("prototype"): prototypes are the normalised mean tile embedding per labelled class.
+* Few-shot ("logreg"): multinomial logistic regression with L2, fitted in numpy by deterministic
+  full-batch gradient descent (Nesterov momentum) on standardised embeddings.
+
+Confidence is the softmax probability of the chosen class. For cosine classifiers the logits are
+``cos / temperature`` with ``DEFAULT_TEMPERATURE = 0.01``: CLIP-style models are trained with a
+logit scale of about 100, so this reproduces the probabilities the model was trained to output.
+``confidence="margin"`` gives the cosine gap between the best and second-best class instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .contract import Modality
+from .errors import InputError
+from .geo_io import hex_to_rgba, write_grid_raster
+from .query import tiles_in_polygon
+from .similarity import chunked_dot
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
+
+    from .model import UniGeoModel
+    from .store import EmbeddingStore
+
+DEFAULT_TEMPERATURE = 0.01
+NODATA_CLASS = -1  # in Classification.class_raster
+FILE_NODATA = 255  # in the written uint8 class raster
+# Used when the bundle names no colour for a class (Tableau 10, readable on imagery).
+PALETTE = "#4e79a7 #f28e2b #e15759 #76b7b2 #59a14f #edc948 #b07aa1 #ff9da7 #9c755f #bab0ac".split()
+
+
+@dataclass
+class Classification:
+    """A per-tile class map with its confidence."""
+
+    classes: list[str]  # class names; index i is value i in class_raster
+    class_raster: np.ndarray  # int16 [rows, cols], -1 = nodata
+    confidence: np.ndarray  # float32 [rows, cols], NaN = nodata
+    colors: list[str]  # "#rrggbb" per class
+    method: str = ""  # "zero-shot", "prototype" or "logreg"
+    params: dict[str, Any] = field(default_factory=dict)  # settings, for provenance
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """Logits = x @ weight + bias; ``cosine`` marks unit-norm prototype weights."""
+
+    weight: np.ndarray  # [D, C] float32
+    bias: np.ndarray  # [C] float32
+    cosine: bool
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
+
+
+def _normalise_rows(m: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(m, axis=-1, keepdims=True)
+    if np.any(n == 0):
+        raise InputError("a class prototype is a zero vector; check its prompts or examples")
+    return (m / n).astype(np.float32)
+
+
+def _apply(
+    store: EmbeddingStore,
+    lin: _Linear,
+    temperature: float,
+    confidence: str,
+    progress: Callable[[float], None] | None,
+    is_canceled: Callable[[], bool] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a linear classifier over the store in chunks: (class int16, confidence float32)."""
+    if confidence not in ("softmax", "margin"):
+        raise InputError(f"confidence must be 'softmax' or 'margin', got '{confidence}'")
+    if confidence == "margin" and lin.weight.shape[1] < 2:
+        raise InputError("a margin needs at least two classes")
+    shape = store.embeddings.shape[:2]
+    cls = np.empty(shape, dtype=np.int16)
+    conf = np.empty(shape, dtype=np.float32)
+    for r0, r1, logits in chunked_dot(store, lin.weight, None, progress, is_canceled):
+        logits += lin.bias
+        cls[r0:r1] = np.argmax(logits, axis=-1)
+        if confidence == "margin":
+            top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+            conf[r0:r1] = top2[..., 1] - top2[..., 0]
+        else:
+            scale = 1.0 / temperature if lin.cosine else 1.0
+            conf[r0:r1] = _softmax(logits * np.float32(scale)).max(axis=-1)
+    valid = np.asarray(store.valid, dtype=bool)
+    cls[~valid] = NODATA_CLASS
+    conf[~valid] = np.nan
+    return cls, conf
+
+
+def _colors(classes: list[str], named: Mapping[str, str] | None) -> list[str]:
+    named = named or {}
+    out = []
+    for i, c in enumerate(classes):
+        col = named.get(c) or PALETTE[i % len(PALETTE)]
+        hex_to_rgba(col)  # fail early on a malformed bundle colour
+        out.append(col)
+    return out
+
+
+def zero_shot(
+    store: EmbeddingStore,
+    model: UniGeoModel,
+    class_prompts: Mapping[str, list[str]] | None = None,
+    templates: list[str] | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    confidence: str = "softmax",
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+) -> Classification:
+    """Classify every tile by the closest class prototype built from text prompts.
+
+    Args:
+        store: The embedding store.
+        model: The model (needs a text encoder); its bundle gives default prompts, templates
+            and colours.
+        class_prompts: Class name -> prompts (default: ``model.bundle.class_prompts``).
+        templates: Prompt templates with one ``{}`` (default: the bundle's).
+        temperature: Softmax temperature on cosine logits (see module docstring).
+        confidence: ``"softmax"`` (probability of the chosen class) or ``"margin"``.
+        progress: Called with the fraction done.
+        is_canceled: Polled between chunks.
+    """
+    if model is None or not model.has(Modality.TEXT):
+        raise InputError("zero-shot classification needs a model with a text encoder")
+    prompts = dict(class_prompts if class_prompts is not None else model.bundle.class_prompts)
+    if len(prompts) < 2:
+        raise InputError("zero-shot classification needs at least two classes with prompts")
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0, got {temperature}")
+    tmpl = list(templates) if templates is not None else list(model.bundle.prompt_templates)
+    protos = []
+    for name, plist in prompts.items():
+        plist = [p for p in plist if isinstance(p, str) and p.strip()]
+        if not plist:
+            raise InputError(f"class '{name}' has no prompts")
+        emb = np.asarray(model.encode_text(plist, templates=tmpl), dtype=np.float32)
+        protos.append(_normalise_rows(emb).mean(axis=0))
+    weight = _normalise_rows(np.stack(protos)).T
+    lin = _Linear(weight, np.zeros(weight.shape[1], np.float32), cosine=True)
+    cls, conf = _apply(store, lin, temperature, confidence, progress, is_canceled)
+    classes = list(prompts)
+    return Classification(
+        classes,
+        cls,
+        conf,
+        _colors(classes, model.bundle.class_colors),
+        "zero-shot",
+        {
+            "temperature": temperature,
+            "confidence": confidence,
+            "templates": tmpl,
+            "class_prompts": {k: list(v) for k, v in prompts.items()},
+        },
+    )
+
+
+def gather_examples(
+    store: EmbeddingStore,
+    polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
+    crs: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Tile embeddings under labelled polygons: ``(X [n, D] float32, y [n] int, classes)``."""
+    by_class: dict[str, list[np.ndarray]] = {}
+    for geom, label in polygons_with_labels:
+        rows, cols = tiles_in_polygon(store, geom, crs)
+        vecs = np.asarray(store.embeddings[rows, cols], dtype=np.float32)
+        by_class.setdefault(str(label), []).append(vecs.reshape(-1, store.dim))
+    classes = sorted(by_class)
+    xs = [np.concatenate(by_class[c]) for c in classes]
+    y = np.concatenate([np.full(len(x), i) for i, x in enumerate(xs)]) if xs else np.empty(0)
+    x = np.concatenate(xs) if xs else np.empty((0, store.dim), np.float32)
+    return x, y.astype(np.int64), classes
+
+
+def fit_logreg(
+    x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, iters: int = 300
+) -> _Linear:
+    """Multinomial logistic regression by Nesterov gradient descent, folded into raw-x weights.
+
+    Features are standardised first (embedding dims have tiny, uneven spreads), classes are
+    weighted inversely to their tile count so one large polygon does not swamp the others, and
+    the start is all zeros, so the fit is deterministic.
+    """
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = ((x - mu) / sd).astype(np.float64)
+    n, d = z.shape
+    onehot = np.eye(n_classes)[y]
+    sw = (n / (n_classes * np.bincount(y, minlength=n_classes)))[y][:, None]
+    # step 1/L, L bounding the gradient's Lipschitz constant (the +n accounts for the bias)
+    lr = 1.0 / (0.5 * (np.linalg.norm(z, ord=2) ** 2 + n) * sw.max() / n + l2)
+    w, b = np.zeros((d, n_classes)), np.zeros(n_classes)
+    vw, vb = w.copy(), b.copy()
+    for t in range(iters):
+        mom = t / (t + 3.0)
+        lw, lb = w + mom * vw, b + mom * vb
+        g = sw * (_softmax(z @ lw + lb) - onehot) / n
+        gw, gb = z.T @ g + l2 * lw, g.sum(axis=0)
+        vw, vb = mom * vw - lr * gw, mom * vb - lr * gb
+        w, b = w + vw, b + vb
+    weight = w / sd[:, None]
+    return _Linear(weight.astype(np.float32), (b - (mu / sd) @ w).astype(np.float32), False)
+
+
+def from_examples(
+    store: EmbeddingStore,
+    polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
+    method: str = "prototype",
+    crs: str | None = None,
+    min_tiles_per_class: int = 2,
+    temperature: float = DEFAULT_TEMPERATURE,
+    l2: float = 1e-2,
+    colors: Mapping[str, str] | None = None,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+) -> Classification:
+    """Few-shot classification from labelled polygons (class = label).
+
+    Args:
+        store: The embedding store.
+        polygons_with_labels: ``(polygon, label)`` pairs; the valid tiles whose centre lies
+            inside a polygon are that label's examples.
+        method: ``"prototype"`` (nearest class mean, cosine) or ``"logreg"``.
+        crs: CRS of the polygons (default: the store's).
+        min_tiles_per_class: Fewest example tiles a class needs.
+        temperature: Softmax temperature of the prototype method.
+        l2: L2 penalty of the logistic regression.
+        colors: Optional class -> "#rrggbb".
+        progress: Called with the fraction done.
+        is_canceled: Polled between chunks.
+    """
+    if method not in ("prototype", "logreg"):
+        raise InputError(f"method must be 'prototype' or 'logreg', got '{method}'")
+    x, y, classes = gather_examples(store, polygons_with_labels, crs)
+    counts = np.bincount(y, minlength=len(classes))
+    if len(classes) < 2:
+        raise InputError("few-shot classification needs labelled polygons of at least two classes")
+    few = [f"{c} ({n})" for c, n in zip(classes, counts, strict=True) if n < min_tiles_per_class]
+    if few:
+        raise InputError(
+            f"too few example tiles for {', '.join(few)}; each class needs at least "
+            f"{min_tiles_per_class}: draw larger polygons or add more"
+        )
+    if method == "prototype":
+        protos = np.stack([x[y == i].mean(axis=0) for i in range(len(classes))])
+        lin = _Linear(_normalise_rows(protos).T, np.zeros(len(classes), np.float32), True)
+    else:
+        lin = fit_logreg(x, y, len(classes), l2=l2)
+    cls, conf = _apply(store, lin, temperature, "softmax", progress, is_canceled)
+    params = {"method": method, "examples": dict(zip(classes, counts.tolist(), strict=True))}
+    params.update({"temperature": temperature} if method == "prototype" else {"l2": l2})
+    return Classification(classes, cls, conf, _colors(classes, colors), method, params)
+
+
+def write_classification(
+    class_path: str | Path,
+    conf_path: str | Path,
+    store: EmbeddingStore,
+    result: Classification,
+    provenance: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write a paletted uint8 class GeoTIFF (255 = nodata) and a float32 confidence GeoTIFF.
+
+    The class raster carries a GDAL colour table and the class names as band tags
+    (``CLASS_<i>=<name>``); both files carry the provenance. Either both files are replaced or
+    neither is.
+    """
+    n = len(result.classes)
+    if not 1 <= n < FILE_NODATA:
+        raise InputError(f"can write 1..{FILE_NODATA - 1} classes, got {n}")
+    cls = np.asarray(result.class_raster)
+    out = np.where(cls < 0, FILE_NODATA, cls).astype(np.uint8)
+    cmap = {i: hex_to_rgba(c) for i, c in enumerate(result.colors)}
+    cmap[FILE_NODATA] = (0, 0, 0, 0)
+    names = {f"CLASS_{i}": name for i, name in enumerate(result.classes)}
+    prov = {
+        "model_hash": getattr(store, "model_hash", ""),
+        "method": result.method,
+        "classes": result.classes,
+        "params": result.params,
+        **(provenance or {}),
+    }
+    class_path, conf_path = Path(class_path), Path(conf_path)
+    # Write both to temporaries first: a failure in either leaves both targets untouched.
+    with atomic_path(class_path, suffix=".tif") as tmp_cls, atomic_path(conf_path, ".tif") as tmp_c:
+        write_grid_raster(
+            tmp_cls,
+            store.grid,
+            [out],
+            dtype="uint8",
+            nodata=FILE_NODATA,
+            descriptions=["land-use class"],
+            band_tags=[names],
+            provenance=prov,
+            colormap=cmap,
+        )
+        write_grid_raster(
+            tmp_c,
+            store.grid,
+            [result.confidence],
+            dtype="float32",
+            nodata=float("nan"),
+            descriptions=[f"confidence ({result.method})"],
+            provenance=prov,
+        )
+    return class_path, conf_path

@@ -1,0 +1,1 @@
+"""Tests of engine queries, similarity heatmaps, top-k hits, classification and OOD masks."""
