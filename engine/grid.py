@@ -86,8 +86,19 @@ class TileGrid:
 
     def subgrid(self, bounds: Bounds) -> TileGrid:
         """The part of this grid whose cells intersect ``bounds`` (same CRS, same lattice)."""
+        # clip first: a box much larger than the grid must not trip for_extent's tile cap
+        gx0, gy0, gx1, gy1 = self.bounds
+        bx0, by0, bx1, by1 = (float(b) for b in bounds)
+        if not all(map(math.isfinite, (bx0, by0, bx1, by1))) or not (bx1 > bx0 and by1 > by0):
+            raise InputError(f"extent {bounds} is empty or not finite")
+        box = (max(bx0, gx0), max(by0, gy0), min(bx1, gx1), min(by1, gy1))
+        if not (box[2] > box[0] and box[3] > box[1]):
+            return TileGrid(
+                self.crs, self.gsd, self.tile_px, self.stride_px, self.row0, self.col0, 0, 0,
+                self.origin_x, self.origin_y,
+            )  # fmt: skip
         g = TileGrid.for_extent(
-            self.crs, self.gsd, self.tile_px, self.stride_px, bounds, (self.origin_x, self.origin_y)
+            self.crs, self.gsd, self.tile_px, self.stride_px, box, (self.origin_x, self.origin_y)
         )
         r0, c0 = max(g.row0, self.row0), max(g.col0, self.col0)
         r1 = min(g.row0 + g.rows, self.row0 + self.rows)

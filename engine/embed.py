@@ -1,0 +1,304 @@
+"""The embedding pipeline: raster tiles -> encoder -> embedding store, resumable and cancellable.
+
+Reader threads fetch and preprocess batches of tiles while the calling thread runs inference, so
+reading overlaps inference. At most ``2 * workers`` batches are in flight, so memory stays
+bounded whatever the raster size. Blocks of ``block_tiles`` × ``block_tiles`` tiles are written
+in a fixed row-major order and marked done one by one, which is what makes a cancelled or
+crashed run resumable with byte-identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .contract import EncoderSpec, Modality
+from .errors import CancelledError, InputError, ModelContractError, RasterInputError, StoreError
+from .grid import TileGrid
+from .raster_io import RasterReader
+from .store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+Cell = tuple[int, int]
+
+
+class TileEncoder(Protocol):
+    """The part of ``engine.model.UniGeoModel`` the pipeline uses."""
+
+    dim: int
+    model_hash: str
+
+    def has(self, modality: Modality) -> bool: ...
+
+    def spec(self, modality: Modality) -> EncoderSpec: ...
+
+    def encode_tiles(
+        self, modality: Modality, chips: np.ndarray, batch_size: int = 32
+    ) -> np.ndarray: ...
+
+
+def _check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> EncoderSpec:
+    if modality not in (Modality.AERIAL, Modality.DSM):
+        raise InputError(
+            f"rasters are embedded with the aerial or dsm encoder, not {modality.value}"
+        )
+    if not model.has(modality):
+        raise ModelContractError(f"the model has no {modality.value} encoder; pick another model")
+    spec = model.spec(modality)
+    p = spec.preprocess
+    if grid.tile_px != p.size:
+        raise InputError(
+            f"the grid has {grid.tile_px}-px tiles but the {modality.value} encoder needs "
+            f"{p.size}-px tiles; build the grid with grid_for_raster()"
+        )
+    if p.gsd_m > 0 and abs(grid.gsd - p.gsd_m) > 1e-6 * p.gsd_m:
+        log.warning("grid GSD %.4g differs from the encoder's %.4g m", grid.gsd, p.gsd_m)
+    if grid.n_tiles == 0:
+        raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
+    return spec
+
+
+def _read_batch(
+    reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chips ``[n, C, H, W]`` of ``cells`` and each chip's fraction of NaN values."""
+    size = grid.tile_px
+    chips = np.empty((len(cells), len(bands), size, size), dtype=np.float32)
+    for i, (r, c) in enumerate(cells):
+        tile = reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, size, bands)
+        if tile.shape != chips.shape[1:]:
+            raise RasterInputError(
+                f"the raster reader returned a {tile.shape} chip, expected {chips.shape[1:]}"
+            )
+        chips[i] = tile
+    nodata = np.isnan(chips).reshape(len(cells), -1).mean(axis=1)
+    return chips, nodata
+
+
+def _batches(
+    store: EmbeddingStore, block_ids: Sequence[int], batch_size: int
+) -> Iterator[tuple[int, list[Cell], bool]]:
+    """``(block_id, cells, last_batch_of_block)`` for every remaining block, in a fixed order."""
+    blocks = store.blocks()
+    for bid in block_ids:
+        r0, c0, nr, nc = blocks[bid]
+        cells = [(r0 + i, c0 + j) for i in range(nr) for j in range(nc)]
+        for k in range(0, len(cells), batch_size):
+            yield bid, cells[k : k + batch_size], k + batch_size >= len(cells)
+
+
+def _open_store(
+    store_path: Path,
+    grid: TileGrid,
+    model: TileEncoder,
+    fp: str,
+    meta: dict,
+    block_tiles: int,
+    resume: bool,
+) -> EmbeddingStore:
+    args = (store_path, grid, model.dim, model.model_hash, fp, meta, block_tiles)
+    if resume:
+        return EmbeddingStore.resume(*args, rebuild=True)
+    return EmbeddingStore.create(*args)
+
+
+def _existing(
+    store_path: Path, grid: TileGrid, model: TileEncoder, fp: str
+) -> EmbeddingStore | None:
+    """The finalised store at ``store_path`` if it already holds exactly this job."""
+    if not (store_path / "store.json").is_file():
+        return None
+    try:
+        s = EmbeddingStore.open(store_path)
+    except StoreError:
+        return None
+    same = (s.grid, s.model_hash, s.source_fingerprint) == (grid, model.model_hash, fp)
+    return s if same else None
+
+
+class _Pipeline:
+    """One run over the remaining blocks of a store: reads in threads, inference here."""
+
+    def __init__(
+        self,
+        model: TileEncoder,
+        modality: Modality,
+        reader: RasterReader,
+        store: EmbeddingStore,
+        bands: Sequence[str],
+        batch_size: int,
+        max_nodata: float,
+    ) -> None:
+        self.model, self.modality, self.reader, self.store = model, modality, reader, store
+        self.bands, self.batch_size, self.max_nodata = bands, batch_size, max_nodata
+        self.blocks = store.blocks()
+        self.buf: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.tiles = self.encoded = 0
+        self.io_wait = self.infer = 0.0
+
+    def consume(self, bid: int, cells: list[Cell], chips: np.ndarray, nodata: np.ndarray) -> None:
+        """Encode the usable chips of one batch into its block's buffer."""
+        r0, c0, nr, nc = self.blocks[bid]
+        if bid not in self.buf:
+            self.buf[bid] = (
+                np.zeros((nr, nc, self.model.dim), np.float32),
+                np.zeros((nr, nc), bool),
+            )
+        emb, valid = self.buf[bid]
+        keep = (nodata <= self.max_nodata) & (nodata < 1.0)
+        self.tiles += len(cells)
+        if not keep.any():
+            return
+        t = time.perf_counter()
+        out = self.model.encode_tiles(self.modality, chips[keep], batch_size=self.batch_size)
+        self.infer += time.perf_counter() - t
+        if out.shape != (int(keep.sum()), self.model.dim):
+            raise ModelContractError(f"the encoder returned shape {out.shape}")
+        self.encoded += len(out)
+        idx = np.flatnonzero(keep)
+        rows = np.array([cells[i][0] - r0 for i in idx])
+        cols = np.array([cells[i][1] - c0 for i in idx])
+        emb[rows, cols] = out
+        valid[rows, cols] = True
+
+    def flush_block(self, bid: int) -> int:
+        """Write a finished block and mark it done; return its tile count."""
+        r0, c0, nr, nc = self.blocks[bid]
+        emb, valid = self.buf.pop(bid)
+        self.store.write_block(r0, c0, emb, valid)
+        self.store.mark_done(bid)
+        return nr * nc
+
+    def run(
+        self,
+        workers: int,
+        progress: Callable[[float], None] | None,
+        is_canceled: Callable[[], bool] | None,
+    ) -> None:
+        """Process every remaining block with at most ``2 * workers`` batches in flight."""
+        store, grid = self.store, self.store.grid
+        remaining = store.remaining_blocks()
+        done = grid.n_tiles - sum(self.blocks[b][2] * self.blocks[b][3] for b in remaining)
+        jobs = _batches(store, remaining, self.batch_size)
+        queue: deque[tuple[int, list[Cell], bool, Future]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unigeo-read") as pool:
+            try:
+                while True:
+                    while len(queue) < 2 * workers and (job := next(jobs, None)) is not None:
+                        fut = pool.submit(_read_batch, self.reader, grid, self.bands, job[1])
+                        queue.append((*job, fut))
+                    if not queue:
+                        return
+                    if is_canceled is not None and is_canceled():
+                        raise CancelledError(
+                            f"embedding cancelled; {len(store.remaining_blocks())} block(s) "
+                            f"remain in {store.folder}, run again to resume"
+                        )
+                    bid, cells, last, fut = queue.popleft()
+                    t = time.perf_counter()
+                    chips, nodata = fut.result()
+                    self.io_wait += time.perf_counter() - t
+                    self.consume(bid, cells, chips, nodata)
+                    if last:
+                        done += self.flush_block(bid)
+                        if progress:
+                            progress(min(done / grid.n_tiles, 1.0))
+            finally:
+                for *_, fut in queue:
+                    fut.cancel()
+
+
+def embed_raster(
+    model: TileEncoder,
+    reader: RasterReader,
+    grid: TileGrid,
+    store_path: str | Path,
+    modality: Modality = Modality.AERIAL,
+    batch_size: int = 32,
+    block_tiles: int = 32,
+    workers: int = 2,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    resume: bool = True,
+    max_nodata: float = 0.5,
+    meta: dict[str, Any] | None = None,
+) -> EmbeddingStore:
+    """Embed every tile of ``grid`` over ``reader`` into the store at ``store_path``.
+
+    Args:
+        model: the encoder (``engine.model.UniGeoModel`` or anything with the same methods).
+        reader: the raster (see :class:`engine.raster_io.RasterReader`).
+        grid: the tiles to embed, usually from :func:`engine.raster_io.grid_for_raster`.
+        store_path: the store folder to produce (written in ``<store_path>.partial`` first).
+        modality: ``Modality.AERIAL`` or ``Modality.DSM``.
+        batch_size: tiles per read job and per inference call.
+        block_tiles: side of a resumable block, in tiles.
+        workers: reader threads.
+        progress: called with the fraction done, ending with 1.0.
+        is_canceled: polled between batches; True raises :class:`CancelledError` and leaves the
+            resumable ``.partial`` store (never a half-written final store).
+        resume: continue a matching ``.partial`` store (a mismatching one is discarded) and
+            return an already finalised store of the same job as is.
+        max_nodata: tiles with a larger fraction of no-data values are skipped (marked invalid).
+        meta: extra entries for store.json's ``meta``.
+
+    Returns:
+        The finalised, read-only store; ``meta["tiles_per_s"]`` gives this run's throughput.
+    """
+    if batch_size < 1 or block_tiles < 1 or workers < 1 or not 0.0 <= max_nodata <= 1.0:
+        raise InputError("need batch_size, block_tiles, workers >= 1 and 0 <= max_nodata <= 1")
+    spec = _check_model(model, modality, grid)
+    bands = spec.preprocess.bands or ("height",)
+    store_path = Path(store_path)
+    fp = reader.fingerprint()
+    if resume and (done := _existing(store_path, grid, model, fp)) is not None:
+        if progress:
+            progress(1.0)
+        return done
+    # one probe read fails fast (bands, CRS) before anything is written
+    reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
+    info = dict(meta or {}, modality=modality.value, max_nodata=max_nodata)
+    info.update(model_name=spec.model_name, model_version=spec.model_version)
+    info.update(bands=list(bands), scaling=reader.scaling)
+    store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
+    try:
+        pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)
+        stats = _run(pipe, workers, progress, is_canceled)
+        store.update_meta(**stats)
+        final = store.finalize()
+    finally:
+        store.close()
+    if progress:
+        progress(1.0)
+    return final
+
+
+def _run(
+    pipe: _Pipeline,
+    workers: int,
+    progress: Callable[[float], None] | None,
+    is_canceled: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """Run the pipeline; return this run's figures for store.json's ``meta``."""
+    t0 = time.perf_counter()
+    pipe.run(workers, progress, is_canceled)
+    wall = time.perf_counter() - t0
+    return {
+        "tiles_per_s": round(pipe.tiles / wall, 2) if wall > 0 else None,
+        "tiles_this_run": pipe.tiles,
+        "tiles_encoded_this_run": pipe.encoded,
+        "valid_tiles": int(np.count_nonzero(pipe.store.valid)),
+        "wall_s": round(wall, 3),
+        "io_wait_s": round(pipe.io_wait, 3),
+        "inference_s": round(pipe.infer, 3),
+        "workers": workers,
+        "batch_size": pipe.batch_size,
+    }
