@@ -49,7 +49,9 @@ def set_provenance(layer: QgsMapLayer, provenance: dict) -> None:
     layer.setMetadata(md)
 
 
-def rgb_layer(path: str | Path, name: str, bands: tuple[int, int, int] = (1, 2, 3)) -> QgsRasterLayer:
+def rgb_layer(
+    path: str | Path, name: str, bands: tuple[int, int, int] = (1, 2, 3)
+) -> QgsRasterLayer:
     """The source raster as an RGB composite with a min/max stretch."""
     layer = _check(QgsRasterLayer(str(path), name), path)
     r = QgsMultiBandColorRenderer(layer.dataProvider(), *bands)
@@ -60,7 +62,9 @@ def rgb_layer(path: str | Path, name: str, bands: tuple[int, int, int] = (1, 2, 
     return layer
 
 
-def heatmap_layer(path: str | Path, name: str, band: int = 2, opacity: float = 0.75) -> QgsRasterLayer:
+def heatmap_layer(
+    path: str | Path, name: str, band: int = 2, opacity: float = 0.75
+) -> QgsRasterLayer:
     """A similarity heatmap: band 2 (percentile 0–100) by default, band 1 is the raw cosine."""
     layer = _check(QgsRasterLayer(str(path), name), path)
     stats = layer.dataProvider().bandStatistics(band)
@@ -85,10 +89,21 @@ def heatmap_layer(path: str | Path, name: str, band: int = 2, opacity: float = 0
     return layer
 
 
-def class_layer(path: str | Path, name: str, classes: list[str], colors: dict[str, str]) -> QgsRasterLayer:
+def class_layer(
+    path: str | Path, name: str, classes: list[str], colors: dict[str, str]
+) -> QgsRasterLayer:
     """A paletted land-use map: pixel value i is ``classes[i]``."""
     layer = _check(QgsRasterLayer(str(path), name), path)
-    default = ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+    default = (
+        "#1f77b4",
+        "#2ca02c",
+        "#d62728",
+        "#ff7f0e",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+    )
     entries = [
         QgsPalettedRasterRenderer.Class(i, QColor(colors.get(c, default[i % len(default)])), c)
         for i, c in enumerate(classes)
@@ -129,8 +144,13 @@ def add_group(project: QgsProject, group_name: str, layers: list[QgsMapLayer]) -
     return group
 
 
-def render_png(layers: list[QgsMapLayer], path: str | Path, extent: QgsRectangle | None = None,
-               crs: QgsCoordinateReferenceSystem | None = None, width: int = 900) -> Path:
+def render_png(
+    layers: list[QgsMapLayer],
+    path: str | Path,
+    extent: QgsRectangle | None = None,
+    crs: QgsCoordinateReferenceSystem | None = None,
+    width: int = 900,
+) -> Path:
     """Render ``layers`` (top first) with the QGIS map renderer into a PNG file."""
     settings = QgsMapSettings()
     settings.setLayers(layers)

