@@ -40,6 +40,9 @@ test-gpu: setup
 demo: setup
 	$(PY) scripts/demo.py --out $(OUT)/demo
 
+data: setup
+	bash scripts/make_data.sh
+
 package:
 	@bash scripts/package.sh $(SLUG)
 
