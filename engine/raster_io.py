@@ -427,16 +427,30 @@ def choose_grid_crs(reader: RasterReader) -> str:
     from pyproj import CRS, Transformer
 
     crs = CRS.from_wkt(reader.crs)
-    if crs.is_projected and crs.axis_info and crs.axis_info[0].unit_name in ("metre", "meter"):
-        code = crs.to_epsg(min_confidence=100)
-        return f"EPSG:{code}" if code else reader.crs
     x0, y0, x1, y1 = reader.bounds
     to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_ll.transform((x0 + x1) / 2.0, (y0 + y1) / 2.0)
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise RasterInputError("cannot locate the raster's centre on the globe to pick a UTM zone")
+    if crs.is_projected and crs.axis_info and crs.axis_info[0].unit_name in ("metre", "meter"):
+        # A "metre" CRS is only a true-scale grid when its scale factor is ~1 here: Web Mercator
+        # (XYZ/WMS layers) is 1/cos(lat) off, so such rasters are tiled in their UTM zone instead.
+        if _true_scale(crs, lon, lat):
+            code = crs.to_epsg(min_confidence=100)
+            return f"EPSG:{code}" if code else reader.crs
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def _true_scale(crs, lon: float, lat: float, tolerance: float = 0.01) -> bool:
+    from pyproj import Proj
+
+    try:
+        f = Proj(crs).get_factors(lon, lat)
+    except Exception:  # noqa: BLE001 - pyproj raises several types for odd CRSs; assume true scale
+        return True
+    scale = max(abs(f.meridional_scale - 1.0), abs(f.parallel_scale - 1.0))
+    return not math.isfinite(scale) or scale <= tolerance
 
 
 def raster_gsd_m(reader: RasterReader, grid_crs: str) -> float:

@@ -1,10 +1,15 @@
-"""The plugin object QGIS loads: builds the toolbar, menu and Processing provider, and removes them."""
+"""The plugin object QGIS loads: toolbar, menu, map tools, search dock, dialogs, Processing provider.
+
+Every GUI object added in ``initGui`` is removed in ``unload``, which also cancels running tasks
+and releases the loaded models.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
@@ -23,6 +28,11 @@ class UniGeoPlugin:
         self.toolbar = None
         self.actions: list[QAction] = []
         self.provider = None
+        self.controller = None
+        self.dock = None
+        self.point_tool = None
+        self.polygon_tool = None
+        self.tool_actions: dict[object, QAction] = {}
         deps.activate()
 
     def icon(self, name: str = "unigeo.svg") -> QIcon:
@@ -31,11 +41,50 @@ class UniGeoPlugin:
     def initGui(self) -> None:  # noqa: N802 (QGIS API)
         self.toolbar = self.iface.addToolBar("UniGeo")
         self.toolbar.setObjectName("UniGeoToolbar")
-        self._add_action("About UniGeo and device check", self.show_about)
         self.init_processing()
         missing = deps.missing()
         if missing:
+            self._add_action("About UniGeo and device check", self.show_about)
             self._warn_missing(missing)
+            return  # the engine cannot run: offer only the about box and Processing
+        self._init_tools()
+        self._add_action("About UniGeo and device check", self.show_about)
+
+    def _init_tools(self) -> None:
+        from .controller import Controller
+        from .docks.search_dock import SearchDock
+        from .tools.point_tool import PointTool
+        from .tools.polygon_tool import PolygonTool
+
+        canvas = self.iface.mapCanvas()
+        self.controller = Controller(self.iface)
+        self.dock = SearchDock(canvas, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        self.point_tool = PointTool(canvas)
+        self.polygon_tool = PolygonTool(canvas)
+        self._connect()
+        find = self._add_action("Find similar places", self.activate_point_tool, checkable=True)
+        region = self._add_action("Similar to region", self.activate_polygon_tool, checkable=True)
+        self.tool_actions = {self.point_tool: find, self.polygon_tool: region}
+        for tool, action in self.tool_actions.items():
+            tool.setAction(action)
+        text = self._add_action("Text → map", self.dock.setVisible, checkable=True)
+        self.dock.visibilityChanged.connect(text.setChecked)
+        self._add_action("Photo → map", self.show_photo_search)
+        self._add_action("Classify land use", self.show_classify)
+        self._add_action("Settings", self.show_settings)
+        self.update_badge()
+
+    def _connect(self) -> None:
+        c, d = self.controller, self.dock
+        d.searchRequested.connect(self.search)
+        d.markPhotoRequested.connect(c.mark_location)
+        c.deviceChanged.connect(d.set_device)
+        c.domainChecked.connect(d.set_warning)
+        c.modelChanged.connect(lambda model: d.set_templates(model.bundle.prompt_templates))
+        self.point_tool.pointClicked.connect(self._point_clicked)
+        self.polygon_tool.polygonDrawn.connect(self._polygon_drawn)
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS API)
         self.init_processing()
@@ -48,9 +97,11 @@ class UniGeoPlugin:
         self.provider = UniGeoProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def _add_action(self, text: str, slot) -> QAction:
+    def _add_action(self, text: str, slot, checkable: bool = False) -> QAction:
         action = QAction(self.icon(), text, self.iface.mainWindow())
-        action.triggered.connect(slot)
+        action.setObjectName("UniGeo " + text)
+        action.setCheckable(checkable)
+        (action.toggled if checkable else action.triggered).connect(slot)
         self.toolbar.addAction(action)
         self.iface.addPluginToMenu(MENU, action)
         self.actions.append(action)
@@ -61,6 +112,82 @@ class UniGeoPlugin:
         msg = f"UniGeo needs {', '.join(missing)}. Install with: {cmd}"
         QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Warning)
         self.iface.messageBar().pushMessage("UniGeo", msg, level=Qgis.Warning, duration=0)
+
+    # -- device badge -----------------------------------------------------------------------
+    def update_badge(self) -> None:
+        """Badge from the loaded model if any, else predicted from the provider setting."""
+        from ..engine.errors import EngineError
+        from .controller import device_badge
+        from .model_cache import loaded_models
+        from .settings import Settings
+
+        try:
+            models = loaded_models()
+            if models:
+                text, tip = device_badge(models[0])
+            else:
+                text, tip = device_badge(provider=Settings.load().provider_arg())
+        except (EngineError, ImportError) as e:
+            text, tip = "—", str(e)
+        self.dock.set_device(text, tip)
+
+    # -- map tools and searches -------------------------------------------------------------
+    def activate_point_tool(self, on: bool = True) -> None:
+        self._set_tool(self.point_tool, on)
+
+    def activate_polygon_tool(self, on: bool = True) -> None:
+        self._set_tool(self.polygon_tool, on)
+
+    def _set_tool(self, tool, on: bool) -> None:
+        canvas = self.iface.mapCanvas()
+        if on:
+            canvas.setMapTool(tool)
+            self.dock.show()
+        elif canvas.mapTool() is tool:
+            canvas.unsetMapTool(tool)
+
+    def _point_clicked(self, point, wgs84, mode: str) -> None:
+        crs = self.iface.mapCanvas().mapSettings().destinationCrs()
+        self.dock.add_example(point, crs, wgs84, mode)
+
+    def _polygon_drawn(self, geometry, crs) -> None:
+        from .controller import crs_string
+        from .tasks import QuerySpec
+
+        self.search(QuerySpec(regions=((geometry.asWkt(), crs_string(crs)),)))
+
+    def search(self, spec) -> int:
+        """Run a heatmap query on the dock's source layer and area."""
+        return self.controller.run_query(spec, self.dock.source_layer(), self.dock.area_choice())
+
+    def show_photo_search(self) -> None:
+        self.dock.show()
+        self.dock.raise_()
+        self.dock.photo_file.setFocus()
+
+    def show_classify(self) -> None:
+        from ..engine.errors import EngineError
+        from .dialogs.classify_dialog import ClassifyDialog
+
+        try:
+            prompts = self.controller.model().bundle.class_prompts
+        except EngineError as e:
+            self.controller.message(str(e), Qgis.Critical)
+            return
+        dlg = ClassifyDialog(prompts, self.iface.mainWindow())
+        if dlg.exec_() and dlg.result_spec is not None:
+            self.controller.classify(
+                dlg.result_spec, self.dock.source_layer(), self.dock.area_choice()
+            )
+
+    def show_settings(self) -> None:
+        from .dialogs.settings_dialog import SettingsDialog
+        from .model_cache import release_all
+
+        dlg = SettingsDialog(parent=self.iface.mainWindow())
+        if dlg.exec_():
+            release_all()  # the next query loads the model with the new settings
+            self.update_badge()
 
     def show_about(self) -> None:
         missing = deps.missing()
@@ -75,7 +202,32 @@ class UniGeoPlugin:
             )
         QMessageBox.information(self.iface.mainWindow(), "UniGeo", text)
 
+    # -- unload -----------------------------------------------------------------------------
+    def _unload_tools(self) -> None:
+        if self.controller is not None:
+            self.controller.cancel_all()
+            self.controller = None
+        canvas = self.iface.mapCanvas()
+        for tool in (self.point_tool, self.polygon_tool):
+            if tool is not None:
+                if canvas.mapTool() is tool:
+                    canvas.unsetMapTool(tool)
+                tool.setAction(None)
+        if self.polygon_tool is not None:
+            self.polygon_tool.remove()
+        self.point_tool = self.polygon_tool = None
+        self.tool_actions = {}
+        if self.dock is not None:
+            self.iface.removeDockWidget(self.dock)
+            self.dock.setParent(None)
+            self.dock.deleteLater()
+            self.dock = None
+        from .model_cache import release_all
+
+        release_all()
+
     def unload(self) -> None:
+        self._unload_tools()
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             if self.toolbar is not None:

@@ -12,7 +12,23 @@ ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "unigeo.svg
 
 def algorithm_classes() -> list[type]:
     """Every algorithm class the provider offers, one per line."""
-    return []
+    from .classify_algorithm import ClassifyAlgorithm
+    from .embed_features_algorithm import EmbedFeaturesAlgorithm
+    from .embed_raster_algorithm import EmbedRasterAlgorithm
+    from .encode_table_algorithm import EncodeTableAlgorithm
+    from .gps_field_algorithm import GpsFieldAlgorithm
+    from .heatmap_algorithm import HeatmapAlgorithm
+    from .top_hits_algorithm import TopHitsAlgorithm
+
+    return [
+        EmbedRasterAlgorithm,
+        HeatmapAlgorithm,
+        TopHitsAlgorithm,
+        ClassifyAlgorithm,
+        EmbedFeaturesAlgorithm,
+        EncodeTableAlgorithm,
+        GpsFieldAlgorithm,
+    ]
 
 
 class UniGeoProvider(QgsProcessingProvider):

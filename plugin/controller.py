@@ -1,0 +1,315 @@
+"""Glue between the GUI and the engine: store lookup or embedding, heatmaps, classification, layers.
+
+The dock and the map tools describe *what* to find (a :class:`~.tasks.QuerySpec`), *where*
+(a raster layer and an :class:`AreaChoice`); the controller finds the embedding store in the
+shared cache (embedding it in an :class:`~.tasks.EmbedTask` when missing), then runs a
+:class:`~.tasks.HeatmapTask` or :class:`~.tasks.ClassifyTask` and turns the result into styled
+layers saved in the output folder, named after the query and grouped under the source layer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsMessageLog,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsTask,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QObject, pyqtSignal
+
+from ..engine.errors import EngineError
+from . import layers as L
+from .qgis_reader import reader_for_layer
+from .settings import Settings
+from .tasks import (
+    ClassifySpec,
+    ClassifyTask,
+    EmbedTask,
+    EngineTask,
+    HeatmapTask,
+    QuerySpec,
+    RequestTokens,
+    TaskResult,
+)
+
+LOG_TAG = "UniGeo"
+
+
+@dataclass(frozen=True)
+class AreaChoice:
+    """Where to search: ``kind`` is "extent", "layer" or "polygons"; extent None = whole layer."""
+
+    kind: str = "layer"
+    extent: tuple[float, float, float, float] | None = None  # minx, miny, maxx, maxy
+    crs: str | None = None  # CRS of ``extent`` and ``polygons`` (authid or WKT)
+    polygons: tuple[str, ...] = ()  # WKT; heatmaps are scored only inside them
+
+    def mask(self) -> tuple[tuple[str, str], ...]:
+        """The polygons as (WKT, CRS) pairs for :class:`~.tasks.HeatmapTask`."""
+        return tuple((wkt, self.crs or "") for wkt in self.polygons)
+
+
+def crs_string(crs: Any) -> str:
+    """A QgsCoordinateReferenceSystem as a string pyproj and rasterio accept."""
+    return crs.authid() or crs.toWkt()
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe version of a query label."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_.")[:limit] or "query"
+
+
+def device_badge(model: Any = None, provider: str | None = None) -> tuple[str, str]:
+    """("GPU" or "CPU", tooltip with the reason) from a loaded model, else from the settings."""
+    from ..engine.sessions import resolve_providers
+
+    if model is not None:
+        rep = model.provider_report()
+        tip = rep.summary()
+        if not rep.is_gpu and not rep.fallback_reason:
+            tip += f" - {resolve_providers(rep.requested)[1]}"
+        return ("GPU" if rep.is_gpu else "CPU"), tip
+    chain, reason = resolve_providers(provider)
+    gpu = chain[0] != "CPUExecutionProvider"
+    return ("GPU" if gpu else "CPU"), f"{reason} (expected; confirmed when the model loads)"
+
+
+class Controller(QObject):
+    """Runs queries for the dock and the map tools; owns the running tasks."""
+
+    deviceChanged = pyqtSignal(str, str)  # noqa: N815 - badge text, tooltip
+    domainChecked = pyqtSignal(str)  # noqa: N815 - out-of-domain warning, "" when none
+    layersAdded = pyqtSignal(list)  # noqa: N815 - the QgsMapLayers of a finished result
+    modelChanged = pyqtSignal(object)  # noqa: N815 - a newly loaded UniGeoModel
+
+    def __init__(self, iface: Any, runner: Callable[[QgsTask], None] | None = None) -> None:
+        super().__init__()
+        self.iface = iface
+        self.tokens = RequestTokens()
+        self.tasks: list[EngineTask] = []
+        self.runner = runner or (lambda task: QgsApplication.taskManager().addTask(task))
+        self.closed = False
+        self._model: Any = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def settings(self) -> Settings:
+        return Settings.load()
+
+    def model(self) -> Any:
+        """The shared model of the current settings; updates the device badge."""
+        from .model_cache import get_model
+
+        model = get_model()
+        if model is not self._model:
+            self._model = model
+            self.deviceChanged.emit(*device_badge(model))
+            self.modelChanged.emit(model)
+        return model
+
+    def message(self, text: str, level: Any = Qgis.Info) -> None:
+        QgsMessageLog.logMessage(text, LOG_TAG, level)
+        self.iface.messageBar().pushMessage("UniGeo", text, level=level, duration=10)
+
+    def _start(self, task: EngineTask) -> None:
+        self.tasks = [t for t in self.tasks if t in EngineTask.live]
+        self.tasks.append(task)
+        self.runner(task)
+
+    def cancel_all(self, wait_ms: int = 5000) -> None:
+        """Cancel every task and wait (bounded) for running ones; results are then ignored."""
+        self.closed = True
+        live = [t for t in self.tasks if t in EngineTask.live]
+        for task in live:
+            task.cancel()
+        for task in live:
+            if task.status() == QgsTask.Running:
+                task.waitForFinished(wait_ms)  # the engine polls is_canceled between batches
+        self.tasks = []
+
+    def output_file(self, label: str, suffix: str = ".tif") -> Path:
+        """A new file in the output folder named after the query, e.g. ``text_lake_0912-1530.tif``."""
+        folder = self.settings().output_path()
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{slug(label)}_{datetime.now():%Y%m%d-%H%M%S}"
+        path, n = folder / f"{stem}{suffix}", 1
+        while path.exists() or path.with_name(path.stem + "_confidence.tif").exists():
+            n += 1
+            path = folder / f"{stem}_{n}{suffix}"
+        return path
+
+    # -- the store --------------------------------------------------------------------------
+    def with_store(
+        self, layer: QgsRasterLayer, area: AreaChoice, model: Any, then: Callable[[str], None]
+    ) -> None:
+        """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
+        from ..engine.contract import Modality
+        from ..engine.raster_io import grid_for_raster
+        from ..engine.store import StoreCache
+
+        s = self.settings()
+        reader = reader_for_layer(layer)
+        grid = grid_for_raster(
+            reader,
+            model.spec(Modality.AERIAL).preprocess,
+            stride_px=s.stride_arg(),
+            extent=area.extent,
+            extent_crs=area.crs,
+        )
+        cache = StoreCache(s.cache_path(), s.cache_bytes())
+        key = cache.key(reader.fingerprint(), model.model_hash, grid)
+        store = cache.get_or_none(key)
+        if store is not None:
+            then(str(store.folder))
+            return
+
+        def embedded(result: TaskResult) -> None:
+            if self._failed("Embedding", result):
+                return
+            cache.evict(keep=(key,))
+            then(str(result.value))
+
+        self.message(
+            f"Embedding {grid.n_tiles} tiles of '{layer.name()}' (once per area and model)",
+            Qgis.Info,
+        )
+        self._start(EmbedTask(model, reader, grid, cache.path_for(key), embedded))
+
+    def _failed(self, what: str, result: TaskResult) -> bool:
+        if self.closed:
+            return True
+        if result.cancelled:
+            self.message(f"{what} cancelled", Qgis.Info)
+        elif not result.ok:
+            self.message(f"{what} failed: {result.error}", Qgis.Critical)
+        return not result.ok
+
+    def _provenance(self, model: Any, layer: QgsRasterLayer, area: AreaChoice) -> dict:
+        return {
+            "model": f"{model.bundle.name} {model.bundle.version}",
+            "model_hash": model.model_hash,
+            "source": layer.name(),
+            "source_path": layer.source(),
+            "area": area.kind,
+            "stride_px": self.settings().stride_px or "tile size",
+        }
+
+    # -- queries ----------------------------------------------------------------------------
+    def run_query(self, spec: QuerySpec, layer: QgsRasterLayer | None, area: AreaChoice) -> int:
+        """Start a heatmap request; returns its token (0 when it could not start)."""
+        if layer is None or not layer.isValid():
+            self.message("Choose a source raster layer first", Qgis.Warning)
+            return 0
+        if spec.is_empty():
+            self.message("The query is empty: type a text, pick a photo or click places")
+            return 0
+        token = self.tokens.issue("heatmap")
+        try:
+            model = self.model()
+            out = self.output_file(spec.label())
+            prov = self._provenance(model, layer, area)
+
+            def heatmap(store_folder: str) -> None:
+                if self.closed or not self.tokens.is_current(token, "heatmap"):
+                    return  # a newer request superseded this one while it was embedding
+                done = partial(self._heatmap_done, name=spec.label(), group=layer.name())
+                task = HeatmapTask(model, store_folder, spec, out, done, token, prov, area.mask())
+                self._start(task)
+
+            self.with_store(layer, area, model, heatmap)
+        except EngineError as e:
+            self.message(str(e), Qgis.Critical)
+            return 0
+        return token
+
+    def _heatmap_done(self, result: TaskResult, name: str, group: str) -> None:
+        value = result.value
+        if not self.tokens.is_current(result.token, "heatmap"):
+            if result.ok:  # stale: a newer query replaced it while it ran
+                Path(value.path).unlink(missing_ok=True)
+            QgsMessageLog.logMessage(f"dropped stale heatmap '{name}'", LOG_TAG, Qgis.Info)
+            return
+        if self._failed("Heatmap", result):
+            return
+        layer = L.heatmap_layer(value.path, name)
+        L.set_provenance(layer, value.provenance)
+        L.add_group(QgsProject.instance(), group, [layer])
+        self.domainChecked.emit(value.warning or "")
+        if value.warning:
+            self.message(value.warning, Qgis.Warning)
+        self.layersAdded.emit([layer])
+
+    # -- classification ---------------------------------------------------------------------
+    def classify(self, spec: ClassifySpec, layer: QgsRasterLayer | None, area: AreaChoice) -> bool:
+        """Start a land-use classification of ``layer`` over ``area``; False if it cannot start."""
+        if layer is None or not layer.isValid():
+            self.message("Choose a source raster layer first", Qgis.Warning)
+            return False
+        try:
+            model = self.model()
+            label = "land use zero-shot" if spec.zero_shot else f"land use {spec.method}"
+            class_path = self.output_file(label)
+            conf_path = class_path.with_name(class_path.stem + "_confidence.tif")
+            prov = self._provenance(model, layer, area)
+
+            def run(store_folder: str) -> None:
+                if self.closed:
+                    return
+                done = partial(self._classify_done, name=label, group=layer.name())
+                self._start(
+                    ClassifyTask(model, store_folder, spec, class_path, conf_path, done, prov)
+                )
+
+            self.with_store(layer, area, model, run)
+        except EngineError as e:
+            self.message(str(e), Qgis.Critical)
+            return False
+        return True
+
+    def _classify_done(self, result: TaskResult, name: str, group: str) -> None:
+        if self._failed("Classification", result):
+            return
+        out = result.value
+        classes = L.class_layer(out.class_path, name, out.classes, out.colors)
+        conf = QgsRasterLayer(str(out.conf_path), f"{name} (confidence)")
+        for lyr in (classes, conf):
+            L.set_provenance(lyr, out.provenance)
+        L.add_group(QgsProject.instance(), group, [classes, conf])
+        summary = ", ".join(f"{c}: {n}" for c, n in out.counts.items())
+        self.message(f"Land use: {summary} tiles", Qgis.Success)
+        self.layersAdded.emit([classes, conf])
+
+    # -- photo location ---------------------------------------------------------------------
+    def mark_location(self, lat: float, lon: float, name: str) -> QgsVectorLayer:
+        """Add a point layer at a photo's EXIF position and centre the map on it."""
+        layer = QgsVectorLayer(
+            "Point?crs=EPSG:4326&field=name:string(120)", f"photo location: {name}", "memory"
+        )
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
+        feature["name"] = name
+        layer.dataProvider().addFeatures([feature])
+        layer.updateExtents()
+        QgsProject.instance().addMapLayer(layer)
+        canvas = self.iface.mapCanvas()
+        dest = canvas.mapSettings().destinationCrs()
+        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+        tr = QgsCoordinateTransform(wgs84, dest, QgsProject.instance())
+        canvas.setCenter(tr.transform(QgsPointXY(lon, lat)))
+        canvas.refresh()
+        return layer

@@ -1,0 +1,1 @@
+"""Dialogs of the plugin: settings and land-use classification."""

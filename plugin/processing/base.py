@@ -1,0 +1,402 @@
+"""The base class of every UniGeo algorithm: model and source parameters, queries, errors.
+
+Subclasses declare their own parameters in ``initAlgorithm`` and keep ``processAlgorithm``
+thin: parse, validate, call the engine inside :func:`engine_errors`, return outputs. Engine
+errors become ``QgsProcessingException`` with the engine's actionable message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterPoint,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorLayer,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from ...engine.contract import Modality
+from ...engine.errors import CancelledError, EngineError
+from ...engine.model import UniGeoModel
+from ...engine.query import Query
+from ...engine.store import EmbeddingStore, StoreCache
+from .. import model_cache
+from ..qgis_reader import reader_for_layer
+from ..settings import PROVIDERS, Settings
+from . import help as texts
+
+BLOCK_TILES = 16  # resume/progress granularity of stores embedded from Processing
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn engine errors into QgsProcessingException with the same message."""
+    try:
+        yield
+    except CancelledError as e:
+        raise QgsProcessingException(f"Cancelled: {e}") from None
+    except EngineError as e:
+        raise QgsProcessingException(str(e)) from None
+
+
+def progress_of(
+    feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0
+) -> Callable[[float], None]:
+    """An engine ``progress(fraction)`` callback that drives ``feedback`` from start to end %."""
+
+    def update(fraction: float) -> None:
+        feedback.setProgress(start + (end - start) * max(0.0, min(1.0, float(fraction))))
+
+    return update
+
+
+def canceled_of(feedback: QgsProcessingFeedback) -> Callable[[], bool]:
+    """An engine ``is_canceled()`` callback over ``feedback``."""
+    return feedback.isCanceled
+
+
+def name_output(context: QgsProcessingContext, path: str, name: str) -> None:
+    """Name the layer Processing loads from ``path`` after the query (e.g. "heatmap: lake")."""
+    if path and context.willLoadLayerOnCompletion(path):
+        context.layerToLoadOnCompletionDetails(path).name = name[:120]
+
+
+class UniGeoAlgorithm(QgsProcessingAlgorithm):
+    """Common parameters and helpers; subclasses set ``NAME`` and their own parameters."""
+
+    NAME = ""
+    MODEL = "MODEL"
+    PROVIDER = "PROVIDER"
+    INPUT = "INPUT"
+    BANDS = "BANDS"
+    STORE = "STORE"
+    EXTENT = "EXTENT"
+
+    # -- QGIS boilerplate -------------------------------------------------------------------
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("UniGeo", text)
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS API)
+        return self.tr(texts.title(self.NAME))
+
+    def group(self) -> str:
+        return self.tr(texts.group(self.NAME))
+
+    def groupId(self) -> str:  # noqa: N802 (QGIS API)
+        return texts.group_id(self.NAME)
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS API)
+        return self.tr(texts.text(self.NAME))
+
+    def createInstance(self) -> UniGeoAlgorithm:  # noqa: N802 (QGIS API)
+        return type(self)()
+
+    # -- model ------------------------------------------------------------------------------
+    def add_model_params(self) -> None:
+        """MODEL (bundle folder) and PROVIDER, defaulting to the UniGeo settings."""
+        s = Settings.load()
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                self.tr("Model bundle folder"),
+                behavior=QgsProcessingParameterFile.Folder,
+                defaultValue=s.bundle_path(),
+                optional=True,
+            )
+        )
+        prov = QgsProcessingParameterEnum(
+            self.PROVIDER,
+            self.tr("Inference provider"),
+            options=list(PROVIDERS),
+            defaultValue=PROVIDERS.index(s.provider),
+        )
+        prov.setFlags(prov.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(prov)
+
+    def load_model(self, parameters: dict, context: QgsProcessingContext) -> UniGeoModel:
+        """The shared model of MODEL/PROVIDER; a clear error when the folder holds none."""
+        folder = self.parameterAsFile(parameters, self.MODEL, context)
+        folder = folder or Settings.load().bundle_path()
+        if not (Path(folder) / "bundle.json").is_file():
+            raise QgsProcessingException(
+                self.tr(
+                    f"No UniGeo model bundle in '{folder}' (bundle.json is missing). Pick a model "
+                    "folder in the MODEL parameter or in UniGeo > Settings."
+                )
+            )
+        provider = PROVIDERS[self.parameterAsEnum(parameters, self.PROVIDER, context)]
+        with engine_errors():
+            return model_cache.get_model(folder, provider=provider)
+
+    # -- source: an existing store, or a raster embedded through the cache -------------------
+    def add_source_params(self, raster_name: str = INPUT, with_extent: bool = True) -> None:
+        """INPUT raster, BANDS, EXTENT (what to embed) and STORE folder; all optional."""
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                raster_name, self.tr("Raster layer (embedded on demand)"), optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS,
+                self.tr("Bands in the model's order (default: automatic)"),
+                parentLayerParameterName=raster_name,
+                optional=True,
+                allowMultiple=True,
+            )
+        )
+        if with_extent:
+            self.addParameter(
+                QgsProcessingParameterExtent(
+                    self.EXTENT,
+                    self.tr("Extent to embed (default: the whole raster)"),
+                    optional=True,
+                )
+            )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.STORE,
+                self.tr("Embedding store folder (instead of a raster)"),
+                behavior=QgsProcessingParameterFile.Folder,
+                optional=True,
+            )
+        )
+
+    def source_store(
+        self,
+        parameters: dict,
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+        model: UniGeoModel,
+        raster_name: str = INPUT,
+        extent: tuple[tuple[float, float, float, float], str] | None = None,
+    ) -> EmbeddingStore:
+        """The store of STORE, else of the INPUT raster (embedded into the cache if needed)."""
+        folder = self.parameterAsFile(parameters, self.STORE, context)
+        layer = self.parameterAsRasterLayer(parameters, raster_name, context)
+        if folder:
+            with engine_errors():
+                store = EmbeddingStore.open(folder)
+            if store.model_hash != model.model_hash:
+                raise QgsProcessingException(
+                    self.tr(
+                        f"The store {folder} was embedded with another model; embed the raster "
+                        "again with this model or pick the model it was made with."
+                    )
+                )
+            return store
+        if layer is None:
+            raise QgsProcessingException(
+                self.tr("Give a raster layer (INPUT) or an embedding store folder (STORE).")
+            )
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        if extent is None and parameters.get(self.EXTENT):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            wkt = layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+            extent = ((rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()), wkt)
+        return embed_cached(model, layer, bands, feedback, extent)
+
+
+def embed_cached(
+    model: UniGeoModel,
+    layer: QgsRasterLayer,
+    bands: list[int] | None,
+    feedback: QgsProcessingFeedback,
+    extent: tuple[tuple[float, float, float, float], str] | None = None,
+    stride_px: int | None = None,
+) -> EmbeddingStore:
+    """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
+    from ...engine.embed import embed_raster
+    from ...engine.raster_io import grid_for_raster
+
+    s = Settings.load()
+    with engine_errors():
+        if not model.has(Modality.AERIAL):
+            raise QgsProcessingException("the model has no aerial encoder to embed rasters with")
+        reader = reader_for_layer(layer, bands=bands)
+        box, box_crs = extent if extent is not None else (None, None)
+        grid = grid_for_raster(
+            reader,
+            model.spec(Modality.AERIAL).preprocess,
+            stride_px=stride_px or s.stride_arg(),
+            extent=box,
+            extent_crs=box_crs,
+        )
+        cache = StoreCache(s.cache_path(), s.cache_bytes())
+        key = cache.key(reader.fingerprint(), model.model_hash, grid)
+        store = cache.get_or_none(key)
+        if store is None:
+            feedback.pushInfo(f"Embedding {grid.rows}x{grid.cols} tiles of '{layer.name()}'")
+            store = embed_raster(
+                model,
+                reader,
+                grid,
+                cache.path_for(key),
+                block_tiles=BLOCK_TILES,
+                progress=progress_of(feedback, 0.0, 80.0),
+                is_canceled=canceled_of(feedback),
+            )
+        cache.evict(keep=(key,))
+    return store
+
+
+def provenance(model: UniGeoModel, store: EmbeddingStore | None, **extra: Any) -> dict[str, Any]:
+    """What output layers record about their making."""
+    out = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
+    if store is not None:
+        out["store"] = str(store.folder)
+    out.update(extra)
+    return out
+
+
+class QueryAlgorithm(UniGeoAlgorithm):
+    """An algorithm that scores a store against a query built from the QUERY_* parameters."""
+
+    QUERY_TEXT = "QUERY_TEXT"
+    QUERY_POINT = "QUERY_POINT"
+    QUERY_POLYGON = "QUERY_POLYGON"
+    QUERY_PHOTO = "QUERY_PHOTO"
+    QUERY_GPS = "QUERY_GPS"
+    NEGATIVE_TEXT = "NEGATIVE_TEXT"
+    GPS_WEIGHT = "GPS_WEIGHT"
+
+    def add_query_params(self) -> None:
+        """Every query parameter; all optional, at least one is required at run time."""
+        self.addParameter(
+            QgsProcessingParameterString(self.QUERY_TEXT, self.tr("Text query"), optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterPoint(
+                self.QUERY_POINT, self.tr("Example point (any CRS)"), optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorLayer(
+                self.QUERY_POLYGON,
+                self.tr("Example region (polygon layer)"),
+                [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.QUERY_PHOTO,
+                self.tr("Street-level photo"),
+                fileFilter="Images (*.jpg *.jpeg *.png)",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.QUERY_GPS, self.tr("Coordinates 'lat,lon' (WGS84)"), optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.NEGATIVE_TEXT, self.tr("Negative text (move away from)"), optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.GPS_WEIGHT,
+                self.tr("GPS weight of the point query (0-1)"),
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
+
+    def build_query(
+        self,
+        parameters: dict,
+        context: QgsProcessingContext,
+        store: EmbeddingStore,
+        model: UniGeoModel,
+    ) -> Query:
+        """One Query from every given QUERY_* parameter; QgsProcessingException when none."""
+        from ...engine import query as Q
+
+        p, c = parameters, context
+        parts: list[tuple[Query, bool]] = []
+        with engine_errors():
+            if text := self.parameterAsString(p, self.QUERY_TEXT, c).strip():
+                parts.append((Q.text_query(model, text), False))
+            if self._has(p, self.QUERY_POINT):
+                pt = self.parameterAsPoint(p, self.QUERY_POINT, c)
+                crs = self.parameterAsPointCrs(p, self.QUERY_POINT, c)
+                wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+                w = self.parameterAsDouble(p, self.GPS_WEIGHT, c)
+                q = Q.point_query(store, pt.x(), pt.y(), crs=wkt or None, gps_weight=w, model=model)
+                parts.append((q, False))
+            if (layer := self.parameterAsVectorLayer(p, self.QUERY_POLYGON, c)) is not None:
+                geom, wkt = layer_union(layer)
+                parts.append((Q.region_query(store, geom, crs=wkt), False))
+            if photo := self.parameterAsFile(p, self.QUERY_PHOTO, c):
+                parts.append((Q.photo_query(model, photo), False))
+            if gps := self.parameterAsString(p, self.QUERY_GPS, c).strip():
+                parts.append((Q.gps_query(model, *parse_latlon(gps)), False))
+            if neg := self.parameterAsString(p, self.NEGATIVE_TEXT, c).strip():
+                parts.append((Q.text_query(model, neg), True))
+            if not any(not negative for _, negative in parts):
+                raise QgsProcessingException(
+                    self.tr(
+                        "Give a query: QUERY_TEXT, QUERY_POINT, QUERY_POLYGON, QUERY_PHOTO or "
+                        "QUERY_GPS (NEGATIVE_TEXT alone is not enough)."
+                    )
+                )
+            query = Q.Query()
+            for q, negative in parts:
+                query.add(q.vector(), 1.0, negative=negative, description=q.description())
+        return query
+
+    @staticmethod
+    def _has(parameters: dict, name: str) -> bool:
+        value = parameters.get(name)
+        return value is not None and str(value).strip() not in ("", "None")
+
+
+def parse_latlon(text: str) -> tuple[float, float]:
+    """``"lat,lon"`` to floats; QgsProcessingException with the expected form otherwise."""
+    try:
+        lat, lon = (float(v) for v in text.replace(";", ",").split(","))
+    except ValueError:
+        raise QgsProcessingException(
+            f"coordinates must be 'lat,lon' in WGS84 degrees (e.g. '47.02,-99.15'), got '{text}'"
+        ) from None
+    return lat, lon
+
+
+def layer_union(layer: QgsVectorLayer) -> tuple[Any, str]:
+    """The union of a layer's (selected, else all) geometries as shapely, and the layer CRS WKT."""
+    import shapely
+    from shapely.ops import unary_union
+
+    feats = layer.selectedFeatures() if layer.selectedFeatureCount() else layer.getFeatures()
+    geoms = [shapely.from_wkb(bytes(f.geometry().asWkb())) for f in feats if f.hasGeometry()]
+    if not geoms:
+        raise QgsProcessingException(f"layer '{layer.name()}' holds no geometry")
+    wkt = layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+    return unary_union(geoms), wkt

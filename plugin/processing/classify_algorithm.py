@@ -1,0 +1,142 @@
+"""Processing algorithm ``unigeo:classify``: zero-shot or few-shot land-use classification."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterField,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorLayer,
+)
+
+from ...engine import classify as C
+from .base import UniGeoAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+
+METHODS = ("prototype", "logreg")
+
+
+def parse_classes(text: str) -> dict[str, list[str]] | None:
+    """``"name: prompt; prompt"`` lines to {name: [prompts]}; None for empty text.
+
+    A line without ':' is a class whose only prompt is its name.
+    """
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, _, prompts = line.partition(":")
+        name = name.strip()
+        items = [p.strip() for p in prompts.split(";") if p.strip()] or [name]
+        if not name:
+            raise QgsProcessingException(
+                f"CLASSES line {n} ('{line.strip()}') has no class name; write 'name: prompt; prompt'"
+            )
+        out.setdefault(name, []).extend(items)
+    if out and len(out) < 2:
+        raise QgsProcessingException("CLASSES needs at least two classes, one per line")
+    return out or None
+
+
+class ClassifyAlgorithm(UniGeoAlgorithm):
+    """Per-tile land-use classes with a confidence raster."""
+
+    NAME = "classify"
+    CLASSES = "CLASSES"
+    EXAMPLES = "EXAMPLES"
+    CLASS_FIELD = "CLASS_FIELD"
+    METHOD = "METHOD"
+    OUTPUT_CLASSES = "OUTPUT_CLASSES"
+    OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_source_params()
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.CLASSES,
+                self.tr("Classes, one per line 'name: prompt; prompt' (empty = the model's)"),
+                multiLine=True,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorLayer(
+                self.EXAMPLES,
+                self.tr("Labelled example polygons (few-shot)"),
+                [QgsProcessing.TypeVectorPolygon],
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.CLASS_FIELD,
+                self.tr("Class field"),
+                parentLayerParameterName=self.EXAMPLES,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.METHOD, self.tr("Few-shot method"), options=list(METHODS), defaultValue=0
+            )
+        )
+        self.add_model_params()
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes"))
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, self.tr("Confidence"))
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        classes_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_CLASSES, context)
+        conf_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context)
+        prompts = parse_classes(self.parameterAsString(parameters, self.CLASSES, context))
+        examples = self.parameterAsVectorLayer(parameters, self.EXAMPLES, context)
+        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        if examples is not None and not field:
+            raise QgsProcessingException(
+                self.tr("Few-shot classification needs CLASS_FIELD, the label field")
+            )
+        model = self.load_model(parameters, context)
+        store = self.source_store(parameters, context, feedback, model)
+        cb = {"progress": progress_of(feedback, 80.0, 95.0), "is_canceled": canceled_of(feedback)}
+        with engine_errors():
+            if examples is not None:
+                result = C.from_examples(
+                    store, labelled(examples, field), method=method, crs=_wkt(examples), **cb
+                )
+            else:
+                result = C.zero_shot(store, model, class_prompts=prompts, **cb)
+            prov = provenance(model, store, classes=", ".join(result.classes), method=result.method)
+            C.write_classification(classes_path, conf_path, store, result, provenance=prov)
+        feedback.pushInfo(f"{result.method}: {', '.join(result.classes)}")
+        name_output(context, classes_path, f"classes ({result.method})")
+        name_output(context, conf_path, f"confidence ({result.method})")
+        return {self.OUTPUT_CLASSES: classes_path, self.OUTPUT_CONFIDENCE: conf_path}
+
+
+def labelled(layer, field: str) -> list[tuple]:
+    """``(shapely geometry, label)`` for every feature of ``layer`` with a label and a geometry."""
+    import shapely
+
+    if layer.fields().indexOf(field) < 0:
+        raise QgsProcessingException(f"layer '{layer.name()}' has no field '{field}'")
+    out = []
+    for f in layer.getFeatures():
+        label = f[field]
+        if f.hasGeometry() and label is not None and str(label).strip() and str(label) != "NULL":
+            out.append((shapely.from_wkb(bytes(f.geometry().asWkb())), str(label).strip()))
+    if not out:
+        raise QgsProcessingException(
+            f"no feature of '{layer.name()}' has a polygon and a '{field}' label"
+        )
+    return out
+
+
+def _wkt(layer) -> str:
+    return layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)

@@ -1,0 +1,132 @@
+"""Processing algorithm ``unigeo:embedraster``: a raster into a resumable embedding store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ...engine.contract import Modality
+from ...engine.embed import embed_raster
+from ...engine.geo_io import write_grid_raster
+from ...engine.raster_io import grid_for_raster
+from ...engine.store import EmbeddingStore, StoreCache
+from ..qgis_reader import reader_for_layer
+from ..settings import Settings
+from .base import BLOCK_TILES, UniGeoAlgorithm, canceled_of, engine_errors, progress_of
+
+
+class EmbedRasterAlgorithm(UniGeoAlgorithm):
+    """Embed every tile of a raster layer with the aerial encoder."""
+
+    NAME = "embedraster"
+    STRIDE = "STRIDE"
+    EXTENT = "EXTENT"
+    OUTPUT_STORE = "OUTPUT_STORE"
+    OUTPUT_TIFF = "OUTPUT_TIFF"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Raster layer")))
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS,
+                self.tr("Bands in the model's order (default: automatic)"),
+                parentLayerParameterName=self.INPUT,
+                optional=True,
+                allowMultiple=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.STRIDE,
+                self.tr("Tile stride in pixels (0 = tile size)"),
+                defaultValue=Settings.load().stride_px,
+                minValue=0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True)
+        )
+        self.add_model_params()
+        self.addParameter(
+            QgsProcessingParameterFolderDestination(
+                self.OUTPUT_STORE,
+                self.tr("Embedding store (default: the UniGeo cache)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_TIFF,
+                self.tr("Embeddings as a multi-band GeoTIFF"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException(self.tr("INPUT must be a raster layer"))
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        stride = self.parameterAsInt(parameters, self.STRIDE, context) or None
+        extent = None
+        if parameters.get(self.EXTENT):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        store_dir = self.parameterAsString(parameters, self.OUTPUT_STORE, context)
+        tiff = self.parameterAsOutputLayer(parameters, self.OUTPUT_TIFF, context)
+        model = self.load_model(parameters, context)
+        with engine_errors():
+            reader = reader_for_layer(layer, bands=bands)
+            spec = model.spec(Modality.AERIAL).preprocess
+            grid = grid_for_raster(reader, spec, stride_px=stride, extent=extent)
+            if not store_dir or store_dir == "TEMPORARY_OUTPUT":
+                s = Settings.load()
+                cache = StoreCache(s.cache_path(), s.cache_bytes())
+                store_dir = str(
+                    cache.path_for(cache.key(reader.fingerprint(), model.model_hash, grid))
+                )
+            feedback.pushInfo(f"{grid.rows}x{grid.cols} tiles at {grid.gsd:g} m -> {store_dir}")
+            store = embed_raster(
+                model,
+                reader,
+                grid,
+                store_dir,
+                block_tiles=BLOCK_TILES,
+                progress=progress_of(feedback, 0.0, 95.0 if tiff else 100.0),
+                is_canceled=canceled_of(feedback),
+                meta={"source": layer.source(), "layer": layer.name()},
+            )
+            if tiff:
+                write_embeddings_tiff(tiff, store)
+        feedback.pushInfo(f"{int(np.count_nonzero(store.valid))} valid tiles")
+        return {self.OUTPUT_STORE: store_dir, self.OUTPUT_TIFF: tiff or None}
+
+
+def write_embeddings_tiff(path: str, store: EmbeddingStore) -> Path:
+    """The store's embeddings as a float32 GeoTIFF, one band per dimension, NaN = no data."""
+    valid = np.asarray(store.valid, dtype=bool)
+    bands = []
+    for d in range(store.dim):
+        band = np.asarray(store.embeddings[:, :, d], dtype=np.float32)
+        bands.append(np.where(valid, band, np.nan))
+    return write_grid_raster(
+        path,
+        store.grid,
+        bands,
+        dtype="float32",
+        nodata=float("nan"),
+        descriptions=[f"dim {d}" for d in range(store.dim)],
+        provenance={"model_hash": store.model_hash, "store": str(store.folder)},
+    )

@@ -1,0 +1,48 @@
+"""Processing algorithm ``unigeo:heatmap``: a similarity heatmap GeoTIFF for a query."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingParameterRasterDestination
+
+from ...engine.domain import domain_warning
+from ...engine.similarity import similarity, write_heatmap
+from .base import QueryAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+
+
+class HeatmapAlgorithm(QueryAlgorithm):
+    """Cosine similarity of every tile to the query (band 1) and its percentile (band 2)."""
+
+    NAME = "heatmap"
+    OUTPUT = "OUTPUT"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_source_params()
+        self.add_query_params()
+        self.add_model_params()
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Similarity heatmap"))
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        model = self.load_model(parameters, context)
+        store = self.source_store(parameters, context, feedback, model)
+        query = self.build_query(parameters, context, store, model)
+        with engine_errors():
+            scores = similarity(
+                store,
+                query,
+                progress=progress_of(feedback, 80.0, 95.0),
+                is_canceled=canceled_of(feedback),
+            )
+            if feedback.isCanceled():
+                return {}
+            write_heatmap(
+                out, store, scores, provenance=provenance(model, store, **query.provenance())
+            )
+            warning = domain_warning(store, model.bundle.training_domain)
+        if warning:
+            feedback.pushWarning(warning)
+        feedback.pushInfo(f"query: {query.description()}")
+        name_output(context, out, f"similarity: {query.description()}")
+        return {self.OUTPUT: out}

@@ -1,0 +1,116 @@
+"""Display names, groups and help texts of every UniGeo algorithm, in one place."""
+
+from __future__ import annotations
+
+GROUPS = {
+    "embeddings": "Embeddings",
+    "search": "Search",
+    "classification": "Classification",
+}
+
+_QUERY_HELP = (
+    "<p><b>Query</b> (give at least one; they are combined): a text (QUERY_TEXT), a map point "
+    "in any CRS (QUERY_POINT: the tile under it), a polygon layer (QUERY_POLYGON: mean of the "
+    "tiles inside), a street-level photo (QUERY_PHOTO), coordinates 'lat,lon' in WGS84 "
+    "(QUERY_GPS); NEGATIVE_TEXT moves the result away from a description. GPS_WEIGHT (0-1) "
+    "mixes the GPS embedding of the query point into the point query.</p>"
+)
+_SOURCE_HELP = (
+    "<p><b>Source</b>: an embedding store folder (STORE, from 'Embed raster'), or a raster "
+    "layer (INPUT) that is embedded on demand into the UniGeo cache (embedded once, reused "
+    "next time); EXTENT limits the embedded area.</p>"
+)
+_MODEL_HELP = (
+    "<p>MODEL is a model bundle folder (default: the one in UniGeo settings); PROVIDER picks "
+    "the inference device (auto: TensorRT, CUDA, then CPU).</p>"
+)
+
+ALGORITHMS: dict[str, tuple[str, str, str]] = {
+    "embedraster": (
+        "Embed raster",
+        "embeddings",
+        "<p>Cuts a raster into tiles at the model's ground sample distance and embeds every "
+        "tile with the aerial encoder into an embedding store (embed once, query many times)."
+        "</p><p>BANDS picks the layer bands in the model's order (default: by colour "
+        "interpretation, else in file order). STRIDE is the step between tiles in pixels (0 = "
+        "the tile size). EXTENT limits the area. OUTPUT_STORE is the store folder (default: "
+        "the UniGeo cache). OUTPUT_TIFF optionally writes the embeddings as a multi-band "
+        "float32 GeoTIFF (one band per dimension, one pixel per tile).</p><p>The run is "
+        "resumable: cancel it and run it again with the same parameters to continue.</p>"
+        + _MODEL_HELP,
+    ),
+    "heatmap": (
+        "Similarity heatmap",
+        "search",
+        "<p>Scores every tile of an embedded raster against a query and writes a heatmap "
+        "GeoTIFF: band 1 is the cosine similarity, band 2 its percentile within the area.</p>"
+        + _SOURCE_HELP
+        + _QUERY_HELP
+        + _MODEL_HELP,
+    ),
+    "tophits": (
+        "Top similar places",
+        "search",
+        "<p>The K tiles most similar to a query, as points (tile centres) or polygons (tile "
+        "footprints) with rank, score and percentile. MIN_DISTANCE (in tiles) keeps hits "
+        "apart.</p>" + _SOURCE_HELP + _QUERY_HELP + _MODEL_HELP,
+    ),
+    "classify": (
+        "Classify land use",
+        "classification",
+        "<p>Classifies every tile. Zero-shot: CLASSES holds one class per line as "
+        "'name: prompt; prompt' (empty = the model's own classes). Few-shot: EXAMPLES is a "
+        "polygon layer whose CLASS_FIELD gives the label; METHOD is 'prototype' (nearest class "
+        "mean) or 'logreg' (logistic regression). Writes a paletted class raster and a "
+        "confidence raster (softmax probability of the chosen class).</p>"
+        + _SOURCE_HELP
+        + _MODEL_HELP,
+    ),
+    "embedfeatures": (
+        "Embed features",
+        "embeddings",
+        "<p>Adds an embedding to every point or polygon feature: the embedding of the tile "
+        "under a point, or the mean of the tiles whose centre lies in a polygon. The raster "
+        "(RASTER) is embedded on demand over the features' extent (or give a STORE).</p>"
+        "<p>The output keeps the input attributes and adds <b>unigeo_n_tiles</b> (tiles used; "
+        "0 = outside the raster or no data, embedding NULL) and <b>unigeo_embedding</b>: a "
+        "JSON array of D floats (unit length), readable with json.loads.</p>" + _MODEL_HELP,
+    ),
+    "encodetable": (
+        "Encode texts or photos",
+        "embeddings",
+        "<p>Embeds the texts of a table field (INPUT + FIELD), or the photos (.jpg, .jpeg, "
+        ".png) of a folder (PHOTO_FOLDER), into a table without geometry: source, "
+        "unigeo_embedding (a JSON array of D floats) and, for photos, the EXIF latitude and "
+        "longitude when present. TEMPLATES averages texts over the model's prompt "
+        "templates.</p>" + _MODEL_HELP,
+    ),
+    "gpsfield": (
+        "GPS embedding field",
+        "embeddings",
+        "<p>Embeds the coordinates of every cell of EXTENT at RESOLUTION (in the units of the "
+        "extent's CRS) with the GPS encoder alone, no imagery. Without a query the output has "
+        "one band per embedding dimension; with QUERY_TEXT and/or QUERY_GPS ('lat,lon') it is "
+        "a similarity heatmap (band 1 cosine, band 2 percentile).</p>" + _MODEL_HELP,
+    ),
+}
+
+
+def title(name: str) -> str:
+    """The display name of algorithm ``name``."""
+    return ALGORITHMS[name][0]
+
+
+def group_id(name: str) -> str:
+    """The group id of algorithm ``name``."""
+    return ALGORITHMS[name][1]
+
+
+def group(name: str) -> str:
+    """The group display name of algorithm ``name``."""
+    return GROUPS[ALGORITHMS[name][1]]
+
+
+def text(name: str) -> str:
+    """The help text (HTML) of algorithm ``name``."""
+    return ALGORITHMS[name][2]

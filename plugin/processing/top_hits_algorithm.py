@@ -1,0 +1,86 @@
+"""Processing algorithm ``unigeo:tophits``: the k places most similar to a query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterVectorDestination,
+)
+
+from ...engine.domain import domain_warning
+from ...engine.similarity import similarity, top_k, write_hits
+from .base import QueryAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+
+
+class TopHitsAlgorithm(QueryAlgorithm):
+    """Top-k tiles by cosine similarity, kept apart by non-maximum suppression."""
+
+    NAME = "tophits"
+    K = "K"
+    MIN_DISTANCE = "MIN_DISTANCE"
+    AS_POLYGONS = "AS_POLYGONS"
+    OUTPUT = "OUTPUT"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_source_params()
+        self.add_query_params()
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.K, self.tr("Number of places"), defaultValue=20, minValue=1
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_DISTANCE,
+                self.tr("Minimum distance between places (tiles)"),
+                defaultValue=1,
+                minValue=0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.AS_POLYGONS, self.tr("Tile polygons instead of points"), False
+            )
+        )
+        self.add_model_params()
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT, self.tr("Similar places"), QgsProcessing.TypeVectorAnyGeometry
+            )
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if Path(out).suffix.lower() not in (".gpkg", ".geojson", ".json"):
+            raise QgsProcessingException(
+                self.tr(f"Write the hits to a .gpkg or .geojson file, not '{out}'")
+            )
+        k = self.parameterAsInt(parameters, self.K, context)
+        radius = self.parameterAsInt(parameters, self.MIN_DISTANCE, context)
+        polygons = self.parameterAsBool(parameters, self.AS_POLYGONS, context)
+        model = self.load_model(parameters, context)
+        store = self.source_store(parameters, context, feedback, model)
+        query = self.build_query(parameters, context, store, model)
+        with engine_errors():
+            scores = similarity(
+                store,
+                query,
+                progress=progress_of(feedback, 80.0, 95.0),
+                is_canceled=canceled_of(feedback),
+            )
+            if feedback.isCanceled():
+                return {}
+            hits = top_k(store, scores, k, min_distance_tiles=radius)
+            prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
+            write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
+            warning = domain_warning(store, model.bundle.training_domain)
+        if warning:
+            feedback.pushWarning(warning)
+        feedback.pushInfo(f"{len(hits)} places for {query.description()}")
+        name_output(context, out, f"top {k}: {query.description()}")
+        return {self.OUTPUT: out}

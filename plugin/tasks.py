@@ -1,0 +1,401 @@
+"""QgsTask adapters around the engine: EmbedTask, HeatmapTask, ClassifyTask, and request tokens.
+
+Every task captures its inputs (paths, a loaded model, plain query data) on the main thread, runs
+one engine function in ``run()`` on a worker thread, catches every exception into a
+:class:`TaskResult`, and hands that result to a callback from ``finished()``, which QGIS calls on
+the main thread: the GUI is touched only there. Outputs are written atomically by the engine; a
+cancelled or failed task also deletes whatever output file it may already have produced, so
+cancelling never leaves a half-made layer behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+
+from ..engine.errors import CancelledError, EngineError, InputError
+
+log = logging.getLogger("unigeo.plugin")
+LOG_TAG = "UniGeo"
+
+
+@dataclass
+class TaskResult:
+    """What a task hands to its callback on the main thread."""
+
+    ok: bool  # True when the work finished and its outputs exist
+    value: Any = None  # the task's output (see each task's ``work``)
+    error: str | None = None  # a message for the user when the work failed
+    cancelled: bool = False  # True when the user (or unload) cancelled it
+    token: int | None = None  # request token given at creation, for stale-result checks
+
+
+class RequestTokens:
+    """Numbered requests per channel; only the newest request of a channel is current.
+
+    Interactive heatmaps are requested quickly one after the other (every click); when an older
+    request finishes after a newer one was issued, its result is stale and must be dropped.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+
+    def issue(self, channel: str = "heatmap") -> int:
+        """A new token for ``channel``; every earlier token of that channel becomes stale."""
+        self._latest[channel] = self._latest.get(channel, 0) + 1
+        return self._latest[channel]
+
+    def is_current(self, token: int | None, channel: str = "heatmap") -> bool:
+        """True when ``token`` is the newest one issued on ``channel``."""
+        return token is not None and self._latest.get(channel) == token
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """A query as plain data, built on the main thread and turned into an engine Query in run()."""
+
+    texts: tuple[str, ...] = ()  # text prompts (positive)
+    negative_texts: tuple[str, ...] = ()  # text prompts to move away from
+    points: tuple[tuple[float, float, str], ...] = ()  # (x, y, CRS) example locations
+    negative_points: tuple[tuple[float, float, str], ...] = ()  # (x, y, CRS) counter-examples
+    photos: tuple[str, ...] = ()  # street-level photo files
+    regions: tuple[tuple[str, str], ...] = ()  # (polygon WKT, CRS): mean of the tiles inside
+    gps: tuple[tuple[float, float], ...] = ()  # (lat, lon) WGS84 degrees
+    templates: tuple[str, ...] | None = None  # prompt templates; None = the bundle's
+
+    def is_empty(self) -> bool:
+        """True when no positive example is given (negatives alone define nothing to find)."""
+        return not (self.texts or self.points or self.photos or self.regions or self.gps)
+
+    def label(self) -> str:
+        """A short name for layers and files, e.g. ``text 'lake' + 2 points − 1 point``."""
+        pos = [f"text '{t}'" for t in self.texts]
+        pos += [_count(len(self.points), "point")] if self.points else []
+        pos += [f"photo '{Path(p).name}'" for p in self.photos]
+        pos += [_count(len(self.regions), "region")] if self.regions else []
+        pos += [f"gps ({la:.4f}, {lo:.4f})" for la, lo in self.gps]
+        neg = [f"text '{t}'" for t in self.negative_texts]
+        neg += [_count(len(self.negative_points), "point")] if self.negative_points else []
+        text = " + ".join(pos) or "empty query"
+        return text + "".join(f" − {n}" for n in neg)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def build_query(spec: QuerySpec, store: Any, model: Any) -> Any:
+    """Turn a :class:`QuerySpec` into an :class:`engine.query.Query` (encoders run here)."""
+    from ..engine import query as Q
+
+    if spec.is_empty():
+        raise InputError("the query is empty: type a text, pick a photo or click example places")
+    tmpl = list(spec.templates) if spec.templates is not None else None
+    parts: list[tuple[Any, bool]] = []
+    parts += [(Q.text_query(model, t, tmpl), False) for t in spec.texts]
+    parts += [(Q.text_query(model, t, tmpl), True) for t in spec.negative_texts]
+    parts += [(Q.point_query(store, x, y, crs=c), False) for x, y, c in spec.points]
+    parts += [(Q.point_query(store, x, y, crs=c), True) for x, y, c in spec.negative_points]
+    parts += [(Q.photo_query(model, p), False) for p in spec.photos]
+    parts += [(Q.gps_query(model, la, lo), False) for la, lo in spec.gps]
+    if spec.regions:
+        import shapely
+
+        for wkt, crs in spec.regions:
+            parts.append((Q.region_query(store, shapely.from_wkt(wkt), crs=crs), False))
+    query = Q.Query()
+    for q, negative in parts:
+        query.add(q.vector(), 1.0, negative=negative, description=q.description())
+    return query
+
+
+class EngineTask(QgsTask):
+    """Base adapter: ``work()`` runs in ``run()``; ``on_done(TaskResult)`` runs in ``finished()``."""
+
+    # The task manager owns only the C++ side; the Python object must live until finished().
+    live: set[EngineTask] = set()
+
+    def __init__(
+        self,
+        description: str,
+        on_done: Callable[[TaskResult], None] | None = None,
+        token: int | None = None,
+        outputs: tuple[str | Path, ...] = (),
+    ) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.on_done = on_done
+        self.token = token
+        self.outputs = tuple(Path(p) for p in outputs)  # deleted when the task does not succeed
+        self.result: TaskResult | None = None
+        self._value: Any = None
+        self._error: str | None = None
+        EngineTask.live.add(self)
+
+    # -- engine callbacks -------------------------------------------------------------------
+    def report(self, fraction: float) -> None:
+        """Engine ``progress`` callback: fraction in [0, 1] to the task's percentage."""
+        self.setProgress(100.0 * max(0.0, min(1.0, float(fraction))))
+
+    def canceled(self) -> bool:
+        """Engine ``is_canceled`` callback."""
+        return self.isCanceled()
+
+    def work(self) -> Any:
+        """The engine call; runs on a worker thread. Subclasses implement it."""
+        raise NotImplementedError
+
+    # -- QgsTask ----------------------------------------------------------------------------
+    def run(self) -> bool:
+        try:
+            self._value = self.work()
+            if self.isCanceled():
+                raise CancelledError("cancelled")
+            return True
+        except CancelledError:
+            pass
+        except EngineError as e:
+            self._error = str(e)
+        except Exception as e:  # noqa: BLE001 - a worker thread must never raise into QGIS
+            self._error = f"{type(e).__name__}: {e}"
+            log.error("task '%s' failed:\n%s", self.description(), traceback.format_exc())
+        self._remove_outputs()
+        return False
+
+    def _remove_outputs(self) -> None:
+        for p in self.outputs:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not remove %s: %s", p, e)
+
+    def finished(self, result: bool) -> None:  # noqa: FBT001 (QGIS API)
+        EngineTask.live.discard(self)
+        cancelled = not result and (self.isCanceled() or self._error is None)
+        if cancelled:
+            self._remove_outputs()  # also when cancelled before run() started
+        self.result = TaskResult(
+            ok=bool(result),
+            value=self._value if result else None,
+            error=None if result else self._error,
+            cancelled=cancelled,
+            token=self.token,
+        )
+        if self._error:
+            QgsMessageLog.logMessage(f"{self.description()}: {self._error}", LOG_TAG, Qgis.Warning)
+        if self.on_done is not None:
+            try:
+                self.on_done(self.result)
+            except Exception:  # noqa: BLE001 - a failing callback must not take QGIS down
+                QgsMessageLog.logMessage(
+                    f"{self.description()}: result handler failed:\n{traceback.format_exc()}",
+                    LOG_TAG,
+                    Qgis.Critical,
+                )
+
+
+class EmbedTask(EngineTask):
+    """Embed a raster's tile grid into a store folder (resumable); value: the store path."""
+
+    def __init__(
+        self,
+        model: Any,
+        reader: Any,
+        grid: Any,
+        store_path: str | Path,
+        on_done: Callable[[TaskResult], None] | None = None,
+        modality: Any = None,
+        batch_size: int = 32,
+        workers: int = 2,
+        block_tiles: int = 16,  # as the Processing algorithms, so either can resume the other
+    ) -> None:
+        super().__init__(f"UniGeo: embed {grid.n_tiles} tiles", on_done)
+        self.block_tiles = block_tiles
+        self.model, self.reader, self.grid = model, reader, grid
+        self.store_path = Path(store_path)
+        self.modality = modality
+        self.batch_size, self.workers = batch_size, workers
+
+    def work(self) -> str:
+        from ..engine.contract import Modality
+        from ..engine.embed import embed_raster
+
+        store = embed_raster(
+            self.model,
+            self.reader,
+            self.grid,
+            self.store_path,
+            modality=self.modality or Modality.AERIAL,
+            batch_size=self.batch_size,
+            block_tiles=self.block_tiles,
+            workers=self.workers,
+            progress=self.report,
+            is_canceled=self.canceled,
+        )
+        return str(store.folder)
+
+
+@dataclass
+class HeatmapOutput:
+    """What a finished HeatmapTask produced."""
+
+    path: Path  # the heatmap GeoTIFF (band 1 cosine, band 2 percentile)
+    description: str  # the engine's description of the query
+    warning: str | None  # out-of-domain warning for the message bar, or None
+    provenance: dict[str, Any] = field(default_factory=dict)  # written into the layer metadata
+    best: float = float("nan")  # highest cosine score in the area
+
+
+class HeatmapTask(EngineTask):
+    """Score every tile of a store against a query and write the heatmap GeoTIFF."""
+
+    def __init__(
+        self,
+        model: Any,
+        store_path: str | Path,
+        spec: QuerySpec,
+        out_path: str | Path,
+        on_done: Callable[[TaskResult], None] | None = None,
+        token: int | None = None,
+        provenance: dict[str, Any] | None = None,
+        mask: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(f"UniGeo: heatmap for {spec.label()}", on_done, token, (out_path,))
+        self.model, self.spec = model, spec
+        self.store_path, self.out_path = Path(store_path), Path(out_path)
+        self.provenance = dict(provenance or {})
+        self.mask = mask  # (polygon WKT, CRS): score only tiles whose centre lies inside
+
+    def _apply_mask(self, store: Any, scores: Any) -> Any:
+        """NaN outside the mask polygons, so percentiles are ranks within the chosen area."""
+        if not self.mask:
+            return scores
+        import numpy as np
+        import shapely
+
+        from ..engine.query import tiles_in_polygon
+
+        keep = np.zeros(scores.shape, dtype=bool)
+        for wkt, crs in self.mask:
+            rows, cols = tiles_in_polygon(store, shapely.from_wkt(wkt), crs)
+            keep[rows, cols] = True
+        if not keep.any():
+            raise InputError("no embedded tile centre lies inside the area's polygons")
+        return np.where(keep, scores, np.nan).astype(np.float32)
+
+    def work(self) -> HeatmapOutput:
+        import numpy as np
+
+        from ..engine.domain import domain_warning
+        from ..engine.similarity import similarity, write_heatmap
+        from ..engine.store import EmbeddingStore
+
+        store = EmbeddingStore.open(self.store_path)
+        query = build_query(self.spec, store, self.model)
+        self.report(0.1)
+        scores = similarity(
+            store, query, progress=lambda f: self.report(0.1 + 0.8 * f), is_canceled=self.canceled
+        )
+        scores = self._apply_mask(store, scores)
+        prov = {**self.provenance, "query": query.description(), "model_hash": store.model_hash}
+        if self.isCanceled():
+            raise CancelledError("cancelled before the heatmap was written")
+        write_heatmap(self.out_path, store, scores, provenance=prov)
+        warning = domain_warning(store, self.model.bundle.training_domain)
+        best = float(np.nanmax(scores)) if np.isfinite(scores).any() else float("nan")
+        self.report(1.0)
+        return HeatmapOutput(self.out_path, query.description(), warning, prov, best)
+
+
+@dataclass(frozen=True)
+class ClassifySpec:
+    """A classification request as plain data (built by the classify dialog)."""
+
+    class_prompts: dict[str, tuple[str, ...]] | None = None  # zero-shot; None = the bundle's
+    examples: tuple[tuple[str, str], ...] = ()  # few-shot: (polygon WKT, class label)
+    examples_crs: str | None = None  # CRS of the example polygons
+    method: str = "prototype"  # few-shot method: "prototype" or "logreg"
+
+    @property
+    def zero_shot(self) -> bool:
+        return not self.examples
+
+
+@dataclass
+class ClassifyOutput:
+    """What a finished ClassifyTask produced."""
+
+    class_path: Path  # paletted uint8 class GeoTIFF (255 = nodata)
+    conf_path: Path  # float32 confidence GeoTIFF
+    classes: list[str]  # value i is classes[i]
+    colors: dict[str, str]  # class -> "#rrggbb"
+    counts: dict[str, int]  # tiles per class
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class ClassifyTask(EngineTask):
+    """Zero-shot or few-shot land-use classification of a store into two GeoTIFFs."""
+
+    def __init__(
+        self,
+        model: Any,
+        store_path: str | Path,
+        spec: ClassifySpec,
+        class_path: str | Path,
+        conf_path: str | Path,
+        on_done: Callable[[TaskResult], None] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__("UniGeo: land-use classification", on_done, None, (class_path, conf_path))
+        self.model, self.spec = model, spec
+        self.store_path = Path(store_path)
+        self.class_path, self.conf_path = Path(class_path), Path(conf_path)
+        self.provenance = dict(provenance or {})
+
+    def _classify(self, store: Any) -> Any:
+        from ..engine import classify as C
+
+        if self.spec.zero_shot:
+            prompts = self.spec.class_prompts
+            lists = {k: list(v) for k, v in prompts.items()} if prompts else None
+            return C.zero_shot(
+                store, self.model, lists, progress=self.report, is_canceled=self.canceled
+            )
+        import shapely
+
+        examples = [(shapely.from_wkt(w), label) for w, label in self.spec.examples]
+        return C.from_examples(
+            store,
+            examples,
+            method=self.spec.method,
+            crs=self.spec.examples_crs,
+            progress=self.report,
+            is_canceled=self.canceled,
+        )
+
+    def work(self) -> ClassifyOutput:
+        import numpy as np
+
+        from ..engine.classify import write_classification
+        from ..engine.store import EmbeddingStore
+
+        store = EmbeddingStore.open(self.store_path)
+        result = self._classify(store)
+        self.report(0.8)
+        if self.isCanceled():
+            raise CancelledError("cancelled before the class map was written")
+        method = "zero-shot" if self.spec.zero_shot else f"few-shot {self.spec.method}"
+        prov = {**self.provenance, "classes": ", ".join(result.classes), "method": method}
+        write_classification(self.class_path, self.conf_path, store, result, provenance=prov)
+        raster = np.asarray(result.class_raster)
+        counts = {c: int((raster == i).sum()) for i, c in enumerate(result.classes)}
+        colors = dict(zip(result.classes, result.colors, strict=False))
+        self.report(1.0)
+        return ClassifyOutput(
+            self.class_path, self.conf_path, list(result.classes), colors, counts, prov
+        )

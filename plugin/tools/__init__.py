@@ -1,0 +1,1 @@
+"""Map tools: they only convert canvas clicks into signals (find similar, similar to region)."""
