@@ -1,0 +1,1 @@
+"""Tests of the training package (towers, loss, trainer, DDP, export, evaluation)."""

@@ -1,0 +1,261 @@
+"""Held-out evaluation: cross-modal retrieval, Accuracy@100 m, land-use probes, a raw baseline.
+
+``python -m training.evaluate --checkpoint out/train/checkpoint.pt --out out/eval`` writes
+``eval.json``, ``eval.md`` and ``retrieval_r1.png``. Retrieval is measured for every ordered
+modality pair on the samples that have both; chance is k/N. The land-use linear probe and kNN run
+on frozen embeddings; the same probes on raw pixel statistics are the baseline to beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.atomic import atomic_path, atomic_write_text
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+KS = (1, 5, 10)
+EARTH_RADIUS_M = 6_371_008.8
+
+
+@torch.no_grad()
+def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size: int = 64):
+    """Embeddings, masks, coordinates, labels and raw-statistics features of a whole dataset."""
+    from .train import make_collate, move
+
+    collate = make_collate(cfg)
+    device = next(model.parameters()).device
+    model.eval()
+    embs: dict[str, list[np.ndarray]] = {}
+    masks: dict[str, list[np.ndarray]] = {}
+    lat, lon, lab, raw = [], [], [], []
+    for start in range(0, len(ds), batch_size):
+        samples = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+        batch = move(collate(samples), device)
+        for k, v in model(batch).items():
+            embs.setdefault(k, []).append(v.float().cpu().numpy())
+            masks.setdefault(k, []).append(batch["mask"][k].cpu().numpy())
+        lat += [s["lat"] for s in samples]
+        lon += [s["lon"] for s in samples]
+        lab += [s.get("landuse", -1) for s in samples]
+        raw += [raw_stats(s) for s in samples]
+    cat = {k: np.concatenate(v) for k, v in embs.items()}
+    return cat, {k: np.concatenate(v) for k, v in masks.items()}, np.array(lat), np.array(lon), \
+        np.array(lab), np.stack(raw)  # fmt: skip
+
+
+def raw_stats(sample: dict) -> np.ndarray:
+    """Baseline features: per-band mean, std and 10/50/90th percentiles of aerial pixels."""
+    x = sample.get("aerial")
+    if x is None or np.isnan(x).all():
+        return np.full(4 * 5, np.nan, np.float32)
+    x = x[:4].reshape(min(4, x.shape[0]), -1)
+    feats = [np.nanmean(x, 1), np.nanstd(x, 1), *np.nanpercentile(x, (10, 50, 90), axis=1)]
+    out = np.full((5, 4), np.nan, np.float32)
+    out[:, : x.shape[0]] = np.stack(feats)
+    return out.ravel()
+
+
+def haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray):
+    """Great-circle distance in metres."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lon2 - lon1)
+    h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+
+
+def retrieval(q: np.ndarray, g: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str, float]:
+    """R@k of the true partner (row i of g for query i) and Accuracy@100 m of the top hit."""
+    sims = q @ g.T
+    true = np.diagonal(sims)[:, None]
+    # Ties count against the query (identical captions must not inflate recall).
+    rank = (sims > true).sum(1) + (sims == true).sum(1) - 1
+    top = sims.argmax(1)
+    d = haversine_m(lat, lon, lat[top], lon[top])
+    out = {f"R@{k}": float((rank < k).mean()) for k in KS}
+    out["acc@100m"] = float((d <= 100.0).mean())
+    out["n"] = int(len(q))
+    return out
+
+
+def knn_accuracy(xtr, ytr, xte, yte, k: int = 5) -> float:
+    """Cosine kNN majority vote."""
+    a = xtr / np.linalg.norm(xtr, axis=1, keepdims=True).clip(1e-9)
+    b = xte / np.linalg.norm(xte, axis=1, keepdims=True).clip(1e-9)
+    nn_idx = np.argsort(-(b @ a.T), axis=1)[:, :k]
+    votes = ytr[nn_idx]
+    pred = np.array([np.bincount(v).argmax() for v in votes])
+    return float((pred == yte).mean())
+
+
+def linear_probe(xtr, ytr, xte, yte, steps: int = 300, wd: float = 1e-3) -> float:
+    """Multinomial logistic regression (standardised features, full-batch L-BFGS)."""
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xt = torch.tensor((xtr - mu) / sd, dtype=torch.float32)
+    xv = torch.tensor((xte - mu) / sd, dtype=torch.float32)
+    yt = torch.tensor(ytr, dtype=torch.long)
+    lin = torch.nn.Linear(xt.shape[1], int(max(ytr.max(), yte.max())) + 1)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(xt), yt) + wd * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(xv).argmax(1).numpy() == yte).mean())
+
+
+def probes(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> dict[str, float] | None:
+    """Linear probe and kNN on the first / second half of the labelled, present samples."""
+    idx = np.flatnonzero(keep & (y >= 0) & np.isfinite(x).all(1))
+    if len(idx) < 10 or len(np.unique(y[idx])) < 2:
+        return None
+    tr, te = idx[: len(idx) // 2], idx[len(idx) // 2 :]
+    return {
+        "linear": linear_probe(x[tr], y[tr], x[te], y[te]),
+        "knn5": knn_accuracy(x[tr], y[tr], x[te], y[te]),
+        "n_test": int(len(te)),
+    }
+
+
+def evaluate_model(model: torch.nn.Module, ds: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """All metrics of the held-out split, as a JSON-ready dict."""
+    emb, mask, lat, lon, lab, raw = embed_dataset(model, ds, cfg)
+    res: dict[str, Any] = {"retrieval": {}, "probe": {}, "baseline": {}, "n": int(len(lat))}
+    for a in emb:
+        for b in emb:
+            if a == b:
+                continue
+            v = mask[a] & mask[b]
+            if v.sum() >= 2:
+                r = retrieval(emb[a][v], emb[b][v], lat[v], lon[v])
+                r["chance@1"] = 1.0 / r["n"]
+                res["retrieval"][f"{a}->{b}"] = r
+    for m in emb:
+        p = probes(emb[m], lab, mask[m])
+        if p:
+            res["probe"][m] = p
+    if "aerial" in mask:
+        res["baseline"]["aerial_raw_stats"] = probes(raw, lab, mask["aerial"])
+    labelled = lab[lab >= 0]
+    if len(labelled):
+        res["baseline"]["majority_class"] = float(np.bincount(labelled).max() / len(labelled))
+    return res
+
+
+def quick_eval(
+    model: torch.nn.Module, ds: Any, cfg: TrainConfig, max_samples: int = 256
+) -> dict[str, float]:
+    """Mean R@1 and R@10 over all ordered pairs on the first ``max_samples`` held-out samples."""
+    sub = torch.utils.data.Subset(ds, range(min(len(ds), max_samples)))
+    emb, mask, lat, lon, _, _ = embed_dataset(model, sub, cfg)
+    r1, r10 = [], []
+    for a in emb:
+        for b in emb:
+            v = mask[a] & mask[b]
+            if a != b and v.sum() >= 2:
+                r = retrieval(emb[a][v], emb[b][v], lat[v], lon[v])
+                r1.append(r["R@1"])
+                r10.append(r["R@10"])
+    return {"val/R@1": float(np.mean(r1)), "val/R@10": float(np.mean(r10))} if r1 else {}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The report as markdown tables."""
+    lines = [f"# Held-out evaluation ({res['n']} samples)", "", "## Retrieval", "",
+             "| query -> gallery | n | R@1 | R@5 | R@10 | Acc@100 m | chance@1 |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for pair, r in res["retrieval"].items():
+        lines.append(
+            f"| {pair} | {r['n']} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} "
+            f"| {r['acc@100m']:.3f} | {r['chance@1']:.3f} |"
+        )
+    lines += ["", "## Land-use probes (frozen embeddings)", "",
+              "| features | linear | kNN (k=5) | n test |", "|---|---|---|---|"]  # fmt: skip
+    rows = list(res["probe"].items()) + [
+        (f"baseline: {k}", v) for k, v in res["baseline"].items() if isinstance(v, dict)
+    ]
+    for name, p in rows:
+        lines.append(f"| {name} | {p['linear']:.3f} | {p['knn5']:.3f} | {p['n_test']} |")
+    if "majority_class" in res["baseline"]:
+        lines.append(f"\nMajority-class accuracy: {res['baseline']['majority_class']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_matrix(res: dict[str, Any], png: Path) -> Path:
+    """R@1 for every ordered pair as a query x gallery heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mods = sorted(
+        {p.split("->")[0] for p in res["retrieval"]} | {p.split("->")[1] for p in res["retrieval"]}
+    )
+    mat = np.full((len(mods), len(mods)), math.nan)
+    for pair, r in res["retrieval"].items():
+        a, b = pair.split("->")
+        mat[mods.index(a), mods.index(b)] = r["R@1"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+    ax.set(xticks=range(len(mods)), yticks=range(len(mods)), xlabel="gallery", ylabel="query",
+           title="R@1 (held-out)")  # fmt: skip
+    ax.set_xticklabels(mods, rotation=45, ha="right")
+    ax.set_yticklabels(mods)
+    for i in range(len(mods)):
+        for j in range(len(mods)):
+            if not math.isnan(mat[i, j]):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im)
+    fig.tight_layout()
+    with atomic_path(png, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return png
+
+
+def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write eval.json, eval.md and retrieval_r1.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", json.dumps(res, indent=2) + "\n")
+    atomic_write_text(out / "eval.md", markdown(res))
+    paths = {"json": out / "eval.json", "md": out / "eval.md"}
+    if res["retrieval"]:
+        paths["png"] = plot_matrix(res, out / "retrieval_r1.png")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import load_model
+    from .train import build_datasets
+
+    ap = argparse.ArgumentParser(description="Evaluate a UniGeoCLIP checkpoint on held-out data.")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training.train")
+    ap.add_argument("--out", default="out/eval", help="folder for eval.json / eval.md / PNG")
+    ap.add_argument("--split", default="val", choices=["val", "test"], help="held-out split")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model, cfg = load_model(a.checkpoint)
+    _, val = build_datasets(cfg, a.split)
+    res = evaluate_model(model, val, cfg)
+    paths = write_report(res, a.out)
+    print(markdown(res))
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
