@@ -43,6 +43,9 @@ demo: setup
 data: setup
 	bash scripts/make_data.sh
 
+model: setup
+	bash scripts/make_model.sh
+
 package:
 	@bash scripts/package.sh $(SLUG)
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make model`: rebuild the default bundle from scratch: the real dataset (make data), training
+# with training/configs/default_cpu.yaml on this CPU (about 25 minutes on 2 cores), export with
+# int8 variants, evaluation, and assembly into resources/models/default (<= 50 MB).
+# On a GPU machine use scripts/train_gpu.sh with the small config instead (see docs/MODEL_CARD.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-data-cache/dataset}
+WORK=${WORK:-out/default_train}
+STEPS=${STEPS:-500}
+THREADS=${THREADS:-$(nproc)}
+[ -f "$DATA/samples.parquet" ] || bash scripts/make_data.sh "$DATA"
+start=$(date +%s)
+$PY -m training.train --config training/configs/default_cpu.yaml --out "$WORK" \
+  --set "data.source=$DATA" --set "steps=$STEPS" --threads "$THREADS"
+$PY -m training.export --checkpoint "$WORK/checkpoint.pt" --out "$WORK/bundle" --int8
+$PY -m training.evaluate --checkpoint "$WORK/checkpoint.pt" --out "$WORK/eval" || true
+$PY scripts/ship_bundle.py --bundle "$WORK/bundle" --dataset "$DATA" \
+  --out resources/models/default --int8 text aerial \
+  --description "Interim UniGeoCLIP default bundle: default_cpu config, $STEPS steps on a CPU, trained on the real multi-site dataset from make data. See docs/MODEL_CARD.md."
+$PY -m engine info resources/models/default
+echo "make model: done in $(( $(date +%s) - start )) s"

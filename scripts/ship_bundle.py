@@ -1,0 +1,126 @@
+"""Assemble the shipped default bundle from an exported one: pick int8 towers, set the domain.
+
+    python scripts/ship_bundle.py --bundle out/default_train/bundle --dataset data-cache/dataset \
+        --out resources/models/default --int8 text aerial --max-mb 50
+
+- Uses ``<modality>.int8.onnx`` for the modalities named by ``--int8`` (export keeps an int8
+  variant only when its cosine to fp32 is >= 0.99), fp32 for the rest.
+- The training domain becomes one WGS84 box per training area that has aerial imagery (the coarse
+  worldwide Blue Marble chips only teach the GPS tower the globe, so they are not "domain"), and
+  the GSD range of those areas.
+- Writes into a temporary sibling folder, checks the size cap and that the engine loads and runs
+  every tower, then replaces the target folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.contract import BundleSpec, Modality, TrainingDomain  # noqa: E402
+
+COARSE_GSD_M = 1000.0  # areas coarser than this are global context, not the imagery domain
+PAD_DEG = 0.05
+CLASS_COLORS = {
+    "water": "#3a7bd5", "forest": "#1b7837", "cropland": "#e6c229", "grassland": "#a6d96a",
+    "residential": "#d7301f", "industrial": "#7b3294", "bare": "#bf812d", "wetland": "#41b6c4",
+}
+
+
+def training_domain(dataset: Path) -> TrainingDomain:
+    info = json.loads((dataset / "dataset.json").read_text())
+    gsd = {a: float(g) for a, g in info["gsd_m"].items() if float(g) < COARSE_GSD_M}
+    t = pq.read_table(dataset / "samples.parquet", columns=["area_id", "lat", "lon"])
+    area = np.asarray(t["area_id"].to_pylist())
+    lat, lon = t["lat"].to_numpy(), t["lon"].to_numpy()
+    boxes = []
+    for a in sorted(gsd):
+        sel = area == a
+        if sel.any():
+            boxes.append((
+                max(float(lon[sel].min()) - PAD_DEG, -180.0), max(float(lat[sel].min()) - PAD_DEG, -90.0),
+                min(float(lon[sel].max()) + PAD_DEG, 180.0), min(float(lat[sel].max()) + PAD_DEG, 90.0),
+            ))  # fmt: skip
+    return TrainingDomain(bboxes=tuple(boxes), gsd_range_m=(min(gsd.values()), max(gsd.values())))
+
+
+def assemble(src: Path, dataset: Path, out: Path, int8: list[str], description: str) -> Path:
+    spec = BundleSpec.read(src)
+    stage = out.with_name(out.name + ".staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    encoders = {}
+    for m, fname in spec.encoders.items():
+        variant = Path(fname).with_suffix(".int8.onnx").name
+        use = variant if m.value in int8 and (src / variant).is_file() else fname
+        if m.value in int8 and use == fname:
+            print(f"ship: no int8 variant for {m.value} (export refused it); keeping fp32")
+        shutil.copy2(src / use, stage / use)
+        encoders[m] = use
+    shutil.copy2(src / spec.tokenizer, stage / spec.tokenizer)
+    colors = {c: CLASS_COLORS[c] for c in spec.class_prompts if c in CLASS_COLORS}
+    shipped = BundleSpec(
+        name=spec.name, version=spec.version, dim=spec.dim, encoders=encoders,
+        tokenizer=spec.tokenizer, class_prompts=spec.class_prompts, class_colors=colors,
+        prompt_templates=("{}", "an aerial view of {}", "a satellite image of {}"),
+        provenance=spec.provenance, training_domain=training_domain(dataset),
+        description=description,
+    )  # fmt: skip
+    shipped.write(stage)
+    return stage
+
+
+def check(stage: Path, max_mb: float) -> float:
+    from engine.model import UniGeoModel
+
+    size_mb = sum(p.stat().st_size for p in stage.iterdir()) / 1e6
+    if size_mb > max_mb:
+        raise SystemExit(f"ship: bundle is {size_mb:.1f} MB > {max_mb} MB")
+    with UniGeoModel.load(stage) as model:
+        for m in model.modalities:
+            s = model.spec(m).preprocess
+            if m is Modality.TEXT:
+                e = model.encode_text(["open water"])
+            elif m is Modality.GPS:
+                e = model.encode_gps([47.0], [-99.1])
+            elif m is Modality.STREETVIEW:
+                e = model.encode_photos([np.full((64, 64, 3), 128, np.uint8)])
+            else:
+                c = len(s.bands) if m is Modality.AERIAL else 1
+                e = model.encode_tiles(m, np.random.default_rng(0).random((2, c, s.size, s.size), np.float32))
+            assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3), m
+    return size_mb
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", required=True, type=Path, help="bundle from python -m training.export")
+    ap.add_argument("--dataset", required=True, type=Path, help="the dataset it was trained on")
+    ap.add_argument("--out", default=ROOT / "resources" / "models" / "default", type=Path)
+    ap.add_argument("--int8", nargs="*", default=["text", "aerial"], help="modalities shipped as int8")
+    ap.add_argument("--max-mb", type=float, default=50.0)
+    ap.add_argument("--description", default="")
+    a = ap.parse_args()
+    stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description)
+    size = check(stage, a.max_mb)
+    old = a.out.with_name(a.out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if a.out.exists():
+        a.out.rename(old)
+    stage.rename(a.out)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"ship: {a.out} ({size:.1f} MB): " + ", ".join(sorted(p.name for p in a.out.iterdir())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
