@@ -8,7 +8,8 @@ OUT ?= out
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test test-slow test-gpu lint format demo package qgis model data bench clean help
+PHONY_EXTRA := qgis-smoke
+.PHONY: setup test test-slow test-gpu lint format demo package qgis model data bench clean help $(PHONY_EXTRA)
 
 help:
 	@echo "make demo     run the main job headless on a real raster (writes $(OUT)/demo)"
@@ -51,6 +52,9 @@ package:
 
 qgis: setup
 	@bash scripts/qgis.sh $(SLUG)
+
+qgis-smoke: setup
+	@bash scripts/qgis_smoke.sh
 
 clean:
 	rm -rf dist build $(OUT) .pytest_cache .ruff_cache

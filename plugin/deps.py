@@ -1,7 +1,7 @@
 """Runtime dependencies of the plugin inside QGIS: check, explain, and install them privately.
 
 QGIS runs the system Python, not the project's .venv, so onnxruntime and tokenizers are
-installed into a folder of the QGIS profile (``python/dependencies/unigeo``) with pip's
+installed into a folder of the QGIS profile (with rasterio and pyogrio for file I/O) (``python/dependencies/unigeo``) with pip's
 ``--target``, and that folder is put on ``sys.path`` before the engine is imported. numpy is
 never installed there: the system numpy (1.x) must stay, Debian's GDAL bindings need it.
 
@@ -24,6 +24,13 @@ REQUIREMENTS = {
     "tokenizers": "tokenizers>=0.15,<1",
     "pyproj": "pyproj>=3.4,<4",
     "shapely": "shapely>=2.0,<3",
+    # GeoTIFF/GeoPackage outputs and the fast path for file rasters; their wheels carry their
+    # own GDAL, separate from the one QGIS links (checked in a real QGIS 3.22 session).
+    "rasterio": "rasterio>=1.3.9,<2",
+    "pyogrio": "pyogrio>=0.9,<1",
+    # affine 3 is built on attrs and breaks against Debian's older attrs, which QGIS's Python
+    # finds first; affine 2.4 has no dependencies.
+    "affine": "affine>=2.4,<3",
 }
 DEPS_SUBDIR = ("python", "dependencies", "unigeo")
 
