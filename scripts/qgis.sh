@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slug=${1:-unigeo}
+if ! command -v qgis >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qgis
+  else
+    echo "qgis: the QGIS application is not installed; run: sudo apt-get install -y qgis" >&2
+    [ "${NO_START:-0}" = 1 ] || exit 1
+  fi
+fi
 profile=${QGIS_PROFILE:-default}
 pdir="${QGIS_PROFILES_DIR:-$HOME/.local/share/QGIS/QGIS3/profiles}/$profile"
 plugins="$pdir/python/plugins"
