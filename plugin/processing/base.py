@@ -38,6 +38,7 @@ from ...engine.contract import Modality
 from ...engine.errors import CancelledError, EngineError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
+from ...engine.similarity import similarity
 from ...engine.store import EmbeddingStore, StoreCache
 from .. import model_cache
 from ..qgis_reader import reader_for_layer
@@ -281,6 +282,17 @@ class QueryAlgorithm(UniGeoAlgorithm):
     QUERY_GPS = "QUERY_GPS"
     NEGATIVE_TEXT = "NEGATIVE_TEXT"
     GPS_WEIGHT = "GPS_WEIGHT"
+
+    def score(self, store: EmbeddingStore, query: Query, feedback: QgsProcessingFeedback):
+        """Cosine scores of every tile for ``query``; None when the user cancelled."""
+        with engine_errors():
+            scores = similarity(
+                store,
+                query,
+                progress=progress_of(feedback, 80.0, 95.0),
+                is_canceled=canceled_of(feedback),
+            )
+        return None if feedback.isCanceled() else scores
 
     def add_query_params(self) -> None:
         """Every query parameter; all optional, at least one is required at run time."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from qgis.core import QgsProcessingParameterRasterDestination
 
 from ...engine.domain import domain_warning
-from ...engine.similarity import similarity, write_heatmap
-from .base import QueryAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+from ...engine.similarity import write_heatmap
+from .base import QueryAlgorithm, engine_errors, name_output, provenance
 
 
 class HeatmapAlgorithm(QueryAlgorithm):
@@ -28,15 +28,10 @@ class HeatmapAlgorithm(QueryAlgorithm):
         model = self.load_model(parameters, context)
         store = self.source_store(parameters, context, feedback, model)
         query = self.build_query(parameters, context, store, model)
+        scores = self.score(store, query, feedback)
+        if scores is None:
+            return {}
         with engine_errors():
-            scores = similarity(
-                store,
-                query,
-                progress=progress_of(feedback, 80.0, 95.0),
-                is_canceled=canceled_of(feedback),
-            )
-            if feedback.isCanceled():
-                return {}
             write_heatmap(
                 out, store, scores, provenance=provenance(model, store, **query.provenance())
             )

@@ -13,8 +13,8 @@ from qgis.core import (
 )
 
 from ...engine.domain import domain_warning
-from ...engine.similarity import similarity, top_k, write_hits
-from .base import QueryAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+from ...engine.similarity import top_k, write_hits
+from .base import QueryAlgorithm, engine_errors, name_output, provenance
 
 
 class TopHitsAlgorithm(QueryAlgorithm):
@@ -66,15 +66,10 @@ class TopHitsAlgorithm(QueryAlgorithm):
         model = self.load_model(parameters, context)
         store = self.source_store(parameters, context, feedback, model)
         query = self.build_query(parameters, context, store, model)
+        scores = self.score(store, query, feedback)
+        if scores is None:
+            return {}
         with engine_errors():
-            scores = similarity(
-                store,
-                query,
-                progress=progress_of(feedback, 80.0, 95.0),
-                is_canceled=canceled_of(feedback),
-            )
-            if feedback.isCanceled():
-                return {}
             hits = top_k(store, scores, k, min_distance_tiles=radius)
             prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
             write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
