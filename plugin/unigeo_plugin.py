@@ -18,6 +18,15 @@ from . import deps
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 MENU = "&UniGeo"
 LOG_TAG = "UniGeo"
+# One icon per toolbar action (resources/icons); anything else gets the plugin icon.
+ACTION_ICONS = {
+    "Find similar places": "find_similar.svg",
+    "Similar to region": "region.svg",
+    "Text → map": "text.svg",
+    "Photo → map": "photo.svg",
+    "Classify land use": "classify.svg",
+    "Settings": "settings.svg",
+}
 
 
 class UniGeoPlugin:
@@ -98,7 +107,9 @@ class UniGeoPlugin:
         QgsApplication.processingRegistry().addProvider(self.provider)
 
     def _add_action(self, text: str, slot, checkable: bool = False) -> QAction:
-        action = QAction(self.icon(), text, self.iface.mainWindow())
+        action = QAction(
+            self.icon(ACTION_ICONS.get(text, "unigeo.svg")), text, self.iface.mainWindow()
+        )
         action.setObjectName("UniGeo " + text)
         action.setCheckable(checkable)
         (action.toggled if checkable else action.triggered).connect(slot)

@@ -303,3 +303,12 @@ def test_dock_area_choices(plugin, qgis_iface):
     assert len(area.polygons) == 1 and area.mask()[0][1] == "EPSG:4326"
     dock.area_combo.setCurrentIndex(1)
     assert dock.area_choice().extent is None
+
+
+def test_every_toolbar_action_has_its_own_existing_icon(plugin_package):
+    from unigeo.plugin.unigeo_plugin import ACTION_ICONS, PLUGIN_DIR
+
+    files = list(ACTION_ICONS.values())
+    assert len(set(files)) == len(files) == 6
+    for name in files:
+        assert (PLUGIN_DIR / "resources" / "icons" / name).is_file(), name
