@@ -34,6 +34,10 @@ def check():
             "INPUT": layer, "BANDS": BANDS, "MODEL": os.environ["UNIGEO_SMOKE_MODEL"], "QUERY_TEXT": "water",
             "OUTPUT": str(OUT / "heatmap.tif")})
         report.write(f"heatmap: {res}\n")
+        from unigeo.plugin import layers
+
+        heat = layers.heatmap_layer(res["OUTPUT"], "text: water")
+        QgsProject.instance().addMapLayer(heat)
         for action in plugin.actions:
             if "Text" in action.text():
                 action.trigger()
