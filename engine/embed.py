@@ -63,6 +63,9 @@ def _check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> Enco
         log.warning("grid GSD %.4g differs from the encoder's %.4g m", grid.gsd, p.gsd_m)
     if grid.n_tiles == 0:
         raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
+    if hasattr(model, "encoder_session"):
+        # load and check the ONNX session now, so a broken encoder fails before a store exists
+        model.encoder_session(modality)
     return spec
 
 

@@ -146,6 +146,8 @@ def point_query(
     """
     if not 0.0 <= gps_weight <= 1.0:
         raise InputError(f"gps_weight must lie in [0, 1], got {gps_weight}")
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise InputError(f"point ({x}, {y}) must have finite coordinates")
     src = crs or store.crs
     sx, sy = _transform_xy(x, y, src, store.crs)
     cell = store.grid.cell_of(sx, sy)

@@ -201,6 +201,13 @@ class RasterioReader:
             raise RasterInputError(f"{name} has a degenerate geotransform {tuple(t)[:6]}")
         if not (x1 > x0 and y1 > y0):
             raise RasterInputError(f"{name} has an empty extent {tuple(src.bounds)}")
+        if src.crs.is_geographic and (x0 < -180.0 - 1e-9 or x1 > 180.0 + 1e-9):
+            # GDAL's warper wraps longitudes into [-180, 180], so pixels past the antimeridian
+            # would silently read as no data
+            raise RasterInputError(
+                f"{name} extends past the antimeridian (longitudes {x0:g}..{x1:g}); reproject it "
+                "to a projected CRS (e.g. its UTM zone with gdalwarp -t_srs) or split it at 180°"
+            )
 
     def _check_explicit(self, bands: Sequence[int] | None) -> tuple[int, ...] | None:
         if bands is None:
@@ -335,15 +342,22 @@ class RasterioReader:
         win = _window(vrt.transform, bounds, gsd)
         src_win, dst = _clip(win, vrt.width, vrt.height, size)
         if src_win is not None:
+            from rasterio.errors import RasterioIOError
             from rasterio.windows import Window
 
             r0, r1, c0, c1 = dst
-            out[:, r0:r1, c0:c1] = vrt.read(
-                idx,
-                window=Window(*src_win),
-                out_shape=(len(idx), r1 - r0, c1 - c0),
-                resampling=self._resampling,
-            )
+            try:
+                out[:, r0:r1, c0:c1] = vrt.read(
+                    idx,
+                    window=Window(*src_win),
+                    out_shape=(len(idx), r1 - r0, c1 - c0),
+                    resampling=self._resampling,
+                )
+            except RasterioIOError as e:  # a truncated or damaged file fails only when read
+                raise RasterInputError(
+                    f"{self.path.name} cannot be read at {tuple(round(v, 2) for v in bounds)} "
+                    f"(truncated or corrupt file?): {e.__cause__ or e}"
+                ) from None
             out[out <= _FILL] = np.nan
         b = [i - 1 for i in idx]
         lo = self._lo[b].astype(np.float32)[:, None, None]

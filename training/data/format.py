@@ -200,7 +200,10 @@ def read_manifest(root: str | Path, columns: list[str] | None = None) -> pa.Tabl
     path = root / MANIFEST
     if not path.is_file():
         raise DatasetFormatError(f"no {MANIFEST} in {root}: is this a UniGeo dataset?")
-    table = pq.read_table(path, columns=columns)
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetFormatError(f"{path}: not a readable parquet manifest ({e})") from None
     check_table(table, str(path), require_all=columns is None)
     return table
 
