@@ -44,6 +44,9 @@ demo: setup
 data: setup
 	bash scripts/make_data.sh
 
+bench: setup
+	bash scripts/bench.sh
+
 model: setup
 	bash scripts/make_model.sh
 

@@ -87,6 +87,17 @@ def make_sparse_tif(path: Path, size: int, block: int = 512) -> float:
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process in MB.
+
+    VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big parent (as
+    under bench/run_all.py) would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

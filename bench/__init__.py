@@ -1,0 +1,1 @@
+"""Performance benchmarks of the engine and training (run with ``make bench``)."""

@@ -1,0 +1,176 @@
+"""End-to-end raster embedding (read, preprocess, infer, store) vs pure inference, same run.
+
+``embed_raster`` with the shipped bundle runs over a real NAIP scene (``../shared/data``, next to
+the repository) and over mosaics made from it at 2x2, 3x3, ... the area, for the scaling curve;
+pure inference is ``model.encode_tiles`` on the same tiles, pre-loaded. A generated raster stands
+in when the shared data are absent.
+
+    .venv/bin/python bench/embed_e2e.py --scales 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from .common import ROOT, time_fn, time_interleaved
+except ImportError:  # run as a script
+    from common import ROOT, time_fn, time_interleaved  # type: ignore[no-redef]
+
+from engine.contract import Modality
+from engine.embed import embed_raster
+from engine.model import UniGeoModel
+from engine.raster_io import RasterioReader, grid_for_raster
+
+DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
+NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"
+
+
+def mosaic_raster(src_path: Path | None, dst: Path, scale: int, size: int = 720) -> Path:
+    """Write ``src`` repeated ``scale`` x ``scale`` times (mirrored, so there are no seams).
+
+    Without a source, a ``size``-px 4-band uint8 raster of smooth random texture (EPSG:32614,
+    5 m) is the unit instead.
+    """
+    import rasterio
+    from affine import Affine
+
+    if src_path is not None and src_path.is_file():
+        with rasterio.open(src_path) as src:
+            unit, crs, t = src.read(), src.crs, src.transform
+    else:
+        rng = np.random.default_rng(0)
+        coarse = rng.integers(1, 255, (4, size // 16, size // 16)).astype(np.uint8)
+        unit = np.kron(coarse, np.ones((1, 16, 16), np.uint8))
+        crs, t = "EPSG:32614", Affine(5.0, 0, 500_000.0, 0, -5.0, 5_200_000.0)
+    row = np.concatenate([unit if j % 2 == 0 else unit[:, :, ::-1] for j in range(scale)], 2)
+    data = np.concatenate([row if i % 2 == 0 else row[:, ::-1, :] for i in range(scale)], 1)
+    profile = dict(
+        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype="uint8", crs=crs, transform=t, tiled=True, blockxsize=256, blockysize=256,
+        compress="deflate", photometric="MINISBLACK",
+    )  # fmt: skip
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+        out.descriptions = ("red", "green", "blue", "nir")[: data.shape[0]]
+    return dst
+
+
+def preload_chips(reader: Any, grid: Any, bands: tuple[str, ...]) -> np.ndarray:
+    """Every tile of ``grid`` as float32 chips, the usable ones only (as embed_raster keeps)."""
+    chips = np.stack(
+        [
+            reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, grid.tile_px, bands)
+            for r in range(grid.rows)
+            for c in range(grid.cols)
+        ]
+    )
+    nodata = np.isnan(chips).reshape(len(chips), -1).mean(axis=1)
+    return chips[(nodata <= 0.5) & (nodata < 1.0)]
+
+
+def bench_raster(
+    model: UniGeoModel,
+    raster: Path,
+    workdir: Path,
+    repeats: int = 3,
+    batch_size: int = 32,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Median e2e and pure-inference time on one raster; figures per tile and per km²."""
+    spec = model.spec(Modality.AERIAL)
+    bands = spec.preprocess.bands
+    with RasterioReader(raster) as reader:
+        grid = grid_for_raster(reader, spec.preprocess)
+        x0, y0, x1, y1 = grid.cell_bounds(0, 0)
+        km2 = grid.n_tiles * (x1 - x0) * (y1 - y0) / 1e6
+        store_path = workdir / "store"
+        meta: dict[str, Any] = {}
+
+        def e2e() -> None:
+            shutil.rmtree(store_path, ignore_errors=True)
+            st = embed_raster(
+                model,
+                reader,
+                grid,
+                store_path,
+                batch_size=batch_size,
+                workers=workers,
+                resume=False,
+            )
+            meta.update(st.meta)
+
+        t_read = time_fn(lambda: preload_chips(reader, grid, bands), 0, 1)
+        chips = preload_chips(reader, grid, bands)
+
+        def infer() -> None:
+            model.encode_tiles(Modality.AERIAL, chips, batch_size)
+
+        t = time_interleaved({"e2e": e2e, "infer": infer}, 1, repeats)
+    t_e2e, t_inf = t["e2e"], t["infer"]
+    shutil.rmtree(store_path, ignore_errors=True)
+    return {
+        "raster_px": _raster_px(raster),
+        "tiles": grid.n_tiles,
+        "encoded": len(chips),
+        "km2": km2,
+        "e2e_s": t_e2e.median,
+        "infer_s": t_inf.median,
+        "e2e_km2_per_s": km2 / t_e2e.median,
+        "infer_km2_per_s": km2 / t_inf.median,
+        "read_s": t_read.median,
+        "e2e_tiles_per_s": t_e2e.rate(grid.n_tiles),
+        "e2e/infer": t_inf.median / t_e2e.median,
+        "io_wait_s": meta.get("io_wait_s"),
+    }
+
+
+def _raster_px(path: Path) -> str:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return f"{src.width}x{src.height}x{src.count}"
+
+
+def run(
+    scales: list[int] | None = None, bundle: Path = DEFAULT_BUNDLE, source: Path | None = NAIP,
+    repeats: int = 3, threads: int = 2, workdir: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Benchmark ``embed_raster`` on mosaics of ``source`` at each scale (1 = the scene itself)."""
+    scales = scales or [1, 2, 3, 4]
+    model = UniGeoModel.load(bundle, providers="cpu", threads=threads)
+    real = source is not None and source.is_file()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="unigeo-bench-e2e-", dir=workdir) as tmp:
+        for s in scales:
+            tif = Path(tmp) / f"mosaic_{s}.tif"
+            if s == 1 and real:
+                tif = source
+            else:
+                mosaic_raster(source if real else None, tif, s)
+            rows.append({"scale": s, **bench_raster(model, tif, Path(tmp), repeats)})
+    prov = model.provider_report()
+    model.close()
+    src = f"NAIP {source.name} (real)" if real else "generated texture raster"
+    return {"rows": rows, "source": src, "bundle": bundle.name, "provider": str(prov)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    print(json.dumps(run(a.scales, a.bundle, NAIP, a.repeats, a.threads), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
