@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.reliability.conftest import leftovers, random_uint8, write_raster
 
@@ -82,10 +81,9 @@ def _losses(metrics: Path) -> dict[int, float]:
         return {int(float(r["step"])): float(r["loss"]) for r in csv.DictReader(f)}
 
 
-@pytest.mark.slow
 def test_killed_training_resumes_the_same_loss_curve(tmp_path):
     """Kill ``training.train`` after its step-4 checkpoint; the resumed run logs the losses of
-    an uninterrupted run (measured 31 s on 2 cores, hence slow)."""
+    an uninterrupted run (about 31 s on 2 cores; part of make test on purpose)."""
     steps = 10
     base = [sys.executable, "-m", "training.train", "--config", "tiny", "--threads", "1"]
     base += [f"--set=steps={steps}", "--set=ckpt_every=2", "--set=log_every=1"]
