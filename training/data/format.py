@@ -202,9 +202,10 @@ def read_manifest(root: str | Path, columns: list[str] | None = None) -> pa.Tabl
         raise DatasetFormatError(f"no {MANIFEST} in {root}: is this a UniGeo dataset?")
     try:
         table = pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as e:
+        # A corrupt file can still parse but hold undecodable names or values (found by fuzzing).
+        check_table(table, str(path), require_all=columns is None)
+    except (pa.ArrowException, OSError, ValueError) as e:
         raise DatasetFormatError(f"{path}: not a readable parquet manifest ({e})") from None
-    check_table(table, str(path), require_all=columns is None)
     return table
 
 
