@@ -25,6 +25,21 @@ DEFAULT_MAX_TILES = 50_000_000
 _EPS = 1e-9
 
 
+def _snap(v: float) -> float:
+    """``v`` rounded to the nearest integer when it is one up to float error (relative to |v|:
+    far from the origin a cell index of 2.6e7 carries errors of ~1e-8 cells)."""
+    r = round(v)
+    return float(r) if abs(v - r) <= _EPS * max(1.0, abs(v)) else v
+
+
+def _floor(v: float) -> int:
+    return math.floor(_snap(v))
+
+
+def _ceil(v: float) -> int:
+    return math.ceil(_snap(v))
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """A rectangular block of the anchored tile lattice, in one CRS."""
@@ -72,10 +87,10 @@ class TileGrid:
         probe = cls(crs, gsd, tile_px, stride_px, 0, 0, 0, 0, *origin)
         s, off = probe.cell_size, probe._cell_offset
         ox, oy = origin
-        c0 = math.floor((minx - ox - off) / s + _EPS)
-        c1 = math.ceil((maxx - ox - off) / s - _EPS)
-        r0 = math.floor((oy - off - maxy) / s + _EPS)
-        r1 = math.ceil((oy - off - miny) / s - _EPS)
+        c0 = _floor((minx - ox - off) / s)
+        c1 = _ceil((maxx - ox - off) / s)
+        r0 = _floor((oy - off - maxy) / s)
+        r1 = _ceil((oy - off - miny) / s)
         rows, cols = max(r1 - r0, 0), max(c1 - c0, 0)
         if rows * cols > max_tiles:
             raise InputError(
