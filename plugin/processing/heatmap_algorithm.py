@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterRasterDestination
 
-from ...engine.domain import domain_warning
 from ...engine.similarity import write_heatmap
 from .base import QueryAlgorithm, engine_errors, name_output, provenance
 
@@ -25,19 +24,13 @@ class HeatmapAlgorithm(QueryAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        model = self.load_model(parameters, context)
-        store = self.source_store(parameters, context, feedback, model)
-        query = self.build_query(parameters, context, store, model)
-        scores = self.score(store, query, feedback)
+        model, store, query, scores = self.run_query(parameters, context, feedback)
         if scores is None:
             return {}
         with engine_errors():
             write_heatmap(
                 out, store, scores, provenance=provenance(model, store, **query.provenance())
             )
-            warning = domain_warning(store, model.bundle.training_domain)
-        if warning:
-            feedback.pushWarning(warning)
         feedback.pushInfo(f"query: {query.description()}")
         name_output(context, out, f"similarity: {query.description()}")
         return {self.OUTPUT: out}

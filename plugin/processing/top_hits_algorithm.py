@@ -12,7 +12,6 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ...engine.domain import domain_warning
 from ...engine.similarity import top_k, write_hits
 from .base import QueryAlgorithm, engine_errors, name_output, provenance
 
@@ -63,19 +62,13 @@ class TopHitsAlgorithm(QueryAlgorithm):
         k = self.parameterAsInt(parameters, self.K, context)
         radius = self.parameterAsInt(parameters, self.MIN_DISTANCE, context)
         polygons = self.parameterAsBool(parameters, self.AS_POLYGONS, context)
-        model = self.load_model(parameters, context)
-        store = self.source_store(parameters, context, feedback, model)
-        query = self.build_query(parameters, context, store, model)
-        scores = self.score(store, query, feedback)
+        model, store, query, scores = self.run_query(parameters, context, feedback)
         if scores is None:
             return {}
         with engine_errors():
             hits = top_k(store, scores, k, min_distance_tiles=radius)
             prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
             write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
-            warning = domain_warning(store, model.bundle.training_domain)
-        if warning:
-            feedback.pushWarning(warning)
         feedback.pushInfo(f"{len(hits)} places for {query.description()}")
         name_output(context, out, f"top {k}: {query.description()}")
         return {self.OUTPUT: out}
