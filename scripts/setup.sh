@@ -10,7 +10,7 @@ APT_PACKAGES="python3-qgis qgis-providers xvfb python3-venv python3-pip"
 # Debian ships older copies of these in /usr/lib/python3/dist-packages; the venv sees them through
 # --system-site-packages and pip would otherwise keep the stale ones (affine broke rasterio).
 SHADOWED="affine numpy attrs click cligj certifi pyparsing packaging"
-EXTRAS=${UNIGEO_EXTRAS:-engine,train,test,dev}
+EXTRAS=${UNIGEO_EXTRAS:-engine,train,scale,test,dev}
 
 inputs_hash() {
   cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1
