@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from scripts.plugin_loader import load_plugin_package  # noqa: E402
+
 SCENE = ("localtileserver", "1.0.0", "localtileserver/tiler/data/landsat.tif")
 # Landsat 7 ETM+ bands B1..B7: the model's (red, green, blue, nir) are bands 3, 2, 1, 4.
 SCENE_BANDS = [3, 2, 1, 4]
@@ -40,21 +42,6 @@ def fetch_from_wheel(package: str, version: str, member: str, cache: Path) -> Pa
 
 def default_model() -> Path:
     return ROOT / "resources" / "models" / "default"
-
-
-def load_plugin_package():
-    """Import the repository root as the package ``unigeo``, the way QGIS imports the plugin."""
-    import importlib.util
-
-    if "unigeo" in sys.modules:
-        return sys.modules["unigeo"]
-    spec = importlib.util.spec_from_file_location(
-        "unigeo", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["unigeo"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def start_qgis():

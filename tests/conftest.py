@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts.plugin_loader import load_plugin_package
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-SLUG = "unigeo"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -22,19 +21,6 @@ from hypothesis import settings as _hyp_settings  # noqa: E402
 _hyp_settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     _hyp_settings.load_profile("ci")
-
-
-def load_plugin_package():
-    """Import the repository root as the package ``unigeo``, as QGIS does with the plugin folder."""
-    if SLUG in sys.modules:
-        return sys.modules[SLUG]
-    spec = importlib.util.spec_from_file_location(
-        SLUG, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[SLUG] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="session")
