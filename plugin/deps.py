@@ -22,7 +22,8 @@ from pathlib import Path
 REQUIREMENTS = {
     "onnxruntime": "onnxruntime>=1.17,<2",
     "tokenizers": "tokenizers>=0.15,<1",
-    "pyproj": "pyproj>=3.4,<4",
+    # pyproj 3.7.0-3.7.2 crash QGIS: see KNOWN_BAD
+    "pyproj": "pyproj>=3.4,!=3.7.0,!=3.7.1,!=3.7.2,<4",
     "shapely": "shapely>=2.0,<3",
     # GeoTIFF/GeoPackage outputs and the fast path for file rasters; their wheels carry their
     # own GDAL, separate from the one QGIS links (checked in a real QGIS 3.22 session).
@@ -33,6 +34,14 @@ REQUIREMENTS = {
     "affine": "affine>=2.4,<3",
 }
 DEPS_SUBDIR = ("python", "dependencies", "unigeo")
+
+# Versions that import fine but crash inside QGIS: name -> (first bad, first good, why).
+KNOWN_BAD = {
+    # pyproj 3.7.0 moved PROJ contexts to thread-local storage; when a QgsTask thread runs Python
+    # a second time the old context is already freed and PROJ segfaults (pyproj issues 1509 and
+    # 1622, fixed in 3.8). Reproduced here: the second point query of a session crashed QGIS.
+    "pyproj": ((3, 7, 0), (3, 8, 0), "crashes QGIS background tasks (freed PROJ thread context)"),
+}
 
 
 def deps_dir(profile_dir: str | Path | None = None) -> Path:
@@ -54,9 +63,33 @@ def activate(profile_dir: str | Path | None = None) -> None:
         sys.path.append(str(d))
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def known_bad() -> list[str]:
+    """``"name version: why"`` for each installed dependency in a version known to crash QGIS."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name, (first_bad, first_good, why) in KNOWN_BAD.items():
+        try:
+            v = version(name)
+        except PackageNotFoundError:
+            continue
+        if first_bad <= _version_tuple(v) < first_good:
+            out.append(f"{name} {v}: {why}; install {REQUIREMENTS[name]}")
+    return out
+
+
 def missing() -> list[str]:
-    """Import names of the runtime dependencies that cannot be found."""
-    return [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
+    """Import names of the runtime dependencies that cannot be found or must be replaced."""
+    bad = {b.split(" ", 1)[0] for b in known_bad()}
+    return [n for n in REQUIREMENTS if n in bad or importlib.util.find_spec(n) is None]
 
 
 def python_executable() -> str:

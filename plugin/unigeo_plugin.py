@@ -121,6 +121,9 @@ class UniGeoPlugin:
     def _warn_missing(self, missing: list[str]) -> None:
         cmd = " ".join(deps.install_command(deps.deps_dir(), missing))
         msg = f"UniGeo needs {', '.join(missing)}. Install with: {cmd}"
+        bad = deps.known_bad()
+        if bad:  # a broken copy outside the private folder would still be imported first
+            msg += f". Known to crash QGIS: {'; '.join(bad)} (upgrade or remove that copy)"
         QgsMessageLog.logMessage(msg, LOG_TAG, Qgis.Warning)
         self.iface.messageBar().pushMessage("UniGeo", msg, level=Qgis.Warning, duration=0)
 
