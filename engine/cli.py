@@ -16,6 +16,7 @@ log = logging.getLogger("unigeo")
 EPILOG = """examples:
   python -m engine info resources/models/default
   python -m engine embed scene.tif --model resources/models/default --out out/scene.store
+  python -m engine embed a.tif b.tif --model M --scheduler local:4 --out out/ab.zarr
   python -m engine heatmap out/scene.store --model resources/models/default \\
       --text "wetlands next to cropland" --out out/wetlands.tif
   python -m engine heatmap out/scene.store --model M --point 512340,5207810 --out out/similar.tif
@@ -53,9 +54,9 @@ def _load_model(args):
 
 
 def _open_store(args, model):
-    from .store import EmbeddingStore
+    from .zarr_store import open_store
 
-    store = EmbeddingStore.open(args.store)
+    store = open_store(args.store)
     if model is not None and store.model_hash != model.model_hash:
         raise StoreError(
             f"{args.store} was embedded with another model (hash {store.model_hash[:12]}, this model "
@@ -97,27 +98,53 @@ def cmd_info(args) -> int:
 # -- embed --------------------------------------------------------------------------------------
 def cmd_embed(args) -> int:
     from .contract import Modality
-    from .embed import embed_raster
-    from .raster_io import RasterioReader, grid_for_raster
+    from .mosaic import grid_for_sources, source_spec
 
     model = _load_model(args)
     modality = Modality(args.modality)
     if not model.has(modality):
         raise InputError(f"the model has no {modality.value} encoder")
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
-    reader = RasterioReader(args.raster, bands=bands, scale=args.scale)
+    src = source_spec(args.raster, args.asset, bands, _scale(args.scale))
     extent = _floats(args.extent, 4, "--extent") if args.extent else None
-    grid = grid_for_raster(
-        reader,
-        model.spec(modality).preprocess,
-        stride_px=args.stride,
-        extent=extent,
-        extent_crs=args.extent_crs,
-        max_tiles=args.max_tiles,
+    with src.open() as reader:
+        grid = grid_for_sources(
+            reader,
+            model.spec(modality).preprocess,
+            grid_crs=args.grid_crs,
+            stride_px=args.stride,
+            extent=extent,
+            extent_crs=args.extent_crs,
+            max_tiles=args.max_tiles,
+        )
+        print(
+            f"grid     {grid.rows}×{grid.cols} tiles at {grid.gsd:g} m, CRS {_crs_name(grid.crs)}"
+        )
+        t0 = time.perf_counter()
+        if args.scheduler:
+            store, where = _embed_dask(args, model, src, grid, modality), args.scheduler
+        else:
+            store, where = _embed_local(args, model, reader, grid, modality)
+    dt = time.perf_counter() - t0
+    n_valid = int(store.valid.sum())
+    print(
+        f"store    {args.out}  ({n_valid}/{grid.n_tiles} valid tiles, {dt:.1f} s, "
+        f"{grid.n_tiles / max(dt, 1e-9):.1f} tiles/s, {where})"
     )
-    print(f"grid     {grid.rows}×{grid.cols} tiles at {grid.gsd:g} m, CRS {_crs_name(grid.crs)}")
+    return 0
+
+
+def _scale(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _embed_local(args, model, reader, grid, modality):
+    from .embed import embed_raster
+
     bar, update = _progress_bar("embed")
-    t0 = time.perf_counter()
     try:
         store = embed_raster(
             model,
@@ -126,19 +153,37 @@ def cmd_embed(args) -> int:
             args.out,
             modality=modality,
             batch_size=args.batch_size,
+            block_tiles=args.block_tiles,
             progress=update,
             resume=not args.no_resume,
         )
     finally:
         bar.close()
-    dt = time.perf_counter() - t0
-    n_valid = int(store.valid.sum())
-    rep = model.provider_report()
-    print(
-        f"store    {args.out}  ({n_valid}/{grid.n_tiles} valid tiles, {dt:.1f} s, "
-        f"{grid.n_tiles / max(dt, 1e-9):.1f} tiles/s, provider {rep.active})"
+    return store, f"provider {model.provider_report().active}"
+
+
+def _embed_dask(args, model, src, grid, modality):
+    import shutil
+
+    from .distributed import embed_distributed
+    from .store import partial_path
+
+    if args.no_resume:
+        shutil.rmtree(partial_path(args.out), ignore_errors=True)
+    model.close()  # the workers load their own sessions
+    return embed_distributed(
+        args.model,
+        src,
+        grid,
+        args.out,
+        scheduler=args.scheduler,
+        modality=modality,
+        batch_size=args.batch_size,
+        block_tiles=args.block_tiles,
+        provider=args.provider,
+        threads_per_worker=args.threads or 1,
+        progress=True,
     )
-    return 0
 
 
 def _crs_name(crs: str) -> str:
@@ -337,7 +382,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raster")
+    p.add_argument("raster", nargs="+", help="raster(s), a .vrt, or one STAC-like JSON collection")
     common(p, store=False)
     p.add_argument("--out", required=True, help="store folder to write")
     p.add_argument("--modality", default="aerial", choices=["aerial", "dsm"])
@@ -351,6 +396,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-tiles", type=int, default=5_000_000)
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    p.add_argument("--block-tiles", type=int, default=32, help="resume block (and Zarr chunk) side")
+    p.add_argument("--grid-crs", default=None, help="grid CRS (default: from the first raster)")
+    p.add_argument("--asset", default=None, help="asset key of a JSON collection (default: image)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="local:N (N local worker processes) or tcp://HOST:PORT: embed on Dask into Zarr",
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(

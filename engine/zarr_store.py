@@ -1,0 +1,367 @@
+"""The Zarr embedding store written by distributed jobs, and ``open_store`` for either kind.
+
+A Zarr store is a Zarr v3 group folder with the same content and read interface as the npy
+:class:`~.store.EmbeddingStore`, so queries, the CLI and the plugin work on both:
+
+- group attribute ``"unigeo"``: the same dict as ``store.json`` (grid, CRS, dim, model hash,
+  source fingerprint, bands, scaling, ``complete``, ``block_tiles``, ``n_blocks``, ``meta``).
+- ``embeddings``: float16 ``[rows, cols, D]``, one chunk per resume block
+  (``block_tiles × block_tiles × D``), uncompressed: float16 embeddings barely compress and
+  queries read them at memory speed.
+- ``valid``: bool ``[rows, cols]``, chunks ``block_tiles × block_tiles``.
+- ``done``: uint8 ``[n_blocks]``, one chunk (one tiny file) per block. A worker sets it only
+  after the block's data chunks are written: it is the chunk-level resume marker.
+
+Like the npy store it is written in ``<path>.partial`` and renamed on :meth:`finalize`. ``zarr``
+is imported inside functions so that ``engine`` imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, StoreError
+from .grid import TileGrid
+from .store import _MATCH_KEYS, META_FILE, STORE_FORMAT_VERSION, EmbeddingStore, partial_path
+
+log = logging.getLogger(__name__)
+
+ATTR_KEY = "unigeo"
+ZARR_META = "zarr.json"
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError:
+        raise StoreError(
+            "reading or writing a Zarr embedding store needs the 'zarr' package (>= 3.1); "
+            "install the project's 'scale' extra"
+        ) from None
+    return zarr
+
+
+class ZarrEmbeddings:
+    """A read view of the ``embeddings`` Zarr array that also takes NumPy fancy indexing.
+
+    ``store.embeddings[rows, cols]`` with integer arrays (used by region queries and few-shot
+    classification) is routed to Zarr's ``vindex``; slices go to the array as they are.
+
+    Attributes:
+        array: the underlying ``zarr.Array``.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape: tuple[int, ...] = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        items = key if isinstance(key, tuple) else (key,)
+        if not any(isinstance(k, (np.ndarray, list)) for k in items):
+            return np.asarray(self.array[key])
+        arrays = [np.asarray(k) for k in items]
+        if len(arrays) == 1 and arrays[0].dtype == bool and arrays[0].ndim == 2:
+            arrays = list(np.nonzero(arrays[0]))  # a [rows, cols] tile mask
+        if len(arrays) == 2 and self.ndim == 3 and all(a.dtype.kind in "iu" for a in arrays):
+            # Zarr's vindex wants one coordinate per axis: spell out the embedding axis
+            r, c = np.broadcast_arrays(*arrays)
+            d = self.shape[2]
+            flat = self.array.vindex[
+                np.repeat(r.ravel(), d), np.repeat(c.ravel(), d), np.tile(np.arange(d), r.size)
+            ]
+            return np.asarray(flat).reshape(*r.shape, d)
+        return np.asarray(self.array.vindex[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self.array[...])
+        return out if dtype is None else out.astype(dtype)
+
+
+class ZarrEmbeddingStore:
+    """Embeddings of one tile grid in a Zarr v3 group. Use the class methods to get one."""
+
+    def __init__(self, folder: Path, info: dict[str, Any], mode: str) -> None:
+        zarr = _zarr()
+        self.folder = folder
+        self.info = info
+        self.grid = TileGrid.from_dict(info["grid"])
+        self.block_tiles = int(info["block_tiles"])
+        self._writable = mode == "r+"
+        try:
+            self._group = zarr.open_group(folder, mode=mode)
+            emb, valid, done = (self._group[k] for k in ("embeddings", "valid", "done"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"the Zarr store {folder} is damaged ({e}); embed again") from None
+        bt = self.block_tiles
+        if (
+            tuple(emb.shape) != (self.grid.rows, self.grid.cols, self.dim)
+            or emb.dtype != np.float16
+            or tuple(emb.chunks[:2]) != (bt, bt)
+            or tuple(valid.shape) != (self.grid.rows, self.grid.cols)
+            or tuple(done.shape) != (int(info["n_blocks"]),)
+            or int(info["n_blocks"]) != len(self.blocks())
+        ):
+            raise StoreError(f"the Zarr store {folder} does not match its description; embed again")
+        self.embeddings = ZarrEmbeddings(emb)
+        self._valid_arr, self._done_arr = valid, done
+        # 10^8 tiles is 100 MB of bools: loaded once, queries then mask at memory speed
+        self.valid: np.ndarray = np.asarray(valid[...], dtype=bool)
+
+    # -- properties (same as EmbeddingStore) -------------------------------------------------
+    @property
+    def crs(self) -> str:
+        return self.grid.crs
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    @property
+    def model_hash(self) -> str:
+        return str(self.info["model_hash"])
+
+    @property
+    def source_fingerprint(self) -> str:
+        return str(self.info["source_fingerprint"])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.info.get("meta", {})
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info.get("complete"))
+
+    @property
+    def done(self) -> np.ndarray:
+        """Bool ``[n_blocks]``, read from disk now (workers write it while a job runs)."""
+        return np.asarray(self._done_arr[...], dtype=bool)
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """Blocks ``(r0, c0, nrows, ncols)``; a block's id is its index in this list."""
+        return list(self.grid.iter_blocks(self.block_tiles))
+
+    def remaining_blocks(self) -> list[int]:
+        """Ids of the blocks not marked done yet."""
+        return [int(i) for i in np.flatnonzero(~self.done)]
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        grid: TileGrid,
+        dim: int,
+        model_hash: str,
+        source_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        block_tiles: int = 32,
+    ) -> ZarrEmbeddingStore:
+        """Start a new store in ``<path>.partial/`` (an old ``.partial`` is discarded).
+
+        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (moved
+        to the top level of the description, as in store.json).
+        """
+        zarr = _zarr()
+        if grid.n_tiles == 0:
+            raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
+        if dim < 1 or block_tiles < 1:
+            raise InputError(f"need dim >= 1 and block_tiles >= 1 (got {dim}, {block_tiles})")
+        folder = partial_path(path)
+        if folder.exists():
+            shutil.rmtree(folder)
+        info = _new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+        bt, shape = int(block_tiles), (grid.rows, grid.cols)
+        group = zarr.open_group(folder, mode="w")
+        kw = {"compressors": None, "fill_value": 0}
+        group.create_array(
+            "embeddings", shape=(*shape, dim), chunks=(bt, bt, dim), dtype="f2", **kw
+        )
+        group.create_array("valid", shape=shape, chunks=(bt, bt), dtype="bool", **kw)
+        group.create_array("done", shape=(info["n_blocks"],), chunks=(1,), dtype="u1", **kw)
+        # the description last: a .partial without it is never resumed
+        group.attrs[ATTR_KEY] = info
+        return cls(folder, info, "r+")
+
+    @classmethod
+    def open(cls, path: str | Path) -> ZarrEmbeddingStore:
+        """Open a finalised store read-only."""
+        folder = Path(path)
+        info = _read_info(folder)
+        if info is None:
+            hint = " (an unfinished one exists: resume it)" if partial_path(folder).exists() else ""
+            raise StoreError(f"no Zarr embedding store at {folder}{hint}; embed the raster first")
+        if not info.get("complete"):
+            raise StoreError(f"the Zarr embedding store {folder} is incomplete; embed again")
+        return cls(folder, info, "r")
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | Path,
+        grid: TileGrid,
+        dim: int,
+        model_hash: str,
+        source_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        block_tiles: int = 32,
+        rebuild: bool = False,
+    ) -> ZarrEmbeddingStore:
+        """Reopen ``<path>.partial`` if it was started for the same grid, model and source.
+
+        With no usable ``.partial`` a new one is created. One written for another grid, model,
+        source or block size raises :class:`StoreError` unless ``rebuild`` is True.
+        """
+        folder = partial_path(path)
+        info = _read_info(folder)
+        want = {
+            "grid": grid.to_dict(),
+            "dim": int(dim),
+            "model_hash": model_hash,
+            "source_fingerprint": source_fingerprint,
+            "block_tiles": int(block_tiles),
+        }
+        if info is not None:
+            diff = [k for k in _MATCH_KEYS if info.get(k) != want[k]]
+            if not diff:
+                try:
+                    store = cls(folder, info, "r+")
+                    log.info("resuming %s: %d blocks left", folder, len(store.remaining_blocks()))
+                    return store
+                except StoreError:
+                    diff = ["arrays"]
+            if not rebuild:
+                raise StoreError(
+                    f"the unfinished store {folder} was started with a different "
+                    f"{', '.join(diff)}; delete it or embed with rebuild=True (it is never mixed)"
+                )
+            log.warning("discarding unfinished store %s (different %s)", folder, diff)
+        return cls.create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _need_writable(self) -> None:
+        if not self._writable:
+            raise StoreError(f"the embedding store {self.folder} is open read-only")
+
+    def update_meta(self, **meta: Any) -> None:
+        """Merge ``meta`` into the description's ``meta`` (zarr.json is replaced atomically)."""
+        self._need_writable()
+        self.info.setdefault("meta", {}).update(meta)
+        self._group.attrs[ATTR_KEY] = self.info
+
+    def close(self) -> None:
+        """Nothing to flush: every Zarr chunk is its own file, written when assigned."""
+
+    def finalize(self) -> ZarrEmbeddingStore:
+        """Mark complete and move ``<path>.partial`` to ``<path>``; return it read-only."""
+        self._need_writable()
+        left = self.remaining_blocks()
+        if left:
+            raise StoreError(f"cannot finalise {self.folder}: {len(left)} block(s) not written")
+        self.info["complete"] = True
+        self._group.attrs[ATTR_KEY] = self.info
+        final = self.folder.with_name(self.folder.name[: -len(".partial")])
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        try:
+            if final.exists():
+                os.replace(final, old)
+            os.replace(self.folder, final)
+        except OSError as e:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise StoreError(
+                f"cannot move the finished store into {final} ({e}); close whatever uses the "
+                f"old store and embed again to resume from {self.folder}"
+            ) from None
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        return ZarrEmbeddingStore.open(final)
+
+
+def _new_info(
+    grid: TileGrid,
+    dim: int,
+    model_hash: str,
+    source_fingerprint: str,
+    meta: dict[str, Any] | None,
+    block_tiles: int,
+) -> dict[str, Any]:
+    """The store description, key for key the same as an npy store's store.json."""
+    meta = dict(meta or {})
+    return {
+        "format_version": STORE_FORMAT_VERSION,
+        "grid": grid.to_dict(),
+        "crs": grid.crs,
+        "dim": int(dim),
+        "model_hash": model_hash,
+        "model_name": meta.pop("model_name", None),
+        "model_version": meta.pop("model_version", None),
+        "source_fingerprint": source_fingerprint,
+        "bands": meta.pop("bands", None),
+        "scaling": meta.pop("scaling", None),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "block_tiles": int(block_tiles),
+        "n_blocks": len(list(grid.iter_blocks(block_tiles))),
+        "meta": meta,
+    }
+
+
+def _read_info(folder: Path) -> dict[str, Any] | None:
+    """The "unigeo" attributes of the group at ``folder``; None when there is no group."""
+    f = folder / ZARR_META
+    if not f.is_file():
+        return None
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{f} is unreadable ({e}); delete the store and embed again") from None
+    info = (doc.get("attributes") or {}).get(ATTR_KEY) if isinstance(doc, dict) else None
+    if not isinstance(info, dict) or not all(k in info for k in (*_MATCH_KEYS, "format_version")):
+        raise StoreError(f"{folder} is a Zarr group but not a UniGeo embedding store")
+    if info["format_version"] > STORE_FORMAT_VERSION:
+        raise StoreError(
+            f"{folder} was written by a newer UniGeo (format {info['format_version']})"
+        )
+    return info
+
+
+def is_zarr_store(path: str | Path) -> bool:
+    """True when ``path`` (or its ``.partial``) looks like a Zarr group folder."""
+    p = Path(path)
+    return (p / ZARR_META).is_file() or (partial_path(p) / ZARR_META).is_file()
+
+
+def open_store(path: str | Path) -> EmbeddingStore | ZarrEmbeddingStore:
+    """Open a finalised embedding store of either kind, chosen by what is on disk.
+
+    Raises:
+        StoreError: nothing at ``path`` is an embedding store (or it is unfinished).
+    """
+    p = Path(path)
+    if (p / ZARR_META).is_file():
+        return ZarrEmbeddingStore.open(p)
+    if (p / META_FILE).is_file():
+        return EmbeddingStore.open(p)
+    part = partial_path(p)
+    if part.exists():
+        raise StoreError(
+            f"the embedding store {p} is unfinished ({part.name} exists); rerun the same "
+            "'embed' command to resume it"
+        )
+    what = "does not exist" if not p.exists() else f"holds neither {META_FILE} nor {ZARR_META}"
+    raise StoreError(f"{p} is not an embedding store ({what}); embed a raster into it first")
