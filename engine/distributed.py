@@ -39,7 +39,7 @@ from .errors import (
 )
 from .grid import TileGrid
 from .mosaic import SourceSpec, source_spec
-from .zarr_store import ZarrEmbeddingStore, is_zarr_store
+from .zarr_store import ZarrEmbeddingStore, is_zarr_store, mark_done_at, write_block_at
 
 log = logging.getLogger(__name__)
 
@@ -179,23 +179,16 @@ def encode_block(
 
 def run_block(job: BlockJob, bid: int) -> dict[str, Any]:
     """The Dask task: embed block ``bid``, write its chunks, then its done marker."""
-    import zarr
-
     t0 = time.perf_counter()
     model, reader = worker_state(job)
     grid = TileGrid.from_dict(job.grid)
     r0, c0, nr, nc = block = block_of(grid, job.block_tiles, bid)
     emb, valid, encoded = encode_block(model, reader, job, grid, block)
-    # Blocks are aligned to the chunk grid (chunk = block_tiles x block_tiles), so no two tasks
-    # ever write the same chunk file: no locks are needed. Each chunk file is replaced
-    # atomically by zarr, and done[bid] is written last, so a worker killed at any point leaves
-    # either a marked, complete block or an unmarked one that the next run recomputes.
-    folder = Path(job.folder)
-    zarr.open_array(folder / "embeddings", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = emb.astype(
-        np.float16
-    )
-    zarr.open_array(folder / "valid", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = valid
-    zarr.open_array(folder / "done", mode="r+")[bid] = 1
+    # chunk-aligned blocks: no two tasks write the same chunk file, so no locks; the done marker
+    # goes last, so a worker killed at any point leaves a marked, complete block or an unmarked
+    # one that the next run recomputes
+    write_block_at(Path(job.folder), r0, c0, emb, valid)
+    mark_done_at(Path(job.folder), bid)
     return {
         "block": bid,
         "tiles": nr * nc,

@@ -257,6 +257,16 @@ class ZarrEmbeddingStore:
         if not self._writable:
             raise StoreError(f"the embedding store {self.folder} is open read-only")
 
+    def write_block(self, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
+        """Write embeddings ``[nr, nc, D]`` and validity ``[nr, nc]`` at local tile (r0, c0)."""
+        self._need_writable()
+        write_block_at(self.folder, r0, c0, emb, valid)
+
+    def mark_done(self, block_id: int) -> None:
+        """Record block ``block_id`` as written (call after :meth:`write_block`)."""
+        self._need_writable()
+        mark_done_at(self.folder, block_id)
+
     def update_meta(self, **meta: Any) -> None:
         """Merge ``meta`` into the description's ``meta`` (zarr.json is replaced atomically)."""
         self._need_writable()
@@ -344,6 +354,28 @@ def is_zarr_store(path: str | Path) -> bool:
     """True when ``path`` (or its ``.partial``) looks like a Zarr group folder."""
     p = Path(path)
     return (p / ZARR_META).is_file() or (partial_path(p) / ZARR_META).is_file()
+
+
+def write_block_at(folder: Path, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
+    """Write one block into the unfinished Zarr store at ``folder`` (what a Dask worker does).
+
+    Blocks are aligned to the chunk grid (chunk = block_tiles x block_tiles), so no two blocks
+    share a chunk file and concurrent writers need no locks; zarr replaces each chunk file
+    atomically (written to a temporary name, then renamed).
+    """
+    zarr = _zarr()
+    nr, nc = valid.shape
+    if emb.shape[:2] != (nr, nc):
+        raise InputError(f"block embeddings have shape {emb.shape}, validity {valid.shape}")
+    zarr.open_array(folder / "embeddings", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = emb.astype(
+        np.float16
+    )
+    zarr.open_array(folder / "valid", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = valid
+
+
+def mark_done_at(folder: Path, block_id: int) -> None:
+    """Set block ``block_id``'s done marker; written last, so a kill never marks a torn block."""
+    _zarr().open_array(folder / "done", mode="r+")[block_id] = 1
 
 
 def open_store(path: str | Path) -> EmbeddingStore | ZarrEmbeddingStore:

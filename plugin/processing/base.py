@@ -41,6 +41,7 @@ from ...engine.model import UniGeoModel
 from ...engine.query import Query
 from ...engine.similarity import similarity
 from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.zarr_store import open_store
 from .. import model_cache
 from ..qgis_reader import reader_for_layer
 from ..settings import PROVIDERS, Settings
@@ -200,7 +201,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, raster_name, context)
         if folder:
             with engine_errors():
-                store = EmbeddingStore.open(folder)
+                store = open_store(folder)  # a plugin/CLI store or a distributed Zarr one
             if store.model_hash != model.model_hash:
                 raise QgsProcessingException(
                     self.tr(

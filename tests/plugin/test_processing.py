@@ -507,3 +507,35 @@ def test_model_builder_chain_embed_then_tophits(run, utm_tif, analytic_bundle, t
 
     _, _, geoms, fields = pyogrio.raw.read(dest)
     assert len(geoms) == 3 and np.all(fields[3] >= 10) and np.all(fields[4] < 10)  # bare quadrant
+
+
+def test_heatmap_reads_a_distributed_zarr_store(run, utm_store, tmp_path):
+    """A store written by the Dask path (Zarr) is a valid STORE input, with identical results."""
+    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.zarr_store import ZarrEmbeddingStore
+
+    src = EmbeddingStore.open(utm_store)
+    z = ZarrEmbeddingStore.create(
+        tmp_path / "utm.zarr",
+        src.grid,
+        src.dim,
+        src.model_hash,
+        src.source_fingerprint,
+        meta={"bands": src.info["bands"], "scaling": src.info["scaling"]},
+        block_tiles=src.block_tiles,
+    )
+    for bid, (r0, c0, nr, nc) in enumerate(z.blocks()):
+        emb = np.asarray(src.embeddings[r0 : r0 + nr, c0 : c0 + nc], np.float32)
+        z.write_block(r0, c0, emb, np.asarray(src.valid[r0 : r0 + nr, c0 : c0 + nc]))
+        z.mark_done(bid)
+    z.finalize()
+    a = run("heatmap", STORE=str(utm_store), QUERY_TEXT="blue", OUTPUT=str(tmp_path / "a.tif"))
+    b = run(
+        "heatmap",
+        STORE=str(tmp_path / "utm.zarr"),
+        QUERY_TEXT="blue",
+        OUTPUT=str(tmp_path / "b.tif"),
+    )
+    (ca, crs_a), (cb, crs_b) = _read(a["OUTPUT"]), _read(b["OUTPUT"])
+    assert crs_a == crs_b == "EPSG:32633"
+    np.testing.assert_array_equal(ca, cb)
