@@ -1,4 +1,4 @@
-"""Similarity heatmaps, percentile calibration, GeoTIFF output, top-k with NMS, hit vectors."""
+"""Similarity heatmaps, threaded scoring, percentile calibration, GeoTIFF output, top-k with NMS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ from pyproj import CRS, Transformer
 from engine import geo_io
 from engine.errors import CancelledError, InputError
 from engine.query import Query
-from engine.similarity import calibrate, similarity, top_k, write_heatmap, write_hits
+from engine.similarity import (
+    CAL_MAX_ERROR,
+    Calibration,
+    _calibrate_exact,
+    calibrate,
+    chunked_dot,
+    similarity,
+    top_k,
+    write_heatmap,
+    write_hits,
+)
 
 
 def _random_store(fx, rng, rows=7, cols=9, d=16, invalid=()):
@@ -318,3 +328,91 @@ def test_real_naip_scene_point_query_end_to_end(fx, shared_data, tmp_path):
         assert ds.shape == (rows, cols) and ds.transform.c == left and ds.transform.f == top
     info = pyogrio.read_info(write_hits(tmp_path / "naip.gpkg", hits, crs, as_polygons=True))
     assert info["features"] == 5 and CRS.from_user_input(info["crs"]).to_epsg() == 26914
+
+
+# -- threaded scoring and the histogram calibration ---------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, None])
+def test_threaded_scoring_is_identical_to_single_threaded(fx, rng, chunk_rows):
+    store = _random_store(fx, rng, rows=61, cols=37, d=24, invalid=[(0, 0), (60, 36)])
+    q = rng.standard_normal(24)
+    one = similarity(store, q, chunk_rows=chunk_rows, workers=1)
+    for workers in (2, 4):
+        many = similarity(store, q, chunk_rows=chunk_rows, workers=workers)
+        assert np.array_equal(one, many, equal_nan=True)
+    mat = rng.standard_normal((24, 3)).astype(np.float32)
+    a = [b for _, _, b in chunked_dot(store, mat, chunk_rows, workers=1)]
+    b = [b for _, _, b in chunked_dot(store, mat, chunk_rows, workers=3)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_threaded_scoring_propagates_read_errors(fx, rng):
+    store = _random_store(fx, rng, rows=20, cols=5)
+    emb = store.embeddings
+
+    class Broken:
+        shape, dtype = emb.shape, emb.dtype
+
+        def __getitem__(self, key):
+            if key.start >= 8:
+                raise OSError("read error on the store")
+            return emb[key]
+
+    store.embeddings = Broken()
+    with pytest.raises(OSError, match="read error"):
+        similarity(store, np.ones(16), chunk_rows=2, workers=2)
+
+
+def _tied_scores(rng, n):
+    """Scores with a continuous part and many exact ties (rounded values), plus NaN."""
+    s = rng.normal(0.2, 0.1, n).astype(np.float32)
+    s[: n // 20] = np.round(s[: n // 20], 4)
+    s[rng.random(n) < 0.05] = np.nan
+    return s
+
+
+def test_calibrate_histogram_within_bound_of_exact(rng):
+    scores = _tied_scores(rng, 300_000).reshape(600, 500)
+    ok = np.isfinite(scores)
+    cal = Calibration.from_scores(scores[ok])
+    assert cal.max_error <= CAL_MAX_ERROR  # so calibrate took the histogram path
+    fast, exact = calibrate(scores), _calibrate_exact(scores)
+    assert np.array_equal(np.isnan(fast), ~ok)
+    assert np.max(np.abs(fast[ok] - exact[ok])) <= cal.max_error
+    v, p = scores[ok], fast[ok]
+    assert p[v == v.min()][0] == 0.0 and p[v == v.max()][0] == 100.0
+    order = np.argsort(v, kind="stable")
+    assert np.all(np.diff(p[order]) >= 0)  # monotone
+    tied = np.round(v, 4) == v
+    for a in np.unique(v[tied])[:50]:  # ties share one percentile
+        assert np.ptp(p[v == a]) == 0
+
+
+def test_calibrate_falls_back_to_exact_on_heavy_ties(rng):
+    scores = _tied_scores(rng, 100_000)
+    scores[::2] = 0.25  # half the area has one score: no histogram bound holds
+    assert Calibration.from_scores(scores[np.isfinite(scores)]).max_error > CAL_MAX_ERROR
+    np.testing.assert_array_equal(calibrate(scores), _calibrate_exact(scores))
+
+
+def test_calibration_edge_cases():
+    one = Calibration.from_scores(np.array([0.3], np.float32))
+    assert one.percentiles(np.array([0.3, np.nan, 0.9], np.float32))[0] == 100.0
+    same = Calibration.from_scores(np.full(10, 0.3, np.float32))
+    np.testing.assert_array_equal(same.percentiles(np.full(3, 0.3, np.float32)), 50.0)
+    two = Calibration.from_scores(np.array([0.1, 0.5], np.float32), bins=16)
+    np.testing.assert_allclose(two.percentiles(np.array([0.0, 0.1, 0.5, 0.9])), [0, 0, 100, 100])
+    with pytest.raises(InputError, match="no valid tile"):
+        Calibration.from_scores(np.array([np.nan], np.float32))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_top_k_ties_at_the_candidate_cut_resolve_row_major(fx, radius):
+    # 3 distinct scores over 12 x 12 tiles: the k(2r+1)^2-th candidate always falls in a tie
+    vals = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    pick = np.random.default_rng(3).integers(0, 3, (12, 12))
+    store = fx.make_store(vals[pick])
+    scores = similarity(store, np.array([1.0, 0.2]))
+    hits = top_k(store, scores, 5, radius)
+    assert [(h.row, h.col) for h in hits] == _greedy_reference(scores, 5, radius)
