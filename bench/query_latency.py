@@ -30,16 +30,9 @@ except ImportError:  # run as a script
     from common import time_interleaved  # type: ignore[no-redef]
 
 from engine.grid import TileGrid
-from engine.similarity import (
-    _calibrate_exact,
-    calibrate,
-    similarity,
-    top_k,
-    top_k_chunked,
-    write_heatmap,
-    write_heatmap_chunked,
-)
+from engine.similarity import _calibrate_exact, calibrate, similarity, top_k, write_heatmap
 from engine.store import EmbeddingStore
+from engine.streaming import top_k_chunked, write_heatmap_chunked
 
 CRS = "EPSG:32614"
 

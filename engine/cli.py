@@ -22,6 +22,8 @@ EPILOG = """examples:
   python -m engine heatmap out/scene.store --model M --point 512340,5207810 --out out/similar.tif
   python -m engine hits out/scene.store --model M --text "dense housing" --k 20 --out out/hits.gpkg
   python -m engine classify out/scene.store --model M --out out/classes.tif
+  python -m engine index out/ab.zarr && python -m engine hits out/ab.zarr --model M --ann \
+      --text "gravel pit" --k 50 --out out/pits.gpkg
 """
 
 
@@ -276,16 +278,16 @@ def _provenance(args, model, query) -> dict:
 
 def cmd_heatmap(args) -> int:
     from .domain import domain_warning
-    from .similarity import similarity, write_heatmap
+    from .streaming import heatmap_auto
 
     model = _load_model(args)
     store = _open_store(args, model)
     query = build_query(args, store, model)
-    scores = similarity(store, query.vector())
-    write_heatmap(
+    # in memory up to 2*10^7 tiles, else chunk by chunk (flat memory)
+    heatmap_auto(
         args.out,
         store,
-        scores,
+        query.vector(),
         percentiles=not args.no_percentile,
         provenance=_provenance(args, model, query),
     )
@@ -297,13 +299,19 @@ def cmd_heatmap(args) -> int:
 
 
 def cmd_hits(args) -> int:
-    from .similarity import similarity, top_k, write_hits
+    from .similarity import write_hits
+    from .streaming import hits_auto
 
     model = _load_model(args)
     store = _open_store(args, model)
     query = build_query(args, store, model)
-    scores = similarity(store, query.vector())
-    hits = top_k(store, scores, args.k, min_distance_tiles=args.min_distance)
+    if args.ann:
+        from .ann import AnnIndex, top_k_ann
+
+        index = AnnIndex.load(store)  # refused when the store changed since it was built
+        hits = top_k_ann(store, index, query.vector(), args.k, args.min_distance)
+    else:
+        hits = hits_auto(store, query.vector(), args.k, args.min_distance)
     write_hits(
         args.out,
         hits,
@@ -316,6 +324,21 @@ def cmd_hits(args) -> int:
             f"  #{h.rank:<3} score {h.score:.3f}  pct {h.percentile:5.1f}  at {h.x:.1f}, {h.y:.1f}"
         )
     print(f"hits     {args.out}  ({len(hits)} places)")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .ann import AnnIndex, default_folder
+    from .zarr_store import open_store
+
+    store = open_store(args.store)
+    bar, update = _progress_bar("index")
+    index = AnnIndex.build(store, kind=args.kind, nlist=args.nlist, progress=update)
+    bar.close()
+    folder = index.save(default_folder(store))
+    print(
+        f"index    {folder}  ({args.kind}, {index.nlist} lists, default nprobe {index.default_nprobe})"
+    )
     return 0
 
 
@@ -429,8 +452,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--min-distance", type=int, default=1, help="NMS radius in tiles")
     p.add_argument("--polygons", action="store_true", help="tile polygons instead of points")
+    p.add_argument("--ann", action="store_true", help="use the store's ANN index (see 'index')")
     _add_query_args(p)
     p.set_defaults(func=cmd_hits)
+
+    p = sub.add_parser(
+        "index",
+        help="build an ANN index (FAISS) beside a store, for --ann hits over 10^7+ tiles",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("store", help="embedding store folder (npy or Zarr)")
+    p.add_argument("--kind", default="ivf", choices=["ivf", "ivf-sq8", "flat"])
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~sqrt(tiles))")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
         "classify",

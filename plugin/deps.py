@@ -32,6 +32,8 @@ REQUIREMENTS = {
     # affine 3 is built on attrs and breaks against Debian's older attrs, which QGIS's Python
     # finds first; affine 2.4 has no dependencies.
     "affine": "affine>=2.4,<3",
+    # heatmaps score on several threads with one BLAS thread each (else single-threaded)
+    "threadpoolctl": "threadpoolctl>=3.1,<4",
 }
 DEPS_SUBDIR = ("python", "dependencies", "unigeo")
 

@@ -289,27 +289,46 @@ class HeatmapTask(EngineTask):
         return np.where(keep, scores, np.nan).astype(np.float32)
 
     def work(self) -> HeatmapOutput:
-        import numpy as np
-
         from ..engine.domain import domain_warning
-        from ..engine.similarity import similarity, write_heatmap
-        from ..engine.store import EmbeddingStore
+        from ..engine.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
+        from ..engine.zarr_store import open_store
 
-        store = EmbeddingStore.open(self.store_path)
+        store = open_store(self.store_path)
         query = build_query(self.spec, store, self.model)
         self.report(0.1)
+        prov = {**self.provenance, "query": query.description(), "model_hash": store.model_hash}
+        progress = lambda f: self.report(0.1 + 0.9 * f)  # noqa: E731
+        if not self.mask and store.grid.n_tiles > CHUNKED_ABOVE_TILES:
+            # too large for an in-memory score map: two streamed passes, flat memory
+            write_heatmap_chunked(
+                self.out_path,
+                store,
+                query,
+                provenance=prov,
+                progress=progress,
+                is_canceled=self.canceled,
+            )
+            best = float("nan")
+        else:
+            best = self._heatmap_in_memory(store, query, prov)
+        warning = domain_warning(store, self.model.bundle.training_domain)
+        self.report(1.0)
+        return HeatmapOutput(self.out_path, query.description(), warning, prov, best)
+
+    def _heatmap_in_memory(self, store, query, prov: dict) -> float:
+        """Score, mask to the area, write; returns the best score."""
+        import numpy as np
+
+        from ..engine.similarity import similarity, write_heatmap
+
         scores = similarity(
             store, query, progress=lambda f: self.report(0.1 + 0.8 * f), is_canceled=self.canceled
         )
         scores = self._apply_mask(store, scores)
-        prov = {**self.provenance, "query": query.description(), "model_hash": store.model_hash}
         if self.isCanceled():
             raise CancelledError("cancelled before the heatmap was written")
         write_heatmap(self.out_path, store, scores, provenance=prov)
-        warning = domain_warning(store, self.model.bundle.training_domain)
-        best = float(np.nanmax(scores)) if np.isfinite(scores).any() else float("nan")
-        self.report(1.0)
-        return HeatmapOutput(self.out_path, query.description(), warning, prov, best)
+        return float(np.nanmax(scores)) if np.isfinite(scores).any() else float("nan")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from ...engine.domain import domain_warning
 from ...engine.errors import CancelledError, EngineError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
-from ...engine.similarity import similarity
 from ...engine.store import EmbeddingStore, StoreCache
 from ...engine.zarr_store import open_store
 from .. import model_cache
@@ -285,25 +284,16 @@ class QueryAlgorithm(UniGeoAlgorithm):
     NEGATIVE_TEXT = "NEGATIVE_TEXT"
     GPS_WEIGHT = "GPS_WEIGHT"
 
-    def run_query(self, parameters: dict, context: QgsProcessingContext, feedback):
-        """Model, store, query and cosine scores of every tile; scores is None when cancelled.
-
-        Also pushes the out-of-domain warning, once, for the area being scored.
-        """
+    def prepare_query(self, parameters: dict, context: QgsProcessingContext, feedback):
+        """Model, store and query; pushes the out-of-domain warning, once, for the area."""
         model = self.load_model(parameters, context)
         store = self.source_store(parameters, context, feedback, model)
         query = self.build_query(parameters, context, store, model)
         with engine_errors():
-            scores = similarity(
-                store,
-                query,
-                progress=progress_of(feedback, 80.0, 95.0),
-                is_canceled=canceled_of(feedback),
-            )
             warning = domain_warning(store, model.bundle.training_domain)
         if warning:
             feedback.pushWarning(warning)
-        return model, store, query, (None if feedback.isCanceled() else scores)
+        return model, store, query
 
     def add_query_params(self) -> None:
         """Every query parameter; all optional, at least one is required at run time."""

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterRasterDestination
 
-from ...engine.similarity import write_heatmap
-from .base import QueryAlgorithm, engine_errors, name_output, provenance
+from ...engine.streaming import heatmap_auto
+from .base import (
+    QueryAlgorithm,
+    canceled_of,
+    engine_errors,
+    name_output,
+    progress_of,
+    provenance,
+)
 
 
 class HeatmapAlgorithm(QueryAlgorithm):
@@ -24,12 +31,16 @@ class HeatmapAlgorithm(QueryAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        model, store, query, scores = self.run_query(parameters, context, feedback)
-        if scores is None:
-            return {}
+        model, store, query = self.prepare_query(parameters, context, feedback)
         with engine_errors():
-            write_heatmap(
-                out, store, scores, provenance=provenance(model, store, **query.provenance())
+            # in memory, or chunk by chunk for stores above 2*10^7 tiles (flat memory)
+            heatmap_auto(
+                out,
+                store,
+                query.vector(),
+                provenance=provenance(model, store, **query.provenance()),
+                progress=progress_of(feedback, 80.0, 100.0),
+                is_canceled=canceled_of(feedback),
             )
         feedback.pushInfo(f"query: {query.description()}")
         name_output(context, out, f"similarity: {query.description()}")

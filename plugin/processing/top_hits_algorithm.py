@@ -12,8 +12,16 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ...engine.similarity import top_k, write_hits
-from .base import QueryAlgorithm, engine_errors, name_output, provenance
+from ...engine.similarity import write_hits
+from ...engine.streaming import hits_auto
+from .base import (
+    QueryAlgorithm,
+    canceled_of,
+    engine_errors,
+    name_output,
+    progress_of,
+    provenance,
+)
 
 
 class TopHitsAlgorithm(QueryAlgorithm):
@@ -62,11 +70,16 @@ class TopHitsAlgorithm(QueryAlgorithm):
         k = self.parameterAsInt(parameters, self.K, context)
         radius = self.parameterAsInt(parameters, self.MIN_DISTANCE, context)
         polygons = self.parameterAsBool(parameters, self.AS_POLYGONS, context)
-        model, store, query, scores = self.run_query(parameters, context, feedback)
-        if scores is None:
-            return {}
+        model, store, query = self.prepare_query(parameters, context, feedback)
         with engine_errors():
-            hits = top_k(store, scores, k, min_distance_tiles=radius)
+            hits = hits_auto(
+                store,
+                query.vector(),
+                k,
+                radius,
+                progress=progress_of(feedback, 80.0, 100.0),
+                is_canceled=canceled_of(feedback),
+            )
             prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
             write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
         feedback.pushInfo(f"{len(hits)} places for {query.description()}")

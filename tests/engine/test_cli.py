@@ -166,3 +166,28 @@ def test_store_from_another_model_is_refused(naip_store, tmp_path, capsys):
         == 2
     )
     assert "another model" in capsys.readouterr().err
+
+
+def test_index_then_ann_hits_match_exact_hits(naip_store, analytic_bundle, tmp_path):
+    """'index' builds a FAISS index beside the store; 'hits --ann' finds what exact search finds."""
+    pytest.importorskip("faiss")
+    from engine.store import EmbeddingStore
+
+    m = str(analytic_bundle)
+    assert main(["index", str(naip_store), "--kind", "flat"]) == 0
+    assert (naip_store / "ann" / "index.json").is_file()
+    store = EmbeddingStore.open(naip_store)  # still a valid store with the index inside
+    x, y = store.grid.tile_center(2, 2)
+    out = {}
+    for name, extra in (("exact", []), ("ann", ["--ann"])):
+        out[name] = tmp_path / f"{name}.gpkg"
+        args = ["hits", str(naip_store), "--model", m, "--point", f"{x},{y}", "--k", "5"]
+        assert main([*args, *extra, "--out", str(out[name])]) == 0
+    exact, ann = (pyogrio.raw.read(out[k])[-1] for k in ("exact", "ann"))  # field arrays
+    assert len(exact[0]) == 5
+    names = pyogrio.read_info(out["exact"])["fields"].tolist()
+    for field in ("rank", "row", "col"):
+        i = names.index(field)
+        assert list(ann[i]) == list(exact[i]), field
+    i = names.index("score")
+    np.testing.assert_allclose(ann[i], exact[i], atol=1e-6)

@@ -9,17 +9,14 @@ import pytest
 import rasterio
 from pyproj import CRS
 
-from engine import similarity as sim
+from engine import streaming as sim
 from engine.errors import CancelledError, InputError
-from engine.similarity import (
-    _calibrate_exact,
+from engine.similarity import _calibrate_exact, similarity, top_k, write_heatmap
+from engine.streaming import (
     heatmap_auto,
     hits_auto,
     score_histogram,
-    similarity,
-    top_k,
     top_k_chunked,
-    write_heatmap,
     write_heatmap_chunked,
 )
 

@@ -1,0 +1,310 @@
+"""Queries chunk by chunk: heatmaps and top-k with memory independent of the store's rows.
+
+For stores of 10^7-10^8 tiles a ``[rows, cols]`` score map no longer fits comfortably:
+:func:`score_histogram` calibrates percentiles in one pass, :func:`write_heatmap_chunked` writes
+the GeoTIFF in row bands on a second pass, and :func:`top_k_chunked` keeps only each chunk's best
+candidates. :func:`heatmap_auto` and :func:`hits_auto` choose between these and the in-memory
+functions of :mod:`.similarity` by store size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .calibration import Calibration
+from .errors import InputError
+from .geo_io import provenance_tags
+from .grid import TileGrid
+from .similarity import (
+    _BAND_NAMES,
+    _BAND_TAGS,
+    Hit,
+    _best,
+    _check,
+    _check_k,
+    _heatmap_provenance,
+    _nms,
+    _query_vector,
+    _row_step,
+    chunked_dot,
+    similarity,
+    top_k,
+    write_heatmap,
+)
+
+if TYPE_CHECKING:
+    from .query import Query
+    from .store import EmbeddingStore
+
+HIST_BINS = 1 << 20
+"""Most bins of :func:`score_histogram` over the cosine range (bin width ~2e-6); smaller stores
+get ~4 bins per tile (at least 2^16), so the histogram's fixed cost scales with the store."""
+
+HIST_LIMIT = 1.0078125
+"""Histogram range ``[-HIST_LIMIT, HIST_LIMIT]``: cosine plus float16 rounding headroom."""
+
+CHUNKED_ABOVE_TILES = 20_000_000
+"""Stores with more tiles are queried chunk by chunk by :func:`heatmap_auto` / :func:`hits_auto`
+(an in-memory heatmap of 2*10^7 tiles holds ~160 MB of score and percentile arrays)."""
+
+
+class _Histogram:
+    """Counts scores into fixed bins over ``[-HIST_LIMIT, HIST_LIMIT]``, a batch at a time."""
+
+    def __init__(self, bins: int | None, n_tiles: int) -> None:
+        if bins is None:
+            bins = min(HIST_BINS, max(1 << 16, 1 << (4 * n_tiles).bit_length()))
+        if bins < 2:
+            raise InputError(f"need at least 2 histogram bins (got {bins})")
+        self.bins, self.lo = int(bins), -HIST_LIMIT
+        self.scale = self.bins / (2.0 * HIST_LIMIT)
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+        self.vmin, self.vmax = np.inf, -np.inf
+
+    def add(self, vals: np.ndarray) -> None:
+        """Count finite float32 scores (1-D)."""
+        if vals.size == 0:
+            return
+        self.vmin = min(self.vmin, float(vals.min()))
+        self.vmax = max(self.vmax, float(vals.max()))
+        t = Calibration._t(vals, self.lo, self.scale, self.bins)
+        self.pending.append(Calibration._bin(t, self.bins))
+        self.n_pending += vals.size
+        # one bincount per ~bins scores: a bincount per small chunk would cost O(bins) each
+        if self.n_pending >= self.bins:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            idx = np.concatenate(self.pending)
+            self.counts += np.bincount(idx, minlength=self.bins)
+        self.pending, self.n_pending = [], 0
+
+    def calibration(self) -> Calibration | None:
+        """The :class:`Calibration` of everything counted, None if nothing was."""
+        self._flush()
+        if not np.isfinite(self.vmin):
+            return None
+        return Calibration.from_counts(self.counts, self.lo, -self.lo, self.vmin, self.vmax)
+
+
+def _valid_scores(store: Any, r0: int, r1: int, block: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flat in-chunk indices and scores of the valid, finite tiles of rows ``r0:r1``."""
+    scores = block[..., 0].reshape(-1)
+    keep = np.asarray(store.valid[r0:r1], dtype=bool).reshape(-1) & np.isfinite(scores)
+    local = np.flatnonzero(keep)
+    return local, scores[local]
+
+
+def _part(
+    progress: Callable[[float], None] | None, a: float, b: float
+) -> Callable[[float], None] | None:
+    return None if progress is None else (lambda f: progress(a + (b - a) * f))
+
+
+def score_histogram(
+    store: EmbeddingStore,
+    qvec: np.ndarray | Query,
+    bins: int | None = None,
+    chunk_rows: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    workers: int | None = None,
+) -> Calibration:
+    """One pass over the store: the :class:`Calibration` of the query's scores on valid tiles.
+
+    ``bins`` fixed bins over the cosine range (default: by store size, up to :data:`HIST_BINS`
+    of 2e-6); its ``max_error`` states how far (percentile points) a percentile can be from
+    the exact mean rank.
+    """
+    vec = _query_vector(store, qvec)
+    hist = _Histogram(bins, store.grid.n_tiles)
+    for r0, r1, block in chunked_dot(
+        store, vec[:, None], chunk_rows, progress, is_canceled, workers
+    ):
+        hist.add(_valid_scores(store, r0, r1, block)[1])
+    cal = hist.calibration()
+    if cal is None:
+        raise InputError("the store has no valid tile; there is nothing to calibrate against")
+    return cal
+
+
+def _heatmap_profile(grid: TileGrid, count: int) -> dict[str, Any]:
+    """The GeoTIFF profile of :func:`~.geo_io.write_grid_raster` for a float32 heatmap."""
+    from affine import Affine
+
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": grid.cols,
+        "height": grid.rows,
+        "count": count,
+        "dtype": "float32",
+        "crs": grid.crs,
+        "transform": Affine.from_gdal(*grid.geotransform),
+        "nodata": float("nan"),
+        "compress": "deflate",
+    }
+    if grid.rows >= 256 and grid.cols >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    return profile
+
+
+def write_heatmap_chunked(
+    path: str | Path,
+    store: EmbeddingStore,
+    qvec: np.ndarray | Query,
+    percentiles: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    bins: int | None = None,
+    workers: int | None = None,
+) -> Path:
+    """:func:`write_heatmap` of :func:`similarity` without holding the ``[rows, cols]`` scores.
+
+    Pass 1 (only with ``percentiles``) builds a :func:`score_histogram`; pass 2 scores again
+    and writes 256-row bands of the GeoTIFF (band 1 cosine, band 2 percentile from the
+    histogram, at most ``Calibration.max_error`` points from the exact rank). Same bands, tags,
+    CRS and nodata as :func:`write_heatmap`; the file is written beside ``path`` and renamed, so
+    a failure or a cancel leaves nothing. Memory: two bands of 256 x cols floats, the histogram
+    (up to ~40 bytes x ``bins`` while it is turned into a map: 40 MiB at most) and a few chunks.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    vec = _query_vector(store, qvec)
+    grid = store.grid
+    if grid.rows == 0 or grid.cols == 0:
+        raise InputError("the store's grid is empty; there is nothing to write")
+    cal = None
+    if percentiles:
+        hist = _Histogram(bins, store.grid.n_tiles)
+        for r0, r1, block in chunked_dot(
+            store, vec[:, None], None, _part(progress, 0.0, 0.5), is_canceled, workers
+        ):
+            hist.add(_valid_scores(store, r0, r1, block)[1])
+        cal = hist.calibration()
+    profile = _heatmap_profile(grid, 2 if percentiles else 1)
+    # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
+    band = 256 if profile.get("tiled") else _row_step(grid.cols, None)
+    step = band if band != 256 else 1 << (_row_step(grid.cols, None).bit_length() - 1)
+    buf = np.empty((2 if percentiles else 1, band, grid.cols), dtype=np.float32)
+    done = _part(progress, 0.5 if percentiles else 0.0, 1.0)
+    with atomic_path(path, suffix=".tif") as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for i in range(profile["count"]):
+                dst.set_band_description(i + 1, _BAND_NAMES[i])
+                dst.update_tags(i + 1, **_BAND_TAGS[i])
+            dst.update_tags(**provenance_tags(_heatmap_provenance(store, provenance)))
+            b0 = 0
+            for r0, r1, block in chunked_dot(store, vec[:, None], step, done, is_canceled, workers):
+                part = buf[0, r0 - b0 : r1 - b0]
+                part[...] = block[..., 0]
+                part[~np.asarray(store.valid[r0:r1], dtype=bool)] = np.nan
+                if percentiles:  # per chunk: the float64 temporaries stay chunk-sized
+                    buf[1, r0 - b0 : r1 - b0] = cal.percentiles(part) if cal else np.nan
+                if r1 - b0 < band and r1 < grid.rows:
+                    continue
+                dst.write(buf[:, : r1 - b0], window=Window(0, b0, grid.cols, r1 - b0))
+                b0 = r1
+    return Path(path)
+
+
+def top_k_chunked(
+    store: EmbeddingStore,
+    qvec: np.ndarray | Query,
+    k: int,
+    min_distance_tiles: int = 1,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    bins: int | None = None,
+    chunk_rows: int | None = None,
+    workers: int | None = None,
+) -> list[Hit]:
+    """``top_k(store, similarity(store, qvec), k, min_distance_tiles)`` in one streaming pass.
+
+    Every chunk offers its best k·(2r+1)^2 tiles (ties: first in row-major order) to a running
+    candidate set, and the scores go into a histogram; the greedy NMS then runs on the merged
+    candidates, so the hits (tiles, order, scores) are exactly those of :func:`top_k`. Their
+    percentiles come from the histogram (within ``Calibration.max_error`` of the exact rank).
+    """
+    _check_k(k, min_distance_tiles)
+    vec = _query_vector(store, qvec)
+    r = int(min_distance_tiles)
+    m = k * (2 * r + 1) ** 2
+    hist = _Histogram(bins, store.grid.n_tiles)
+    idx, val = np.empty(0, np.int64), np.empty(0, np.float32)
+    cols = store.grid.cols
+    for r0, r1, block in chunked_dot(
+        store, vec[:, None], chunk_rows, progress, is_canceled, workers
+    ):
+        local, vals = _valid_scores(store, r0, r1, block)
+        hist.add(vals)
+        if idx.size >= m:  # only scores at least the current m-th best can still enter
+            keep = vals >= val.min()
+            local, vals = local[keep], vals[keep]
+        if vals.size:
+            both = np.concatenate([idx, local.astype(np.int64) + r0 * cols])
+            idx, val = _best(both, np.concatenate([val, vals]), m)
+    cal = hist.calibration()
+    if cal is None:
+        return []
+    order = np.lexsort((idx, -val))
+    idx, val = idx[order], val[order]
+    return _nms(store.grid, idx, val, cal.percentiles(val), k, r)
+
+
+def _use_chunked(store: EmbeddingStore, chunked: bool | None) -> bool:
+    return store.grid.n_tiles > CHUNKED_ABOVE_TILES if chunked is None else bool(chunked)
+
+
+def heatmap_auto(
+    path: str | Path,
+    store: EmbeddingStore,
+    qvec: np.ndarray | Query,
+    percentiles: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    chunked: bool | None = None,
+) -> Path:
+    """Write a heatmap GeoTIFF, in memory or chunk by chunk (``chunked=None``: by store size).
+
+    Above :data:`CHUNKED_ABOVE_TILES` tiles this is :func:`write_heatmap_chunked`, otherwise
+    :func:`write_heatmap` of :func:`similarity`; both write the same bands, tags and CRS.
+    """
+    if _use_chunked(store, chunked):
+        return write_heatmap_chunked(
+            path, store, qvec, percentiles, provenance, progress, is_canceled
+        )
+    scores = similarity(store, qvec, progress=progress, is_canceled=is_canceled)
+    _check(is_canceled)
+    return write_heatmap(path, store, scores, percentiles, provenance)
+
+
+def hits_auto(
+    store: EmbeddingStore,
+    qvec: np.ndarray | Query,
+    k: int,
+    min_distance_tiles: int = 1,
+    progress: Callable[[float], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    chunked: bool | None = None,
+) -> list[Hit]:
+    """Top-k hits with NMS, in memory or chunk by chunk (``chunked=None``: by store size).
+
+    Both paths return the same tiles, order and scores; percentiles differ by at most the
+    calibration error bound (:data:`CAL_MAX_ERROR` in memory, ``Calibration.max_error`` else).
+    """
+    if _use_chunked(store, chunked):
+        return top_k_chunked(store, qvec, k, min_distance_tiles, progress, is_canceled)
+    _check_k(k, min_distance_tiles)
+    scores = similarity(store, qvec, progress=progress, is_canceled=is_canceled)
+    return top_k(store, scores, k, min_distance_tiles)
