@@ -3,7 +3,9 @@
 ``embed_raster`` with the shipped bundle runs over a real NAIP scene (``../shared/data``, next to
 the repository) and over mosaics made from it at 2x2, 3x3, ... the area, for the scaling curve;
 pure inference is ``model.encode_tiles`` on the same tiles, pre-loaded. A generated raster stands
-in when the shared data are absent.
+in when the shared data are absent. ``e2e_old_s`` / ``old/infer`` time the same job through the
+previous release's read path (tile by tile, always through GDAL's warper) in the same
+interleaved runs, so old and new face the same machine load.
 
     .venv/bin/python bench/embed_e2e.py --scales 1 2 3
 """
@@ -25,7 +27,7 @@ except ImportError:  # run as a script
     from common import ROOT, time_fn, time_interleaved  # type: ignore[no-redef]
 
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed import _read_batch, embed_raster
 from engine.model import UniGeoModel
 from engine.raster_io import RasterioReader, grid_for_raster
 
@@ -64,16 +66,31 @@ def mosaic_raster(src_path: Path | None, dst: Path, scale: int, size: int = 720)
 
 
 def preload_chips(reader: Any, grid: Any, bands: tuple[str, ...]) -> np.ndarray:
-    """Every tile of ``grid`` as float32 chips, the usable ones only (as embed_raster keeps)."""
-    chips = np.stack(
-        [
-            reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, grid.tile_px, bands)
-            for r in range(grid.rows)
-            for c in range(grid.cols)
-        ]
-    )
-    nodata = np.isnan(chips).reshape(len(chips), -1).mean(axis=1)
+    """Every tile of ``grid`` as float32 chips, the usable ones only (as embed_raster keeps).
+
+    Read as embed_raster reads them (``_read_batch``: one window per row of a block).
+    """
+    cells = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
+    parts = [_read_batch(reader, grid, bands, cells[k : k + 32]) for k in range(0, len(cells), 32)]
+    chips = np.concatenate([p[0] for p in parts])
+    nodata = np.concatenate([p[1] for p in parts])
     return chips[(nodata <= 0.5) & (nodata < 1.0)]
+
+
+class TileOnlyReader:
+    """The reader of the previous release: tile-by-tile reads, every one through the warper.
+
+    It hides ``read_window`` (so ``_read_batch`` falls back to ``read_tile``, as for the
+    plugin's QGIS-layer reader) and never skips GDAL's warper.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._r = RasterioReader(path, fast=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "read_window":
+            raise AttributeError(name)
+        return getattr(self._r, name)
 
 
 def bench_raster(
@@ -82,41 +99,50 @@ def bench_raster(
     workdir: Path,
     repeats: int = 3,
     batch_size: int = 32,
-    workers: int = 2,
+    workers: int | None = None,
+    old_path: bool = False,
 ) -> dict[str, Any]:
-    """Median e2e and pure-inference time on one raster; figures per tile and per km²."""
+    """Median e2e and pure-inference time on one raster; figures per tile and per km².
+
+    Each e2e run opens the raster afresh, as a job does (a reused reader would serve warped
+    blocks from its cache). ``old_path`` also times the previous release's read path.
+    """
     spec = model.spec(Modality.AERIAL)
     bands = spec.preprocess.bands
     with RasterioReader(raster) as reader:
         grid = grid_for_raster(reader, spec.preprocess)
-        x0, y0, x1, y1 = grid.cell_bounds(0, 0)
-        km2 = grid.n_tiles * (x1 - x0) * (y1 - y0) / 1e6
-        store_path = workdir / "store"
-        meta: dict[str, Any] = {}
-
-        def e2e() -> None:
-            shutil.rmtree(store_path, ignore_errors=True)
-            st = embed_raster(
-                model,
-                reader,
-                grid,
-                store_path,
-                batch_size=batch_size,
-                workers=workers,
-                resume=False,
-            )
-            meta.update(st.meta)
-
-        t_read = time_fn(lambda: preload_chips(reader, grid, bands), 0, 1)
         chips = preload_chips(reader, grid, bands)
 
-        def infer() -> None:
-            model.encode_tiles(Modality.AERIAL, chips, batch_size)
+    def read() -> None:
+        with RasterioReader(raster) as fresh:
+            preload_chips(fresh, grid, bands)
 
-        t = time_interleaved({"e2e": e2e, "infer": infer}, 1, repeats)
+    t_read = time_fn(read, 0, 1)
+    x0, y0, x1, y1 = grid.cell_bounds(0, 0)
+    km2 = grid.n_tiles * (x1 - x0) * (y1 - y0) / 1e6
+    store_path = workdir / "store"
+    meta: dict[str, Any] = {}
+
+    def e2e(make: Any = RasterioReader, n: int | None = workers) -> None:
+        shutil.rmtree(store_path, ignore_errors=True)
+        rd = make(raster)
+        st = embed_raster(
+            model, rd, grid, store_path, batch_size=batch_size, workers=n, resume=False
+        )
+        rd.close()
+        if make is RasterioReader:  # the figures (readers chosen, io wait) of the new path
+            meta.update(st.meta)
+
+    def infer() -> None:
+        model.encode_tiles(Modality.AERIAL, chips, batch_size)
+
+    fns = {"e2e": e2e, "infer": infer}
+    if old_path:
+        fns["old"] = lambda: e2e(TileOnlyReader, 2)  # the previous release: 2 readers
+    t = time_interleaved(fns, 1, repeats)
     t_e2e, t_inf = t["e2e"], t["infer"]
     shutil.rmtree(store_path, ignore_errors=True)
-    return {
+    row = {
         "raster_px": _raster_px(raster),
         "tiles": grid.n_tiles,
         "encoded": len(chips),
@@ -129,7 +155,11 @@ def bench_raster(
         "e2e_tiles_per_s": t_e2e.rate(grid.n_tiles),
         "e2e/infer": t_inf.median / t_e2e.median,
         "io_wait_s": meta.get("io_wait_s"),
+        "workers": meta.get("workers"),
     }
+    if old_path:
+        row.update({"e2e_old_s": t["old"].median, "old/infer": t_inf.median / t["old"].median})
+    return row
 
 
 def _raster_px(path: Path) -> str:
@@ -155,7 +185,7 @@ def run(
                 tif = source
             else:
                 mosaic_raster(source if real else None, tif, s)
-            rows.append({"scale": s, **bench_raster(model, tif, Path(tmp), repeats)})
+            rows.append({"scale": s, **bench_raster(model, tif, Path(tmp), repeats, old_path=True)})
     prov = model.provider_report()
     model.close()
     src = f"NAIP {source.name} (real)" if real else "generated texture raster"

@@ -105,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=20000, help="raster side in pixels")
     ap.add_argument("--tile", type=int, default=224, help="tile side in pixels")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="reader threads (0: auto)")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,9 @@ def main() -> None:
     t0 = time.perf_counter()
     with RasterioReader(tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
-        store = embed_raster(model, reader, grid, store_path, workers=args.workers, resume=False)
+        store = embed_raster(
+            model, reader, grid, store_path, workers=args.workers or None, resume=False
+        )
     wall = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in store_path.iterdir())
     print(
@@ -134,6 +136,7 @@ def main() -> None:
                 "embed_wall_s": round(wall, 1),
                 "tiles_per_s": store.meta["tiles_per_s"],
                 "io_wait_s": store.meta["io_wait_s"],
+                "workers": store.meta["workers"],
                 "inference_s": store.meta["inference_s"],
                 "peak_rss_mb_before_embed": round(rss_before),
                 "peak_rss_mb": round(rss_mb()),

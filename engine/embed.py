@@ -1,15 +1,18 @@
 """The embedding pipeline: raster tiles -> encoder -> embedding store, resumable and cancellable.
 
 Reader threads fetch and preprocess batches of tiles while the calling thread runs inference, so
-reading overlaps inference. At most ``2 * workers`` batches are in flight, so memory stays
-bounded whatever the raster size. Blocks of ``block_tiles`` × ``block_tiles`` tiles are written
-in a fixed row-major order and marked done one by one, which is what makes a cancelled or
-crashed run resumable with byte-identical results.
+reading overlaps inference. A batch is read as a few windows (one per run of tiles in a row)
+when the reader has ``read_window``, tile by tile otherwise. At most ``2 * workers`` batches are
+in flight, so memory stays bounded whatever the raster size; how many readers run beside
+onnxruntime's threads is :func:`reader_threads`'s measured rule. Blocks of ``block_tiles`` ×
+``block_tiles`` tiles are written in a fixed row-major order and marked done one by one, which
+is what makes a cancelled or crashed run resumable with byte-identical results.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +31,8 @@ from .store import EmbeddingStore
 log = logging.getLogger(__name__)
 
 Cell = tuple[int, int]
+# values (bands x pixels) one window read may hold: 32 MB of float32, e.g. 55 tiles of 224 px x 3
+_WINDOW_MAX_VALUES = 1 << 23
 
 
 class TileEncoder(Protocol):
@@ -72,18 +77,77 @@ def _check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> Enco
 def _read_batch(
     reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Chips ``[n, C, H, W]`` of ``cells`` and each chip's fraction of NaN values."""
+    """Chips ``[n, C, H, W]`` of ``cells`` and each chip's fraction of NaN values.
+
+    A reader with ``read_window`` reads each rectangle of neighbouring cells at once and the
+    chips are cut out of it (tiles of one lattice are contiguous in the grid CRS); others are
+    read tile by tile.
+    """
     size = grid.tile_px
     chips = np.empty((len(cells), len(bands), size, size), dtype=np.float32)
+    read_window = getattr(reader, "read_window", None)
+    if read_window is None:
+        for i, (r, c) in enumerate(cells):
+            tile = reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, size, bands)
+            _put(chips, i, tile)
+    else:
+        s = grid.stride_px
+        for r0, c0, nr, nc, members in _rectangles(cells, _max_tiles(grid, len(bands))):
+            x0, _, _, y1 = grid.tile_bounds(r0, c0)
+            _, y0, x1, _ = grid.tile_bounds(r0 + nr - 1, c0 + nc - 1)
+            win = read_window((x0, y0, x1, y1), grid.crs, grid.gsd, bands)
+            want = (len(bands), (nr - 1) * s + size, (nc - 1) * s + size)
+            if win.shape != want:
+                raise RasterInputError(
+                    f"the raster reader returned a {win.shape} window, expected {want}"
+                )
+            for i, r, c in members:
+                y, x = (r - r0) * s, (c - c0) * s
+                chips[i] = win[:, y : y + size, x : x + size]
+    nan = np.count_nonzero(np.isnan(chips).reshape(len(cells), -1), axis=1)
+    return chips, nan / (len(bands) * size * size)
+
+
+def _put(chips: np.ndarray, i: int, tile: np.ndarray) -> None:
+    if tile.shape != chips.shape[1:]:
+        raise RasterInputError(
+            f"the raster reader returned a {tile.shape} chip, expected {chips.shape[1:]}"
+        )
+    chips[i] = tile
+
+
+def _max_tiles(grid: TileGrid, bands: int) -> int:
+    """Most tiles one window may cover, so that it stays under ``_WINDOW_MAX_VALUES``."""
+    return max(1, _WINDOW_MAX_VALUES // (bands * grid.tile_px * grid.tile_px))
+
+
+def _rectangles(cells: Sequence[Cell], max_tiles: int) -> list[list]:
+    """Cover ``cells`` with rectangles ``[r0, c0, rows, cols, [(index, r, c), ...]]``.
+
+    Runs of consecutive columns in one row, stacked while the next row has the same run; at
+    most ``max_tiles`` tiles each, so a window's memory stays bounded whatever the batch.
+    """
+    runs: list[list] = []
     for i, (r, c) in enumerate(cells):
-        tile = reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, size, bands)
-        if tile.shape != chips.shape[1:]:
-            raise RasterInputError(
-                f"the raster reader returned a {tile.shape} chip, expected {chips.shape[1:]}"
-            )
-        chips[i] = tile
-    nodata = np.isnan(chips).reshape(len(cells), -1).mean(axis=1)
-    return chips, nodata
+        last = runs[-1] if runs else None
+        if last and (r, c) == (last[0], last[1] + last[3]) and last[3] < max_tiles:
+            last[3] += 1
+            last[4].append((i, r, c))
+        else:
+            runs.append([r, c, 1, 1, [(i, r, c)]])
+    rects: list[list] = []
+    for run in runs:
+        top = rects[-1] if rects else None
+        if (
+            top
+            and (run[0], run[1], run[3]) == (top[0] + top[2], top[1], top[3])
+            and (top[2] + 1) * top[3] <= max_tiles
+        ):
+            top[2] += 1
+            top[4] += run[4]
+        else:
+            rects.append(run)
+    return rects
 
 
 def _batches(
@@ -161,7 +225,8 @@ class _Pipeline:
         if not keep.any():
             return
         t = time.perf_counter()
-        out = self.model.encode_tiles(self.modality, chips[keep], batch_size=self.batch_size)
+        usable = chips if keep.all() else chips[keep]  # no copy in the common case
+        out = self.model.encode_tiles(self.modality, usable, batch_size=self.batch_size)
         self.infer += time.perf_counter() - t
         if out.shape != (int(keep.sum()), self.model.dim):
             raise ModelContractError(f"the encoder returned shape {out.shape}")
@@ -227,7 +292,7 @@ def embed_raster(
     modality: Modality = Modality.AERIAL,
     batch_size: int = 32,
     block_tiles: int = 32,
-    workers: int = 2,
+    workers: int | None = None,
     progress: Callable[[float], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
     resume: bool = True,
@@ -244,7 +309,8 @@ def embed_raster(
         modality: ``Modality.AERIAL`` or ``Modality.DSM``.
         batch_size: tiles per read job and per inference call.
         block_tiles: side of a resumable block, in tiles.
-        workers: reader threads.
+        workers: reader threads; None: :func:`reader_threads` picks them for the model's
+            provider and thread count (on 2 CPU cores running inference: 1).
         progress: called with the fraction done, ending with 1.0.
         is_canceled: polled between batches; True raises :class:`CancelledError` and leaves the
             resumable ``.partial`` store (never a half-written final store).
@@ -256,7 +322,8 @@ def embed_raster(
     Returns:
         The finalised, read-only store; ``meta["tiles_per_s"]`` gives this run's throughput.
     """
-    if batch_size < 1 or block_tiles < 1 or workers < 1 or not 0.0 <= max_nodata <= 1.0:
+    bad_workers = workers is not None and workers < 1
+    if batch_size < 1 or block_tiles < 1 or bad_workers or not 0.0 <= max_nodata <= 1.0:
         raise InputError("need batch_size, block_tiles, workers >= 1 and 0 <= max_nodata <= 1")
     spec = _check_model(model, modality, grid)
     bands = spec.preprocess.bands or ("height",)
@@ -274,7 +341,7 @@ def embed_raster(
     store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
     try:
         pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)
-        stats = _run(pipe, workers, progress, is_canceled)
+        stats = _run(pipe, workers or reader_threads(model), progress, is_canceled)
         store.update_meta(**stats)
         final = store.finalize()
     finally:
@@ -282,6 +349,24 @@ def embed_raster(
     if progress:
         progress(1.0)
     return final
+
+
+def reader_threads(model: TileEncoder, cores: int | None = None) -> int:
+    """Reader threads to pair with ``model``'s inference on a machine with ``cores`` cores.
+
+    Measured on 2 cores (docs/PERFORMANCE.md, section 2): a native or windowed read costs a
+    fraction of inference, so while onnxruntime's threads take every core one reader keeps it
+    fed, and a second one only takes CPU from inference; cores left over go to readers (at
+    most 4). On a GPU, inference leaves the CPU to the readers: 2 to 4 of them. Pass
+    ``workers`` to :func:`embed_raster` to override.
+    """
+    cores = cores or os.cpu_count() or 1
+    report = getattr(model, "provider_report", None)
+    rep = report() if callable(report) else None
+    if rep is not None and rep.is_gpu:
+        return max(2, min(4, cores // 2))
+    ort = getattr(rep, "threads", None) or getattr(model, "threads", None) or cores
+    return max(1, min(cores - ort, 4))
 
 
 def _run(

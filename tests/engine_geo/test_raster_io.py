@@ -268,7 +268,9 @@ def test_web_mercator_rasters_are_tiled_in_their_utm_zone():
 
     from engine.raster_io import choose_grid_crs
 
-    merc = SimpleNamespace(crs=CRS("EPSG:3857").to_wkt(), bounds=(-12.5e6, 4.95e6, -12.49e6, 4.96e6))
+    merc = SimpleNamespace(
+        crs=CRS("EPSG:3857").to_wkt(), bounds=(-12.5e6, 4.95e6, -12.49e6, 4.96e6)
+    )
     assert choose_grid_crs(merc) == "EPSG:32612"
     utm = SimpleNamespace(crs=CRS("EPSG:26914").to_wkt(), bounds=(488000, 5206000, 490000, 5208000))
     assert choose_grid_crs(utm) == "EPSG:26914"
