@@ -52,7 +52,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run resumed on a node with another GPU count restores the devices both have:
+        # set_rng_state_all would fail on a checkpoint written by a node with more GPUs.
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, device=i)
 
 
 def save_checkpoint(
@@ -81,6 +84,25 @@ def save_checkpoint(
     with atomic_path(path, suffix=".pt.part") as tmp:
         torch.save(ckpt, tmp)
     return path
+
+
+def check_resumable(saved: TrainConfig, current: TrainConfig, path: str | Path) -> None:
+    """Refuse to resume when the data order or the step would mean something else.
+
+    The world size may change between runs (the global batch is split over whatever ranks
+    there are), but the global batch and the data seed define which samples step ``k`` sees;
+    changing them mid-run would silently train on another data order. (The data path may
+    change: a cluster mounts the same dataset elsewhere.)
+    """
+    for key in ("batch_size", "seed"):
+        old, new = getattr(saved.data, key), getattr(current.data, key)
+        if old != new:
+            raise ModelContractError(
+                f"checkpoint {path} was trained with data.{key}={old!r} but this run has "
+                f"{new!r}; resume with --set data.{key}={old!r} (the global batch stays fixed "
+                "when the number of processes changes: each of W processes embeds "
+                "batch_size / W samples)"
+            )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,11 +9,18 @@ of the global batch. A custom autograd function is used because gloo has no redu
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor
 
 
@@ -102,3 +109,39 @@ def cleanup() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_entry(rank: int, world: int, port: int, fn: Callable, args: tuple, out: str) -> None:
+    # The same environment torchrun sets, so init_distributed takes its production path.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)  # W processes share the CPU cores
+    info = init_distributed("cpu")
+    try:
+        result = fn(info, *args)
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    finally:
+        cleanup()
+
+
+def spawn_gloo(fn: Callable[..., Any], world: int, *args: Any) -> list[Any]:
+    """Run ``fn(info, *args)`` in ``world`` local CPU processes joined by gloo.
+
+    A laptop stand-in for ``torchrun --nproc-per-node world`` (tests, CPU checks). ``fn`` must
+    be importable by name (a module-level function) and return JSON-serialisable data.
+
+    Returns:
+        Each rank's return value, in rank order.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_gloo_entry, args=(world, _free_port(), fn, args, tmp), nprocs=world)
+        return [
+            json.loads((Path(tmp) / f"rank{r}.json").read_text(encoding="utf-8"))
+            for r in range(world)
+        ]

@@ -86,9 +86,24 @@ def _spread_bits(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def per_rank_batch(global_batch: int, world: int) -> int:
+    """Samples each rank embeds per step: ``global_batch / world`` (it must divide evenly).
+
+    The global batch (``data.batch_size``) is the unit of training: the loss contrasts all of
+    it, the sampler's position and the schedule count it, so it never changes with the number
+    of processes. Only its split over ranks does.
+    """
+    if world < 1 or global_batch % world:
+        raise InputError(
+            f"the global batch of {global_batch} samples (data.batch_size) does not split "
+            f"evenly over {world} processes; launch a number of processes that divides "
+            f"{global_batch}, or choose a data.batch_size that is a multiple of {world} "
+            "(for a new run only: a resumed run must keep its global batch)"
+        )
+    return global_batch // world
+
+
 def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
     """This rank's contiguous share of a global batch (the global batch must divide evenly)."""
-    if len(batch) % world:
-        raise InputError(f"global batch {len(batch)} does not split over {world} ranks")
-    per = len(batch) // world
+    per = per_rank_batch(len(batch), world)
     return batch[rank * per : (rank + 1) * per]

@@ -24,7 +24,7 @@ from engine.contract import Modality
 from engine.errors import InputError
 from engine.preprocess import TextTokenizer
 
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_state
 from .config import OptimConfig, TrainConfig, load_config, merge, parse_override
 from .data.collate import collate_samples
 from .distributed import DistInfo, cleanup, gather_batch_embeddings, init_distributed
@@ -32,7 +32,7 @@ from .losses import AllToAllLoss, LossOutput
 from .metrics_log import MetricsLog
 from .model import UniGeoCLIP
 from .perf import step_flops, write_perf
-from .sampler import GeoClusteredBatchSampler, rank_slice
+from .sampler import GeoClusteredBatchSampler, per_rank_batch, rank_slice
 from .specs import all_preprocess
 from .towers import tokenizer_path
 from .toy import ToyWorld
@@ -140,6 +140,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, dist: DistInfo | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
         self.dist = dist or DistInfo()
+        # Fail before any model is built: the global batch is fixed, the world size must fit it.
+        self.rank_batch = per_rank_batch(cfg.data.batch_size, self.dist.world_size)
         want = (
             cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         )
@@ -218,11 +220,26 @@ class Trainer:
 
     def save(self, path: Path | None = None) -> Path:
         path = path or self.out / "checkpoint.pt"
-        return save_checkpoint(path, self.cfg, self.core, self.opt, self.sched, self.step)
+        epoch, batch = divmod(self.step, len(self.sampler))
+        # Informational: resuming needs only the step (the sampler order is a function of
+        # (seed, epoch)), so any world size that divides the global batch can continue.
+        extra = {"world_size": self.dist.world_size, "global_batch": self.cfg.data.batch_size,
+                 "sampler_epoch": epoch, "sampler_batch": batch}  # fmt: skip
+        return save_checkpoint(path, self.cfg, self.core, self.opt, self.sched, self.step, extra)
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint: weights, optimiser, schedule, step and RNG."""
+        """Continue from a checkpoint: weights, optimiser, schedule, step and RNG.
+
+        The checkpoint may come from a run with another world size: everything in it is
+        per global batch (the step, the sampler position, AdamW moments of the averaged
+        gradient, the schedule), so only the split of each global batch over ranks changes.
+        """
         ckpt = load_checkpoint(path, self.device)
+        check_resumable(ckpt["config"], self.cfg, path)
+        old_world = ckpt.get("extra", {}).get("world_size", self.dist.world_size)
+        if old_world != self.dist.world_size and self.dist.is_main:
+            log.info("resuming a %d-process checkpoint with %d processes (%d samples each)",
+                     old_world, self.dist.world_size, self.rank_batch)  # fmt: skip
         self.core.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -262,6 +279,16 @@ class Trainer:
             self.save()
         if self.step == end and self.metrics.rows:
             self.metrics.plot(self.out / "curves.png")
+
+
+def train_segment(
+    info: DistInfo, cfg_dict: dict, out: str, stop: int, resume: str = ""
+) -> list[float]:
+    """Train (optionally resumed) until step ``stop``; returns the losses (for spawn_gloo)."""
+    trainer = Trainer(TrainConfig.from_dict(cfg_dict), out, info)
+    if resume:
+        trainer.resume(resume)
+    return [row["loss"] for row in trainer.fit(stop)]
 
 
 def main(argv: list[str] | None = None) -> int:

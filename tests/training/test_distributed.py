@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import torch
 
 from tests.training.conftest import tiny_config
@@ -25,3 +28,13 @@ def test_ddp_two_processes_match_single_process_loss_and_gradients():
     assert res["loss_diff"] < 1e-6
     assert res["grad_max_abs"] > 1e-3
     assert res["grad_max_abs_diff"] < 1e-5
+
+
+def test_slurm_script_is_valid_bash_and_launches_torchrun_per_node():
+    script = Path(__file__).resolve().parents[2] / "scripts/slurm_train.sbatch"
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    for needle in ("--ntasks-per-node=1", "--nnodes \"$NNODES\"", "--rdzv-backend c10d",
+                   '--rdzv-endpoint "$HEAD:$PORT"', "-m training.train"):  # fmt: skip
+        assert needle in text, needle
