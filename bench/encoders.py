@@ -2,9 +2,12 @@
 
 Towers come from a training config (``default_cpu`` builds the shipped bundle; ``small`` has the
 ViT-S/16 aerial tower at 128 px), with the checkpoint's weights when one is given, else random
-init (speed does not depend on the weights). Each tower is exported with
-``training.export.export_tower`` into a temporary folder and quantised to int8 from the plain
-export, as the bundle export does.
+init (speed does not depend on the weights). Each tower is exported into a temporary folder
+with ``training.export`` in four forms, all timed side by side with the same threads:
+``ort_fp32`` the plain export, ``ort_int8`` its whole-graph dynamic int8 (the old bundle method),
+``ort_opt`` the transformer-optimised graph (``export_optimized``: fused attention / FastGelu)
+and ``ort_opt_int8`` its MatMul-only per-channel int8 (``quantize_int8(..., "matmul")``, the
+shipped aerial method).
 
     .venv/bin/python bench/encoders.py --config default_cpu --batches 1 8 32
 """
@@ -26,14 +29,9 @@ except ImportError:  # run as a script
 
 from engine.contract import INPUT_DTYPES, Modality
 
-# onnxruntime.transformers optimizer model types tried per tower: the SigLIP towers are ViTs
-# whose attention only the "clip" fusion recognises; MiniLM is "bert"; the GPS encoder is a
-# small transformer over registers, also tried as "bert".
-_IMG = ("vit", "clip")
-OPT_MODEL_TYPES = {"aerial": _IMG, "streetview": _IMG, "dsm": _IMG, "text": ("bert",),
-                   "gps": ("bert",)}  # fmt: skip
-FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "FastGelu", "Gelu",
-             "BiasGelu", "EmbedLayerNormalization")  # fmt: skip
+# Fused-operator counts reported per tower (fixed keys, so the table has one column set).
+FUSED_OPS = ("Attention", "MultiHeadAttention", "FastGelu", "Gelu", "BiasGelu",
+             "LayerNormalization", "SkipLayerNormalization (split)", "EmbedLayerNormalization")  # fmt: skip
 
 
 def build_model(config: str, checkpoint: Path | None = None) -> tuple[Any, Any]:
@@ -75,16 +73,42 @@ def make_inputs(modality: Modality, cfg: Any, batch: int, seed: int = 0) -> dict
 
 
 def export_plain_and_int8(model: Any, cfg: Any, m: Modality, folder: Path) -> dict[str, Path]:
-    """Export one tower (validated against torch) and its dynamic-int8 sibling."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Export one tower (validated against torch), its int8 and optimised forms.
 
-    from training.export import export_tower
+    Returns ``{"fp32", "int8", "opt", "opt_int8"}`` paths; the last two are missing when the
+    optimizer fused no attention in this tower (the export then keeps no optimised graph).
+    """
+    from training.export import export_optimized, export_tower, quantize_int8
 
     fp32 = folder / f"{m.value}.onnx"
-    export_tower(model, m, cfg, make_inputs(m, cfg, 3, seed=1), fp32, tol=1e-3)
-    int8 = folder / f"{m.value}.int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    return {"fp32": fp32, "int8": int8}
+    feeds = make_inputs(m, cfg, 3, seed=1)
+    export_tower(model, m, cfg, feeds, fp32, tol=1e-3)
+    files = {"fp32": fp32, "int8": folder / f"{m.value}.int8.onnx"}
+    quantize_int8(fp32, files["int8"], "dynamic")
+    if export_optimized(model, m, cfg, feeds, fp32, tol=1e-3)["kept"]:
+        files["opt"] = fp32.with_suffix(".opt.onnx")
+        files["opt_int8"] = folder / f"{m.value}.opt.int8.onnx"
+        quantize_int8(files["opt"], files["opt_int8"], "matmul")
+    return files
+
+
+def fused_ops(model: Any, cfg: Any, m: Modality, path: Path) -> dict[str, dict[str, int]]:
+    """Fused-operator counts of the plain export per optimizer model type tried for the tower.
+
+    Only "clip" recognises the SigLIP attention ("vit" fuses LayerNorm and GELU, no attention);
+    the export keeps the type with most fused attention (``training.export.optimize_graph``).
+    """
+    import tempfile
+
+    from training.export import OPT_MODEL_TYPES, heads_width, optimize_graph
+
+    hw = heads_width(m, cfg, model.towers[m.value])
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="unigeo-fused-") as tmp:
+        for mt in OPT_MODEL_TYPES[m]:
+            _, counts = optimize_graph(path, Path(tmp) / "opt.onnx", m, hw, (mt,))
+            out[mt] = {k: counts.get(k, 0) for k in FUSED_OPS}
+    return out
 
 
 def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> Any:
@@ -101,50 +125,11 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None) -> 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _heads_width(m: Modality, cfg: Any) -> tuple[int, int]:
-    """(heads, width) of an image/DSM ViT tower; (0, 0) lets the optimizer detect them."""
-    from training.towers import VIT_ARCHS
-
-    arch = getattr(getattr(cfg.model, m.value, None), "arch", None)
-    if arch in VIT_ARCHS:
-        width, _, heads = VIT_ARCHS[arch]
-        return heads, width
-    return 0, 0
-
-
-def fused_ops(
-    path: Path, m: Modality, cfg: Any, save_to: Path | None = None
-) -> dict[str, dict[str, int]]:
-    """Fused-operator counts per optimizer model type; ``save_to`` gets the most fused graph.
-
-    The heads and width are passed explicitly; of the model types, only "clip" recognises the
-    attention of the SigLIP towers (measured: "vit" fuses LayerNorm and GELU, no attention).
-    """
-    import logging
-
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    heads, width = _heads_width(m, cfg)
-    out: dict[str, dict[str, int]] = {}
-    best = -1
-    for mt in OPT_MODEL_TYPES[m.value]:
-        opt = optimize_model(str(path), model_type=mt, num_heads=heads, hidden_size=width)
-        stats = opt.get_fused_operator_statistics()
-        counts = {k: int(stats.get(k, 0)) for k in FUSED_OPS}
-        out[mt] = counts
-        n_att = counts["Attention"] + counts["MultiHeadAttention"]
-        if save_to is not None and n_att > best:
-            best = n_att
-            opt.save_model_to_file(str(save_to))
-    return out
-
-
 def bench_tower(
     model: Any, cfg: Any, m: Modality, files: dict[str, Path], batches: list[int], threads: int,
     repeats: int = 5, tag: str = "",
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """items/s of torch eager and ORT fp32 / int8 / optimised per batch size, in one run."""
+    """items/s of torch eager and each ORT file per batch size, in one run, and their ratios."""
     import torch
 
     torch.set_num_threads(threads)
@@ -166,11 +151,20 @@ def bench_tower(
         }
         for k, t in time_blocks(fns, 1, repeats, rounds=2).items():
             row[k] = t.rate(b)
-        row["ort/torch"] = row["ort_fp32"] / row["torch_eager"]
-        row["int8/fp32"] = row["ort_int8"] / row["ort_fp32"]
-        row["opt/torch"] = row["ort_opt"] / row["torch_eager"]
-        rows.append(row)
+        rows.append(_ratios(row))
     return rows
+
+
+def _ratios(row: dict[str, Any]) -> dict[str, Any]:
+    """Speed ratios of a row; the optimised columns are absent when no attention was fused."""
+    fp32, opt = row["ort_fp32"], row.get("ort_opt")
+    row["ort/torch"] = fp32 / row["torch_eager"]
+    row["int8/fp32"] = row["ort_int8"] / fp32
+    if opt is not None:
+        row["opt/torch"] = opt / row["torch_eager"]
+        row["opt_int8/fp32"] = row["ort_opt_int8"] / fp32
+        row["opt_int8/opt"] = row["ort_opt_int8"] / opt
+    return row
 
 
 def run(
@@ -187,8 +181,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="unigeo-bench-enc-", dir=workdir) as tmp:
         for m in mods:
             files = export_plain_and_int8(model, cfg, m, Path(tmp))
-            files["opt"] = Path(tmp) / f"{m.value}.opt.onnx"
-            for mt, counts in fused_ops(files["fp32"], m, cfg, files["opt"]).items():
+            for mt, counts in fused_ops(model, cfg, m, files["fp32"]).items():
                 fused[f"{config}/{m.value} ({mt})"] = counts
             rows += bench_tower(model, cfg, m, files, batches, threads, repeats, config)
     return {"rows": rows, "fused": fused, "weights": _weights_note(checkpoint)}

@@ -11,6 +11,7 @@ and prints R@1 / R@10 side by side, the numbers the model card quotes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,14 +28,18 @@ PAIRS = [(Modality.TEXT, Modality.AERIAL), (Modality.AERIAL, Modality.TEXT),
 
 
 def embed_all(
-    bundle: Path, batch: dict, variant: str
+    bundle: Path, batch: dict, variant: str, only: list[str] | None = None
 ) -> dict[Modality, tuple[np.ndarray, np.ndarray]]:
-    """{modality: (embeddings of the present rows, row mask)} with ``<m>.onnx`` or ``<m>.int8.onnx``."""
+    """{modality: (embeddings of the present rows, row mask)} with ``<m>.onnx`` or ``<m>.int8.onnx``.
+
+    ``only`` limits the variant to those modalities (the others use ``<m>.onnx``).
+    """
     from training.export import run_onnx, tower_inputs_np
 
     out = {}
     for m in Modality:
-        path = bundle / f"{m.value}.{variant}.onnx" if variant else bundle / f"{m.value}.onnx"
+        use = variant and (only is None or m.value in only)
+        path = bundle / f"{m.value}.{variant}.onnx" if use else bundle / f"{m.value}.onnx"
         if not path.is_file():
             path = bundle / f"{m.value}.onnx"
         mask = batch["mask"][m.value].numpy().astype(bool)
@@ -54,12 +59,23 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--bundle", required=True, type=Path, help="exported with --int8")
     ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--int8", nargs="*", default=None,
+                    help="modalities embedded with int8 (default: every one with a variant); "
+                    "e.g. --int8 text aerial for the shipped bundle")  # fmt: skip
     a = ap.parse_args()
     _, cfg = load_model(a.checkpoint)
     _, held = build_datasets(cfg, held_out=a.split)
     batch = make_collate(cfg)([held[i] for i in range(len(held))])
     lat, lon = batch["lat"].numpy(), batch["lon"].numpy()
-    runs = {"fp32": embed_all(a.bundle, batch, ""), "int8": embed_all(a.bundle, batch, "int8")}
+    runs = {
+        "fp32": embed_all(a.bundle, batch, ""),
+        "int8": embed_all(a.bundle, batch, "int8", a.int8),
+    }
+    report = a.bundle / "export_report.json"
+    if report.is_file():  # which int8 method made the variants (export --int8 METHOD)
+        method = json.loads(report.read_text()).get("int8_method") or "dynamic"
+        towers = ", ".join(a.int8) if a.int8 is not None else "all with a variant"
+        print(f"int8 method: {method} ({towers}); fp32 = the plain export, {len(lat)} samples\n")
     print("| query → gallery | n | R@1 fp32 | R@1 int8 | R@10 fp32 | R@10 int8 |")
     print("|---|---|---|---|---|---|")
     for q, g in PAIRS:

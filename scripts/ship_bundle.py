@@ -4,7 +4,9 @@
         --out resources/models/default --int8 text aerial --max-mb 50
 
 - Uses ``<modality>.int8.onnx`` for the modalities named by ``--int8`` (export keeps an int8
-  variant only when its cosine to fp32 is >= 0.99), fp32 for the rest.
+  variant only when its cosine to fp32 is >= 0.99), fp32 for the rest: the file the exported
+  ``bundle.json`` names, i.e. ``<modality>.opt.onnx`` (fused attention) where
+  ``python -m training.export --optimize`` kept one, unless the modality is named by ``--plain``.
 - The training domain becomes one WGS84 box per training area that has aerial imagery (the coarse
   worldwide Blue Marble chips only teach the GPS tower the globe, so they are not "domain"), and
   the GSD range of those areas.
@@ -31,8 +33,14 @@ from engine.contract import BundleSpec, Modality, TrainingDomain  # noqa: E402
 COARSE_GSD_M = 1000.0  # areas coarser than this are global context, not the imagery domain
 PAD_DEG = 0.05
 CLASS_COLORS = {
-    "water": "#3a7bd5", "forest": "#1b7837", "cropland": "#e6c229", "grassland": "#a6d96a",
-    "residential": "#d7301f", "industrial": "#7b3294", "bare": "#bf812d", "wetland": "#41b6c4",
+    "water": "#3a7bd5",
+    "forest": "#1b7837",
+    "cropland": "#e6c229",
+    "grassland": "#a6d96a",
+    "residential": "#d7301f",
+    "industrial": "#7b3294",
+    "bare": "#bf812d",
+    "wetland": "#41b6c4",
 }
 
 
@@ -53,14 +61,17 @@ def training_domain(dataset: Path) -> TrainingDomain:
     return TrainingDomain(bboxes=tuple(boxes), gsd_range_m=(min(gsd.values()), max(gsd.values())))
 
 
-def assemble(src: Path, dataset: Path, out: Path, int8: list[str], description: str) -> Path:
+def assemble(
+    src: Path, dataset: Path, out: Path, int8: list[str], description: str, plain: list[str] = ()
+) -> Path:
     spec = BundleSpec.read(src)
     stage = out.with_name(out.name + ".staging")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     encoders = {}
-    for m, fname in spec.encoders.items():
-        variant = Path(fname).with_suffix(".int8.onnx").name
+    for m, named in spec.encoders.items():
+        fname = f"{m.value}.onnx" if m.value in plain else named
+        variant = f"{m.value}.int8.onnx"
         use = variant if m.value in int8 and (src / variant).is_file() else fname
         if m.value in int8 and use == fname:
             print(f"ship: no int8 variant for {m.value} (export refused it); keeping fp32")
@@ -96,21 +107,33 @@ def check(stage: Path, max_mb: float) -> float:
                 e = model.encode_photos([np.full((64, 64, 3), 128, np.uint8)])
             else:
                 c = len(s.bands) if m is Modality.AERIAL else 1
-                e = model.encode_tiles(m, np.random.default_rng(0).random((2, c, s.size, s.size), np.float32))
+                e = model.encode_tiles(
+                    m, np.random.default_rng(0).random((2, c, s.size, s.size), np.float32)
+                )
             assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3), m
     return size_mb
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", required=True, type=Path, help="bundle from python -m training.export")
+    ap.add_argument(
+        "--bundle", required=True, type=Path, help="bundle from python -m training.export"
+    )
     ap.add_argument("--dataset", required=True, type=Path, help="the dataset it was trained on")
     ap.add_argument("--out", default=ROOT / "resources" / "models" / "default", type=Path)
-    ap.add_argument("--int8", nargs="*", default=["text", "aerial"], help="modalities shipped as int8")
+    ap.add_argument(
+        "--int8", nargs="*", default=["text", "aerial"], help="modalities shipped as int8"
+    )
+    ap.add_argument(
+        "--plain",
+        nargs="*",
+        default=[],
+        help="modalities shipped as the plain fp32 export even if an .opt.onnx exists",
+    )
     ap.add_argument("--max-mb", type=float, default=50.0)
     ap.add_argument("--description", default="")
     a = ap.parse_args()
-    stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description)
+    stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description, a.plain)
     size = check(stage, a.max_mb)
     old = a.out.with_name(a.out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -4,14 +4,20 @@
 ``bundle.json``, one ``<modality>.onnx`` per tower (opset 17, dynamic ``batch`` axis, contract
 input names and dtypes, the :class:`~engine.contract.EncoderSpec` in ``metadata_props``) and
 ``tokenizer.json``. Every file is run in onnxruntime against torch on real inputs and refused if
-max |Δ| exceeds the tolerance. Optional int8 (dynamic quantisation of the plain export) and fp16
-variants are reported by their cosine similarity to fp32.
+max |Δ| exceeds the tolerance.
+
+Options: ``--optimize`` adds ``<modality>.opt.onnx``, the graph after onnxruntime's transformer
+optimizer (fused Attention / FastGelu / LayerNorm), validated against torch with the same gate;
+``--int8 {dynamic,matmul,static}`` adds ``<modality>.int8.onnx`` (whole-graph dynamic, MatMul-only
+per-channel dynamic of the optimised graph, or static QDQ calibrated on real inputs); ``--fp16``
+adds a GPU variant. Reduced-precision files are kept only if their cosine to fp32 passes a gate.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -59,6 +65,7 @@ class ExportReport:
     folder: Path
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # modality -> fp32 max |Δ|
     variant_cosine: dict[str, float] = field(default_factory=dict)  # "gps.int8" -> min cosine
+    optimized: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> opt summary
 
 
 class _Tower(nn.Module):
@@ -155,6 +162,193 @@ def export_tower(
     return diff
 
 
+# ---- graph optimisation ----------------------------------------------------------------------
+
+# onnxruntime.transformers optimizer model types tried per tower, in order; the one that fuses
+# the most attention blocks wins. Only "clip" recognises the SigLIP/ViT attention ("vit" fuses
+# LayerNorm and GELU only); MiniLM and the GPS register transformer are BERT-like.
+_IMG_TYPES = ("clip", "vit")
+OPT_MODEL_TYPES = {Modality.AERIAL: _IMG_TYPES, Modality.STREETVIEW: _IMG_TYPES,
+                   Modality.DSM: _IMG_TYPES, Modality.TEXT: ("bert",), Modality.GPS: ("bert",)}  # fmt: skip
+ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+
+
+def heads_width(m: Modality, cfg: TrainConfig, tower: nn.Module | None = None) -> tuple[int, int]:
+    """(attention heads, hidden width) of a tower; (0, 0) lets the optimizer guess (it often fails).
+
+    From the config for the GPS encoder and named ViT sizes, else from the transformers config
+    of ``tower`` (pretrained MiniLM / SigLIP).
+    """
+    from .config import VIT_ARCHS
+
+    if m is Modality.GPS:
+        return cfg.model.gps.heads, cfg.model.gps.width
+    arch = getattr(getattr(cfg.model, m.value, None), "arch", None)
+    if arch in VIT_ARCHS and not getattr(getattr(cfg.model, m.value), "init_from", ""):
+        width, _, heads = VIT_ARCHS[arch]
+        return heads, width
+    for sub in tower.modules() if tower is not None else ():
+        c = getattr(sub, "config", None)
+        if hasattr(c, "num_attention_heads") and hasattr(c, "hidden_size"):
+            return int(c.num_attention_heads), int(c.hidden_size)
+    return 0, 0
+
+
+def optimize_graph(
+    src: Path, dst: Path, m: Modality, hw: tuple[int, int], types: tuple[str, ...] = ()
+) -> tuple[str, dict]:
+    """Write the transformer-optimised graph of ``src`` to ``dst``; return (model type, counts).
+
+    Fused SkipLayerNormalization nodes are split back into Add + LayerNormalization: the
+    attention fusion needs them to match, but onnxruntime 1.32's CPU SkipLayerNormalization
+    kernel ran 4x slower here than Add + Add + LayerNormalization ([32, 16, 192]: 640 vs 170 us).
+    ``types`` overrides the optimizer model types tried (default :data:`OPT_MODEL_TYPES`).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, width = hw
+    best: tuple[int, str, Any, dict] | None = None
+    for mt in types or OPT_MODEL_TYPES[m]:
+        logging.disable(logging.INFO)  # the fusion modules log every pattern at INFO
+        try:
+            opt = optimize_model(str(src), model_type=mt, num_heads=heads, hidden_size=width)
+        finally:
+            logging.disable(logging.NOTSET)
+        counts = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+        n_att = sum(counts.get(k, 0) for k in ATTENTION_OPS)
+        if best is None or n_att > best[0]:
+            best = (n_att, mt, opt.model, counts)
+    assert best is not None
+    _, mt, proto, counts = best
+    counts["SkipLayerNormalization (split)"] = unfuse_skip_layernorm(proto)
+    counts.pop("SkipLayerNormalization", None)
+    onnx.save(proto, str(dst))
+    return mt, counts
+
+
+def unfuse_skip_layernorm(proto: onnx.ModelProto) -> int:
+    """Replace each com.microsoft SkipLayerNormalization by Add (+ bias Add) + LayerNormalization.
+
+    Returns the number replaced. A node whose mean / inv-std outputs are consumed is kept.
+    """
+    from onnx import helper
+
+    nodes, n = [], 0
+    for node in proto.graph.node:
+        outs = list(node.output) + [""] * (4 - len(node.output))
+        if node.op_type != "SkipLayerNormalization" or any(outs[1:3]):
+            nodes.append(node)
+            continue
+        ins = list(node.input) + [""] * (5 - len(node.input))
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        total = outs[3] or f"{node.name}_sum"
+        nodes.append(helper.make_node("Add", ins[:2], [total if not ins[4] else f"{total}_nb"]))
+        if ins[4]:
+            nodes.append(helper.make_node("Add", [f"{total}_nb", ins[4]], [total]))
+        ln_in = [total, ins[2]] + ([ins[3]] if ins[3] else [])
+        nodes.append(helper.make_node("LayerNormalization", ln_in, [outs[0]], axis=-1, epsilon=eps))
+        n += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return n
+
+
+@torch.no_grad()
+def export_optimized(
+    model: UniGeoCLIP, m: Modality, cfg: TrainConfig, inputs: dict, plain: Path, tol: float
+) -> dict[str, Any]:
+    """``<m>.opt.onnx`` next to ``plain``, validated against torch like the plain export.
+
+    Returns ``{"model_type", "fused", "max_abs_diff", "kept"}``; a graph over ``tol`` is deleted
+    (the bundle then keeps the plain file) and so is one with no fused attention (no gain).
+    """
+    dst = plain.with_suffix(".opt.onnx")
+    mt, fused = optimize_graph(plain, dst, m, heads_width(m, cfg, model.towers[m.value]))
+    proto = onnx.load(str(dst))
+    set_spec(proto, encoder_spec(m, cfg.model).to_json())  # the optimizer drops metadata_props
+    onnx.save(proto, str(dst))
+    ref = model.towers[m.value](*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES[m]))
+    diff = float(np.abs(run_onnx(dst, inputs) - ref.float().numpy()).max())
+    n_att = sum(fused.get(k, 0) for k in ATTENTION_OPS)
+    kept = diff <= tol and n_att > 0
+    if not kept:
+        dst.unlink()
+        why = f"max |Δ| {diff:.2e} > {tol:.0e}" if diff > tol else "no attention fused"
+        log.warning("%s: optimised graph not kept (%s)", m.value, why)
+    return {"model_type": mt, "fused": fused, "max_abs_diff": diff, "kept": kept}
+
+
+# ---- int8 ----------------------------------------------------------------------------------
+
+INT8_METHODS = ("dynamic", "matmul", "static")
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over contract inputs, in chunks of ``rows``."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int = 16) -> None:
+        n = len(next(iter(inputs.values())))
+        self._it = iter(
+            [{k: v[i : i + rows] for k, v in inputs.items()} for i in range(0, n, rows)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _matmul_ops(proto: onnx.ModelProto) -> list[str]:
+    """Op types the "matmul" method quantises in ``proto``.
+
+    Weight MatMuls and fused Attention; also the word-embedding lookup (fused
+    EmbedLayerNormalization, or a Gather from a table of >= 1M values): weight-only, it costs no
+    speed and keeps MiniLM's 47 MB fp32 table from breaking the 50 MB bundle cap.
+    """
+    ops = ["MatMul"]
+    types = {n.op_type for n in proto.graph.node}
+    ops += [t for t in ("Attention", "EmbedLayerNormalization") if t in types]
+    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
+    gathers = (n for n in proto.graph.node if n.op_type == "Gather")
+    if "EmbedLayerNormalization" not in types and any(
+        sizes.get(n.input[0], 0) >= 1 << 20 for n in gathers
+    ):
+        ops.append("Gather")
+    return ops
+
+
+def quantize_int8(
+    src: Path, dst: Path, method: str, calib: dict[str, np.ndarray] | None = None
+) -> None:
+    """Write the int8 variant of ``src`` with one of :data:`INT8_METHODS`.
+
+    - ``dynamic``: ``quantize_dynamic`` of every supported op (incl. the patch Conv), per tensor.
+    - ``matmul``: weight MatMuls, fused Attention and embedding tables (:func:`_matmul_ops`),
+      per-channel weights with ``reduce_range`` (7-bit): AVX2 without VNNI multiplies u8 x s8
+      into saturating int16, and full-range per-channel weights lost accuracy (aerial min
+      cosine 0.9974 vs 0.9999). Conv, LayerNorm, GELU and softmax stay fp32.
+    - ``static``: QDQ MatMuls with activation ranges calibrated (MinMax) on ``calib``.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if method not in INT8_METHODS:
+        raise ModelContractError(f"unknown int8 method {method!r}; choose one of {INT8_METHODS}")
+    if method == "dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    elif method == "matmul":
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+            op_types_to_quantize=_matmul_ops(onnx.load(str(src))),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # com.microsoft outputs
+        )  # fmt: skip
+    else:
+        if calib is None:
+            raise ModelContractError("static int8 needs calibration inputs")
+        quantize_static(
+            str(src), str(dst), _Calibration(calib), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+
+
 def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -166,20 +360,26 @@ def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:
 MIN_COSINE = {"int8": 0.99, "fp16": 0.999}
 
 
-def export_variants(path: Path, inputs: dict, spec_json: str, int8: bool, fp16: bool):
+def export_variants(
+    path: Path, inputs: dict, spec_json: str, int8: bool | str, fp16: bool,
+    calib: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:  # fmt: skip
     """int8 / fp16 siblings of ``path``; returns {"<mod>.int8": min cosine to fp32}.
 
-    A variant below :data:`MIN_COSINE` is deleted (its cosine is still reported), so the
-    bundle never ships a reduced-precision file that changes the embeddings.
+    ``int8`` is False/"" (none), True (= "dynamic") or one of :data:`INT8_METHODS`; "matmul"
+    quantises ``<mod>.opt.onnx`` when the optimised graph was kept (fused attention becomes
+    QAttention). A variant below :data:`MIN_COSINE` is deleted (its cosine is still reported),
+    so the bundle never ships a reduced-precision file that changes the embeddings.
     """
+    method = "dynamic" if int8 is True else (int8 or "")
     ref = run_onnx(path, inputs)
     out: dict[str, float] = {}
-    for kind in [k for k, on in (("int8", int8), ("fp16", fp16)) if on]:
+    for kind in [k for k, on in (("int8", method), ("fp16", fp16)) if on]:
         v = path.with_suffix(f".{kind}.onnx")
         if kind == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(str(path), str(v), weight_type=QuantType.QInt8)
+            opt = path.with_suffix(".opt.onnx")
+            src = opt if method == "matmul" and opt.is_file() else path
+            quantize_int8(src, v, method, calib if calib is not None else inputs)
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -207,10 +407,20 @@ def export_bundle(
     out_dir: str | Path,
     dataset: Any = None,
     tol: float = 1e-4,
-    int8: bool = False,
+    int8: bool | str | dict[str, str] = False,
     fp16: bool = False,
+    optimize: bool = False,
+    calib: dict | None = None,
 ) -> ExportReport:
-    """Write the complete bundle into ``out_dir``, staged so a failure leaves nothing behind."""
+    """Write the complete bundle into ``out_dir``, staged so a failure leaves nothing behind.
+
+    Args:
+        optimize: also write ``<m>.opt.onnx`` (see :func:`export_optimized`); ``bundle.json``
+            then names it for the towers where it was kept.
+        int8: False, True (= "dynamic"), one of :data:`INT8_METHODS`, or a dict
+            ``{modality or "*": method}`` (see :func:`int8_methods`).
+        calib: a collated batch of real samples for ``int8="static"`` (default: ``batch``).
+    """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / "bundle.json").is_file():
         raise ModelContractError(
@@ -221,12 +431,19 @@ def export_bundle(
     report = ExportReport(folder=out)
     model = model.eval()  # not .float(): that would round the GPS tower's float64 buffer
     try:
-        _export_towers(model, cfg, batch, stage, report, tol, int8, fp16)
+        _export_towers(model, cfg, (batch, calib), stage, report, tol, (int8, fp16, optimize))
         if Modality.TEXT in model.modalities:
             shutil.copyfile(tokenizer_path(cfg.model.text), stage / TOKENIZER_FILE)
-        bundle_spec(model, cfg, dataset).write(stage)
+        spec = bundle_spec(model, cfg, dataset)
+        opt = {
+            m: f"{m.value}.opt.onnx"
+            for m in spec.encoders
+            if (stage / f"{m.value}.opt.onnx").is_file()
+        }
+        dataclasses.replace(spec, encoders={**spec.encoders, **opt}).write(stage)
         summary = {"max_abs_diff": report.max_abs_diff, "tolerance": tol,
-                   "variant_cosine": report.variant_cosine}  # fmt: skip
+                   "variant_cosine": report.variant_cosine, "optimized": report.optimized,
+                   "int8_method": int8_methods(int8, model.modalities) or None}  # fmt: skip
         (stage / "export_report.json").write_text(json.dumps(summary, indent=2) + "\n")
         stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         (stage / "bundle.json").chmod(0o644)
@@ -240,16 +457,47 @@ def export_bundle(
 
 
 def _export_towers(
-    model: UniGeoCLIP, cfg: TrainConfig, batch: dict, stage: Path, report: ExportReport,
-    tol: float, int8: bool, fp16: bool,
+    model: UniGeoCLIP, cfg: TrainConfig, batches: tuple[dict, dict | None], stage: Path,
+    report: ExportReport, tol: float, variants: tuple[bool | str, bool, bool],
 ) -> None:  # fmt: skip
+    batch, calib_batch = batches
+    int8, fp16, optimize = variants
+    methods = int8_methods(int8, model.modalities)
     for m in model.modalities:
         inputs = tower_inputs_np(m, batch)
+        calib = tower_inputs_np(m, calib_batch) if calib_batch is not None else None
         path = stage / f"{m.value}.onnx"
         report.max_abs_diff[m.value] = export_tower(model, m, cfg, inputs, path, tol)
+        if optimize:
+            report.optimized[m.value] = export_optimized(model, m, cfg, inputs, path, tol)
         spec_json = encoder_spec(m, cfg.model).to_json()
-        report.variant_cosine.update(export_variants(path, inputs, spec_json, int8, fp16))
+        q = methods.get(m.value, "")
+        report.variant_cosine.update(export_variants(path, inputs, spec_json, q, fp16, calib))
         log.info("%s: max |Δ| %.2e", m.value, report.max_abs_diff[m.value])
+
+
+def int8_methods(int8: bool | str | dict[str, str], mods: list[Modality]) -> dict[str, str]:
+    """``{modality: int8 method}`` from False / True / a method / ``{modality or "*": method}``."""
+    if isinstance(int8, dict):
+        bad = set(int8) - {"*", *(m.value for m in mods)}
+        if bad or not set(int8.values()) <= set(INT8_METHODS):
+            raise ModelContractError(f"bad --int8 entries {int8}; use METHOD or MODALITY=METHOD")
+        return {
+            m.value: int8.get(m.value, int8.get("*", ""))
+            for m in mods
+            if int8.get(m.value, int8.get("*"))
+        }
+    method = "dynamic" if int8 is True else (int8 or "")
+    return {m.value: method for m in mods} if method else {}
+
+
+def _parse_int8(values: list[str] | None) -> dict[str, str]:
+    """CLI ``--int8 [METHOD] [MODALITY=METHOD ...]``; a bare ``--int8`` means dynamic."""
+    if values is None:
+        return {}
+    out = {"*": "dynamic"} if not values or "=" in values[0] else {"*": values[0]}
+    out.update(v.split("=", 1) for v in values if "=" in v)
+    return out
 
 
 def bundle_spec(model: UniGeoCLIP, cfg: TrainConfig, dataset: Any = None) -> BundleSpec:
@@ -294,16 +542,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training.train")
     ap.add_argument("--out", required=True, help="bundle folder to create (replaced if present)")
     ap.add_argument("--tol", type=float, default=1e-4, help="max |Δ| onnxruntime vs torch")
-    ap.add_argument("--int8", action="store_true", help="also write <modality>.int8.onnx")
+    ap.add_argument("--int8", nargs="*", default=None, metavar="METHOD|MODALITY=METHOD",
+                    help="also write <modality>.int8.onnx: dynamic (a bare --int8; whole "
+                    "graph), matmul (MatMul-only per-channel, of the optimised graph) or static "
+                    "(QDQ calibrated on real training samples); per tower e.g. "
+                    "--int8 matmul text=dynamic")  # fmt: skip
+    ap.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also write <modality>.opt.onnx (fused attention/GELU) and use it",
+    )
+    ap.add_argument("--calib", type=int, default=64, help="training samples for --int8 static")
     ap.add_argument("--fp16", action="store_true", help="also write <modality>.fp16.onnx (GPU)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model, cfg = load_model(a.checkpoint)
-    _, val = build_datasets(cfg)
-    batch = make_collate(cfg)([val[i] for i in range(min(len(val), 8))])
-    rep = export_bundle(model, cfg, batch, a.out, val, a.tol, a.int8, a.fp16)
+    train, val = build_datasets(cfg)
+    collate = make_collate(cfg)
+    batch = collate([val[i] for i in range(min(len(val), 8))])
+    calib = None
+    int8 = _parse_int8(a.int8)
+    if "static" in int8.values():  # spread over the training set: real tiles of every area
+        idx = np.linspace(0, len(train) - 1, min(a.calib, len(train))).astype(int)
+        calib = collate([train[int(i)] for i in idx])
+    rep = export_bundle(model, cfg, batch, a.out, val, a.tol, int8, a.fp16, a.optimize, calib)
     for k, v in rep.max_abs_diff.items():
         print(f"{k:11s} max |Δ| = {v:.2e}")
+    for k, o in rep.optimized.items():
+        print(f"{k:11s} optimised ({o['model_type']}): max |Δ| = {o['max_abs_diff']:.2e}, "
+              f"kept {o['kept']}, fused {o['fused']}")  # fmt: skip
     for k, v in rep.variant_cosine.items():
         print(f"{k:16s} min cosine to fp32 = {v:.5f}")
     return 0
