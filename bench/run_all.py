@@ -16,17 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from . import embed_e2e, encoders, query_latency, training_throughput
-    from .common import ROOT, fit_power, machine_info, md_table
-except ImportError:  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import embed_e2e  # type: ignore[no-redef]
-    import encoders  # type: ignore[no-redef]
-    import query_latency  # type: ignore[no-redef]
-    import training_throughput  # type: ignore[no-redef]
-    from common import ROOT, fit_power, machine_info, md_table  # type: ignore[no-redef]
-
+if __package__ in (None, ""):  # run as a script: import the bench package from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import embed_e2e, encoders, extra_sections, query_latency, training_throughput
+from bench.common import ROOT, fit_power, machine_info, md_table
+from bench.misses import explain_misses
 from engine.atomic import atomic_path, atomic_write_text
 from engine.contract import Modality
 
@@ -240,6 +234,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     t.append(("e2e / pure inference, largest mosaic", e2e[-1]["e2e/infer"], 0.8))
     big = res["query"]["rows"][-1]
     t.append((f"heatmap ms at {big['tiles']:,} tiles (≤)", big["heatmap_ms"], 150.0))
+    t += extra_sections.targets(res)
     rows = []
     for name, val, goal in t:
         ok = val <= goal if "(≤)" in name else val >= goal
@@ -265,8 +260,9 @@ def _op_rows(prof: dict[str, dict[str, float]], n: int = 8) -> list[dict[str, An
 ENC_COLS = ["config", "tower", "batch", "torch_eager", "ort_fp32", "ort_int8", "ort_opt",
             "ort_opt_int8", "ort/torch", "int8/fp32", "opt/torch", "opt_int8/fp32",
             "opt_int8/opt"]  # fmt: skip
-E2E_COLS = ["scale", "raster_px", "tiles", "encoded", "km2", "e2e_s", "infer_s", "read_s",
-            "e2e_km2_per_s", "infer_km2_per_s", "e2e/infer"]  # fmt: skip
+E2E_COLS = ["scale", "raster_px", "tiles", "encoded", "km2", "workers", "e2e_s", "infer_s",
+            "read_s", "e2e_km2_per_s", "infer_km2_per_s", "e2e/infer", "e2e_old_s",
+            "old/infer"]  # fmt: skip
 VAR_COLS = [
     "ort_threads",
     "reader_workers",
@@ -339,86 +335,13 @@ def render(res: dict[str, Any], imgs: dict[str, str], quick: bool) -> str:
         ),
         "## 5. Peak memory (`bench/embed_memory.py`, analytic encoder, sparse GeoTIFF)\n",
         md_table([{"key": k, "value": v} for k, v in res["memory"].items()]),
-        "## Misses: causes and proposed fixes\n",
+        *extra_sections.render_plugin(res["plugin"]),
+        *extra_sections.render_distributed(res["distributed"]),
+        *extra_sections.render_ann(res["ann"]),
+        "## Misses: causes and what is left\n",
         explain_misses(res, tg),
     ]
     return "\n".join(parts)
-
-
-def explain_misses(res: dict[str, Any], tg: list[dict[str, Any]]) -> str:
-    """One paragraph per missed target, citing the profile figures of this run."""
-    missed = " ".join(r["target"] for r in tg if r["met"] != "yes")
-    if not missed:
-        return "All targets met in this run.\n"
-    out = []
-    prof = res["encoders"]["op_profile"]
-    fp32, int8 = prof.get("fp32", {}), prof.get("int8", {})
-    att = sum(v.get("Attention", 0) + v.get("MultiHeadAttention", 0)
-              for v in res["encoders"]["fused"].values())  # fmt: skip
-    if "ORT fp32 / torch" in missed:
-        opt = [r["opt/torch"] for r in res["encoders"]["rows"] if r["tower"] == "aerial"
-               and r["batch"] == 32]  # fmt: skip
-        out.append(
-            "- **onnxruntime vs torch.** The plain export runs attention as separate MatMul / "
-            f"Softmax / Transpose nodes (MatMul {fp32.get('MatMul', 0)} %, FusedMatMul "
-            f"{fp32.get('FusedMatMul', 0)} %, Softmax {fp32.get('Softmax', 0)} % of fp32 node "
-            "time) and the tanh-GELU as Mul/Add/Tanh "
-            f"({fp32.get('Mul', 0) + fp32.get('Add', 0) + fp32.get('Tanh', 0):.1f} %), while "
-            "torch eager uses fused kernels. onnxruntime's own graph optimisation does not fuse "
-            "them; the transformer optimizer does (fused attention nodes in all "
-            f"optimised towers: {att}; only model type `clip` recognises the SigLIP attention). "
-            "The optimised graph ran at "
-            + ", ".join(f"{x:.2f}x" for x in opt)
-            + " torch eager (aerial, batch 32). Fix (training/export.py): ship the output of "
-            "`optimize_model(model_type='clip', num_heads=H, hidden_size=W)` of the fp32 "
-            "export, validated against torch like the plain file, and quantise the plain one."
-        )
-    if "int8 / ORT fp32" in missed:
-        out.append(
-            "- **int8 vs fp32.** Dynamic quantisation only covers weight MatMuls "
-            f"(DynamicQuantizeMatMul {int8.get('DynamicQuantizeMatMul', 0)} %, "
-            f"MatMulIntegerToFloat {int8.get('MatMulIntegerToFloat', 0)} % of int8 node time); "
-            "the activation x activation attention products stay fp32, every call re-quantises "
-            "activations, the quantised patch-embedding Conv is slower than the fp32 one "
-            f"(ConvInteger {int8.get('ConvInteger', 0)} %), and the unfused GELU stays fp32 "
-            f"(Mul {int8.get('Mul', 0)} %). The CPU has AVX2 but no AVX-512 VNNI, where int8 "
-            "GEMMs gain least. Fix: `quantize_dynamic(..., op_types_to_quantize=['MatMul', "
-            "'Gemm'], per_channel=True)` after fusing attention/GELU, or static QDQ "
-            "quantisation calibrated on real tiles."
-        )
-    if "e2e / pure" in missed:
-        var = res["e2e"]["variants"]
-        best = max(var, key=lambda r: r["e2e/infer"])
-        spin = [r["e2e/infer"] for r in var if r["ort_threads"] == 2 and r["reader_workers"] == 2]
-        big = res["e2e"]["rows"][-1]
-        out.append(
-            "- **End-to-end vs inference.** Reading is not free: `read_s` (a warped read per "
-            f"tile, one thread) is {big['read_s'] / big['infer_s']:.1f}x `infer_s` on the "
-            "largest mosaic, with this small model; and on 2 cores the reader "
-            "threads and onnxruntime's 2 intra-op threads compete for the same cores, so overlap "
-            "cannot hide it (cProfile: the main thread's time is the ORT `run` plus lock waits "
-            "for reads). The contention table's best setting was "
-            f"{best['ort_threads']} ORT thread(s) x {best['reader_workers']} reader(s), spinning "
-            f"{'on' if best['ort_spinning'] else 'off'}, at {best['e2e/infer']:.2f} of pure "
-            "inference; 2 x 2 with spinning on/off: "
-            + " / ".join(f"{x:.2f}" for x in spin)
-            + ". On the small real scene fixed costs (store create/finalise, fsync, probe read) "
-            "weigh in too. Fix (engine/sessions.py, engine/embed.py): during `embed_raster` give "
-            "onnxruntime `cores - 1` intra-op threads (or one reader on 2 cores), set "
-            "`session.intra_op.allow_spinning = 0` so idle ORT threads do not burn the readers' "
-            "core, and read one window per block (decode once) instead of a warped read per tile."
-        )
-    if "heatmap" in missed:
-        out.append(
-            "- **Heatmap latency.** At 10^6 tiles `calibrate` is an argsort of every valid score "
-            "(O(n log n), single-threaded) and `similarity` widens float16 to float32 with three "
-            "integer passes before the matrix-vector product, single-threaded in numpy (see the "
-            "profile table). Fix (engine/similarity.py): score chunks in a thread pool (numpy "
-            "releases the GIL; about 2x on 2 cores), and calibrate from quantile bins of a 1/16 "
-            "sample with `np.searchsorted` (prototype: 1.8x faster, at most 0.35 percentile "
-            "points off the exact rank), or compute percentiles only for the displayed area."
-        )
-    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -442,6 +365,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="unigeo-bench-mem-") as tmp:
         res["memory"] = memory_run(p["mem_size"], Path(tmp))
+    for name in ("plugin", "distributed", "ann"):  # own processes: QGIS, Dask, FAISS
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        res[name] = extra_sections.run_one(name, a.quick)
     res["total_s"] = time.perf_counter() - t0
     if a.json:
         a.json.write_text(json.dumps(res, indent=1, default=str))

@@ -211,7 +211,7 @@ class EmbedTask(EngineTask):
         on_done: Callable[[TaskResult], None] | None = None,
         modality: Any = None,
         batch_size: int = 32,
-        workers: int = 2,
+        workers: int | None = None,  # None: the engine picks reader threads for the cores
         block_tiles: int = 16,  # as the Processing algorithms, so either can resume the other
     ) -> None:
         super().__init__(f"UniGeo: embed {grid.n_tiles} tiles", on_done)

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import embed_e2e, encoders, query_latency, run_all, training_throughput
+from bench import (
+    embed_e2e,
+    encoders,
+    extra_sections,
+    query_latency,
+    run_all,
+    training_throughput,
+)
 from bench.common import fit_power, machine_info, md_table, time_fn, time_interleaved
 from engine.contract import Modality
 from engine.model import UniGeoModel
@@ -53,6 +60,10 @@ def results(tmp_path_factory) -> dict:
         "query": query | {"fit_heatmap": 1.0, "profile": []},
         "training": train,
         "memory": {"peak_rss_mb": 1},
+        "plugin": {"click_to_layer": [{"tiles": 400, "click_to_layer_ms": 1500.0}],
+                   "ui_stall": None, "command": "bench/plugin_latency.py"},
+        "distributed": {"error": "worker died", "command": "bench/distributed.py"},
+        "ann": extra_sections.run_one("ann", quick=True),
     }  # fmt: skip
 
 
@@ -106,6 +117,21 @@ def test_report_written(results: dict, tmp_path: Path) -> None:
     assert "## Targets" in text and "| aerial | 4 |" in text and "Quick run" in text
     met = {r["target"]: r["met"] for r in run_all.targets(results)}
     assert met and all(v in ("yes", "**no**") for v in met.values())
+    # the subprocess sections: ANN ran, a failed benchmark is reported, the click target counts
+    assert "## 8. Top-k over a large store" in text and "top_k_ann" in text
+    assert "**Failed** (`bench/distributed.py`)" in text and "worker died" in text
+    assert met["click to heatmap layer ms, cached store of 400 tiles (≤)"] == "**no**"
+    assert "**Click to layer.**" in text
+
+
+def test_ann_bench_recall(results: dict) -> None:
+    ann = results["ann"]
+    assert "error" not in ann, ann.get("error")
+    rows = {(r["method"], str(r["nprobe"])): r for r in ann["rows"]}
+    exact = [r for (m, _), r in rows.items() if m.startswith("brute force")]
+    assert len(exact) == 2 and all(r["recall@10"] == 1.0 for r in exact)
+    ann_rows = [r for (m, _), r in rows.items() if m.startswith("ANN")]
+    assert ann_rows and max(r["recall@10"] for r in ann_rows) >= 0.9
 
 
 def test_make_inputs_match_contract() -> None:
