@@ -55,15 +55,62 @@ def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size:
 
 
 def raw_stats(sample: dict) -> np.ndarray:
-    """Baseline features: per-band mean, std and 10/50/90th percentiles of aerial pixels."""
+    """Baseline features: per-band mean, std and 10/50/90th percentiles of aerial pixels.
+
+    A band the chip lacks (e.g. no NIR) or holds only as no data gives zeros, so chips of every
+    source stay comparable; a chip with no aerial image at all gives NaN (and is left out).
+    """
     x = sample.get("aerial")
     if x is None or np.isnan(x).all():
         return np.full(4 * 5, np.nan, np.float32)
     x = x[:4].reshape(min(4, x.shape[0]), -1)
-    feats = [np.nanmean(x, 1), np.nanstd(x, 1), *np.nanpercentile(x, (10, 50, 90), axis=1)]
-    out = np.full((5, 4), np.nan, np.float32)
-    out[:, : x.shape[0]] = np.stack(feats)
+    out = np.zeros((5, 4), np.float32)
+    for b in range(x.shape[0]):
+        v = x[b][np.isfinite(x[b])]
+        if v.size:
+            out[:, b] = [v.mean(), v.std(), *np.percentile(v, (10, 50, 90))]
     return out.ravel()
+
+
+ZERO_SHOT_TEMPLATES = ("{}", "an aerial image of {}", "a satellite image of {}")
+
+
+@torch.no_grad()
+def zero_shot_landuse(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    emb: np.ndarray,
+    keep: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+) -> dict[str, float] | None:
+    """Zero-shot land use: each labelled image gets the class whose text prompts it is closest to.
+
+    Class vectors are the normalised mean of the text tower's embeddings of
+    :data:`ZERO_SHOT_TEMPLATES` filled with the class name (what the engine's classifier does).
+    """
+    from engine.contract import Modality
+
+    from .data.collate import collate_samples
+    from .train import make_collate, move
+
+    idx = np.flatnonzero(keep & (labels >= 0) & np.isfinite(emb).all(1))
+    if len(idx) < 2 or not class_names or "text" not in getattr(model, "towers", {}):
+        return None
+    prompts = [t.format(n.replace("_", " ")) for n in class_names for t in ZERO_SHOT_TEMPLATES]
+    samples = [{"text": p, "lat": 0.0, "lon": 0.0, "sample_id": str(i)}
+               for i, p in enumerate(prompts)]  # fmt: skip
+    full = make_collate(cfg)  # a partial of collate_samples: reuse its text preprocessing
+    pre = {Modality.TEXT: full.keywords["preprocess"][Modality.TEXT]}
+    batch = collate_samples(samples, pre, full.keywords["tokenizer"])
+    model.eval()
+    device = next(model.parameters()).device
+    txt = model(move(batch, device))["text"].float().cpu().numpy()
+    protos = txt.reshape(len(class_names), len(ZERO_SHOT_TEMPLATES), -1).mean(1)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    pred = np.argmax(emb[idx] @ protos.T, axis=1)
+    return {"accuracy": float(np.mean(pred == labels[idx])), "n_test": int(len(idx)),
+            "classes": len(class_names)}  # fmt: skip
 
 
 def haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray):
@@ -150,6 +197,10 @@ def evaluate_model(model: torch.nn.Module, ds: Any, cfg: TrainConfig) -> dict[st
             res["probe"][m] = p
     if "aerial" in mask:
         res["baseline"]["aerial_raw_stats"] = probes(raw, lab, mask["aerial"])
+        names = list(getattr(getattr(ds, "info", None), "class_names", None) or [])
+        zs = zero_shot_landuse(model, cfg, emb["aerial"], mask["aerial"], lab, names)
+        if zs:
+            res["zero_shot"] = {"aerial": zs}
     labelled = lab[lab >= 0]
     if len(labelled):
         res["baseline"]["majority_class"] = float(np.bincount(labelled).max() / len(labelled))
@@ -192,6 +243,11 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {p['linear']:.3f} | {p['knn5']:.3f} | {p['n_test']} |")
     if "majority_class" in res["baseline"]:
         lines.append(f"\nMajority-class accuracy: {res['baseline']['majority_class']:.3f}")
+    for m, z in res.get("zero_shot", {}).items():
+        lines.append(
+            f"\nZero-shot land use ({m} vs text prompts of {z['classes']} classes, no training): "
+            f"{z['accuracy']:.3f} on {z['n_test']} labelled samples (all of them, no split)."
+        )
     if "gps_probes" in res:
         from .gps_probes import markdown as gps_markdown
 
