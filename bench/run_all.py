@@ -295,7 +295,10 @@ def render(res: dict[str, Any], imgs: dict[str, str], quick: bool) -> str:
         "## 1. Encoder throughput (items/s, 2 threads for torch and onnxruntime)\n",
         f"Towers of `default_cpu` ({enc['weights']}) and the `small` config's ViT-S/16 aerial "
         f"tower at 128 px ({enc['weights_small']}), exported with `training.export.export_tower`; "
-        "int8 is `quantize_dynamic` of the plain export (the bundle's method).\n",
+        "`ort_int8` is whole-graph `quantize_dynamic` of the plain export, `ort_opt` the "
+        "transformer-optimised fp32 graph and `ort_opt_int8` its MatMul/Attention-only "
+        "per-channel int8 (what the bundle ships for the aerial tower; `training.export "
+        "--optimize --int8 matmul`).\n",
         md_table(enc["rows"], ENC_COLS),
         "`ort_opt` is the fp32 export after `onnxruntime.transformers.optimizer.optimize_model` "
         "(heads and width given; the model type with most fused attention kept). Fused "
