@@ -72,7 +72,7 @@ def raw_stats(sample: dict) -> np.ndarray:
     return out.ravel()
 
 
-ZERO_SHOT_TEMPLATES = ("{}", "an aerial image of {}", "a satellite image of {}")
+ZERO_SHOT_TEMPLATES = ("{}", "an aerial view of {}")  # the default bundle's class prompts
 
 
 @torch.no_grad()
