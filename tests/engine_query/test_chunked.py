@@ -192,7 +192,8 @@ def test_chunked_heatmap_memory_independent_of_rows(fx, tmp_path):
     store = _slice_only_store(fx, 4096)
     peak, peak_top = _peaks(store, q, tmp_path)
     full = 4096 * 256 * 4
-    assert peak < full / 4 and peak_top < full / 8, (peak, peak_top)
+    # scoring threads hold their own chunk buffers (~1 MiB here), whatever the store size
+    assert peak < full / 2 and peak_top < full / 4, (peak, peak_top)
     assert peak < 1.25 * small and peak_top < 1.25 * small_top, (small, peak, small_top, peak_top)
     with rasterio.open(tmp_path / "big.tif") as ds:
         assert ds.shape == (4096, 256) and ds.block_shapes[0] == (256, 256)
