@@ -48,33 +48,20 @@ def partial_path(path: str | Path) -> Path:
     return p.with_name(p.name + ".partial")
 
 
-class EmbeddingStore:
-    """Embeddings of one tile grid on disk, memory-mapped. Use the class methods to get one."""
+class StoreBase:
+    """What every embedding store kind shares: its description, blocks, resume and finalise.
 
-    def __init__(self, folder: Path, info: dict[str, Any], mode: str) -> None:
-        self.folder = folder
-        self.info = info
-        self.grid = TileGrid.from_dict(info["grid"])
-        self.block_tiles = int(info["block_tiles"])
-        self._writable = mode == "r+"
-        try:
-            self.embeddings = np.load(folder / "embeddings.npy", mmap_mode=mode)
-            self.valid = np.load(folder / "valid.npy", mmap_mode=mode)
-            self.done = np.load(folder / "done.npy", mmap_mode=mode)
-        except (OSError, ValueError) as e:
-            raise StoreError(
-                f"the embedding store {folder} is damaged ({e}); embed again"
-            ) from None
-        rows, cols, dim = self.grid.rows, self.grid.cols, self.dim
-        if (
-            self.embeddings.shape != (rows, cols, dim)
-            or self.embeddings.dtype != np.float16
-            or self.valid.shape != (rows, cols)
-            or self.done.shape != (len(self.blocks()),)
-        ):
-            raise StoreError(
-                f"the embedding store {folder} does not match its store.json; embed again"
-            )
+    A subclass sets ``folder``, ``info``, ``grid``, ``block_tiles``, ``_writable`` and ``done``
+    in ``__init__(folder, info, mode)``, and implements ``create``, ``_read_info`` (the
+    description of a folder, None when absent), ``_mark_complete`` and ``close``.
+    """
+
+    folder: Path
+    info: dict[str, Any]
+    grid: TileGrid
+    block_tiles: int
+    _writable: bool
+    KIND = "embedding store"
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -107,75 +94,23 @@ class EmbeddingStore:
 
     def remaining_blocks(self) -> list[int]:
         """Ids of the blocks not marked done yet."""
-        return [int(i) for i in np.flatnonzero(~np.asarray(self.done))]
+        return [int(i) for i in np.flatnonzero(~np.asarray(self.done, dtype=bool))]
 
-    # -- creation ---------------------------------------------------------------------------
-    @classmethod
-    def create(
-        cls,
-        path: str | Path,
-        grid: TileGrid,
-        dim: int,
-        model_hash: str,
-        source_fingerprint: str,
-        meta: dict[str, Any] | None = None,
-        block_tiles: int = 32,
-    ) -> EmbeddingStore:
-        """Start a new store in ``<path>.partial/`` (an old ``.partial`` is discarded).
-
-        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (copied
-        to the top level of store.json); everything else stays under ``meta``.
-        """
-        if grid.n_tiles == 0:
-            raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
-        if dim < 1 or block_tiles < 1:
-            raise InputError(f"need dim >= 1 and block_tiles >= 1 (got {dim}, {block_tiles})")
-        folder = partial_path(path)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        meta = dict(meta or {})
-        n_blocks = len(list(grid.iter_blocks(block_tiles)))
-        info = {
-            "format_version": STORE_FORMAT_VERSION,
-            "grid": grid.to_dict(),
-            "crs": grid.crs,
-            "dim": int(dim),
-            "model_hash": model_hash,
-            "model_name": meta.pop("model_name", None),
-            "model_version": meta.pop("model_version", None),
-            "source_fingerprint": source_fingerprint,
-            "bands": meta.pop("bands", None),
-            "scaling": meta.pop("scaling", None),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "complete": False,
-            "block_tiles": int(block_tiles),
-            "n_blocks": n_blocks,
-            "meta": meta,
-        }
-        open_memmap = np.lib.format.open_memmap
-        for name, dtype, shape in (
-            ("embeddings.npy", np.float16, (grid.rows, grid.cols, dim)),
-            ("valid.npy", np.bool_, (grid.rows, grid.cols)),
-            ("done.npy", np.bool_, (n_blocks,)),
-        ):
-            arr = open_memmap(folder / name, mode="w+", dtype=dtype, shape=shape)
-            arr.flush()
-            del arr
-        # store.json last: a .partial without it is never resumed
-        atomic_write_text(folder / META_FILE, json.dumps(info, indent=1))
-        return cls(folder, info, "r+")
+    # -- opening ----------------------------------------------------------------------------
+    @staticmethod
+    def _read_info(folder: Path) -> dict[str, Any] | None:
+        raise NotImplementedError
 
     @classmethod
-    def open(cls, path: str | Path) -> EmbeddingStore:
-        """Open a finalised store read-only (memory-mapped)."""
+    def open(cls, path: str | Path):
+        """Open a finalised store read-only."""
         folder = Path(path)
-        info = _read_info(folder)
+        info = cls._read_info(folder)
         if info is None:
             hint = " (an unfinished one exists: resume it)" if partial_path(folder).exists() else ""
-            raise StoreError(f"no embedding store at {folder}{hint}; embed the raster first")
+            raise StoreError(f"no {cls.KIND} at {folder}{hint}; embed the raster first")
         if not info.get("complete"):
-            raise StoreError(f"the embedding store {folder} is incomplete; embed again")
+            raise StoreError(f"the {cls.KIND} {folder} is incomplete; embed again")
         return cls(folder, info, "r")
 
     @classmethod
@@ -189,15 +124,15 @@ class EmbeddingStore:
         meta: dict[str, Any] | None = None,
         block_tiles: int = 32,
         rebuild: bool = False,
-    ) -> EmbeddingStore:
+    ):
         """Reopen ``<path>.partial`` if it was started for the same grid, model and source.
 
         With no usable ``.partial`` a new one is created. A ``.partial`` written for another
-        grid, model or source raises :class:`StoreError` (embeddings are never mixed), unless
-        ``rebuild`` is True: then it is discarded and a new one started.
+        grid, model, source or block size raises :class:`StoreError` (embeddings are never
+        mixed), unless ``rebuild`` is True: then it is discarded and a new one started.
         """
         folder = partial_path(path)
-        info = _read_info(folder)
+        info = cls._read_info(folder)
         want = {
             "grid": grid.to_dict(),
             "dim": int(dim),
@@ -222,11 +157,153 @@ class EmbeddingStore:
             log.warning("discarding unfinished store %s (different %s)", folder, diff)
         return cls.create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
 
-    # -- writing ----------------------------------------------------------------------------
+    # -- finishing --------------------------------------------------------------------------
     def _need_writable(self) -> None:
         if not self._writable:
             raise StoreError(f"the embedding store {self.folder} is open read-only")
 
+    def _mark_complete(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def finalize(self):
+        """Flush, mark complete and move ``<path>.partial`` to ``<path>``; return it read-only.
+
+        An existing store at ``<path>`` is replaced only at the very end.
+        """
+        self._need_writable()
+        left = self.remaining_blocks()
+        if left:
+            raise StoreError(f"cannot finalise {self.folder}: {len(left)} block(s) not written")
+        self.close()
+        self.info["complete"] = True
+        self._mark_complete()
+        final = self.folder.with_name(self.folder.name[: -len(".partial")])
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        try:
+            if final.exists():
+                os.replace(final, old)
+            os.replace(self.folder, final)
+        except OSError as e:
+            # e.g. Windows refuses to move a store another layer still has memory-mapped
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise StoreError(
+                f"cannot move the finished store into {final} ({e}); close whatever uses the "
+                f"old store and embed again to resume from {self.folder}"
+            ) from None
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        return type(self).open(final)
+
+
+def new_info(
+    grid: TileGrid,
+    dim: int,
+    model_hash: str,
+    source_fingerprint: str,
+    meta: dict[str, Any] | None,
+    block_tiles: int,
+) -> dict[str, Any]:
+    """A new store's description (store.json, or a Zarr store's attributes).
+
+    ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (moved to
+    the top level); everything else stays under ``meta``.
+    """
+    if grid.n_tiles == 0:
+        raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
+    if dim < 1 or block_tiles < 1:
+        raise InputError(f"need dim >= 1 and block_tiles >= 1 (got {dim}, {block_tiles})")
+    meta = dict(meta or {})
+    return {
+        "format_version": STORE_FORMAT_VERSION,
+        "grid": grid.to_dict(),
+        "crs": grid.crs,
+        "dim": int(dim),
+        "model_hash": model_hash,
+        "model_name": meta.pop("model_name", None),
+        "model_version": meta.pop("model_version", None),
+        "source_fingerprint": source_fingerprint,
+        "bands": meta.pop("bands", None),
+        "scaling": meta.pop("scaling", None),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "block_tiles": int(block_tiles),
+        "n_blocks": len(list(grid.iter_blocks(block_tiles))),
+        "meta": meta,
+    }
+
+
+class EmbeddingStore(StoreBase):
+    """Embeddings of one tile grid on disk, memory-mapped. Use the class methods to get one."""
+
+    def __init__(self, folder: Path, info: dict[str, Any], mode: str) -> None:
+        self.folder = folder
+        self.info = info
+        self.grid = TileGrid.from_dict(info["grid"])
+        self.block_tiles = int(info["block_tiles"])
+        self._writable = mode == "r+"
+        try:
+            self.embeddings = np.load(folder / "embeddings.npy", mmap_mode=mode)
+            self.valid = np.load(folder / "valid.npy", mmap_mode=mode)
+            self.done = np.load(folder / "done.npy", mmap_mode=mode)
+        except (OSError, ValueError) as e:
+            raise StoreError(
+                f"the embedding store {folder} is damaged ({e}); embed again"
+            ) from None
+        rows, cols, dim = self.grid.rows, self.grid.cols, self.dim
+        if (
+            self.embeddings.shape != (rows, cols, dim)
+            or self.embeddings.dtype != np.float16
+            or self.valid.shape != (rows, cols)
+            or self.done.shape != (len(self.blocks()),)
+        ):
+            raise StoreError(
+                f"the embedding store {folder} does not match its store.json; embed again"
+            )
+
+    @staticmethod
+    def _read_info(folder: Path) -> dict[str, Any] | None:
+        return _read_info(folder)
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        grid: TileGrid,
+        dim: int,
+        model_hash: str,
+        source_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        block_tiles: int = 32,
+    ) -> EmbeddingStore:
+        """Start a new store in ``<path>.partial/`` (an old ``.partial`` is discarded).
+
+        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (copied
+        to the top level of store.json); everything else stays under ``meta``.
+        """
+        info = new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+        folder = partial_path(path)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        open_memmap = np.lib.format.open_memmap
+        for name, dtype, shape in (
+            ("embeddings.npy", np.float16, (grid.rows, grid.cols, dim)),
+            ("valid.npy", np.bool_, (grid.rows, grid.cols)),
+            ("done.npy", np.bool_, (info["n_blocks"],)),
+        ):
+            arr = open_memmap(folder / name, mode="w+", dtype=dtype, shape=shape)
+            arr.flush()
+            del arr
+        # store.json last: a .partial without it is never resumed
+        atomic_write_text(folder / META_FILE, json.dumps(info, indent=1))
+        return cls(folder, info, "r+")
+
+    # -- writing ----------------------------------------------------------------------------
     def write_block(self, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
         """Write embeddings ``[nr, nc, D]`` and validity ``[nr, nc]`` at local tile (r0, c0)."""
         self._need_writable()
@@ -262,35 +339,8 @@ class EmbeddingStore:
                 arr.flush()
             setattr(self, name, None)
 
-    def finalize(self) -> EmbeddingStore:
-        """Flush, mark complete and move ``<path>.partial`` to ``<path>``; return it read-only.
-
-        An existing store at ``<path>`` is replaced only at the very end.
-        """
-        self._need_writable()
-        left = self.remaining_blocks()
-        if left:
-            raise StoreError(f"cannot finalise {self.folder}: {len(left)} block(s) not written")
-        self.close()
-        self.info["complete"] = True
+    def _mark_complete(self) -> None:
         atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
-        final = self.folder.with_name(self.folder.name[: -len(".partial")])
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        try:
-            if final.exists():
-                os.replace(final, old)
-            os.replace(self.folder, final)
-        except OSError as e:
-            # e.g. Windows refuses to move a store another layer still has memory-mapped
-            if old.exists() and not final.exists():
-                os.replace(old, final)
-            raise StoreError(
-                f"cannot move the finished store into {final} ({e}); close whatever uses the "
-                f"old store and embed again to resume from {self.folder}"
-            ) from None
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        return EmbeddingStore.open(final)
 
 
 def _read_info(folder: Path) -> dict[str, Any] | None:

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,15 @@ import numpy as np
 
 from .errors import InputError, StoreError
 from .grid import TileGrid
-from .store import _MATCH_KEYS, META_FILE, STORE_FORMAT_VERSION, EmbeddingStore, partial_path
+from .store import (
+    _MATCH_KEYS,
+    META_FILE,
+    STORE_FORMAT_VERSION,
+    EmbeddingStore,
+    StoreBase,
+    new_info,
+    partial_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class ZarrEmbeddings:
         return out if dtype is None else out.astype(dtype)
 
 
-class ZarrEmbeddingStore:
+class ZarrEmbeddingStore(StoreBase):
     """Embeddings of one tile grid in a Zarr v3 group. Use the class methods to get one."""
 
     def __init__(self, folder: Path, info: dict[str, Any], mode: str) -> None:
@@ -121,43 +126,16 @@ class ZarrEmbeddingStore:
         # 10^8 tiles is 100 MB of bools: loaded once, queries then mask at memory speed
         self.valid: np.ndarray = np.asarray(valid[...], dtype=bool)
 
-    # -- properties (same as EmbeddingStore) -------------------------------------------------
-    @property
-    def crs(self) -> str:
-        return self.grid.crs
+    KIND = "Zarr embedding store"
 
-    @property
-    def dim(self) -> int:
-        return int(self.info["dim"])
-
-    @property
-    def model_hash(self) -> str:
-        return str(self.info["model_hash"])
-
-    @property
-    def source_fingerprint(self) -> str:
-        return str(self.info["source_fingerprint"])
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.info.get("meta", {})
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.info.get("complete"))
+    @staticmethod
+    def _read_info(folder: Path) -> dict[str, Any] | None:
+        return _read_info(folder)
 
     @property
     def done(self) -> np.ndarray:
         """Bool ``[n_blocks]``, read from disk now (workers write it while a job runs)."""
         return np.asarray(self._done_arr[...], dtype=bool)
-
-    def blocks(self) -> list[tuple[int, int, int, int]]:
-        """Blocks ``(r0, c0, nrows, ncols)``; a block's id is its index in this list."""
-        return list(self.grid.iter_blocks(self.block_tiles))
-
-    def remaining_blocks(self) -> list[int]:
-        """Ids of the blocks not marked done yet."""
-        return [int(i) for i in np.flatnonzero(~self.done)]
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -177,14 +155,10 @@ class ZarrEmbeddingStore:
         to the top level of the description, as in store.json).
         """
         zarr = _zarr()
-        if grid.n_tiles == 0:
-            raise InputError("the tile grid is empty; choose an extent that overlaps the raster")
-        if dim < 1 or block_tiles < 1:
-            raise InputError(f"need dim >= 1 and block_tiles >= 1 (got {dim}, {block_tiles})")
+        info = new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
         folder = partial_path(path)
         if folder.exists():
             shutil.rmtree(folder)
-        info = _new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
         bt, shape = int(block_tiles), (grid.rows, grid.cols)
         group = zarr.open_group(folder, mode="w")
         kw = {"compressors": None, "fill_value": 0}
@@ -197,66 +171,7 @@ class ZarrEmbeddingStore:
         group.attrs[ATTR_KEY] = info
         return cls(folder, info, "r+")
 
-    @classmethod
-    def open(cls, path: str | Path) -> ZarrEmbeddingStore:
-        """Open a finalised store read-only."""
-        folder = Path(path)
-        info = _read_info(folder)
-        if info is None:
-            hint = " (an unfinished one exists: resume it)" if partial_path(folder).exists() else ""
-            raise StoreError(f"no Zarr embedding store at {folder}{hint}; embed the raster first")
-        if not info.get("complete"):
-            raise StoreError(f"the Zarr embedding store {folder} is incomplete; embed again")
-        return cls(folder, info, "r")
-
-    @classmethod
-    def resume(
-        cls,
-        path: str | Path,
-        grid: TileGrid,
-        dim: int,
-        model_hash: str,
-        source_fingerprint: str,
-        meta: dict[str, Any] | None = None,
-        block_tiles: int = 32,
-        rebuild: bool = False,
-    ) -> ZarrEmbeddingStore:
-        """Reopen ``<path>.partial`` if it was started for the same grid, model and source.
-
-        With no usable ``.partial`` a new one is created. One written for another grid, model,
-        source or block size raises :class:`StoreError` unless ``rebuild`` is True.
-        """
-        folder = partial_path(path)
-        info = _read_info(folder)
-        want = {
-            "grid": grid.to_dict(),
-            "dim": int(dim),
-            "model_hash": model_hash,
-            "source_fingerprint": source_fingerprint,
-            "block_tiles": int(block_tiles),
-        }
-        if info is not None:
-            diff = [k for k in _MATCH_KEYS if info.get(k) != want[k]]
-            if not diff:
-                try:
-                    store = cls(folder, info, "r+")
-                    log.info("resuming %s: %d blocks left", folder, len(store.remaining_blocks()))
-                    return store
-                except StoreError:
-                    diff = ["arrays"]
-            if not rebuild:
-                raise StoreError(
-                    f"the unfinished store {folder} was started with a different "
-                    f"{', '.join(diff)}; delete it or embed with rebuild=True (it is never mixed)"
-                )
-            log.warning("discarding unfinished store %s (different %s)", folder, diff)
-        return cls.create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
-
     # -- writing ----------------------------------------------------------------------------
-    def _need_writable(self) -> None:
-        if not self._writable:
-            raise StoreError(f"the embedding store {self.folder} is open read-only")
-
     def write_block(self, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
         """Write embeddings ``[nr, nc, D]`` and validity ``[nr, nc]`` at local tile (r0, c0)."""
         self._need_writable()
@@ -276,59 +191,8 @@ class ZarrEmbeddingStore:
     def close(self) -> None:
         """Nothing to flush: every Zarr chunk is its own file, written when assigned."""
 
-    def finalize(self) -> ZarrEmbeddingStore:
-        """Mark complete and move ``<path>.partial`` to ``<path>``; return it read-only."""
-        self._need_writable()
-        left = self.remaining_blocks()
-        if left:
-            raise StoreError(f"cannot finalise {self.folder}: {len(left)} block(s) not written")
-        self.info["complete"] = True
+    def _mark_complete(self) -> None:
         self._group.attrs[ATTR_KEY] = self.info
-        final = self.folder.with_name(self.folder.name[: -len(".partial")])
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        try:
-            if final.exists():
-                os.replace(final, old)
-            os.replace(self.folder, final)
-        except OSError as e:
-            if old.exists() and not final.exists():
-                os.replace(old, final)
-            raise StoreError(
-                f"cannot move the finished store into {final} ({e}); close whatever uses the "
-                f"old store and embed again to resume from {self.folder}"
-            ) from None
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        return ZarrEmbeddingStore.open(final)
-
-
-def _new_info(
-    grid: TileGrid,
-    dim: int,
-    model_hash: str,
-    source_fingerprint: str,
-    meta: dict[str, Any] | None,
-    block_tiles: int,
-) -> dict[str, Any]:
-    """The store description, key for key the same as an npy store's store.json."""
-    meta = dict(meta or {})
-    return {
-        "format_version": STORE_FORMAT_VERSION,
-        "grid": grid.to_dict(),
-        "crs": grid.crs,
-        "dim": int(dim),
-        "model_hash": model_hash,
-        "model_name": meta.pop("model_name", None),
-        "model_version": meta.pop("model_version", None),
-        "source_fingerprint": source_fingerprint,
-        "bands": meta.pop("bands", None),
-        "scaling": meta.pop("scaling", None),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": False,
-        "block_tiles": int(block_tiles),
-        "n_blocks": len(list(grid.iter_blocks(block_tiles))),
-        "meta": meta,
-    }
 
 
 def _read_info(folder: Path) -> dict[str, Any] | None:
