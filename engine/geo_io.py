@@ -48,6 +48,26 @@ def _check_band(grid: TileGrid, band: np.ndarray, name: str) -> None:
         )
 
 
+def grid_profile(grid: TileGrid, count: int, dtype: str, nodata: float | int | None) -> dict:
+    """The GeoTIFF profile of a raster on ``grid``: deflate, 256-px tiles when it is that large."""
+    from affine import Affine
+
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": grid.cols,
+        "height": grid.rows,
+        "count": count,
+        "dtype": dtype,
+        "crs": grid.crs,
+        "transform": Affine.from_gdal(*grid.geotransform),
+        "nodata": nodata,
+        "compress": "deflate",
+    }
+    if grid.rows >= 256 and grid.cols >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    return profile
+
+
 def write_grid_raster(
     path: str | Path,
     grid: TileGrid,
@@ -77,7 +97,6 @@ def write_grid_raster(
         The written path.
     """
     import rasterio
-    from affine import Affine
 
     if not bands:
         raise InputError("nothing to write: no raster bands were given")
@@ -86,19 +105,7 @@ def write_grid_raster(
     for i, band in enumerate(bands):
         _check_band(grid, band, f"band {i + 1}")
     path = Path(path)
-    profile = {
-        "driver": "GTiff",
-        "width": grid.cols,
-        "height": grid.rows,
-        "count": len(bands),
-        "dtype": dtype,
-        "crs": grid.crs,
-        "transform": Affine.from_gdal(*grid.geotransform),
-        "nodata": nodata,
-        "compress": "deflate",
-    }
-    if grid.rows >= 256 and grid.cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    profile = grid_profile(grid, len(bands), dtype, nodata)
     with atomic_path(path, suffix=".tif") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for i, band in enumerate(bands, start=1):

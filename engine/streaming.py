@@ -18,8 +18,7 @@ import numpy as np
 from .atomic import atomic_path
 from .calibration import Calibration
 from .errors import InputError
-from .geo_io import provenance_tags
-from .grid import TileGrid
+from .geo_io import grid_profile, provenance_tags
 from .similarity import (
     _BAND_NAMES,
     _BAND_TAGS,
@@ -109,6 +108,24 @@ def _part(
     return None if progress is None else (lambda f: progress(a + (b - a) * f))
 
 
+def _histogram_pass(
+    store: EmbeddingStore,
+    vec: np.ndarray,
+    bins: int | None,
+    chunk_rows: int | None,
+    progress: Callable[[float], None] | None,
+    is_canceled: Callable[[], bool] | None,
+    workers: int | None,
+) -> Calibration | None:
+    """Score every chunk once into a histogram; its Calibration, None without valid tiles."""
+    hist = _Histogram(bins, store.grid.n_tiles)
+    for r0, r1, block in chunked_dot(
+        store, vec[:, None], chunk_rows, progress, is_canceled, workers
+    ):
+        hist.add(_valid_scores(store, r0, r1, block)[1])
+    return hist.calibration()
+
+
 def score_histogram(
     store: EmbeddingStore,
     qvec: np.ndarray | Query,
@@ -125,35 +142,10 @@ def score_histogram(
     the exact mean rank.
     """
     vec = _query_vector(store, qvec)
-    hist = _Histogram(bins, store.grid.n_tiles)
-    for r0, r1, block in chunked_dot(
-        store, vec[:, None], chunk_rows, progress, is_canceled, workers
-    ):
-        hist.add(_valid_scores(store, r0, r1, block)[1])
-    cal = hist.calibration()
+    cal = _histogram_pass(store, vec, bins, chunk_rows, progress, is_canceled, workers)
     if cal is None:
         raise InputError("the store has no valid tile; there is nothing to calibrate against")
     return cal
-
-
-def _heatmap_profile(grid: TileGrid, count: int) -> dict[str, Any]:
-    """The GeoTIFF profile of :func:`~.geo_io.write_grid_raster` for a float32 heatmap."""
-    from affine import Affine
-
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": grid.cols,
-        "height": grid.rows,
-        "count": count,
-        "dtype": "float32",
-        "crs": grid.crs,
-        "transform": Affine.from_gdal(*grid.geotransform),
-        "nodata": float("nan"),
-        "compress": "deflate",
-    }
-    if grid.rows >= 256 and grid.cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    return profile
 
 
 def write_heatmap_chunked(
@@ -184,14 +176,10 @@ def write_heatmap_chunked(
     if grid.rows == 0 or grid.cols == 0:
         raise InputError("the store's grid is empty; there is nothing to write")
     cal = None
-    if percentiles:
-        hist = _Histogram(bins, store.grid.n_tiles)
-        for r0, r1, block in chunked_dot(
-            store, vec[:, None], None, _part(progress, 0.0, 0.5), is_canceled, workers
-        ):
-            hist.add(_valid_scores(store, r0, r1, block)[1])
-        cal = hist.calibration()
-    profile = _heatmap_profile(grid, 2 if percentiles else 1)
+    if percentiles:  # None when no tile is valid: the percentile band is all NaN then
+        first = _part(progress, 0.0, 0.5)
+        cal = _histogram_pass(store, vec, bins, None, first, is_canceled, workers)
+    profile = grid_profile(grid, 2 if percentiles else 1, "float32", float("nan"))
     # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
     band = 256 if profile.get("tiled") else _row_step(grid.cols, None)
     step = band if band != 256 else 1 << (_row_step(grid.cols, None).bit_length() - 1)
