@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .contract import Modality
-from .embed import _check_model, _read_batch
+from .embed import _check_model, _read_batch, encode_into
 from .errors import (
     CancelledError,
     EngineError,
@@ -147,8 +147,8 @@ def encode_block(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Embeddings ``[nr, nc, D]`` (float32), validity ``[nr, nc]`` and the encoded count.
 
-    Batches and the skip rule are those of ``embed._Pipeline`` (same cells per batch, same
-    ``max_nodata`` test), so the result matches the single-process store.
+    Batches are those of ``embed._Pipeline`` (same cells per batch) and each is encoded by the
+    same :func:`~.embed.encode_into`, so the result matches the single-process store.
     """
     r0, c0, nr, nc = block
     cells = [(r0 + i, c0 + j) for i in range(nr) for j in range(nc)]
@@ -164,17 +164,10 @@ def encode_block(
             return emb, valid, encoded
         batch, fut = queue.popleft()
         chips, nodata = fut.result()
-        keep = (nodata <= job.max_nodata) & (nodata < 1.0)
-        if not keep.any():
-            continue
-        out = model.encode_tiles(modality, chips[keep], batch_size=job.batch_size)
-        if out.shape != (int(keep.sum()), model.dim):
-            raise ModelContractError(f"the encoder returned shape {out.shape}")
-        idx = np.flatnonzero(keep)
-        rows = np.array([batch[i][0] - r0 for i in idx])
-        cols = np.array([batch[i][1] - c0 for i in idx])
-        emb[rows, cols], valid[rows, cols] = out, True
-        encoded += len(out)
+        encoded += encode_into(
+            model, modality, batch, chips, nodata, (r0, c0), emb, valid,
+            job.max_nodata, job.batch_size,
+        )  # fmt: skip
 
 
 def run_block(job: BlockJob, bid: int) -> dict[str, Any]:

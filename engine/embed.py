@@ -191,6 +191,40 @@ def _existing(
     return s if same else None
 
 
+def encode_into(
+    model: TileEncoder,
+    modality: Modality,
+    cells: Sequence[Cell],
+    chips: np.ndarray,
+    nodata: np.ndarray,
+    origin: Cell,
+    emb: np.ndarray,
+    valid: np.ndarray,
+    max_nodata: float,
+    batch_size: int,
+) -> int:
+    """Encode the usable chips of one batch into a block's buffers; return how many were encoded.
+
+    A chip with more than ``max_nodata`` (or all) of its values missing is skipped and stays
+    invalid. ``cells`` are grid cells, ``origin`` the block's first cell, ``emb`` ``[nr, nc, D]``
+    and ``valid`` ``[nr, nc]``. The single-process pipeline and the Dask task both use this, so
+    their stores agree.
+    """
+    keep = (nodata <= max_nodata) & (nodata < 1.0)
+    if not keep.any():
+        return 0
+    usable = chips if keep.all() else chips[keep]  # no copy in the common case
+    out = model.encode_tiles(modality, usable, batch_size=batch_size)
+    if out.shape != (int(keep.sum()), model.dim):
+        raise ModelContractError(f"the encoder returned shape {out.shape}")
+    idx = np.flatnonzero(keep)
+    rows = np.array([cells[i][0] - origin[0] for i in idx])
+    cols = np.array([cells[i][1] - origin[1] for i in idx])
+    emb[rows, cols] = out
+    valid[rows, cols] = True
+    return len(out)
+
+
 class _Pipeline:
     """One run over the remaining blocks of a store: reads in threads, inference here."""
 
@@ -220,22 +254,13 @@ class _Pipeline:
                 np.zeros((nr, nc), bool),
             )
         emb, valid = self.buf[bid]
-        keep = (nodata <= self.max_nodata) & (nodata < 1.0)
         self.tiles += len(cells)
-        if not keep.any():
-            return
         t = time.perf_counter()
-        usable = chips if keep.all() else chips[keep]  # no copy in the common case
-        out = self.model.encode_tiles(self.modality, usable, batch_size=self.batch_size)
+        self.encoded += encode_into(
+            self.model, self.modality, cells, chips, nodata, (r0, c0), emb, valid,
+            self.max_nodata, self.batch_size,
+        )  # fmt: skip
         self.infer += time.perf_counter() - t
-        if out.shape != (int(keep.sum()), self.model.dim):
-            raise ModelContractError(f"the encoder returned shape {out.shape}")
-        self.encoded += len(out)
-        idx = np.flatnonzero(keep)
-        rows = np.array([cells[i][0] - r0 for i in idx])
-        cols = np.array([cells[i][1] - c0 for i in idx])
-        emb[rows, cols] = out
-        valid[rows, cols] = True
 
     def flush_block(self, bid: int) -> int:
         """Write a finished block and mark it done; return its tile count."""
