@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -343,20 +344,33 @@ class EmbeddingStore(StoreBase):
         atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
 
 
-def _read_info(folder: Path) -> dict[str, Any] | None:
-    """store.json of ``folder``, None when absent; StoreError when unreadable or too new."""
-    f = folder / META_FILE
+def read_description(
+    f: Path, pick: Callable[[Any], Any] = lambda doc: doc, not_store: str = ""
+) -> dict[str, Any] | None:
+    """The store description in JSON file ``f`` (``pick`` finds it in the document).
+
+    None when ``f`` is absent; StoreError when it is unreadable, not a store description
+    (``not_store`` is that message) or written by a newer UniGeo.
+    """
     if not f.is_file():
         return None
     try:
-        info = json.loads(f.read_text(encoding="utf-8"))
+        doc = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise StoreError(f"{f} is unreadable ({e}); delete the store and embed again") from None
+    info = pick(doc)
     if not isinstance(info, dict) or not all(k in info for k in (*_MATCH_KEYS, "format_version")):
-        raise StoreError(f"{f} is not an embedding store description; delete it and embed again")
+        raise StoreError(
+            not_store or f"{f} is not an embedding store description; delete it and embed again"
+        )
     if info["format_version"] > STORE_FORMAT_VERSION:
         raise StoreError(f"{f} was written by a newer UniGeo (format {info['format_version']})")
     return info
+
+
+def _read_info(folder: Path) -> dict[str, Any] | None:
+    """store.json of ``folder``, None when absent; StoreError when unreadable or too new."""
+    return read_description(folder / META_FILE)
 
 
 class StoreCache:

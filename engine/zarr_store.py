@@ -18,7 +18,6 @@ is imported inside functions so that ``engine`` imports without it.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -29,13 +28,12 @@ import numpy as np
 from .errors import InputError, StoreError
 from .grid import TileGrid
 from .store import (
-    _MATCH_KEYS,
     META_FILE,
-    STORE_FORMAT_VERSION,
     EmbeddingStore,
     StoreBase,
     new_info,
     partial_path,
+    read_description,
 )
 
 log = logging.getLogger(__name__)
@@ -197,21 +195,11 @@ class ZarrEmbeddingStore(StoreBase):
 
 def _read_info(folder: Path) -> dict[str, Any] | None:
     """The "unigeo" attributes of the group at ``folder``; None when there is no group."""
-    f = folder / ZARR_META
-    if not f.is_file():
-        return None
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{f} is unreadable ({e}); delete the store and embed again") from None
-    info = (doc.get("attributes") or {}).get(ATTR_KEY) if isinstance(doc, dict) else None
-    if not isinstance(info, dict) or not all(k in info for k in (*_MATCH_KEYS, "format_version")):
-        raise StoreError(f"{folder} is a Zarr group but not a UniGeo embedding store")
-    if info["format_version"] > STORE_FORMAT_VERSION:
-        raise StoreError(
-            f"{folder} was written by a newer UniGeo (format {info['format_version']})"
-        )
-    return info
+    return read_description(
+        folder / ZARR_META,
+        lambda doc: (doc.get("attributes") or {}).get(ATTR_KEY) if isinstance(doc, dict) else None,
+        f"{folder} is a Zarr group but not a UniGeo embedding store",
+    )
 
 
 def is_zarr_store(path: str | Path) -> bool:
