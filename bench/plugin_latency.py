@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         app, ctl = start(tmp, args.model)
         model = ctl.model()
-        tile_m = model.spec(_aerial()).preprocess.size * model.spec(_aerial()).preprocess.gsd_m
+        from unigeo.engine.contract import Modality  # importable once start() loaded the plugin
+
+        pre = model.spec(Modality.AERIAL).preprocess
+        tile_m = pre.size * pre.gsd_m
         rows = []
         for n in args.tiles:
             tif = tmp / f"area_{n}.tif"
@@ -219,12 +222,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     return result
-
-
-def _aerial():
-    from unigeo.engine.contract import Modality
-
-    return Modality.AERIAL
 
 
 if __name__ == "__main__":
