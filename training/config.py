@@ -139,7 +139,7 @@ class DataConfig:
     batch_size: int = 32  # global batch size (split across DDP ranks)
     geo_cluster_fraction: float = 0.5  # share of each batch drawn from one geographic cluster
     cluster_cell_deg: float = 0.5  # cell side (degrees) that defines a geographic cluster
-    num_workers: int = 0  # DataLoader workers
+    num_workers: int = 0  # DataLoader workers per rank; -1 = auto (the CPUs this rank can use)
     seed: int = 0  # data and sampler seed
 
 

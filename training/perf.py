@@ -23,7 +23,7 @@ def step_flops(trainer: Any) -> float:
     """
     from .train import compute_loss
 
-    batch = next(trainer.batches())
+    batch = next(trainer.batches(workers=0))  # one batch: no worker pool to start
     trainer.model.train()
     counter = FlopCounterMode(display=False)
     with counter, trainer.autocast():
@@ -35,31 +35,48 @@ def step_flops(trainer: Any) -> float:
 
 def write_perf(
     trainer: Any, rows: list[dict[str, float]], flops: float, peak_tflops: float, path: Path
-) -> dict[str, float]:
-    """samples/s over the second half of the run (past warm-up and compilation) and MFU."""
+) -> dict[str, Any]:
+    """samples/s over the second half of the run (past warm-up and compilation), MFU, input wait.
+
+    ``data_wait_fraction`` is the share of that time the training loop spent waiting for its
+    next batch: above ~0.1 the figure measures the input pipeline, not the accelerator.
+    """
     tail = rows[len(rows) // 2 :]
-    sps = tail[-1]["samples_per_s"] if len(tail) < 2 else _rate(tail, trainer)
+    sps, wait = second_half_rates(tail, trainer.cfg.data.batch_size)
     world = trainer.dist.world_size
     per_rank_bs = trainer.cfg.data.batch_size / world
     achieved = flops * (sps / world) / per_rank_bs  # FLOP/s per device
     res = {
         "samples_per_s": sps,
         "flops_per_step_per_device": flops,
+        "flops_per_sample": flops / per_rank_bs,
         "achieved_tflops_per_device": achieved / 1e12,
         "peak_tflops_per_device": peak_tflops,
         "mfu": achieved / (peak_tflops * 1e12),
+        "data_wait_fraction": wait,
         "world_size": world,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "global_batch": trainer.cfg.data.batch_size,
+        "precision": trainer.cfg.precision if trainer.device.type == "cuda" else "fp32",
+        "steps_measured": len(tail),
+        "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu",
     }
     atomic_write_text(path, json.dumps(res, indent=2) + "\n")
-    log.info("%.1f samples/s, %.1f TFLOP/s per device, MFU %.1f%%", sps,
-             res["achieved_tflops_per_device"], 100 * res["mfu"])  # fmt: skip
+    log.info("%.1f samples/s, %.1f TFLOP/s per device, MFU %.1f%%, waiting for data %.0f%%",
+             sps, res["achieved_tflops_per_device"], 100 * res["mfu"], 100 * wait)  # fmt: skip
+    if wait > 0.1:
+        log.warning("the input pipeline held training back %.0f%% of the time: raise "
+                    "data.num_workers (-1 = all CPUs) or use a faster data source", 100 * wait)  # fmt: skip
     return res
 
 
-def _rate(tail: list[dict[str, float]], trainer: Any) -> float:
-    # samples_per_s is cumulative from the start; difference two points to drop warm-up.
+def second_half_rates(tail: list[dict[str, float]], global_batch: int) -> tuple[float, float]:
+    """(samples/s, fraction of time waiting for data) between the first and last row of ``tail``.
+
+    Rows carry cumulative ``elapsed_s`` and ``data_wait_s``; differencing two rows drops the
+    warm-up before the first. With a single row the cumulative figures are all there is.
+    """
     a, b = tail[0], tail[-1]
-    t_a = a["step"] * trainer.cfg.data.batch_size / a["samples_per_s"]
-    t_b = b["step"] * trainer.cfg.data.batch_size / b["samples_per_s"]
-    return (b["step"] - a["step"]) * trainer.cfg.data.batch_size / max(t_b - t_a, 1e-9)
+    if len(tail) < 2:
+        return b["samples_per_s"], b["data_wait_s"] / max(b["elapsed_s"], 1e-9)
+    dt = max(b["elapsed_s"] - a["elapsed_s"], 1e-9)
+    return (b["step"] - a["step"]) * global_batch / dt, (b["data_wait_s"] - a["data_wait_s"]) / dt

@@ -28,11 +28,12 @@ from .checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_r
 from .config import OptimConfig, TrainConfig, load_config, merge, parse_override
 from .data.collate import collate_samples
 from .distributed import DistInfo, cleanup, gather_batch_embeddings, init_distributed
+from .loader import EpochBatches, make_loader, resolve_workers
 from .losses import AllToAllLoss, LossOutput
 from .metrics_log import MetricsLog
 from .model import UniGeoCLIP
 from .perf import step_flops, write_perf
-from .sampler import GeoClusteredBatchSampler, per_rank_batch, rank_slice
+from .sampler import GeoClusteredBatchSampler, per_rank_batch
 from .specs import all_preprocess
 from .towers import tokenizer_path
 from .toy import ToyWorld
@@ -178,24 +179,20 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def batches(self):
-        """Endless stream of this rank's collated batches, starting where ``self.step`` is."""
-        per_epoch = len(self.sampler)
-        epoch, start = divmod(self.step, per_epoch)
-        while True:
-            if hasattr(self.train_set, "set_epoch"):
-                self.train_set.set_epoch(epoch)  # new views / phrasings each epoch
-            idx = [
-                rank_slice(gb, self.dist.rank, self.dist.world_size)
-                for gb in self.sampler.iter_from(epoch, start)
-            ]
-            loader = torch.utils.data.DataLoader(
-                self.train_set, batch_sampler=idx, collate_fn=self.collate,
-                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-            )  # fmt: skip
-            for batch in loader:
-                yield move(batch, self.device)
-            epoch, start = epoch + 1, 0
+    def batches(self, workers: int | None = None):
+        """Endless stream of this rank's collated batches, starting where ``self.step`` is.
+
+        Args:
+            workers: DataLoader workers (default: ``data.num_workers``, ``-1`` = auto).
+        """
+        epoch, start = divmod(self.step, len(self.sampler))
+        order = EpochBatches(self.sampler, self.dist.rank, self.dist.world_size, epoch, start)
+        if workers is None:
+            workers = resolve_workers(self.cfg.data.num_workers)
+        loader = make_loader(self.train_set, order, self.collate, workers,
+                             pin_memory=self.device.type == "cuda")  # fmt: skip
+        for batch in loader:
+            yield move(batch, self.device)
 
     def train_step(self, batch: dict) -> dict[str, float]:
         """One optimiser step; returns the metrics row."""
@@ -253,11 +250,15 @@ class Trainer:
         rows: list[dict[str, float]] = []
         stream = self.batches()
         bar = tqdm(total=end, initial=self.step, disable=not self.dist.is_main, desc="train")
-        t0, seen = time.perf_counter(), 0
+        t0, seen, wait = time.perf_counter(), 0, 0.0
         while self.step < end:
-            row = self.train_step(next(stream))
+            t_in = time.perf_counter()
+            batch = next(stream)
+            wait += time.perf_counter() - t_in  # the step before synced (float(loss))
+            row = self.train_step(batch)
             seen += self.cfg.data.batch_size
-            row["samples_per_s"] = seen / (time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            row.update(samples_per_s=seen / elapsed, elapsed_s=elapsed, data_wait_s=wait)
             rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
