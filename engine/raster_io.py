@@ -1,4 +1,4 @@
-"""Raster input: the small reader protocol, its rasterio implementation and grid selection.
+"""Raster input: the small reader protocol and its rasterio implementation.
 
 A reader hands out chips of a raster, resampled onto the tile grid: ``read_tile`` returns
 float32 ``[C, size, size]`` scaled to [0, 1] (or metres for a DSM read with ``scale=1.0``), NaN
@@ -10,6 +10,10 @@ way whatever extent it belongs to (extent invariance). When the file already is 
 at the grid GSD, the warper is skipped: pixels are copied (lattices aligned) or shifted by a
 constant sub-pixel offset with GDAL's own bilinear arithmetic, several times faster and equal to
 the warper's output (bitwise on every raster tested).
+
+Band naming (:mod:`.bands`), value scaling (:mod:`.raster_scaling`), the two read paths
+(:mod:`.warped_read`, :mod:`.native_read`) and grid choice (:mod:`.raster_grid`) live beside it;
+the names other code imports from here are re-exported.
 """
 
 from __future__ import annotations
@@ -25,22 +29,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .contract import Preprocess
+from .bands import alpha_bands, band_names, canonical_band, resolve_bands
 from .errors import RasterInputError
-from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
+from .grid import Bounds
 from .native_read import _Native, _native_read, _native_source, _phase, _pixels, _split
+from .raster_grid import choose_grid_crs, grid_for_raster, raster_gsd_m
+from .raster_scaling import apply_scaling, scaling_for
+from .warped_read import open_warped_vrt, read_warped
 
-_ALIASES = {
-    "red": ("red", "r"),
-    "green": ("green", "g"),
-    "blue": ("blue", "b"),
-    "nir": ("nir", "near-infrared", "near infrared", "nearinfrared", "infrared", "nir1"),
-    "alpha": ("alpha", "a"),
-}
-_CANON = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
-_PERCENTILES = (2.0, 98.0)
-_FILL = -3.0e38  # the VRT's nodata; NaN there makes GDAL's warper return NaN everywhere
-_STATS_MAX_SIDE = 1024  # long side of the decimated read that gives the percentile stretch
+__all__ = [
+    "RasterReader",
+    "RasterioReader",
+    "canonical_band",
+    "choose_grid_crs",
+    "grid_for_raster",
+    "raster_gsd_m",
+    "resolve_bands",
+]
+
 _REOPEN_PIXELS = 64 * 256 * 256  # pixels a thread reads before reopening its datasets
 
 
@@ -81,48 +87,6 @@ class RasterReader(Protocol):
         ...
 
 
-def canonical_band(name: str) -> str:
-    """Lower-case band name with common aliases folded (``"NIR"``, ``"near-infrared"`` → nir)."""
-    n = name.strip().lower()
-    return _CANON.get(n, n)
-
-
-def resolve_bands(
-    wanted: Sequence[str],
-    names: Sequence[str],
-    alpha: Sequence[int] = (),
-    explicit: Sequence[int] | None = None,
-    where: str = "raster",
-) -> list[int]:
-    """1-based band numbers that feed the model's ``wanted`` bands, in the model's order.
-
-    Explicit numbers win; otherwise bands are matched by name (description or colour
-    interpretation); otherwise the non-alpha bands are taken in file order when their count fits.
-    """
-    n = len(wanted)
-    if explicit is not None:
-        if len(explicit) != n:
-            raise RasterInputError(
-                f"{where}: bands={list(explicit)} selects {len(explicit)} band(s) but the model "
-                f"needs {n} ({', '.join(wanted)})"
-            )
-        return [int(b) for b in explicit]
-    data = [i + 1 for i in range(len(names)) if i + 1 not in alpha]
-    by_name = {canonical_band(names[i - 1]): i for i in data}
-    want = [canonical_band(w) for w in wanted]
-    if all(w in by_name for w in want):
-        return [by_name[w] for w in want]
-    if len(data) == n:
-        return data
-    have = ", ".join(f"{i}: {names[i - 1]}" for i in data)
-    extra = f" plus alpha band(s) {list(alpha)}" if alpha else ""
-    raise RasterInputError(
-        f"{where}: the model needs {n} band(s) ({', '.join(wanted)}) but the raster has "
-        f"{len(data)} data band(s) ({have}){extra}. Pick {n} band(s) in the model's order with "
-        f"bands=[...] (1-based band numbers, e.g. bands={list(range(1, n + 1))})"
-    )
-
-
 class RasterioReader:
     """A :class:`RasterReader` over any file GDAL can open (GeoTIFF, VRT, JPEG2000, ...).
 
@@ -150,43 +114,16 @@ class RasterioReader:
         resampling: str = "bilinear",
         fast: bool = True,
     ) -> None:
-        import rasterio
-        from rasterio.enums import ColorInterp, Resampling
-
         self.path = Path(path)
         if not self.path.is_file():
             raise RasterInputError(f"raster file {self.path} does not exist")
-        try:
-            self._resampling = Resampling[resampling]
-        except KeyError:
-            raise RasterInputError(f"unknown resampling '{resampling}'") from None
-        try:
-            src = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as e:
-            raise RasterInputError(
-                f"{self.path.name} is not a raster GDAL can read (corrupt or another format): {e}"
-            ) from None
-        with src:
-            self._check_source(src)
-            self.crs: str = src.crs.to_wkt()
-            self.bounds: Bounds = tuple(src.bounds)
-            self.res: tuple[float, float] = (abs(src.res[0]), abs(src.res[1]))
-            self.band_count: int = src.count
-            self.dtype: str = src.dtypes[0]
-            # an alpha colour interpretation on a band described as e.g. "nir" is a writer's
-            # default (GDAL tags the 4th band of any RGB-like uint8 file alpha), not a mask
-            self._alpha = tuple(
-                i + 1
-                for i, (c, d) in enumerate(zip(src.colorinterp, src.descriptions, strict=True))
-                if c == ColorInterp.alpha and canonical_band(d or "alpha") == "alpha"
-            )
-            self.band_names: tuple[str, ...] = tuple(
-                _band_name(i, d, c)
-                for i, (d, c) in enumerate(zip(src.descriptions, src.colorinterp, strict=False))
-            )
+        self._resampling = _resampling(resampling)
+        with _open_raster(self.path) as src:
+            _check_source(src, self.path.name)
+            self._describe(src)
             self._explicit = self._check_explicit(bands)
             self._nodata = nodata
-            self._lo, self._span, self.scaling = self._scaling(src, scale)
+            self._lo, self._span, self.scaling = scaling_for(src, scale, nodata, self.path.name)
             self._ident = _file_ident(self.path, src)
             self._source = _native_source(src, self._alpha, nodata)
         self.fast = bool(fast)
@@ -195,35 +132,17 @@ class RasterioReader:
         self._handles: list[Any] = []
         self._lock = threading.Lock()
 
-    # -- validation -------------------------------------------------------------------------
-    def _check_source(self, src: Any) -> None:
-        name = self.path.name
-        if src.crs is None:
-            raise RasterInputError(
-                f"{name} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:xxxx) and retry"
-            )
-        if src.count < 1 or src.width < 1 or src.height < 1:
-            raise RasterInputError(f"{name} has no pixels ({src.width}x{src.height}x{src.count})")
-        kinds = {np.dtype(d).kind for d in src.dtypes}
-        if not kinds <= {"u", "i", "f"} or "complex" in src.dtypes[0]:
-            raise RasterInputError(
-                f"{name} has unsupported data type {src.dtypes[0]}; convert it to an integer or "
-                "float type (e.g. gdal_translate -ot Float32)"
-            )
-        t = src.transform
-        x0, y0, x1, y1 = src.bounds
-        if abs(t.determinant) == 0 or not all(map(math.isfinite, (x0, y0, x1, y1))):
-            raise RasterInputError(f"{name} has a degenerate geotransform {tuple(t)[:6]}")
-        if not (x1 > x0 and y1 > y0):
-            raise RasterInputError(f"{name} has an empty extent {tuple(src.bounds)}")
-        if src.crs.is_geographic and (x0 < -180.0 - 1e-9 or x1 > 180.0 + 1e-9):
-            # GDAL's warper wraps longitudes into [-180, 180], so pixels past the antimeridian
-            # would silently read as no data
-            raise RasterInputError(
-                f"{name} extends past the antimeridian (longitudes {x0:g}..{x1:g}); reproject it "
-                "to a projected CRS (e.g. its UTM zone with gdalwarp -t_srs) or split it at 180°"
-            )
+    def _describe(self, src: Any) -> None:
+        """The raster's CRS, extent, pixel size, bands and data type, from the open ``src``."""
+        self.crs: str = src.crs.to_wkt()
+        self.bounds: Bounds = tuple(src.bounds)
+        self.res: tuple[float, float] = (abs(src.res[0]), abs(src.res[1]))
+        self.band_count: int = src.count
+        self.dtype: str = src.dtypes[0]
+        self._alpha = alpha_bands(src)
+        self.band_names: tuple[str, ...] = band_names(src)
 
+    # -- validation -------------------------------------------------------------------------
     def _check_explicit(self, bands: Sequence[int] | None) -> tuple[int, ...] | None:
         if bands is None:
             return None
@@ -235,51 +154,6 @@ class RasterioReader:
                 f"1..{self.band_count} ({', '.join(self.band_names)})"
             )
         return out
-
-    def _scaling(self, src: Any, scale: str | float) -> tuple[np.ndarray, np.ndarray, str]:
-        """Per-band (offset, span) so that ``(raw - offset) / span`` is the model value."""
-        n = src.count
-        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-            if not (scale > 0 and math.isfinite(scale)):
-                raise RasterInputError(f"scale must be a positive number, got {scale}")
-            return np.zeros(n), np.full(n, float(scale)), f"divide:{float(scale):g}"
-        if scale == "dtype" and src.dtypes[0] == "uint8":
-            return np.zeros(n), np.full(n, 255.0), "uint8/255"
-        if scale not in ("dtype", "percentile"):
-            raise RasterInputError(
-                f"scale must be 'dtype', 'percentile' or a number, got {scale!r}"
-            )
-        lo, hi = self._percentiles(src)
-        desc = "percentile2-98:" + ",".join(
-            f"{a:.6g}..{b:.6g}" for a, b in zip(lo, hi, strict=False)
-        )
-        return lo, np.maximum(hi - lo, 1e-12), desc
-
-    def _percentiles(self, src: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Per-band 2 and 98 % percentiles from one decimated read of the whole raster."""
-        f = max(src.width, src.height) / _STATS_MAX_SIDE
-        shape = (
-            src.count,
-            max(1, round(src.height / max(f, 1))),
-            max(1, round(src.width / max(f, 1))),
-        )
-        data = src.read(out_shape=shape, masked=True)
-        if self._nodata is not None:
-            data = np.ma.masked_equal(data, self._nodata)
-        lo, hi = np.zeros(src.count), np.ones(src.count)
-        empty = 0
-        for b in range(src.count):
-            v = data[b].compressed().astype(np.float64)
-            v = v[np.isfinite(v)]
-            if v.size == 0:
-                empty += 1
-                continue
-            lo[b], hi[b] = np.percentile(v, _PERCENTILES)
-            if hi[b] <= lo[b]:
-                hi[b] = lo[b] + 1.0  # a constant band maps to 0 instead of dividing by zero
-        if empty == src.count:
-            raise RasterInputError(f"{self.path.name} holds no valid pixels (all no data)")
-        return lo, hi
 
     def check_bands(self, wanted: Sequence[str]) -> list[int]:
         """The 1-based band numbers used for ``wanted``; RasterInputError if they do not fit."""
@@ -317,34 +191,8 @@ class RasterioReader:
             src.close()
 
     def _open_vrt(self, grid_crs: str, gsd: float, px: float, py: float) -> Any:
-        import rasterio
-        from affine import Affine
-        from rasterio.vrt import WarpedVRT
-        from rasterio.warp import transform_bounds
-
-        src = rasterio.open(self.path)
-        x0, y0, x1, y1 = transform_bounds(src.crs, grid_crs, *src.bounds, densify_pts=21)
-        # snap outwards onto the lattice x = px + k * gsd, with a one-pixel margin
-        left = px + (math.floor((x0 - px) / gsd) - 1) * gsd
-        bottom = py + (math.floor((y0 - py) / gsd) - 1) * gsd
-        width = math.ceil((x1 - left) / gsd) + 1
-        height = math.ceil((y1 - bottom) / gsd) + 1
-        top = bottom + height * gsd
-        kw: dict[str, Any] = {}
-        if self._alpha:
-            kw["src_alpha"] = self._alpha[0]
-        if self._nodata is not None:
-            kw["src_nodata"] = self._nodata
-        vrt = WarpedVRT(
-            src,
-            crs=grid_crs,
-            transform=Affine(gsd, 0.0, left, 0.0, -gsd, top),
-            width=width,
-            height=height,
-            resampling=self._resampling,
-            dtype="float32",
-            nodata=_FILL,
-            **kw,
+        vrt, src = open_warped_vrt(
+            self.path, grid_crs, gsd, (px, py), self._alpha, self._nodata, self._resampling
         )
         with self._lock:
             self._handles += [vrt, src]
@@ -443,25 +291,13 @@ class RasterioReader:
         self, bounds: Bounds, grid_crs: str, gsd: float, idx: list[int], h: int, w: int
     ) -> np.ndarray:
         """Raw values of ``bounds`` through this thread's WarpedVRT, resampled to ``h`` x ``w``."""
-        vrt = self._vrt(grid_crs, gsd, bounds, h * w)
-        out = np.full((len(idx), h, w), np.nan, dtype=np.float32)
-        src_win, dst = _clip(_window(vrt.transform, bounds, gsd), vrt.width, vrt.height, h, w)
-        if src_win is not None:
-            from rasterio.errors import RasterioIOError
-            from rasterio.windows import Window
+        from rasterio.errors import RasterioIOError
 
-            r0, r1, c0, c1 = dst
-            try:
-                out[:, r0:r1, c0:c1] = vrt.read(
-                    idx,
-                    window=Window(*src_win),
-                    out_shape=(len(idx), r1 - r0, c1 - c0),
-                    resampling=self._resampling,
-                )
-            except RasterioIOError as e:
-                raise self._read_error(bounds, e) from None
-            out[out <= _FILL] = np.nan
-        return out
+        vrt = self._vrt(grid_crs, gsd, bounds, h * w)
+        try:
+            return read_warped(vrt, bounds, gsd, idx, h, w, self._resampling)
+        except RasterioIOError as e:
+            raise self._read_error(bounds, e) from None
 
     def _read_error(self, bounds: Bounds, e: Exception) -> RasterInputError:
         """A truncated or damaged file fails only when read: say where, and what to suspect."""
@@ -471,14 +307,8 @@ class RasterioReader:
         )
 
     def _scale(self, out: np.ndarray, idx: list[int]) -> np.ndarray:
-        b = [i - 1 for i in idx]
-        lo = self._lo[b].astype(np.float32)[:, None, None]
-        span = self._span[b].astype(np.float32)[:, None, None]
-        out -= lo
-        out /= span
-        if self.scaling.startswith("percentile"):
-            np.clip(out, 0.0, 1.0, out=out)  # NaN stays NaN
-        return out
+        clip = self.scaling.startswith("percentile")
+        return apply_scaling(out, self._lo, self._span, idx, clip)
 
     def fingerprint(self) -> str:
         """sha256 of path, size, mtime, CRS, transform, band selection, nodata and scaling."""
@@ -503,12 +333,59 @@ class RasterioReader:
         self.close()
 
 
-def _band_name(i: int, description: str | None, colorinterp: Any) -> str:
-    if description:
-        return description
-    if colorinterp.name in ("red", "green", "blue", "alpha"):
-        return colorinterp.name
-    return f"band{i + 1}"
+def _resampling(name: str) -> Any:
+    """The ``rasterio.enums.Resampling`` called ``name``; RasterInputError if there is none."""
+    from rasterio.enums import Resampling
+
+    try:
+        return Resampling[name]
+    except KeyError:
+        raise RasterInputError(f"unknown resampling '{name}'") from None
+
+
+def _open_raster(path: Path) -> Any:
+    """``rasterio.open(path)``, with a readable error when GDAL cannot read the file."""
+    import rasterio
+
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise RasterInputError(
+            f"{path.name} is not a raster GDAL can read (corrupt or another format): {e}"
+        ) from None
+
+
+def _check_source(src: Any, name: str) -> None:
+    """Refuse a raster the reader cannot place or scale: no CRS, no pixels, odd types, extent."""
+    if src.crs is None:
+        raise RasterInputError(
+            f"{name} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:xxxx) and retry"
+        )
+    if src.count < 1 or src.width < 1 or src.height < 1:
+        raise RasterInputError(f"{name} has no pixels ({src.width}x{src.height}x{src.count})")
+    kinds = {np.dtype(d).kind for d in src.dtypes}
+    if not kinds <= {"u", "i", "f"} or "complex" in src.dtypes[0]:
+        raise RasterInputError(
+            f"{name} has unsupported data type {src.dtypes[0]}; convert it to an integer or "
+            "float type (e.g. gdal_translate -ot Float32)"
+        )
+    _check_extent(src, name)
+
+
+def _check_extent(src: Any, name: str) -> None:
+    t = src.transform
+    x0, y0, x1, y1 = src.bounds
+    if abs(t.determinant) == 0 or not all(map(math.isfinite, (x0, y0, x1, y1))):
+        raise RasterInputError(f"{name} has a degenerate geotransform {tuple(t)[:6]}")
+    if not (x1 > x0 and y1 > y0):
+        raise RasterInputError(f"{name} has an empty extent {tuple(src.bounds)}")
+    if src.crs.is_geographic and (x0 < -180.0 - 1e-9 or x1 > 180.0 + 1e-9):
+        # GDAL's warper wraps longitudes into [-180, 180], so pixels past the antimeridian
+        # would silently read as no data
+        raise RasterInputError(
+            f"{name} extends past the antimeridian (longitudes {x0:g}..{x1:g}); reproject it "
+            "to a projected CRS (e.g. its UTM zone with gdalwarp -t_srs) or split it at 180°"
+        )
 
 
 def _file_ident(path: Path, src: Any) -> dict[str, Any]:
@@ -521,110 +398,3 @@ def _file_ident(path: Path, src: Any) -> dict[str, Any]:
         "transform": list(src.transform)[:6],
         "shape": [src.count, src.height, src.width],
     }
-
-
-def _window(transform: Any, bounds: Bounds, gsd: float) -> tuple[float, float, float, float]:
-    """(col_off, row_off, width, height) of ``bounds`` in VRT pixels, snapped when integral."""
-    minx, miny, maxx, maxy = bounds
-    vals = (
-        (minx - transform.c) / gsd,
-        (transform.f - maxy) / gsd,
-        (maxx - minx) / gsd,
-        (maxy - miny) / gsd,
-    )
-    return tuple(float(round(v)) if abs(v - round(v)) < 1e-6 else v for v in vals)
-
-
-def _clip(
-    win: tuple[float, float, float, float], width: int, height: int, h: int, w: int
-) -> tuple[tuple[float, float, float, float] | None, tuple[int, int, int, int]]:
-    """Intersect a window with the VRT; return it and the output rows/cols (of h x w) it fills."""
-    c, r, ww, wh = win
-    c0, r0 = max(c, 0.0), max(r, 0.0)
-    c1, r1 = min(c + ww, float(width)), min(r + wh, float(height))
-    if c1 <= c0 or r1 <= r0:
-        return None, (0, 0, 0, 0)
-    sx, sy = w / ww, h / wh
-    dst = (round((r0 - r) * sy), round((r1 - r) * sy), round((c0 - c) * sx), round((c1 - c) * sx))
-    if dst[1] <= dst[0] or dst[3] <= dst[2]:
-        return None, (0, 0, 0, 0)
-    return (c0, r0, c1 - c0, r1 - r0), dst
-
-
-def choose_grid_crs(reader: RasterReader) -> str:
-    """The raster's CRS when it is projected in metres, else the UTM zone of its centre."""
-    from pyproj import CRS, Transformer
-
-    crs = CRS.from_wkt(reader.crs)
-    x0, y0, x1, y1 = reader.bounds
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_ll.transform((x0 + x1) / 2.0, (y0 + y1) / 2.0)
-    if not (math.isfinite(lon) and math.isfinite(lat)):
-        raise RasterInputError("cannot locate the raster's centre on the globe to pick a UTM zone")
-    if crs.is_projected and crs.axis_info and crs.axis_info[0].unit_name in ("metre", "meter"):
-        # A "metre" CRS is only a true-scale grid when its scale factor is ~1 here: Web Mercator
-        # (XYZ/WMS layers) is 1/cos(lat) off, so such rasters are tiled in their UTM zone instead.
-        if _true_scale(crs, lon, lat):
-            code = crs.to_epsg(min_confidence=100)
-            return f"EPSG:{code}" if code else reader.crs
-    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
-
-
-def _true_scale(crs, lon: float, lat: float, tolerance: float = 0.01) -> bool:
-    from pyproj import Proj
-
-    try:
-        f = Proj(crs).get_factors(lon, lat)
-    except Exception:  # noqa: BLE001 - pyproj raises several types for odd CRSs; assume true scale
-        return True
-    scale = max(abs(f.meridional_scale - 1.0), abs(f.parallel_scale - 1.0))
-    return not math.isfinite(scale) or scale <= tolerance
-
-
-def raster_gsd_m(reader: RasterReader, grid_crs: str) -> float:
-    """The raster's own pixel size expressed in the grid CRS (metres), rounded to 4 digits."""
-    from rasterio.warp import transform_bounds
-
-    x0, y0, x1, y1 = reader.bounds
-    gx0, gy0, gx1, gy1 = transform_bounds(reader.crs, grid_crs, x0, y0, x1, y1, densify_pts=21)
-    nx, ny = (x1 - x0) / reader.res[0], (y1 - y0) / reader.res[1]
-    gsd = min((gx1 - gx0) / nx, (gy1 - gy0) / ny)
-    if not (gsd > 0 and math.isfinite(gsd)):
-        raise RasterInputError(f"cannot derive a ground sample distance from the raster ({gsd})")
-    return float(f"{gsd:.4g}")  # stable across readers that round bounds differently
-
-
-def grid_for_raster(
-    reader: RasterReader,
-    preprocess: Preprocess,
-    stride_px: int | None = None,
-    extent: Bounds | None = None,
-    extent_crs: str | None = None,
-    max_tiles: int = DEFAULT_MAX_TILES,
-) -> TileGrid:
-    """The tile grid for embedding ``reader`` with an encoder of ``preprocess``.
-
-    Args:
-        reader: the raster.
-        preprocess: the encoder's preprocessing (``size`` and ``gsd_m``; 0 = the raster's GSD).
-        stride_px: step between tiles in pixels (default: ``size``, no overlap).
-        extent: the area to embed (default: the whole raster); clipped to the raster.
-        extent_crs: CRS of ``extent`` (default: the raster's CRS).
-        max_tiles: refuse grids with more tiles than this.
-    """
-    from rasterio.warp import transform_bounds
-
-    crs = choose_grid_crs(reader)
-    gsd = preprocess.gsd_m if preprocess.gsd_m > 0 else raster_gsd_m(reader, crs)
-    full = transform_bounds(reader.crs, crs, *reader.bounds, densify_pts=21)
-    box = full
-    if extent is not None:
-        e = transform_bounds(extent_crs or reader.crs, crs, *extent, densify_pts=21)
-        box = (max(e[0], full[0]), max(e[1], full[1]), min(e[2], full[2]), min(e[3], full[3]))
-        if not (box[2] > box[0] and box[3] > box[1]):
-            raise RasterInputError(
-                f"the extent {tuple(extent)} does not overlap the raster (raster bounds "
-                f"{tuple(round(v, 6) for v in reader.bounds)} in its own CRS)"
-            )
-    return TileGrid.for_extent(crs, gsd, preprocess.size, stride_px, box, max_tiles=max_tiles)

@@ -1,0 +1,141 @@
+"""Tests of the split of engine/raster_io.py: re-exports, and the pieces that moved out of it.
+
+The reader's behaviour is covered by test_raster_io.py and test_window_read.py; these tests pin
+what the split itself could break: names importers use, and the helpers now called across
+module boundaries (band helpers, value scaling, the warped read path).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from engine import bands, raster_grid, raster_io, raster_scaling, warped_read
+from engine.errors import RasterInputError
+from tests.engine_geo.conftest import UTM_CRS, UTM_ORIGIN
+
+ROOT = Path(__file__).resolve().parents[2]
+MOVED = {
+    "canonical_band": bands,
+    "resolve_bands": bands,
+    "choose_grid_crs": raster_grid,
+    "raster_gsd_m": raster_grid,
+    "grid_for_raster": raster_grid,
+}
+
+
+def test_moved_names_are_reexported_as_the_same_objects():
+    for name, home in MOVED.items():
+        assert getattr(raster_io, name) is getattr(home, name), name
+        assert name in raster_io.__all__
+    assert raster_io.RasterioReader.__module__ == "engine.raster_io"
+    assert raster_io.RasterReader.__module__ == "engine.raster_io"
+
+
+def _names_imported_from_raster_io() -> set[str]:
+    names: set[str] = set()
+    for top in ("engine", "plugin", "tests", "bench"):
+        for p in (ROOT / top).rglob("*.py"):
+            tree = ast.parse(p.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("raster_io"):
+                    names.update(a.name for a in node.names)
+    return names
+
+
+def test_every_name_the_code_imports_from_raster_io_is_there():
+    names = _names_imported_from_raster_io()
+    # the known importers (mosaic, embed, the QGIS reader, tests, benchmarks) use these
+    assert {"RasterioReader", "RasterReader", "grid_for_raster", "resolve_bands"} <= names
+    missing = sorted(n for n in names if not hasattr(raster_io, n))
+    assert missing == []
+
+
+def test_band_helpers_read_names_and_masks(utm_tif, geo_tif):
+    with rasterio.open(utm_tif) as src:
+        # band 4 is tagged alpha by GDAL but described "nir": data, not a mask
+        assert bands.band_names(src) == ("red", "green", "blue", "nir")
+        assert bands.alpha_bands(src) == ()
+    with rasterio.open(geo_tif) as src:
+        assert bands.band_names(src) == ("red", "green", "blue", "alpha")
+        assert bands.alpha_bands(src) == (4,)
+    assert bands.canonical_band(" Near-Infrared ") == "nir"
+    assert bands.resolve_bands(("nir", "red"), ("R", "G", "B", "NIR1")) == [4, 1]
+
+
+def test_snap_puts_the_vrt_on_the_lattice_with_a_margin():
+    left, top, width, height = warped_read._snap((10.3, 20.7, 50.2, 60.1), (0.25, 0.5), 2.0)
+    assert (left, top, width, height) == (8.25, 62.5, 22, 22)
+    assert left <= 10.3 - 2.0 and top >= 60.1 + 2.0  # one pixel beyond the box on each side
+    assert left + width * 2.0 >= 50.2 and top - height * 2.0 <= 20.7 - 2.0
+
+
+def test_warped_vrt_lattice_and_read(utm_tif):
+    res = rasterio.enums.Resampling.bilinear
+    px, py = UTM_ORIGIN[0] + 0.5, UTM_ORIGIN[1]  # a lattice shifted half a pixel in x
+    vrt, src = warped_read.open_warped_vrt(utm_tif, UTM_CRS, 1.0, (px, py), (), 0.0, res)
+    try:
+        t = vrt.transform
+        assert (t.a, t.e) == (1.0, -1.0)
+        assert math.isclose((t.c - px) % 1.0, 0.0, abs_tol=1e-9)
+        assert t.c < src.bounds.left and t.f > src.bounds.top
+        x0, y1 = UTM_ORIGIN[0] + 10.5, UTM_ORIGIN[1] - 10.0  # on the lattice, in region (0, 0)
+        out = warped_read.read_warped(vrt, (x0, y1 - 8, x0 + 8, y1), 1.0, [1, 2], 8, 8, res)
+        assert out.shape == (2, 8, 8) and out.dtype == np.float32
+        with rasterio.open(utm_tif) as f:
+            want = f.read([1, 2], window=((10, 18), (10, 18))).astype(np.float32)
+        np.testing.assert_array_equal(out, want)  # constant region: shift changes nothing
+        # a box wholly outside the raster is all no data
+        far = warped_read.read_warped(vrt, (0.0, 0.0, 4.0, 4.0), 1.0, [1], 4, 4, res)
+        assert np.isnan(far).all()
+    finally:
+        vrt.close()
+        src.close()
+
+
+def test_scaling_for_each_mode(utm_tif, dsm_tif):
+    with rasterio.open(utm_tif) as src:
+        lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "utm.tif")
+        assert desc == "uint8/255" and span.tolist() == [255.0] * 4 and lo.tolist() == [0.0] * 4
+        _, span, desc = raster_scaling.scaling_for(src, 2, None, "utm.tif")
+        assert desc == "divide:2" and span.tolist() == [2.0] * 4
+        with pytest.raises(RasterInputError, match="positive number"):
+            raster_scaling.scaling_for(src, float("nan"), None, "utm.tif")
+        with pytest.raises(RasterInputError, match="'dtype', 'percentile' or a number"):
+            raster_scaling.scaling_for(src, "minmax", None, "utm.tif")
+    with rasterio.open(dsm_tif) as src:  # float32 h = 100 + col, 96 columns
+        lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "dsm.tif")
+        assert desc.startswith("percentile2-98:")
+        # rows 32-95 are valid: each height 100..195 occurs 64 times
+        want = np.percentile(np.repeat(np.arange(100.0, 196.0), 64), [2.0, 98.0])
+        assert lo[0] == pytest.approx(want[0]) and lo[0] + span[0] == pytest.approx(want[1])
+        assert desc == f"percentile2-98:{want[0]:.6g}..{want[1]:.6g}"
+        with pytest.raises(RasterInputError, match="dsm.tif holds no valid pixels"):
+            raster_scaling.scaling_for(_AllNoData(src), "percentile", None, "dsm.tif")
+
+
+class _AllNoData:
+    """A dataset stand-in whose every pixel is masked, to reach the all-no-data refusal."""
+
+    def __init__(self, src: rasterio.io.DatasetReader) -> None:
+        self.count, self.width, self.height, self.dtypes = src.count, 8, 8, src.dtypes
+
+    def read(self, out_shape: tuple[int, int, int], masked: bool) -> np.ma.MaskedArray:
+        return np.ma.masked_all(out_shape, dtype=np.float32)
+
+
+def test_apply_scaling_in_place_clips_only_when_asked():
+    raw = np.array([[[0.0, 50.0, np.nan]], [[10.0, 210.0, 300.0]]], dtype=np.float32)
+    lo, span = np.array([0.0, 10.0, 0.0]), np.array([100.0, 200.0, 1.0])
+    out = raster_scaling.apply_scaling(raw.copy(), lo, span, [1, 2], clip=False)
+    np.testing.assert_allclose(out, [[[0.0, 0.5, np.nan]], [[0.0, 1.0, 1.45]]], rtol=1e-6)
+    clipped = raster_scaling.apply_scaling(raw.copy(), lo, span, [1, 2], clip=True)
+    np.testing.assert_allclose(clipped, [[[0.0, 0.5, np.nan]], [[0.0, 1.0, 1.0]]], rtol=1e-6)
+    assert clipped.dtype == np.float32
+    buf = raw.copy()
+    assert raster_scaling.apply_scaling(buf, lo, span, [2], clip=False) is buf
