@@ -1,0 +1,113 @@
+"""Helpers shared by the CLI commands: examples epilog, subparser factory, model/store loading."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InputError, StoreError
+
+EPILOG = """examples:
+  python -m engine info resources/models/default
+  python -m engine embed scene.tif --model resources/models/default --out out/scene.store
+  python -m engine embed a.tif b.tif --model M --scheduler local:4 --out out/ab.zarr
+  python -m engine heatmap out/scene.store --model resources/models/default \\
+      --text "wetlands next to cropland" --out out/wetlands.tif
+  python -m engine heatmap out/scene.store --model M --point 512340,5207810 --out out/similar.tif
+  python -m engine hits out/scene.store --model M --text "dense housing" --k 20 --out out/hits.gpkg
+  python -m engine classify out/scene.store --model M --out out/classes.tif
+  python -m engine index out/ab.zarr && python -m engine hits out/ab.zarr --model M --ann \
+      --text "gravel pit" --k 50 --out out/pits.gpkg
+"""
+
+
+def add_command(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add one subcommand parser that carries the shared examples epilog.
+
+    Args:
+        sub: The ``add_subparsers()`` action of the top-level parser.
+        name: Subcommand name (``embed``, ``heatmap``, ...).
+        help_text: One-line help shown in ``python -m engine --help``.
+
+    Returns:
+        The new subparser; the caller adds its arguments and ``func`` default.
+    """
+    # Every subcommand repeats the examples so that `<cmd> --help` alone is enough to get going.
+    return sub.add_parser(
+        name,
+        help=help_text,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_model_args(p: argparse.ArgumentParser, store: bool = True) -> None:
+    """Add the arguments most commands share: the store, the model bundle and the runtime.
+
+    Args:
+        p: The subcommand parser.
+        store: Also add the positional ``store`` argument (first, before ``--model``).
+    """
+    if store:
+        p.add_argument("store", help="embedding store folder (from 'embed')")
+    p.add_argument("--model", required=True, help="model bundle folder")
+    p.add_argument("--provider", default=None, help="auto (default), cpu, cuda or tensorrt")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+
+
+def floats(text: str, n: int, what: str) -> list[float]:
+    """Parse ``n`` comma-separated numbers given to option ``what``.
+
+    Raises:
+        InputError: The text is not exactly ``n`` numbers.
+    """
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{what} must be {n} comma-separated numbers, got '{text}'") from None
+    if len(vals) != n:
+        raise InputError(f"{what} must be {n} comma-separated numbers, got '{text}'")
+    return vals
+
+
+def progress_bar(total_label: str) -> tuple[Any, Callable[[float], None]]:
+    """A terminal progress bar and a ``progress(fraction)`` callback that drives it.
+
+    Returns:
+        ``(bar, update)``; the caller closes ``bar`` when done.
+    """
+    from tqdm import tqdm
+
+    # Per-mille steps: engine callbacks report fractions, not counts.
+    bar = tqdm(total=1000, desc=total_label, unit="‰", dynamic_ncols=True, leave=True)
+
+    def update(fraction: float) -> None:
+        bar.n = int(max(0.0, min(1.0, fraction)) * 1000)
+        bar.refresh()
+
+    return bar, update
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """Load the bundle named by ``--model`` with ``--provider``/``--threads``."""
+    from .model import UniGeoModel
+
+    return UniGeoModel.load(args.model, providers=args.provider, threads=args.threads)
+
+
+def open_store(args: argparse.Namespace, model: Any) -> Any:
+    """Open ``args.store`` and check it was embedded with ``model`` (when given).
+
+    Raises:
+        StoreError: The store comes from another model; its vectors would be meaningless here.
+    """
+    from .zarr_store import open_store as _open
+
+    store = _open(args.store)
+    if model is not None and store.model_hash != model.model_hash:
+        raise StoreError(
+            f"{args.store} was embedded with another model (hash {store.model_hash[:12]}, this model "
+            f"{model.model_hash[:12]}); re-run 'embed' with this model"
+        )
+    return store

@@ -1,0 +1,241 @@
+"""The query CLI commands (``heatmap``, ``hits``, ``index``, ``classify``) and query building."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .cli_common import add_command, add_model_args, floats, load_model, open_store, progress_bar
+from .errors import InputError
+
+
+# -- query flags ----------------------------------------------------------------------------------
+def add_query_args(p: argparse.ArgumentParser) -> None:
+    """Add the query flags (text, points, GPS, photos, region, negatives) as one group."""
+    q = p.add_argument_group("query (combine several; negatives subtract)")
+    q.add_argument("--text", action="append", default=[], help="text prompt (repeatable)")
+    q.add_argument("--point", action="append", default=[], help="x,y of an example location")
+    q.add_argument("--point-crs", default=None, help="CRS of --point (default: the store's)")
+    q.add_argument("--gps", action="append", default=[], help="lat,lon (WGS84 degrees)")
+    q.add_argument("--photo", action="append", default=[], help="street-level photo file")
+    q.add_argument("--region", default=None, help="polygon file (GeoJSON/GPKG); mean of its tiles")
+    q.add_argument("--negative-text", action="append", default=[], help="text to move away from")
+    q.add_argument("--negative-point", action="append", default=[], help="x,y to move away from")
+    q.add_argument("--gps-weight", type=float, default=0.0, help="mix a point's GPS embedding in")
+
+
+def build_query(args: argparse.Namespace, store: Any, model: Any) -> Any:
+    """Turn the query flags into one :class:`engine.query.Query`.
+
+    Raises:
+        InputError: No query flag was given, or one is malformed/unreadable.
+    """
+    from . import query as Q
+
+    parts = _query_parts(args, store, model)
+    if not parts:
+        raise InputError("give a query: --text, --point, --gps, --photo or --region")
+    query = Q.Query()
+    for q, negative in parts:
+        query.add(q.vector(), 1.0, negative=negative, description=q.description())
+    return query
+
+
+def _query_parts(args: argparse.Namespace, store: Any, model: Any) -> list[tuple[Any, bool]]:
+    """Each flag's query as ``(query, negative)``, in the order the CLI always combined them."""
+    from . import query as Q
+
+    parts = [(Q.text_query(model, t), False) for t in args.text]
+    parts += [(Q.text_query(model, t), True) for t in args.negative_text]
+    for pt in args.point:
+        x, y = floats(pt, 2, "--point")
+        q = Q.point_query(store, x, y, crs=args.point_crs, gps_weight=args.gps_weight, model=model)
+        parts.append((q, False))
+    for pt in args.negative_point:
+        x, y = floats(pt, 2, "--negative-point")
+        parts.append((Q.point_query(store, x, y, crs=args.point_crs, model=model), True))
+    for g in args.gps:
+        lat, lon = floats(g, 2, "--gps")
+        parts.append((Q.gps_query(model, lat, lon), False))
+    parts += [(Q.photo_query(model, ph), False) for ph in args.photo]
+    if args.region:
+        parts.append((_region(args.region, store), False))
+    return parts
+
+
+def _region(path: str, store: Any) -> Any:
+    """A region query: the mean of the store's tiles inside the polygons of ``path``."""
+    import pyogrio
+    import shapely
+    from shapely.ops import unary_union
+
+    from . import query as Q
+
+    try:
+        meta, _, geoms, _ = pyogrio.raw.read(path)
+    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for unreadable files
+        raise InputError(f"cannot read polygons from {path}: {e}") from None
+    polys = [g for g in shapely.from_wkb(geoms) if g is not None and not g.is_empty]
+    if not polys:
+        raise InputError(f"{path} holds no polygon")
+    return Q.region_query(store, unary_union(polys), crs=meta.get("crs"))
+
+
+def _provenance(args: argparse.Namespace, model: Any, query: Any) -> dict:
+    """Metadata written into every output: which model, store and query made it."""
+    return {
+        "model": f"{model.bundle.name} {model.bundle.version}",
+        "model_hash": model.model_hash,
+        "query": query.description(),
+        "store": str(args.store),
+    }
+
+
+# -- heatmap ------------------------------------------------------------------------------------
+def add_heatmap_parser(sub: Any) -> None:
+    """Register ``heatmap STORE --model M --out TIF`` plus the query flags."""
+    p = add_command(sub, "heatmap", "similarity heatmap GeoTIFF for a query")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="GeoTIFF to write")
+    p.add_argument("--no-percentile", action="store_true", help="only the raw cosine band")
+    add_query_args(p)
+    p.set_defaults(func=cmd_heatmap)
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    """Write the query's similarity heatmap GeoTIFF; returns the exit code."""
+    from .domain import domain_warning
+    from .streaming import heatmap_auto
+
+    model = load_model(args)
+    store = open_store(args, model)
+    query = build_query(args, store, model)
+    # in memory up to 2*10^7 tiles, else chunk by chunk (flat memory)
+    heatmap_auto(
+        args.out,
+        store,
+        query.vector(),
+        percentiles=not args.no_percentile,
+        provenance=_provenance(args, model, query),
+    )
+    warn = domain_warning(store, model.bundle.training_domain)
+    if warn:
+        print(f"warning  {warn}")
+    print(f"heatmap  {args.out}  (query: {query.description()})")
+    return 0
+
+
+# -- hits ---------------------------------------------------------------------------------------
+def add_hits_parser(sub: Any) -> None:
+    """Register ``hits STORE --model M --out GPKG`` plus the query flags."""
+    p = add_command(sub, "hits", "top-k similar places as GeoPackage/GeoJSON")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help=".gpkg or .geojson")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--min-distance", type=int, default=1, help="NMS radius in tiles")
+    p.add_argument("--polygons", action="store_true", help="tile polygons instead of points")
+    p.add_argument("--ann", action="store_true", help="use the store's ANN index (see 'index')")
+    add_query_args(p)
+    p.set_defaults(func=cmd_hits)
+
+
+def cmd_hits(args: argparse.Namespace) -> int:
+    """Write the query's top-k places (exact, or via the ANN index); returns the exit code."""
+    from .similarity import write_hits
+    from .streaming import hits_auto
+
+    model = load_model(args)
+    store = open_store(args, model)
+    query = build_query(args, store, model)
+    if args.ann:
+        from .ann import AnnIndex, top_k_ann
+
+        index = AnnIndex.load(store)  # refused when the store changed since it was built
+        hits = top_k_ann(store, index, query.vector(), args.k, args.min_distance)
+    else:
+        hits = hits_auto(store, query.vector(), args.k, args.min_distance)
+    write_hits(
+        args.out,
+        hits,
+        store.grid.crs,
+        as_polygons=args.polygons,
+        provenance=_provenance(args, model, query),
+    )
+    for h in hits[:5]:
+        print(
+            f"  #{h.rank:<3} score {h.score:.3f}  pct {h.percentile:5.1f}  at {h.x:.1f}, {h.y:.1f}"
+        )
+    print(f"hits     {args.out}  ({len(hits)} places)")
+    return 0
+
+
+# -- index --------------------------------------------------------------------------------------
+def add_index_parser(sub: Any) -> None:
+    """Register ``index STORE``: build a FAISS index beside the store."""
+    p = add_command(
+        sub, "index", "build an ANN index (FAISS) beside a store, for --ann hits over 10^7+ tiles"
+    )
+    p.add_argument("store", help="embedding store folder (npy or Zarr)")
+    p.add_argument("--kind", default="ivf", choices=["ivf", "ivf-sq8", "flat"])
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~sqrt(tiles))")
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build and save the store's ANN index; returns the exit code."""
+    from .ann import AnnIndex, default_folder
+
+    store = open_store(args, None)  # no model: the index only needs the vectors
+    bar, update = progress_bar("index")
+    index = AnnIndex.build(store, kind=args.kind, nlist=args.nlist, progress=update)
+    bar.close()
+    folder = index.save(default_folder(store))
+    print(
+        f"index    {folder}  ({args.kind}, {index.nlist} lists, default nprobe {index.default_nprobe})"
+    )
+    return 0
+
+
+# -- classify -----------------------------------------------------------------------------------
+def add_classify_parser(sub: Any) -> None:
+    """Register ``classify STORE --model M --out TIF``."""
+    p = add_command(sub, "classify", "zero-shot land-use classification")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="class GeoTIFF (paletted)")
+    p.add_argument("--confidence", default=None, help="confidence GeoTIFF")
+    p.add_argument(
+        "--classes", default=None, help="JSON {class: [prompts]} (default: the bundle's)"
+    )
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Zero-shot classify every tile; writes the class and confidence GeoTIFFs."""
+    from . import classify as C
+
+    model = load_model(args)
+    store = open_store(args, model)
+    prompts = None
+    if args.classes:
+        try:
+            prompts = json.loads(Path(args.classes).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"--classes must be a JSON file {{class: [prompts]}}: {e}") from None
+    result = C.zero_shot(store, model, class_prompts=prompts)
+    conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
+    C.write_classification(
+        args.out,
+        conf,
+        store,
+        result,
+        provenance={
+            "model": f"{model.bundle.name} {model.bundle.version}",
+            "model_hash": model.model_hash,
+            "classes": ", ".join(result.classes),
+            "method": "zero-shot",
+        },
+    )
+    print(f"classes  {args.out}\nconfid.  {conf}")
+    return 0
