@@ -1,268 +1,42 @@
 """Distributed embedding: blocks of a tile grid as Dask tasks, written into a Zarr store.
 
-The client validates the model and the inputs, opens (or resumes) a
+The client (:func:`embed_distributed`) validates the model and the inputs, opens (or resumes) a
 :class:`~.zarr_store.ZarrEmbeddingStore` and submits one task per remaining resume block. Each
 worker process keeps one model (one onnxruntime session, warmed once) and one reader in a
 module-level cache, so a task costs only its own reads and inference. A task writes its block's
 chunks and then its ``done`` marker; a block whose marker is missing after a worker loss or a
-restart is simply computed again. ``dask.distributed`` is imported inside functions so that
-``engine`` imports without it.
+restart is simply computed again. The task itself lives in :mod:`.dask_worker` (its names are
+re-exported here) and the Dask client in :class:`~.dask_cluster.DaskCluster`.
+``dask.distributed`` is imported inside functions so that ``engine`` imports without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import logging
-import os
-import threading
 import time
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .contract import Modality
-from .embed import _check_model, _read_batch, encode_into
-from .errors import (
-    CancelledError,
-    EngineError,
-    InputError,
-    ModelContractError,
-    RasterInputError,
-    StoreError,
+from .dask_cluster import DaskCluster, local_workers
+from .dask_worker import (  # noqa: F401  (the task's names, importable from here as before)
+    MODEL_LOADS,
+    BlockJob,
+    block_of,
+    encode_block,
+    model_loads,
+    run_block,
+    warm,
+    worker_state,
 )
+from .embed import check_model
+from .errors import CancelledError, InputError, StoreError
 from .grid import TileGrid
 from .mosaic import SourceSpec, source_spec
-from .zarr_store import ZarrEmbeddingStore, is_zarr_store, mark_done_at, write_block_at
-
-log = logging.getLogger(__name__)
-
-_READERS_PER_WORKER = 2  # read threads per worker process, overlapping reads with inference
-_MAX_CACHED = 4  # models / readers kept per worker process (a worker may serve several jobs)
-
-
-@dataclass(frozen=True)
-class BlockJob:
-    """Everything a worker needs to embed a block; small and picklable."""
-
-    bundle_dir: str
-    model_hash: str
-    provider: str | None
-    threads: int
-    modality: str
-    sources: SourceSpec
-    source_fingerprint: str
-    grid: dict
-    folder: str  # the store's ``.partial`` folder
-    block_tiles: int
-    bands: tuple[str, ...]
-    batch_size: int
-    max_nodata: float
-
-
-# -- worker side ----------------------------------------------------------------------------
-_lock = threading.Lock()
-_models: OrderedDict[tuple, Any] = OrderedDict()
-_readers: OrderedDict[SourceSpec, Any] = OrderedDict()
-_pool: ThreadPoolExecutor | None = None
-MODEL_LOADS = {"count": 0}  # per process; read back by tests with client.run
-
-
-def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], close: str) -> Any:
-    with _lock:
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        value = cache[key] = make()
-        while len(cache) > _MAX_CACHED:
-            getattr(cache.popitem(last=False)[1], close)()
-        return value
-
-
-def _load_model(job: BlockJob) -> Any:
-    from .model import UniGeoModel
-
-    model = UniGeoModel.load(job.bundle_dir, providers=job.provider, threads=job.threads)
-    if model.model_hash != job.model_hash:
-        raise ModelContractError(
-            f"the bundle {job.bundle_dir} on worker pid {os.getpid()} differs from the client's "
-            "(model hash mismatch); give every worker the same bundle files"
-        )
-    model.encoder_session(Modality(job.modality))  # warm once, here, not in the first task
-    MODEL_LOADS["count"] += 1
-    return model
-
-
-def _open_reader(job: BlockJob) -> Any:
-    reader = job.sources.open()
-    if reader.fingerprint() != job.source_fingerprint:
-        reader.close()
-        raise RasterInputError(
-            f"the input rasters on worker pid {os.getpid()} differ from the client's (size, time "
-            "or path); give every worker the same files at the same paths"
-        )
-    return reader
-
-
-def worker_state(job: BlockJob) -> tuple[Any, Any]:
-    """This process's model and reader for ``job``: created on first use, then reused."""
-    global _pool
-    key = (job.bundle_dir, job.model_hash, job.provider, job.threads)
-    model = _cached(_models, key, lambda: _load_model(job), "close")
-    reader = _cached(_readers, job.sources, lambda: _open_reader(job), "close")
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_READERS_PER_WORKER, thread_name_prefix="unigeo-read")
-    return model, reader
-
-
-def warm(job: BlockJob) -> int:
-    """Load this process's model and reader for ``job`` now; return the process id."""
-    worker_state(job)
-    return os.getpid()
-
-
-def model_loads() -> tuple[int, int]:
-    """``(pid, models loaded in this process)``; run on every worker with ``client.run``."""
-    return os.getpid(), MODEL_LOADS["count"]
-
-
-def block_of(grid: TileGrid, block_tiles: int, bid: int) -> tuple[int, int, int, int]:
-    """Block ``bid`` of ``grid.iter_blocks(block_tiles)`` without listing them all."""
-    per_row = -(-grid.cols // block_tiles)
-    r0, c0 = (bid // per_row) * block_tiles, (bid % per_row) * block_tiles
-    if not (0 <= r0 < grid.rows and 0 <= c0 < grid.cols):
-        raise InputError(f"block {bid} lies outside the grid")
-    return r0, c0, min(block_tiles, grid.rows - r0), min(block_tiles, grid.cols - c0)
-
-
-def encode_block(
-    model: Any, reader: Any, job: BlockJob, grid: TileGrid, block: tuple[int, int, int, int]
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Embeddings ``[nr, nc, D]`` (float32), validity ``[nr, nc]`` and the encoded count.
-
-    Batches are those of ``embed._Pipeline`` (same cells per batch) and each is encoded by the
-    same :func:`~.embed.encode_into`, so the result matches the single-process store.
-    """
-    r0, c0, nr, nc = block
-    cells = [(r0 + i, c0 + j) for i in range(nr) for j in range(nc)]
-    emb, valid = np.zeros((nr, nc, model.dim), np.float32), np.zeros((nr, nc), bool)
-    modality, encoded = Modality(job.modality), 0
-    batches = [cells[k : k + job.batch_size] for k in range(0, len(cells), job.batch_size)]
-    queue: deque = deque()
-    todo = iter(batches)
-    while True:
-        while len(queue) < 2 * _READERS_PER_WORKER and (b := next(todo, None)) is not None:
-            queue.append((b, _pool.submit(_read_batch, reader, grid, job.bands, b)))
-        if not queue:
-            return emb, valid, encoded
-        batch, fut = queue.popleft()
-        chips, nodata = fut.result()
-        encoded += encode_into(
-            model, modality, batch, chips, nodata, (r0, c0), emb, valid,
-            job.max_nodata, job.batch_size,
-        )  # fmt: skip
-
-
-def run_block(job: BlockJob, bid: int) -> dict[str, Any]:
-    """The Dask task: embed block ``bid``, write its chunks, then its done marker."""
-    t0 = time.perf_counter()
-    model, reader = worker_state(job)
-    grid = TileGrid.from_dict(job.grid)
-    r0, c0, nr, nc = block = block_of(grid, job.block_tiles, bid)
-    emb, valid, encoded = encode_block(model, reader, job, grid, block)
-    # chunk-aligned blocks: no two tasks write the same chunk file, so no locks; the done marker
-    # goes last, so a worker killed at any point leaves a marked, complete block or an unmarked
-    # one that the next run recomputes
-    write_block_at(Path(job.folder), r0, c0, emb, valid)
-    mark_done_at(Path(job.folder), bid)
-    return {
-        "block": bid,
-        "tiles": nr * nc,
-        "encoded": encoded,
-        "pid": os.getpid(),
-        "seconds": time.perf_counter() - t0,
-    }
-
-
-# -- client side ----------------------------------------------------------------------------
-def local_workers(scheduler: str) -> int:
-    """N for ``"local:N"``, 0 for a scheduler address; InputError for anything else."""
-    if scheduler.startswith("local:"):
-        n = scheduler[len("local:") :]
-        if not n.isdigit() or int(n) < 1:
-            raise InputError(f"scheduler '{scheduler}': use local:N with N >= 1 workers")
-        return int(n)
-    if "://" not in scheduler:
-        raise InputError(f"scheduler '{scheduler}': use local:N or tcp://HOST:PORT")
-    return 0
-
-
-class _Cluster:
-    """A Dask client for ``"local:N"`` (a LocalCluster it owns) or ``"tcp://host:port"``."""
-
-    def __init__(self, scheduler: str, dashboard_address: str | None) -> None:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise EngineError(
-                "distributed embedding needs dask[distributed]; install the 'scale' extra"
-            ) from None
-        self.cluster = None
-        self._level = logging.getLogger("distributed").level
-        n = local_workers(scheduler)
-        if n:
-            # the scheduler and nannies of a local cluster live in this process: keep their
-            # start/stop chatter out of the user's terminal
-            logging.getLogger("distributed").setLevel(logging.WARNING)
-            try:
-                self.cluster = LocalCluster(
-                    n_workers=n,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=dashboard_address,
-                    silence_logs=logging.WARNING,
-                )
-            except RuntimeError as e:
-                raise EngineError(
-                    f"cannot start {n} local Dask worker process(es) ({e}); from a Python "
-                    "script, call embed_distributed under `if __name__ == '__main__':`"
-                ) from None
-            self.client = Client(self.cluster)
-        else:
-            try:
-                self.client = Client(scheduler, timeout="30s")
-            except OSError as e:
-                raise EngineError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
-        if self.cluster is not None and dashboard_address is not None:
-            # WARNING level so that the CLI (quiet by default) shows where to watch the job
-            if importlib.util.find_spec("bokeh") is None:
-                log.warning("no Dask dashboard: it needs bokeh (in the project's 'scale' extra)")
-            else:
-                log.warning("Dask dashboard: %s", self.client.dashboard_link)
-        else:
-            log.info("Dask scheduler %s, dashboard %s", scheduler, self.client.dashboard_link)
-
-    def n_workers(self) -> int:
-        return len(self.client.scheduler_info().get("workers", {}))
-
-    def close(self) -> None:
-        if self.cluster is not None:
-            # workers first, then the scheduler: closing both at once makes the workers log
-            # heartbeat errors against a scheduler that is already gone
-            with contextlib.suppress(OSError, TimeoutError):
-                self.client.retire_workers(close_workers=True)
-            self.client.close()
-            self.cluster.close()
-            logging.getLogger("distributed").setLevel(self._level)
-        else:
-            self.client.close()
+from .zarr_store import ZarrEmbeddingStore, is_zarr_store
 
 
 def _prepare(
@@ -277,7 +51,7 @@ def _prepare(
     from .model import UniGeoModel
 
     model = UniGeoModel.load(bundle_dir, providers=provider, threads=threads)
-    spec = _check_model(model, modality, grid)
+    spec = check_model(model, modality, grid)
     bands = tuple(spec.preprocess.bands or ("height",))
     src = sources if isinstance(sources, SourceSpec) else source_spec(sources)
     reader = src.open()
@@ -339,34 +113,56 @@ def embed_distributed(
     Raises:
         CancelledError: interrupted (Ctrl+C); the ``.partial`` store is kept for resuming.
     """
+    _check_args(scheduler, batch_size, block_tiles, threads_per_worker, max_nodata)
+    model, src, fp, info, bands = _prepare(
+        bundle_dir, sources, grid, modality, provider, threads_per_worker
+    )
+    try:
+        info.update(meta or {}, modality=modality.value, max_nodata=max_nodata)
+        path = Path(store_path)
+        if resume and (finished := _existing(path, grid, model.model_hash, fp)) is not None:
+            return finished
+        args = (path, grid, model.dim, model.model_hash, fp, info, block_tiles)
+        if resume:
+            store = ZarrEmbeddingStore.resume(*args, rebuild=True)
+        else:
+            store = ZarrEmbeddingStore.create(*args)
+        job = BlockJob(
+            str(Path(bundle_dir).resolve()), model.model_hash, provider, threads_per_worker,
+            modality.value, src, fp, grid.to_dict(), str(store.folder.resolve()), block_tiles,
+            bands, batch_size, max_nodata,
+        )  # fmt: skip
+    finally:
+        model.close()  # the workers load their own; this one only validated the bundle
+    store.update_meta(**_execute(job, store, scheduler, dashboard_address, progress))
+    return store.finalize()
+
+
+def _check_args(
+    scheduler: str, batch_size: int, block_tiles: int, threads_per_worker: int, max_nodata: float
+) -> None:
+    """InputError for a bad argument, before any model is loaded or store exists."""
     if batch_size < 1 or block_tiles < 1 or threads_per_worker < 1:
         raise InputError("need batch_size, block_tiles and threads_per_worker >= 1")
     if not 0.0 <= max_nodata <= 1.0:
         raise InputError(f"max_nodata must be within 0..1, got {max_nodata}")
     local_workers(scheduler)  # a bad address fails before any store exists
-    model, src, fp, info, bands = _prepare(
-        bundle_dir, sources, grid, modality, provider, threads_per_worker
-    )
-    info.update(meta or {}, modality=modality.value, max_nodata=max_nodata)
-    args = (store_path, grid, model.dim, model.model_hash, fp, info, block_tiles)
-    if not resume:
-        store = ZarrEmbeddingStore.create(*args)
-    elif (finished := _existing(Path(store_path), grid, model.model_hash, fp)) is not None:
-        return finished
-    else:
-        store = ZarrEmbeddingStore.resume(*args, rebuild=True)
-    job = BlockJob(
-        str(Path(bundle_dir).resolve()), model.model_hash, provider, threads_per_worker,
-        modality.value, src, fp, grid.to_dict(), str(store.folder.resolve()), block_tiles,
-        bands, batch_size, max_nodata,
-    )  # fmt: skip
-    model.close()
+
+
+def _execute(
+    job: BlockJob,
+    store: ZarrEmbeddingStore,
+    scheduler: str,
+    dashboard_address: str | None,
+    progress: bool | Callable[[float], None],
+) -> dict[str, Any]:
+    """Compute the store's remaining blocks on a cluster; return the figures for its ``meta``."""
     todo = store.remaining_blocks()
     stats: dict[str, Any] = {"blocks_this_run": len(todo), "tiles_this_run": 0}
     t0 = time.perf_counter()
     compute = 0.0
     if todo:
-        cluster = _Cluster(scheduler, dashboard_address)
+        cluster = DaskCluster(scheduler, dashboard_address)
         stats["startup_s"] = round(time.perf_counter() - t0, 3)
         try:
             t1 = time.perf_counter()
@@ -375,12 +171,11 @@ def embed_distributed(
         finally:
             cluster.close()
     stats.update(wall_s=round(time.perf_counter() - t0, 3), compute_s=round(compute, 3))
-    stats.update(scheduler=scheduler, block_tiles=block_tiles)
+    stats.update(scheduler=scheduler, block_tiles=job.block_tiles)
     # throughput of the running cluster: start-up is paid once per job, not per tile
     stats["tiles_per_s"] = round(stats["tiles_this_run"] / compute, 2) if compute > 0 else None
     stats["valid_tiles"] = int(np.count_nonzero(store._valid_arr[...]))
-    store.update_meta(**stats)
-    return store.finalize()
+    return stats
 
 
 def _existing(path: Path, grid: TileGrid, model_hash: str, fp: str) -> ZarrEmbeddingStore | None:
@@ -395,18 +190,35 @@ def _existing(path: Path, grid: TileGrid, model_hash: str, fp: str) -> ZarrEmbed
 
 
 def _run(
-    cluster: _Cluster,
+    cluster: DaskCluster,
     job: BlockJob,
     store: ZarrEmbeddingStore,
     todo: list[int],
     progress: bool | Callable[[float], None],
 ) -> dict[str, Any]:
     """Submit a task per block, follow them as they finish; return this run's figures."""
-    from distributed import as_completed
+    blocks, total = store.blocks(), store.grid.n_tiles
+    done = total - sum(blocks[b][2] * blocks[b][3] for b in todo)
+    futures, warmup = _submit(cluster.client, job, todo)
+    bar, update = _progress(progress, total, done)
+    try:
+        tiles, encoded, pids = _collect(futures, store, update)
+    finally:
+        cluster.client.cancel(futures)  # release the results so closing the cluster loses nothing
+        if bar is not None:
+            bar.close()
+    return {
+        "tiles_this_run": tiles,
+        "tiles_encoded_this_run": encoded,
+        "workers": cluster.n_workers(),
+        "worker_processes_used": len(pids),
+        "warmup_s": round(warmup, 3),
+        "dashboard": cluster.client.dashboard_link if cluster.cluster is None else None,
+    }
 
-    client, grid = cluster.client, store.grid
-    blocks = store.blocks()
-    total, done = grid.n_tiles, grid.n_tiles - sum(blocks[b][2] * blocks[b][3] for b in todo)
+
+def _submit(client: Any, job: BlockJob, todo: list[int]) -> tuple[list[Any], float]:
+    """Warm every worker, then submit one task per block; return the futures and warm-up time."""
     t = time.perf_counter()
     # every worker loads its session now, in parallel, so no task pays for it (and a worker
     # that lacks the bundle or the rasters fails here, with its message, before any task)
@@ -418,7 +230,19 @@ def _run(
         client.submit(run_block, job, b, key=f"embed-block-{b}-{token}", pure=False, retries=2)
         for b in todo
     ]
-    bar, update = _progress(progress, total, done)
+    return futures, warmup
+
+
+def _collect(
+    futures: list[Any], store: ZarrEmbeddingStore, update: Callable[[int], None]
+) -> tuple[int, int, set[int]]:
+    """Follow the tasks as they finish: ``(tiles, tiles encoded, worker pids)``.
+
+    Raises:
+        CancelledError: interrupted (Ctrl+C); finished blocks stay marked for a resume.
+    """
+    from distributed import as_completed
+
     tiles = encoded = 0
     pids: set[int] = set()
     try:
@@ -432,18 +256,7 @@ def _run(
             f"embedding cancelled; {len(store.remaining_blocks())} block(s) remain in "
             f"{store.folder}, run again to resume"
         ) from None
-    finally:
-        client.cancel(futures)  # release the results so closing the cluster loses nothing
-        if bar is not None:
-            bar.close()
-    return {
-        "tiles_this_run": tiles,
-        "tiles_encoded_this_run": encoded,
-        "workers": cluster.n_workers(),
-        "worker_processes_used": len(pids),
-        "warmup_s": round(warmup, 3),
-        "dashboard": client.dashboard_link if cluster.cluster is None else None,
-    }
+    return tiles, encoded, pids
 
 
 def _progress(

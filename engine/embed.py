@@ -1,7 +1,7 @@
 """The embedding pipeline: raster tiles -> encoder -> embedding store, resumable and cancellable.
 
 Reader threads fetch and preprocess batches of tiles while the calling thread runs inference, so
-reading overlaps inference. A batch is read as a few windows (one per run of tiles in a row)
+reading overlaps inference. A batch is read (:func:`~.batch_read.read_batch`) as a few windows
 when the reader has ``read_window``, tile by tile otherwise. At most ``2 * workers`` batches are
 in flight, so memory stays bounded whatever the raster size; how many readers run beside
 onnxruntime's threads is :func:`reader_threads`'s measured rule. Blocks of ``block_tiles`` ×
@@ -22,17 +22,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# _WINDOW_MAX_VALUES, _rectangles and _read_batch: names that tests/engine_geo and
+# bench/embed_e2e.py have always imported from this module
+from .batch_read import _WINDOW_MAX_VALUES, Cell, _rectangles, read_batch  # noqa: F401
+from .batch_read import read_batch as _read_batch  # noqa: F401
 from .contract import EncoderSpec, Modality
-from .errors import CancelledError, InputError, ModelContractError, RasterInputError, StoreError
+from .errors import CancelledError, InputError, ModelContractError, StoreError
 from .grid import TileGrid
 from .raster_io import RasterReader
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
-
-Cell = tuple[int, int]
-# values (bands x pixels) one window read may hold: 32 MB of float32, e.g. 55 tiles of 224 px x 3
-_WINDOW_MAX_VALUES = 1 << 23
 
 
 class TileEncoder(Protocol):
@@ -50,7 +50,17 @@ class TileEncoder(Protocol):
     ) -> np.ndarray: ...
 
 
-def _check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> EncoderSpec:
+def check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> EncoderSpec:
+    """Check that ``model`` can embed ``grid``'s tiles with ``modality``; return its spec.
+
+    Used by :func:`embed_raster` and by the Dask client before any store is written. A model
+    with ``encoder_session`` has its ONNX session loaded here, so a broken encoder fails now.
+
+    Raises:
+        InputError: ``modality`` is not aerial or DSM, the grid's tile size is not the
+            encoder's input size, or the grid is empty.
+        ModelContractError: the model has no encoder for ``modality``.
+    """
     if modality not in (Modality.AERIAL, Modality.DSM):
         raise InputError(
             f"rasters are embedded with the aerial or dsm encoder, not {modality.value}"
@@ -72,82 +82,6 @@ def _check_model(model: TileEncoder, modality: Modality, grid: TileGrid) -> Enco
         # load and check the ONNX session now, so a broken encoder fails before a store exists
         model.encoder_session(modality)
     return spec
-
-
-def _read_batch(
-    reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Chips ``[n, C, H, W]`` of ``cells`` and each chip's fraction of NaN values.
-
-    A reader with ``read_window`` reads each rectangle of neighbouring cells at once and the
-    chips are cut out of it (tiles of one lattice are contiguous in the grid CRS); others are
-    read tile by tile.
-    """
-    size = grid.tile_px
-    chips = np.empty((len(cells), len(bands), size, size), dtype=np.float32)
-    read_window = getattr(reader, "read_window", None)
-    if read_window is None:
-        for i, (r, c) in enumerate(cells):
-            tile = reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, size, bands)
-            _put(chips, i, tile)
-    else:
-        s = grid.stride_px
-        for r0, c0, nr, nc, members in _rectangles(cells, _max_tiles(grid, len(bands))):
-            x0, _, _, y1 = grid.tile_bounds(r0, c0)
-            _, y0, x1, _ = grid.tile_bounds(r0 + nr - 1, c0 + nc - 1)
-            win = read_window((x0, y0, x1, y1), grid.crs, grid.gsd, bands)
-            want = (len(bands), (nr - 1) * s + size, (nc - 1) * s + size)
-            if win.shape != want:
-                raise RasterInputError(
-                    f"the raster reader returned a {win.shape} window, expected {want}"
-                )
-            for i, r, c in members:
-                y, x = (r - r0) * s, (c - c0) * s
-                chips[i] = win[:, y : y + size, x : x + size]
-    nan = np.count_nonzero(np.isnan(chips).reshape(len(cells), -1), axis=1)
-    return chips, nan / (len(bands) * size * size)
-
-
-def _put(chips: np.ndarray, i: int, tile: np.ndarray) -> None:
-    if tile.shape != chips.shape[1:]:
-        raise RasterInputError(
-            f"the raster reader returned a {tile.shape} chip, expected {chips.shape[1:]}"
-        )
-    chips[i] = tile
-
-
-def _max_tiles(grid: TileGrid, bands: int) -> int:
-    """Most tiles one window may cover, so that it stays under ``_WINDOW_MAX_VALUES``."""
-    return max(1, _WINDOW_MAX_VALUES // (bands * grid.tile_px * grid.tile_px))
-
-
-def _rectangles(cells: Sequence[Cell], max_tiles: int) -> list[list]:
-    """Cover ``cells`` with rectangles ``[r0, c0, rows, cols, [(index, r, c), ...]]``.
-
-    Runs of consecutive columns in one row, stacked while the next row has the same run; at
-    most ``max_tiles`` tiles each, so a window's memory stays bounded whatever the batch.
-    """
-    runs: list[list] = []
-    for i, (r, c) in enumerate(cells):
-        last = runs[-1] if runs else None
-        if last and (r, c) == (last[0], last[1] + last[3]) and last[3] < max_tiles:
-            last[3] += 1
-            last[4].append((i, r, c))
-        else:
-            runs.append([r, c, 1, 1, [(i, r, c)]])
-    rects: list[list] = []
-    for run in runs:
-        top = rects[-1] if rects else None
-        if (
-            top
-            and (run[0], run[1], run[3]) == (top[0] + top[2], top[1], top[3])
-            and (top[2] + 1) * top[3] <= max_tiles
-        ):
-            top[2] += 1
-            top[4] += run[4]
-        else:
-            rects.append(run)
-    return rects
 
 
 def _batches(
@@ -286,7 +220,7 @@ class _Pipeline:
             try:
                 while True:
                     while len(queue) < 2 * workers and (job := next(jobs, None)) is not None:
-                        fut = pool.submit(_read_batch, self.reader, grid, self.bands, job[1])
+                        fut = pool.submit(read_batch, self.reader, grid, self.bands, job[1])
                         queue.append((*job, fut))
                     if not queue:
                         return
@@ -350,7 +284,7 @@ def embed_raster(
     bad_workers = workers is not None and workers < 1
     if batch_size < 1 or block_tiles < 1 or bad_workers or not 0.0 <= max_nodata <= 1.0:
         raise InputError("need batch_size, block_tiles, workers >= 1 and 0 <= max_nodata <= 1")
-    spec = _check_model(model, modality, grid)
+    spec = check_model(model, modality, grid)
     bands = spec.preprocess.bands or ("height",)
     store_path = Path(store_path)
     fp = reader.fingerprint()

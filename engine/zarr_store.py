@@ -27,14 +27,8 @@ import numpy as np
 
 from .errors import InputError, StoreError
 from .grid import TileGrid
-from .store import (
-    META_FILE,
-    EmbeddingStore,
-    StoreBase,
-    new_info,
-    partial_path,
-    read_description,
-)
+from .store import META_FILE, EmbeddingStore
+from .store_base import StoreBase, new_info, partial_path, read_description
 
 log = logging.getLogger(__name__)
 

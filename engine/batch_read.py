@@ -1,0 +1,100 @@
+"""Reading batches of grid tiles from a raster: one window per rectangle of neighbouring tiles.
+
+:func:`read_batch` is how both the single-process pipeline (:mod:`.embed`) and the Dask task
+(:mod:`.distributed`) read their tiles, so the two produce the same chips. A window never holds
+more than ``_WINDOW_MAX_VALUES`` values, so memory stays bounded whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import RasterInputError
+from .grid import TileGrid
+from .raster_io import RasterReader
+
+Cell = tuple[int, int]
+# values (bands x pixels) one window read may hold: 32 MB of float32, e.g. 55 tiles of 224 px x 3
+_WINDOW_MAX_VALUES = 1 << 23
+
+
+def read_batch(
+    reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chips ``[n, C, H, W]`` (float32) of grid ``cells`` and each chip's fraction of NaN values.
+
+    A reader with ``read_window`` reads each rectangle of neighbouring cells at once and the
+    chips are cut out of it (tiles of one lattice are contiguous in the grid CRS); others are
+    read tile by tile. Thread-safe when the reader is; the pipeline and the Dask task both read
+    their batches with it.
+
+    Raises:
+        RasterInputError: the reader returned a chip or window of the wrong shape.
+    """
+    size = grid.tile_px
+    chips = np.empty((len(cells), len(bands), size, size), dtype=np.float32)
+    read_window = getattr(reader, "read_window", None)
+    if read_window is None:
+        for i, (r, c) in enumerate(cells):
+            tile = reader.read_tile(grid.tile_bounds(r, c), grid.crs, grid.gsd, size, bands)
+            _put(chips, i, tile)
+    else:
+        s = grid.stride_px
+        for r0, c0, nr, nc, members in _rectangles(cells, _max_tiles(grid, len(bands))):
+            x0, _, _, y1 = grid.tile_bounds(r0, c0)
+            _, y0, x1, _ = grid.tile_bounds(r0 + nr - 1, c0 + nc - 1)
+            win = read_window((x0, y0, x1, y1), grid.crs, grid.gsd, bands)
+            want = (len(bands), (nr - 1) * s + size, (nc - 1) * s + size)
+            if win.shape != want:
+                raise RasterInputError(
+                    f"the raster reader returned a {win.shape} window, expected {want}"
+                )
+            for i, r, c in members:
+                y, x = (r - r0) * s, (c - c0) * s
+                chips[i] = win[:, y : y + size, x : x + size]
+    nan = np.count_nonzero(np.isnan(chips).reshape(len(cells), -1), axis=1)
+    return chips, nan / (len(bands) * size * size)
+
+
+def _put(chips: np.ndarray, i: int, tile: np.ndarray) -> None:
+    if tile.shape != chips.shape[1:]:
+        raise RasterInputError(
+            f"the raster reader returned a {tile.shape} chip, expected {chips.shape[1:]}"
+        )
+    chips[i] = tile
+
+
+def _max_tiles(grid: TileGrid, bands: int) -> int:
+    """Most tiles one window may cover, so that it stays under ``_WINDOW_MAX_VALUES``."""
+    return max(1, _WINDOW_MAX_VALUES // (bands * grid.tile_px * grid.tile_px))
+
+
+def _rectangles(cells: Sequence[Cell], max_tiles: int) -> list[list]:
+    """Cover ``cells`` with rectangles ``[r0, c0, rows, cols, [(index, r, c), ...]]``.
+
+    Runs of consecutive columns in one row, stacked while the next row has the same run; at
+    most ``max_tiles`` tiles each, so a window's memory stays bounded whatever the batch.
+    """
+    runs: list[list] = []
+    for i, (r, c) in enumerate(cells):
+        last = runs[-1] if runs else None
+        if last and (r, c) == (last[0], last[1] + last[3]) and last[3] < max_tiles:
+            last[3] += 1
+            last[4].append((i, r, c))
+        else:
+            runs.append([r, c, 1, 1, [(i, r, c)]])
+    rects: list[list] = []
+    for run in runs:
+        top = rects[-1] if rects else None
+        if (
+            top
+            and (run[0], run[1], run[3]) == (top[0] + top[2], top[1], top[3])
+            and (top[2] + 1) * top[3] <= max_tiles
+        ):
+            top[2] += 1
+            top[4] += run[4]
+        else:
+            rects.append(run)
+    return rects
