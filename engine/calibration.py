@@ -3,12 +3,15 @@
 :func:`calibrate` turns a score map into percentiles within its valid area (lowest 0, highest
 100, ties share their mean rank). Large score sets use :class:`Calibration`, a monotone,
 piecewise-linear map built from a histogram whose largest deviation from the exact mean rank is
-known and reported; beyond :data:`CAL_MAX_ERROR` it falls back to the exact ranking.
+known and reported; beyond :data:`CAL_MAX_ERROR` it falls back to the exact ranking. Streamed
+stores cannot sort: there :class:`_TieRefiner` lists the scores of the too-full bins (big tie
+groups) exactly in a second pass and :meth:`Calibration.refined` gives them their mean ranks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +33,13 @@ class Calibration:
     """A monotone map from cosine scores to percentiles, built from a histogram of the scores.
 
     Inside each bin the map is linear between the ranks at the bin's edges (and it runs exactly
-    from the lowest score, percentile 0, to the highest, percentile 100), so it is monotone,
+    from the lowest score, percentile 0, to the highest, percentile 100, unless a tie group
+    there gets its mean rank from :meth:`refined`), so it is monotone,
     increasing over the scores it was built from, and equal scores share a value. A score in a
     bin holding ``c`` scores is at most ``c - 1/2`` ranks from its exact mean rank:
     :attr:`max_error` is that bound in percentile points for the fullest bin (plus float32
-    rounding, < 1e-5 points).
+    rounding, < 1e-5 points). Bins listed exactly by :meth:`refined` (heavy ties) give every
+    score in them its exact mean rank instead, and no longer count towards :attr:`max_error`.
     """
 
     lo: float  # score at the lower edge of bin 0
@@ -45,6 +50,9 @@ class Calibration:
     vmin: float  # lowest score counted (percentile 0)
     vmax: float  # highest score counted (percentile 100)
     max_error: float  # bound on |percentile - exact mean-rank percentile|, percentile points
+    # scores whose exact mean-rank percentile is known (sorted, distinct; see :meth:`refined`)
+    exact_values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    exact_pct: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
 
     @classmethod
     def from_counts(
@@ -112,6 +120,36 @@ class Calibration:
         j = t.astype(np.intp)
         return np.minimum(j, bins - 1, out=j)
 
+    def refined(
+        self, counts: np.ndarray, values: np.ndarray, value_counts: np.ndarray
+    ) -> Calibration:
+        """This map with the exact mean rank of every score in the bins that ``values`` cover.
+
+        Args:
+            counts: The histogram this map was built from (same bins).
+            values: Sorted, distinct scores; a bin is refined only if its ``value_counts`` add up
+                to its whole count (a bin listed in part keeps its linear map).
+            value_counts: How many times each of ``values`` was counted.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float32)
+        value_counts = np.asarray(value_counts, dtype=np.int64)
+        j = self._bin(self._t(values, self.lo, self.scale, self.bins), self.bins)
+        listed = np.bincount(j, weights=value_counts, minlength=self.bins)
+        whole = (listed == counts) & (counts > 0)
+        keep = whole[j]
+        values, value_counts, j = values[keep], value_counts[keep], j[keep]
+        before = np.concatenate([[0], np.cumsum(counts)])[j]  # scores in lower bins
+        cum = np.cumsum(value_counts) - value_counts  # listed scores below each value
+        less = before + cum - cum[np.searchsorted(j, j)]  # j is sorted: values are
+        n = self.n
+        # (first rank + last rank) / 2 of each tie group, as _calibrate_exact computes it
+        pct = (2 * less + value_counts - 1) * (50.0 / (n - 1)) if n > 1 else np.full(j.size, 100.0)
+        rest = counts[~whole]
+        top = int(rest.max()) if rest.size else 0
+        err = 100.0 * (top - 0.5) / (n - 1) if n > 1 and top > 0 else 0.0
+        return replace(self, exact_values=values, exact_pct=pct.astype(np.float32), max_error=err)
+
     @property
     def bins(self) -> int:
         return int(self.base.size)
@@ -129,9 +167,76 @@ class Calibration:
         scores = np.asarray(scores, dtype=np.float32)
         out = np.full(scores.shape, np.nan, dtype=np.float32)
         finite = np.isfinite(scores)
-        t = self._t(scores[finite], self.lo, self.scale, self.bins)
-        out[finite] = self._apply(t, self._bin(t, self.bins))
+        vals = scores[finite]
+        t = self._t(vals, self.lo, self.scale, self.bins)
+        res = self._apply(t, self._bin(t, self.bins))
+        if self.exact_values.size:  # heavy tie groups: their exact mean rank
+            pos = np.minimum(np.searchsorted(self.exact_values, vals), self.exact_values.size - 1)
+            hit = self.exact_values[pos] == vals
+            res[hit] = self.exact_pct[pos[hit]]
+        out[finite] = res
         return out
+
+
+class _TieRefiner:
+    """Exact (score, count) pairs of the bins whose linear map could miss by > CAL_MAX_ERROR.
+
+    A bin of ``c`` scores can put a score up to ``c - 1/2`` ranks from its exact mean rank; a
+    big tie group (constant or duplicated tiles) fills one bin and can miss by tens of points.
+    A second pass lists every score of those heavy bins exactly, holding at most ``bins``
+    distinct scores: past that, the bins with the fewest counted scores per distinct score (a
+    peaked distribution, not ties) are given up and stay in ``max_error``. ``hist`` is the
+    streamed histogram (``lo``, ``scale``, ``bins``, ``counts``) of the ``n`` scores.
+    """
+
+    def __init__(self, hist: Any, n: int) -> None:
+        self.hist = hist
+        self.heavy = hist.counts > CAL_MAX_ERROR * (n - 1) / 100.0 + 0.5
+        self.vals, self.cnts = np.empty(0, np.float32), np.empty(0, np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
+
+    def _bins(self, vals: np.ndarray) -> np.ndarray:
+        h = self.hist
+        return Calibration._bin(Calibration._t(vals, h.lo, h.scale, h.bins), h.bins)
+
+    def add(self, vals: np.ndarray) -> None:
+        """List the scores of ``vals`` (1-D, finite) that fall in a heavy bin."""
+        sel = vals[self.heavy[self._bins(vals)]]
+        if sel.size:
+            self.pending.append(np.unique(sel, return_counts=True))
+            self.n_pending += self.pending[-1][0].size
+        if self.n_pending >= self.hist.bins:
+            self._merge()
+
+    def _merge(self) -> None:
+        vals = np.concatenate([self.vals, *(u for u, _ in self.pending)])
+        cnts = np.concatenate([self.cnts, *(c for _, c in self.pending)])
+        self.pending, self.n_pending = [], 0
+        self.vals, inv = np.unique(vals, return_inverse=True)
+        self.cnts = np.bincount(inv.reshape(-1), weights=cnts).astype(np.int64)
+        if self.vals.size > self.hist.bins:
+            self._shed(self.vals.size - self.hist.bins // 2)
+
+    def _shed(self, excess: int) -> None:
+        """Give up the bins that gain least per listed score until ``excess`` scores are gone.
+
+        A tie group is one listed score for many counted ones; a bin of distinct scores (a
+        peaked distribution) is one per score: those go first.
+        """
+        j = self._bins(self.vals)
+        per = np.bincount(j, minlength=self.hist.bins)
+        used = np.flatnonzero(per)
+        order = used[np.argsort(self.hist.counts[used] / per[used], kind="stable")]
+        drop = order[: int(np.searchsorted(np.cumsum(per[order]), excess)) + 1]
+        self.heavy[drop] = False
+        keep = self.heavy[j]
+        self.vals, self.cnts = self.vals[keep], self.cnts[keep]
+
+    def calibration(self, cal: Calibration) -> Calibration:
+        """``cal`` with exact mean ranks in every heavy bin still listed whole."""
+        self._merge()
+        return cal.refined(self.hist.counts, self.vals, self.cnts)
 
 
 def _calibrate_exact(scores: np.ndarray) -> np.ndarray:

@@ -5,6 +5,12 @@ For stores of 10^7-10^8 tiles a ``[rows, cols]`` score map no longer fits comfor
 the GeoTIFF in row bands on a second pass, and :func:`top_k_chunked` keeps only each chunk's best
 candidates. :func:`heatmap_auto` and :func:`hits_auto` choose between these and the in-memory
 functions of :mod:`.similarity` by store size.
+
+Parity with the in-memory path (tests/engine/test_streaming_parity.py): the same hit tiles,
+order and scores, the same cosine band and nodata cells. Percentiles follow the exact
+convention of :func:`calibrate` (ties share their mean rank): hits get the exact mean rank, the
+heatmap is within ``Calibration.max_error`` (:data:`CAL_MAX_ERROR` = 0.01 points once big tie
+groups are listed exactly by an extra pass), so both paths agree within 0.02 points.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_path
-from .calibration import Calibration
+from .calibration import Calibration, _TieRefiner
 from .errors import InputError
 from .geo_io import grid_profile, provenance_tags
 from .similarity import (
@@ -116,14 +122,30 @@ def _histogram_pass(
     progress: Callable[[float], None] | None,
     is_canceled: Callable[[], bool] | None,
     workers: int | None,
+    refine: bool = False,
 ) -> Calibration | None:
-    """Score every chunk once into a histogram; its Calibration, None without valid tiles."""
+    """Score every chunk into a histogram; its Calibration, None without valid tiles.
+
+    With ``refine``, heavy bins (big tie groups) are listed exactly in a second pass, which
+    runs only when some bin could miss by more than :data:`CAL_MAX_ERROR` and reports no
+    progress of its own (it is polled for cancellation like the first).
+    """
     hist = _Histogram(bins, store.grid.n_tiles)
     for r0, r1, block in chunked_dot(
         store, vec[:, None], chunk_rows, progress, is_canceled, workers
     ):
         hist.add(_valid_scores(store, r0, r1, block)[1])
-    return hist.calibration()
+    cal = hist.calibration()
+    if cal is None or not refine:
+        return cal
+    ties = _TieRefiner(hist, cal.n)
+    if not ties.heavy.any():
+        return cal
+    for r0, r1, block in chunked_dot(store, vec[:, None], chunk_rows, None, is_canceled, workers):
+        ties.add(_valid_scores(store, r0, r1, block)[1])
+        if not ties.heavy.any():  # every heavy bin was given up: no use reading on
+            break
+    return ties.calibration(cal)
 
 
 def score_histogram(
@@ -134,15 +156,19 @@ def score_histogram(
     progress: Callable[[float], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
     workers: int | None = None,
+    refine: bool = False,
 ) -> Calibration:
-    """One pass over the store: the :class:`Calibration` of the query's scores on valid tiles.
+    """One pass (two with ``refine``): the :class:`Calibration` of the query's valid scores.
 
     ``bins`` fixed bins over the cosine range (default: by store size, up to :data:`HIST_BINS`
     of 2e-6); its ``max_error`` states how far (percentile points) a percentile can be from
-    the exact mean rank.
+    the exact mean rank. Exact ties sit in one bin, so a big tie group (constant or duplicated
+    tiles) can make that tens of points; ``refine`` then lists the heavy bins exactly in a
+    second pass (what :func:`write_heatmap_chunked` does), bringing ``max_error`` down to
+    :data:`CAL_MAX_ERROR` (unless more than ``bins`` distinct scores would have to be listed).
     """
     vec = _query_vector(store, qvec)
-    cal = _histogram_pass(store, vec, bins, chunk_rows, progress, is_canceled, workers)
+    cal = _histogram_pass(store, vec, bins, chunk_rows, progress, is_canceled, workers, refine)
     if cal is None:
         raise InputError("the store has no valid tile; there is nothing to calibrate against")
     return cal
@@ -161,12 +187,16 @@ def write_heatmap_chunked(
 ) -> Path:
     """:func:`write_heatmap` of :func:`similarity` without holding the ``[rows, cols]`` scores.
 
-    Pass 1 (only with ``percentiles``) builds a :func:`score_histogram`; pass 2 scores again
-    and writes 256-row bands of the GeoTIFF (band 1 cosine, band 2 percentile from the
-    histogram, at most ``Calibration.max_error`` points from the exact rank). Same bands, tags,
+    Pass 1 (only with ``percentiles``) builds a :func:`score_histogram` (``refine=True``: one
+    more pass when big tie groups need listing exactly); the last pass scores again and writes
+    256-row bands of the GeoTIFF (band 1 cosine, band 2 percentile from the histogram, at most
+    ``Calibration.max_error`` points from the exact mean rank: :data:`CAL_MAX_ERROR`, as in
+    :func:`calibrate`, unless the tie listing outgrew ``bins`` scores). Same bands, tags,
     CRS and nodata as :func:`write_heatmap`; the file is written beside ``path`` and renamed, so
     a failure or a cancel leaves nothing. Memory: two bands of 256 x cols floats, the histogram
-    (up to ~40 bytes x ``bins`` while it is turned into a map: 40 MiB at most) and a few chunks.
+    (up to ~40 bytes x ``bins`` while it is turned into a map: 40 MiB at most), the tie listing
+    (at most ``bins`` scores, ~30 bytes each while merged) and a few chunks. Progress: 0-50 %
+    for pass 1, 50-100 % for the writing pass; the tie pass (if any) reports none.
     """
     import rasterio
     from rasterio.windows import Window
@@ -178,7 +208,7 @@ def write_heatmap_chunked(
     cal = None
     if percentiles:  # None when no tile is valid: the percentile band is all NaN then
         first = _part(progress, 0.0, 0.5)
-        cal = _histogram_pass(store, vec, bins, None, first, is_canceled, workers)
+        cal = _histogram_pass(store, vec, bins, None, first, is_canceled, workers, refine=True)
     profile = grid_profile(grid, 2 if percentiles else 1, "float32", float("nan"))
     # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
     band = 256 if profile.get("tiled") else _row_step(grid.cols, None)
@@ -205,6 +235,56 @@ def write_heatmap_chunked(
     return Path(path)
 
 
+class _Candidates:
+    """The running best ``m`` tiles (ties: lowest index) and enough counts to rank them exactly.
+
+    Every tile scoring above the m-th best score (the cut) is among the candidates, so their
+    counts above any candidate score are exact; only the tiles tied *at* the cut can be left
+    out, and ``at_cut`` counts them all. With ``n`` valid tiles, each candidate's mean rank is
+    then exact: no histogram is needed for the hits' percentiles.
+    """
+
+    def __init__(self, m: int) -> None:
+        self.m, self.n, self.at_cut = m, 0, 0
+        self.idx, self.val = np.empty(0, np.int64), np.empty(0, np.float32)
+
+    def add(self, flat: np.ndarray, vals: np.ndarray) -> None:
+        """Offer tiles (flat grid indices, finite scores) of one chunk."""
+        self.n += vals.size
+        full = self.idx.size >= self.m
+        if full:  # only scores at least the current cut can still enter
+            keep = vals >= self.val.min()
+            flat, vals = flat[keep], vals[keep]
+        if not vals.size:
+            return
+        old_cut, old_val = (self.val.min() if full else None), self.val
+        self.idx, self.val = _best(
+            np.concatenate([self.idx, flat.astype(np.int64)]),
+            np.concatenate([old_val, vals]),
+            self.m,
+        )
+        cut = self.val.min()
+        # tiles seen before at the new cut: the old count if the cut stayed, else all of them
+        # were candidates (they scored above the old cut, or the set was not full yet)
+        seen = self.at_cut if cut == old_cut else int(np.count_nonzero(old_val == cut))
+        self.at_cut = seen + int(np.count_nonzero(vals == cut))
+
+    def ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates best first (ties: row-major): flat indices, scores, exact percentiles."""
+        order = np.lexsort((self.idx, -self.val))
+        idx, val, n = self.idx[order], self.val[order], self.n
+        if n == 1:
+            return idx, val, np.full(1, 100.0, np.float32)
+        asc = np.sort(val)
+        above = val.size - np.searchsorted(asc, val, side="right")
+        tied = np.searchsorted(asc, val, side="right") - np.searchsorted(asc, val, side="left")
+        tied = np.where(val == asc[0], self.at_cut, tied)
+        first = n - above - tied  # rank of the tie group's lowest member
+        # (first + last) / 2 in percent, as _calibrate_exact computes it
+        pct = (2 * first + tied - 1) * (50.0 / (n - 1))
+        return idx, val, pct.astype(np.float32)
+
+
 def top_k_chunked(
     store: EmbeddingStore,
     qvec: np.ndarray | Query,
@@ -219,34 +299,25 @@ def top_k_chunked(
     """``top_k(store, similarity(store, qvec), k, min_distance_tiles)`` in one streaming pass.
 
     Every chunk offers its best k·(2r+1)^2 tiles (ties: first in row-major order) to a running
-    candidate set, and the scores go into a histogram; the greedy NMS then runs on the merged
-    candidates, so the hits (tiles, order, scores) are exactly those of :func:`top_k`. Their
-    percentiles come from the histogram (within ``Calibration.max_error`` of the exact rank).
+    candidate set; the greedy NMS then runs on the merged candidates, so the hits (tiles,
+    order, scores) are exactly those of :func:`top_k`. Their percentiles are the exact mean
+    ranks (counted beside the candidates, see :class:`_Candidates`), the same values as
+    :func:`calibrate` gives below ``EXACT_BELOW`` valid tiles and within ``CAL_MAX_ERROR``
+    above. ``bins`` is accepted for compatibility and unused (no histogram is needed).
     """
     _check_k(k, min_distance_tiles)
     vec = _query_vector(store, qvec)
     r = int(min_distance_tiles)
-    m = k * (2 * r + 1) ** 2
-    hist = _Histogram(bins, store.grid.n_tiles)
-    idx, val = np.empty(0, np.int64), np.empty(0, np.float32)
+    best = _Candidates(k * (2 * r + 1) ** 2)
     cols = store.grid.cols
     for r0, r1, block in chunked_dot(
         store, vec[:, None], chunk_rows, progress, is_canceled, workers
     ):
         local, vals = _valid_scores(store, r0, r1, block)
-        hist.add(vals)
-        if idx.size >= m:  # only scores at least the current m-th best can still enter
-            keep = vals >= val.min()
-            local, vals = local[keep], vals[keep]
-        if vals.size:
-            both = np.concatenate([idx, local.astype(np.int64) + r0 * cols])
-            idx, val = _best(both, np.concatenate([val, vals]), m)
-    cal = hist.calibration()
-    if cal is None:
+        best.add(local + r0 * cols, vals)
+    if best.n == 0:
         return []
-    order = np.lexsort((idx, -val))
-    idx, val = idx[order], val[order]
-    return _nms(store.grid, idx, val, cal.percentiles(val), k, r)
+    return _nms(store.grid, *best.ranked(), k, r)
 
 
 def _use_chunked(store: EmbeddingStore, chunked: bool | None) -> bool:
@@ -288,8 +359,9 @@ def hits_auto(
 ) -> list[Hit]:
     """Top-k hits with NMS, in memory or chunk by chunk (``chunked=None``: by store size).
 
-    Both paths return the same tiles, order and scores; percentiles differ by at most the
-    calibration error bound (:data:`CAL_MAX_ERROR` in memory, ``Calibration.max_error`` else).
+    Both paths return the same tiles, order and scores; the percentiles are the exact mean
+    ranks chunked, and within :data:`CAL_MAX_ERROR` of them in memory (exact below
+    ``EXACT_BELOW`` valid tiles).
     """
     if _use_chunked(store, chunked):
         return top_k_chunked(store, qvec, k, min_distance_tiles, progress, is_canceled)
