@@ -189,8 +189,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     store = open_store(args, None)  # no model: the index only needs the vectors
     bar, update = progress_bar("index")
-    index = AnnIndex.build(store, kind=args.kind, nlist=args.nlist, progress=update)
-    bar.close()
+    try:
+        index = AnnIndex.build(store, kind=args.kind, nlist=args.nlist, progress=update)
+    finally:
+        bar.close()  # also on an error or Ctrl+C, so the message is not printed into the bar
     folder = index.save(default_folder(store))
     print(
         f"index    {folder}  ({args.kind}, {index.nlist} lists, default nprobe {index.default_nprobe})"
