@@ -237,6 +237,20 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError("loss.kind must be infonce|sigmoid and loss.mode all|pivot|pairs")
     if cfg.precision not in ("bf16", "fp32"):
         raise InputError("precision must be 'bf16' or 'fp32'")
+    _check_pair_weights(cfg.loss.weights, known)
+
+
+def _check_pair_weights(weights: dict[str, float], known: set[str]) -> None:
+    """``loss.weights`` keys are "a-b" modality pairs: a typo must not silently weigh 1.0."""
+    for key, w in weights.items():
+        a, _, b = str(key).partition("-")
+        if a not in known or b not in known or a == b:
+            raise InputError(
+                f"loss.weights key {key!r} is not a pair of two modalities 'a-b' "
+                f"(modalities: {', '.join(sorted(known))})"
+            )
+        if not (isinstance(w, int | float) and w >= 0):
+            raise InputError(f"loss.weights[{key!r}] must be a number >= 0, got {w!r}")
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -31,7 +31,9 @@ def equal_earth(latlon: Tensor) -> Tensor:
     Computed in float64 (returned as float64): the finest Fourier scale turns a 1-ulp float32
     error here into a visible embedding change, and torch and onnxruntime round float32
     transcendentals differently. onnxruntime has no float64 Asin, so theta is a float32 asin
-    refined by one Newton step in float64 (error ~1e-14 rad).
+    refined by one Newton step in float64 (error ~1e-14 rad). Longitudes must already lie in
+    [-180, 180): the engine's ``validate_latlon`` wraps them before the encoder, in training
+    (collate) as at inference.
     """
     ll = latlon.double()
     phi = ll[..., 0].clamp(-90.0, 90.0) * (math.pi / 180.0)
@@ -92,8 +94,11 @@ class GpsEncoder(nn.Module):
         return l2_normalize(self.head(pooled))
 
 
-def single_scale(cfg: GpsTowerConfig, sigma: float = 16.0) -> GpsTowerConfig:
-    """The single-scale ablation of ``cfg`` (one RFF token of bandwidth ``sigma``)."""
+def single_scale(cfg: GpsTowerConfig, sigma: float = 256.0) -> GpsTowerConfig:
+    """The single-scale ablation of ``cfg`` (one RFF token of bandwidth ``sigma``).
+
+    The default 2^8 is the ``gps1`` ablation's (scripts/ablations.py, the model card).
+    """
     from dataclasses import replace
 
     return replace(cfg, sigmas=(float(sigma),))

@@ -97,7 +97,10 @@ def build_optimizer(model: UniGeoCLIP, cfg: OptimConfig, text_pretrained: bool):
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        # Decay only matrix/conv weights: not biases, norms, embeddings, CLS/register/pos tokens.
+        # Decay 2-D+ ``*.weight`` tensors except embeddings (token, position and the patch-embedding
+        # conv): not biases, norms, CLS/register tokens either. nn.MultiheadAttention's
+        # ``in_proj_weight`` (SigLIP's pooling head) does not match the rule and is not decayed;
+        # left so, because ``make model`` must reproduce the shipped bundle bit for bit.
         decay = p.ndim >= 2 and name.endswith(".weight") and "embedding" not in name
         slow = text_pretrained and name.startswith("towers.text.encoder.")
         groups.setdefault((decay, slow), []).append(p)

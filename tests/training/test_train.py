@@ -114,3 +114,11 @@ def test_full_tiny_run_trains_every_pair_well_above_chance(tmp_path):
     for pair, r in res["retrieval"].items():
         assert r["R@10"] > 5 * 10 * r["chance@1"], pair
     assert res["probe"]["aerial"]["linear"] > res["baseline"]["aerial_raw_stats"]["linear"]
+
+
+def test_misspelled_pair_weights_are_refused():
+    with pytest.raises(InputError, match="areal-text"):
+        load_config("tiny", {"loss": {"weights": {"areal-text": 5.0}}})
+    with pytest.raises(InputError, match=">= 0"):
+        load_config("tiny", {"loss": {"weights": {"aerial-text": -1.0}}})
+    assert load_config("tiny", {"loss": {"weights": {"text-aerial": 2.0}}}).loss.weights

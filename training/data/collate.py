@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine.contract import Modality, Preprocess
 from engine.errors import InputError
-from engine.preprocess import TextTokenizer, normalize_dsm, normalize_image
+from engine.preprocess import TextTokenizer, normalize_dsm, normalize_image, validate_latlon
 
 
 def _resize(x: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -117,8 +117,11 @@ def _collate_modality(
     if m is Modality.TEXT:
         return _collate_text(samples, pre, tokenizer)
     mask = np.array(["gps" in s for s in samples], dtype=bool)
-    gps = [s["gps"] if "gps" in s else np.zeros(2, np.float32) for s in samples]
-    return torch.from_numpy(np.stack(gps).astype(np.float32)), mask
+    gps = np.stack([s["gps"] if "gps" in s else np.zeros(2, np.float32) for s in samples])
+    # The engine's check: NaN / |lat| > 90 are errors, longitudes wrap into [-180, 180)
+    # (exact, so in-range coordinates keep their bits).
+    lat, lon = validate_latlon(gps[:, 0], gps[:, 1])
+    return torch.from_numpy(np.stack([lat, lon], axis=1)), mask
 
 
 def _collate_text(
