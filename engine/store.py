@@ -5,7 +5,8 @@ A store is a folder:
 - ``store.json``: ``format_version``, ``grid`` (``TileGrid.to_dict()``), ``crs``, ``dim``,
   ``model_hash``, ``model_name``, ``model_version``, ``source_fingerprint``, ``bands``,
   ``scaling``, ``created`` (UTC ISO time), ``complete`` (true once finalised), ``block_tiles``
-  (side of a resume block in tiles), ``n_blocks`` and ``meta`` (free-form: throughput, modality, ...).
+  (side of a resume block in tiles), ``n_blocks`` and ``meta`` (free-form: throughput,
+  modality, ...).
 - ``embeddings.npy``: float16 ``[rows, cols, D]``; rows of skipped tiles stay 0.
 - ``valid.npy``: bool ``[rows, cols]``; False where a tile was skipped (no data).
 - ``done.npy``: bool ``[n_blocks]``; block ``i`` of ``grid.iter_blocks(block_tiles)`` is written.
@@ -15,6 +16,9 @@ reader never sees a half-written store; an interrupted ``.partial`` can be resum
 grid, model and source still match. What the npy and Zarr stores share (``StoreBase``,
 ``new_info``, ``read_description``, ``partial_path``) lives in :mod:`.store_base` and is
 re-exported here.
+
+:class:`StoreCache` keeps stores under ``<cache>/<key>`` and evicts only those (never other
+files or folders that happen to be in the cache folder).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -162,7 +167,14 @@ def _read_info(folder: Path) -> dict[str, Any] | None:
 
 
 class StoreCache:
-    """A folder of stores keyed by source, model and grid, capped at ``max_bytes`` (LRU)."""
+    """A folder of stores keyed by source, model and grid, capped at ``max_bytes`` (LRU).
+
+    Only folders this cache made are ever counted or evicted: a folder named like a cache key
+    (64 hex digits, see :meth:`key`) holding an npy store's ``store.json`` or a Zarr store's
+    ``zarr.json`` with UniGeo attributes (plus the ``<key>.partial`` of a store being written,
+    which is counted but never evicted). Anything else in the folder (output rasters, a user's
+    own files or stores) is left alone, so pointing the cache at a shared folder loses nothing.
+    """
 
     def __init__(self, root: str | Path, max_bytes: int) -> None:
         self.root = Path(root)
@@ -194,22 +206,34 @@ class StoreCache:
         return store
 
     def _entries(self) -> list[tuple[float, int, Path]]:
+        """(last used, bytes, folder) of every finalised store of this cache, oldest first."""
         out = []
-        for d in self.root.iterdir():
-            if not d.is_dir() or d.name.endswith(".partial") or d.name.startswith("."):
-                continue
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
-            meta = d / META_FILE
-            used = meta.stat().st_mtime if meta.exists() else 0.0
-            out.append((used, size, d))
+        for d in self._children():
+            marker = _store_marker(d)
+            if marker is not None:
+                out.append((marker.stat().st_mtime, _tree_bytes(d), d))
         return sorted(out)
 
+    def _children(self) -> list[Path]:
+        try:
+            return [d for d in self.root.iterdir() if _KEY_NAME.fullmatch(d.name) and d.is_dir()]
+        except FileNotFoundError:
+            return []
+
     def total_bytes(self) -> int:
-        """Bytes held by every store in the cache, unfinished ones included."""
-        return sum(f.stat().st_size for d in self.root.iterdir() if d.is_dir() for f in d.iterdir())
+        """Bytes held by the cache's stores, unfinished ones (``<key>.partial``) included."""
+        total = 0
+        for d in self._children():
+            if d.name.endswith(".partial") or _store_marker(d) is not None:
+                total += _tree_bytes(d)
+        return total
 
     def evict(self, keep: tuple[str, ...] = ()) -> list[Path]:
-        """Delete least recently used stores until the cache fits; never an unfinished one."""
+        """Delete least recently used stores until the cache fits; never an unfinished one.
+
+        Only finalised stores of this cache are candidates (see the class docstring); the
+        stores named in ``keep`` (keys) stay.
+        """
         removed = []
         total = self.total_bytes()
         for _, size, d in self._entries():
@@ -217,8 +241,50 @@ class StoreCache:
                 break
             if d.name in keep:
                 continue
+            # re-check right before deleting: the folder may have been replaced meanwhile
+            if _store_marker(d) is None:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(d)
             total -= size
             removed.append(d)
         return removed
+
+
+# a cache entry's name: a key (sha256 hex), optionally with the .partial of a store in progress
+_KEY_NAME = re.compile(r"[0-9a-f]{64}(\.partial)?")
+
+
+def _store_marker(folder: Path) -> Path | None:
+    """The file that makes ``folder`` a finalised cache store (its last-use time), else None.
+
+    An npy store's ``store.json``, or a Zarr group's ``zarr.json`` whose attributes carry a
+    UniGeo store description. ``.partial`` folders are never finalised stores.
+    """
+    if folder.name.endswith(".partial"):
+        return None
+    meta = folder / META_FILE
+    if meta.is_file():
+        return meta
+    # imported here: zarr_store imports this module
+    from .zarr_store import ATTR_KEY, ZARR_META
+
+    zmeta = folder / ZARR_META
+    if not zmeta.is_file():
+        return None
+    try:
+        doc = json.loads(zmeta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not provably ours: never evicted
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return zmeta if isinstance(attrs, dict) and isinstance(attrs.get(ATTR_KEY), dict) else None
+
+
+def _tree_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (Zarr chunks sit in nested folders)."""
+    total = 0
+    for base, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while we walk
+                total += os.stat(os.path.join(base, name)).st_size
+    return total

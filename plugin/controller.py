@@ -9,10 +9,8 @@ layers saved in the output folder, named after the query and grouped under the s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,10 +31,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from ..engine.errors import EngineError
+from ..engine.errors import EngineError, InputError
 from . import layers as L
 from .qgis_reader import reader_for_layer
-from .settings import Settings
+from .settings import Settings, reserve_output, slug  # noqa: F401 - slug: public here
 from .tasks import (
     ClassifySpec,
     ClassifyTask,
@@ -70,11 +68,6 @@ def crs_string(crs: Any) -> str:
     return crs.authid() or crs.toWkt()
 
 
-def slug(text: str, limit: int = 60) -> str:
-    """A file-name-safe version of a query label."""
-    return re.sub(r"[^\w.-]+", "_", text).strip("_.")[:limit] or "query"
-
-
 def device_badge(model: Any = None, provider: str | None = None) -> tuple[str, str]:
     """("GPU" or "CPU", tooltip with the reason) from a loaded model, else from the settings."""
     from ..engine.sessions import resolve_providers
@@ -88,6 +81,37 @@ def device_badge(model: Any = None, provider: str | None = None) -> tuple[str, s
     chain, reason = resolve_providers(provider)
     gpu = chain[0] != "CPUExecutionProvider"
     return ("GPU" if gpu else "CPU"), f"{reason} (expected; confirmed when the model loads)"
+
+
+CONFIDENCE_SUFFIX = "_confidence.tif"  # a class map's confidence raster: <stem>_confidence.tif
+
+
+def _layer_uses(path: Path) -> bool:
+    """True when a layer of the current project reads ``path``."""
+    target = path.resolve()
+    for layer in QgsProject.instance().mapLayers().values():
+        source = layer.source().split("|")[0]
+        if source and Path(source).resolve() == target:
+            return True
+    return False
+
+
+class DomainCheckedClassifyTask(ClassifyTask):
+    """A ClassifyTask that also runs the heatmap's training-domain check on the worker thread.
+
+    ``domain_warning``: :func:`~..engine.domain.domain_warning` of the store (None when inside).
+    """
+
+    domain_warning: str | None = None
+
+    def work(self) -> Any:
+        from ..engine.domain import domain_warning
+        from ..engine.zarr_store import open_store
+
+        out = super().work()
+        store = open_store(self.store_path)
+        self.domain_warning = domain_warning(store, self.model.bundle.training_domain)
+        return out
 
 
 class Controller(QObject):
@@ -106,6 +130,7 @@ class Controller(QObject):
         self.runner = runner or (lambda task: QgsApplication.taskManager().addTask(task))
         self.closed = False
         self._model: Any = None
+        self._told_folders: set[Path] = set()  # unsaved-project output folders announced
 
     # -- helpers ----------------------------------------------------------------------------
     def settings(self) -> Settings:
@@ -142,16 +167,44 @@ class Controller(QObject):
                 task.waitForFinished(wait_ms)  # the engine polls is_canceled between batches
         self.tasks = []
 
-    def output_file(self, label: str, suffix: str = ".tif") -> Path:
-        """A new file in the output folder named after the query, e.g. ``text_lake_0912-1530.tif``."""
-        folder = self.settings().output_path()
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{slug(label)}_{datetime.now():%Y%m%d-%H%M%S}"
-        path, n = folder / f"{stem}{suffix}", 1
-        while path.exists() or path.with_name(path.stem + "_confidence.tif").exists():
-            n += 1
-            path = folder / f"{stem}_{n}{suffix}"
-        return path
+    def output_folder(self) -> Path:
+        """The output folder, created; says once where outputs go while the project is unsaved.
+
+        Raises:
+            InputError: the folder cannot be created (names the folder and what to do).
+        """
+        s = self.settings()
+        folder = s.output_path()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(
+                f"cannot create the output folder {folder} ({e.strerror or e}); choose another "
+                "output folder in UniGeo Settings"
+            ) from None
+        if s.uses_unsaved_output_path() and folder not in self._told_folders:
+            self._told_folders.add(folder)
+            self.message(
+                f"The project is not saved yet: UniGeo outputs go to {folder}. Save the project "
+                "to keep them beside it, or choose an output folder in UniGeo Settings."
+            )
+        return folder
+
+    def output_file(self, label: str, suffix: str = ".tif", siblings: tuple[str, ...] = ()) -> Path:
+        """Reserve a new file named after the query (see :func:`~.settings.reserve_output`).
+
+        Two requests in the same second never get the same path: the name is claimed by
+        creating it exclusively; the task writing it replaces it, or removes it on failure.
+        """
+        return reserve_output(self.output_folder(), label, suffix, siblings)
+
+    def _reserve(self, label: str, siblings: tuple[str, ...] = ()) -> Path | None:
+        """:meth:`output_file`, or None after telling the user why not (for callbacks)."""
+        try:
+            return self.output_file(label, siblings=siblings)
+        except EngineError as e:
+            self.message(str(e), Qgis.Critical)
+            return None
 
     # -- the store --------------------------------------------------------------------------
     def with_store(
@@ -221,12 +274,16 @@ class Controller(QObject):
         token = self.tokens.issue("heatmap")
         try:
             model = self.model()
-            out = self.output_file(spec.label())
+            self.output_folder()  # an unusable folder fails now, not after embedding
             prov = self._provenance(model, layer, area)
 
             def heatmap(store_folder: str) -> None:
                 if self.closed or not self.tokens.is_current(token, "heatmap"):
                     return  # a newer request superseded this one while it was embedding
+                # reserved only now: a request that never runs leaves no file behind
+                out = self._reserve(spec.label())
+                if out is None:
+                    return
                 done = partial(self._heatmap_done, name=spec.label(), group=layer.name())
                 task = HeatmapTask(model, store_folder, spec, out, done, token, prov, area.mask())
                 self._start(task)
@@ -241,7 +298,7 @@ class Controller(QObject):
         value = result.value
         if not self.tokens.is_current(result.token, "heatmap"):
             if result.ok:  # stale: a newer query replaced it while it ran
-                Path(value.path).unlink(missing_ok=True)
+                self._drop_file(Path(value.path))
             QgsMessageLog.logMessage(f"dropped stale heatmap '{name}'", LOG_TAG, Qgis.Info)
             return
         if self._failed("Heatmap", result):
@@ -263,17 +320,23 @@ class Controller(QObject):
         try:
             model = self.model()
             label = "land use zero-shot" if spec.zero_shot else f"land use {spec.method}"
-            class_path = self.output_file(label)
-            conf_path = class_path.with_name(class_path.stem + "_confidence.tif")
+            self.output_folder()  # an unusable folder fails now, not after embedding
             prov = self._provenance(model, layer, area)
 
             def run(store_folder: str) -> None:
                 if self.closed:
                     return
-                done = partial(self._classify_done, name=label, group=layer.name())
-                self._start(
-                    ClassifyTask(model, store_folder, spec, class_path, conf_path, done, prov)
+                class_path = self._reserve(label, siblings=(CONFIDENCE_SUFFIX,))
+                if class_path is None:
+                    return
+                conf_path = class_path.with_name(class_path.stem + CONFIDENCE_SUFFIX)
+                task = DomainCheckedClassifyTask(
+                    model, store_folder, spec, class_path, conf_path, None, prov
                 )
+                task.on_done = partial(
+                    self._classify_done, name=label, group=layer.name(), task=task
+                )
+                self._start(task)
 
             self.with_store(layer, area, model, run)
         except EngineError as e:
@@ -281,7 +344,7 @@ class Controller(QObject):
             return False
         return True
 
-    def _classify_done(self, result: TaskResult, name: str, group: str) -> None:
+    def _classify_done(self, result: TaskResult, name: str, group: str, task: Any = None) -> None:
         if self._failed("Classification", result):
             return
         out = result.value
@@ -290,9 +353,25 @@ class Controller(QObject):
         for lyr in (classes, conf):
             L.set_provenance(lyr, out.provenance)
         L.add_group(QgsProject.instance(), group, [classes, conf])
+        # the same out-of-domain warning as heatmaps, plus the task's own (zero-shot reliability)
+        notes = (getattr(task, "domain_warning", None), getattr(out, "warning", None))
+        warning = " ".join(str(w) for w in notes if w)
+        self.domainChecked.emit(warning)
+        if warning:
+            self.message(warning, Qgis.Warning)
         summary = ", ".join(f"{c}: {n}" for c, n in out.counts.items())
         self.message(f"Land use: {summary} tiles", Qgis.Success)
         self.layersAdded.emit([classes, conf])
+
+    def _drop_file(self, path: Path) -> None:
+        """Delete a dropped result's file, unless a layer of the project shows it."""
+        if _layer_uses(path):
+            QgsMessageLog.logMessage(f"kept {path}: a layer uses it", LOG_TAG, Qgis.Warning)
+            return
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            QgsMessageLog.logMessage(f"could not remove {path}: {e}", LOG_TAG, Qgis.Warning)
 
     # -- photo location ---------------------------------------------------------------------
     def mark_location(self, lat: float, lon: float, name: str) -> QgsVectorLayer:

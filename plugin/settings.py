@@ -1,5 +1,9 @@
 """User settings of the plugin (QgsSettings under ``unigeo/``) as one typed dataclass.
 
+It also says where outputs go: :meth:`Settings.output_path` picks the folder (never inside the
+store cache, which deletes old stores when full) and :func:`reserve_output` claims a unique
+file name in it.
+
 Other modules read settings with ``Settings.load()`` and never touch QgsSettings keys
 themselves, so the keys and defaults live in this file only. An empty string or 0 stored for a
 folder or a number means "use the default", which keeps the defaults tied to the running QGIS
@@ -8,10 +12,15 @@ profile and project instead of freezing them at first save.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProject, QgsSettings
+
+from ..engine.errors import InputError
 
 PREFIX = "unigeo/"
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -28,6 +37,15 @@ def default_cache_folder() -> str:
     return str(Path(QgsApplication.qgisSettingsDirPath()) / "unigeo" / "cache")
 
 
+def default_output_folder() -> str:
+    """``<QGIS settings dir>/unigeo/outputs``: outputs of a project that was never saved."""
+    return str(Path(QgsApplication.qgisSettingsDirPath()) / "unigeo" / "outputs")
+
+
+# for the settings dialog's placeholder and the docs: where outputs go when the setting is empty
+OUTPUT_FOLDER_HINT = "the project folder, else <QGIS settings>/unigeo/outputs"
+
+
 @dataclass
 class Settings:
     """Every UniGeo setting, with its default; ``load()`` reads them, ``save()`` writes them."""
@@ -38,7 +56,9 @@ class Settings:
     stride_px: int = 0  # step between tiles in pixels; 0 = the tile size (no overlap)
     cache_folder: str = ""  # embedding-store cache; "" = <QGIS settings dir>/unigeo/cache
     cache_mb: int = 2048  # size cap of the cache in MB (least recently used stores go first)
-    output_folder: str = ""  # where outputs go; "" = the project folder, else <cache>/outputs
+    # where outputs go; "" = the project folder, else <QGIS settings dir>/unigeo/outputs (never
+    # inside the cache: the cache deletes old stores when it is full)
+    output_folder: str = ""
 
     @classmethod
     def load(cls) -> Settings:
@@ -85,11 +105,79 @@ class Settings:
         return max(int(self.cache_mb), 1) * 1024 * 1024
 
     def output_path(self) -> Path:
-        """The output folder: the setting, else the project folder, else ``<cache>/outputs``."""
+        """The output folder: the setting, else the project's folder, else the unsaved one."""
         if self.output_folder:
             return Path(self.output_folder)
         home = QgsProject.instance().absolutePath()
-        return Path(home) if home else self.cache_path() / "outputs"
+        return Path(home) if home else self.unsaved_output_path()
+
+    def uses_unsaved_output_path(self) -> bool:
+        """True when outputs go to :meth:`unsaved_output_path` (no folder set, project unsaved)."""
+        return not self.output_folder and not QgsProject.instance().absolutePath()
+
+    def unsaved_output_path(self) -> Path:
+        """Where outputs go while the project was never saved: always outside the cache.
+
+        ``<QGIS settings dir>/unigeo/outputs``; when the cache folder was set to that folder or
+        one above it, ``<cache>-outputs`` beside the cache instead.
+        """
+        folder = Path(default_output_folder())
+        cache = self.cache_path()
+        if _inside(folder, cache):
+            folder = cache.parent / f"{cache.name or 'unigeo'}-outputs"
+        return folder
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (links and ``..`` resolved)."""
+    p, f = path.resolve(), folder.resolve()
+    return p == f or f in p.parents
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe version of a query label."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_.")[:limit] or "query"
+
+
+def reserve_output(
+    folder: Path, label: str, suffix: str = ".tif", siblings: tuple[str, ...] = ()
+) -> Path:
+    """Claim a new file in ``folder`` named after ``label``, e.g. ``text_lake_20260912-153001.tif``.
+
+    The name is claimed by creating an empty file exclusively (``O_EXCL``), so two requests in
+    the same second, or two QGIS sessions sharing the folder, never get the same path: later
+    ones get ``_2``, ``_3``, ... Each of ``siblings`` (e.g. ``"_confidence.tif"``) is claimed
+    with it as ``<stem><sibling>``. Whoever writes the file replaces the empty placeholder.
+
+    Raises:
+        InputError: ``folder`` is not writable.
+    """
+    stem = f"{slug(label)}_{datetime.now():%Y%m%d-%H%M%S}"
+    for n in range(1, 10_000):
+        name = stem if n == 1 else f"{stem}_{n}"
+        paths = [folder / f"{name}{suffix}", *(folder / f"{name}{x}" for x in siblings)]
+        if _claim_all(paths):
+            return paths[0]
+    raise InputError(f"no free file name for '{stem}' in {folder}; clean up that folder")
+
+
+def _claim_all(paths: list[Path]) -> bool:
+    """Create every path as an empty file, exclusively; False (and nothing left) if one exists."""
+    claimed: list[Path] = []
+    try:
+        for p in paths:
+            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            claimed.append(p)
+        return True
+    except OSError as e:
+        for c in claimed:
+            c.unlink(missing_ok=True)
+        if isinstance(e, FileExistsError):
+            return False
+        raise InputError(
+            f"cannot write {p.name} in {p.parent} ({e.strerror or e}); choose another output "
+            "folder in UniGeo Settings"
+        ) from None
 
 
 def _coerce(raw: object, default: object) -> object:

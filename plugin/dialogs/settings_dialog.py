@@ -13,7 +13,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..settings import PROVIDERS, Settings
+from ..settings import OUTPUT_FOLDER_HINT, PROVIDERS, Settings
 
 
 def _folder_widget(value: str, placeholder: str) -> QgsFileWidget:
@@ -70,7 +70,7 @@ class SettingsDialog(QDialog):
         form.addRow("Cache folder", self.cache)
         self.cache_mb = _spin(s.cache_mb, 16, 10_000_000, None, " MB")
         form.addRow("Cache size", self.cache_mb)
-        self.output = _folder_widget(s.output_folder, "the project folder, else <cache>/outputs")
+        self.output = _folder_widget(s.output_folder, OUTPUT_FOLDER_HINT)
         form.addRow("Output folder", self.output)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
