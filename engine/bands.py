@@ -38,13 +38,19 @@ def resolve_bands(
 
     Explicit numbers win; otherwise bands are matched by name (description or colour
     interpretation); otherwise the non-alpha bands are taken in file order when their count fits.
+
+    Raises:
+        RasterInputError: The bands do not fit; the message names the data bands, suggests a
+            selection (of data bands; an alpha band only as a question) and how to give it in
+            Processing (BANDS), on the command line (``--bands``) and in Python (``bands=``);
+            a one-band raster is pointed to the DSM encoder.
     """
     n = len(wanted)
     if explicit is not None:
         if len(explicit) != n:
             raise RasterInputError(
-                f"{where}: bands={list(explicit)} selects {len(explicit)} band(s) but the model "
-                f"needs {n} ({', '.join(wanted)})"
+                f"{where}: the band selection {list(explicit)} selects {len(explicit)} band(s) "
+                f"but the model needs {n} ({', '.join(wanted)})"
             )
         return [int(b) for b in explicit]
     data = [i + 1 for i in range(len(names)) if i + 1 not in alpha]
@@ -54,12 +60,55 @@ def resolve_bands(
         return [by_name[w] for w in want]
     if len(data) == n:
         return data
-    have = ", ".join(f"{i}: {names[i - 1]}" for i in data)
-    extra = f" plus alpha band(s) {list(alpha)}" if alpha else ""
-    raise RasterInputError(
+    raise RasterInputError(band_mismatch_message(wanted, names, data, alpha, where))
+
+
+def band_mismatch_message(
+    wanted: Sequence[str],
+    names: Sequence[str],
+    data: Sequence[int],
+    alpha: Sequence[int],
+    where: str,
+) -> str:
+    """Why the raster's bands do not fit the model, and what to pick instead."""
+    n = len(wanted)
+    have = ", ".join(f"{i}: {names[i - 1]}" for i in data) or "none"
+    extra = f" plus alpha (mask) band(s) {list(alpha)}, never used automatically" if alpha else ""
+    head = (
         f"{where}: the model needs {n} band(s) ({', '.join(wanted)}) but the raster has "
-        f"{len(data)} data band(s) ({have}){extra}. Pick {n} band(s) in the model's order with "
-        f"bands=[...] (1-based band numbers, e.g. bands={list(range(1, n + 1))})"
+        f"{len(data)} data band(s) ({have}){extra}."
+    )
+    if len(data) == 1 and n > 1:
+        return (
+            f"{head} A one-band raster is usually a surface model (DSM, heights): embed it with "
+            "the DSM encoder (Processing 'Embed raster': MODALITY=dsm; command line: --modality "
+            "dsm), if the model has one."
+        )
+    if len(data) < n:
+        return head + _too_few_bands(n, data, alpha)
+    return f"{head} Pick {n} band(s) in the model's order by their 1-based numbers, " + _how(
+        data[:n]
+    )
+
+
+def _too_few_bands(n: int, data: Sequence[int], alpha: Sequence[int]) -> str:
+    """The advice when the raster has fewer data bands than the model needs."""
+    if len(data) + len(alpha) >= n:
+        pick = sorted([*data, *alpha[: n - len(data)]])
+        return (
+            " If a band marked alpha really holds data (e.g. near-infrared), select the bands "
+            "in the model's order, " + _how(pick) + " Otherwise this raster lacks a band the "
+            f"model needs; use one with all {n}."
+        )
+    return f" Use a raster with the model's {n} bands; this one cannot provide them."
+
+
+def _how(bands: Sequence[int]) -> str:
+    """``e.g. 1,2,3 (Processing: BANDS; command line: --bands 1,2,3; Python: bands=[1, 2, 3])``."""
+    csv = ",".join(str(b) for b in bands)
+    return (
+        f"e.g. {csv} (Processing: BANDS; command line: --bands {csv}; "
+        f"Python: bands={[int(b) for b in bands]})."
     )
 
 

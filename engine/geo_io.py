@@ -1,15 +1,21 @@
 """GeoTIFF and vector writers shared by heatmaps, hits and classifications; all writes are atomic.
 
 Rasters are written on a :class:`~.grid.TileGrid` (one pixel per tile cell, the grid's CRS and
-geotransform). Vectors go to a GeoPackage or GeoJSON chosen by the file extension. Provenance
-(model hash, query, parameters) is stored as GDAL metadata tags (rasters) or dataset/layer
-metadata (GeoPackage), so a layer can always say where it came from.
+geotransform). Vectors go to a GeoPackage, a GeoJSON file (always WGS84 longitude/latitude, as
+RFC 7946 requires) or an ESRI Shapefile (10-character field names), chosen by the file
+extension. Provenance (model hash, query, parameters) is stored as GDAL metadata tags (rasters),
+dataset/layer metadata (GeoPackage) or the GeoJSON ``description`` member, so a layer can always
+say where it came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,15 @@ from .grid import TileGrid
 TAG_PREFIX = "UNIGEO_"
 """Prefix of every provenance tag, so they never collide with GDAL's own metadata items."""
 
-VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+VECTOR_DRIVERS = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".shp": "ESRI Shapefile",
+}
+SHP_FIELD_CHARS = 10
+"""dBase limits field names to 10 characters; longer names are cut (and made unique)."""
+_SHP_INDEX_SIDECARS = (".qix", ".sbn", ".sbx")  # spatial indexes of an old file go stale
 
 
 def provenance_tags(provenance: Mapping[str, Any] | None) -> dict[str, str]:
@@ -123,13 +137,51 @@ def write_grid_raster(
 
 
 def vector_driver(path: str | Path) -> str:
-    """The OGR driver for ``path`` from its extension (GeoPackage or GeoJSON)."""
+    """The OGR driver for ``path`` from its extension (GeoPackage, GeoJSON or Shapefile)."""
     ext = Path(path).suffix.lower()
     if ext not in VECTOR_DRIVERS:
         raise InputError(
-            f"cannot write vectors to '{Path(path).name}': use a .gpkg or .geojson file name"
+            f"cannot write vectors to '{Path(path).name}': use a .gpkg, .geojson or .shp file name"
         )
     return VECTOR_DRIVERS[ext]
+
+
+def shapefile_field_names(names: Sequence[str]) -> list[str]:
+    """``names`` cut to dBase's 10 characters, kept unique (``unigeo_emb``, ``unigeo_e_1``)."""
+    out: list[str] = []
+    for name in names:
+        short = name[:SHP_FIELD_CHARS]
+        n = 1
+        while short.lower() in (o.lower() for o in out):  # dBase names are case-insensitive
+            tail = f"_{n}"
+            short = name[: SHP_FIELD_CHARS - len(tail)] + tail
+            n += 1
+        out.append(short)
+    return out
+
+
+def to_wgs84(geometry_wkb: Sequence[bytes | None], crs: str) -> list[bytes | None]:
+    """WKB geometries in ``crs`` reprojected to EPSG:4326 longitude/latitude (x = longitude)."""
+    import shapely
+    from pyproj import CRS, Transformer
+
+    geoms = shapely.from_wkb(np.asarray(list(geometry_wkb), dtype=object))
+    src = CRS.from_user_input(crs)
+    if not src.equals(CRS.from_epsg(4326), ignore_axis_order=True):
+        tr = Transformer.from_crs(src, "EPSG:4326", always_xy=True)
+
+        def project(xy: np.ndarray) -> np.ndarray:
+            # lists: pyproj takes a 1-element array for a scalar (a NumPy deprecation warning)
+            return np.column_stack(tr.transform(xy[:, 0].tolist(), xy[:, 1].tolist()))
+
+        geoms = shapely.transform(geoms, project)
+    coords = shapely.get_coordinates(geoms)
+    if not np.isfinite(coords).all():
+        raise InputError(
+            "some geometries have no WGS84 position, and GeoJSON is always WGS84; "
+            "write a .gpkg or .shp file instead"
+        )
+    return [None if g is None else shapely.to_wkb(g) for g in geoms]
 
 
 def write_vector(
@@ -142,23 +194,25 @@ def write_vector(
     layer: str | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write features (WKB geometries + attribute columns) to a GeoPackage or GeoJSON, atomically.
+    """Write features (WKB geometries + attribute columns) to a vector file, atomically.
+
+    GeoJSON is written in EPSG:4326 (RFC 7946: longitude, latitude) whatever ``crs`` is; a
+    GeoPackage or Shapefile keeps ``crs``. A Shapefile is several files (.shp, .shx, .dbf,
+    .prj, .cpg): all are written into a temporary folder first and moved next to each other
+    only when every one was written, and field names are cut to 10 characters.
 
     Args:
-        path: Target file; ``.gpkg`` or ``.geojson``/``.json`` picks the format.
+        path: Target file; ``.gpkg``, ``.geojson``/``.json`` or ``.shp`` picks the format.
         geometry_wkb: One WKB geometry per feature.
         fields: Column name -> 1-D array with one value per feature.
         crs: CRS of the geometries (WKT or ``"EPSG:n"``).
         geometry_type: OGR layer geometry type, e.g. ``"Point"`` or ``"Polygon"``.
         layer: Layer name (GeoPackage); defaults to the file stem.
-        provenance: Stored as dataset and layer metadata where the format supports it.
+        provenance: Stored as GeoPackage metadata, or as the GeoJSON ``description`` member.
 
     Returns:
         The written path.
     """
-    from pyogrio.raw import write as ogr_write
-    from pyproj import CRS
-
     path = Path(path)
     driver = vector_driver(path)
     n = len(geometry_wkb)
@@ -166,27 +220,77 @@ def write_vector(
     arrays = [np.asarray(fields[k]) for k in names]
     if any(len(a) != n for a in arrays):
         raise InputError("every attribute column needs one value per feature")
+    if driver == "GeoJSON":
+        geometry_wkb, crs = to_wgs84(geometry_wkb, crs), "EPSG:4326"
+    if driver == "ESRI Shapefile":
+        names = shapefile_field_names(names)
     geometry = np.empty(n, dtype=object)
     geometry[:] = list(geometry_wkb)
-    meta = provenance_tags(provenance) if driver == "GPKG" else None
+    kw = _driver_options(driver, layer or path.stem, geometry_type, crs, provenance)
+    if driver == "ESRI Shapefile":
+        _write_shapefile(path, geometry, arrays, names, kw)
+        return path
     with atomic_path(path, suffix=path.suffix) as tmp:
         # GDAL refuses to create a dataset over the empty placeholder that atomic_path made.
         tmp.unlink()
-        ogr_write(
-            str(tmp),
-            geometry,
-            arrays,
-            names,
-            layer=layer or path.stem,
-            driver=driver,
-            geometry_type=geometry_type,
-            crs=CRS.from_user_input(crs).to_wkt(),
-            dataset_metadata=meta,
-            layer_metadata=meta,
-            # GeoPackage 1.3: the GDAL inside QGIS 3.22 (3.6) warns on pyogrio's default 1.4.
-            dataset_options={"VERSION": "1.3"} if driver == "GPKG" else None,
-        )
+        _ogr_write(tmp, geometry, arrays, names, kw)
     return path
+
+
+def _driver_options(
+    driver: str, layer: str, geometry_type: str, crs: str, provenance: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Keyword arguments of ``pyogrio.raw.write`` for one of the three formats."""
+    from pyproj import CRS
+
+    kw: dict[str, Any] = {
+        "layer": layer,
+        "driver": driver,
+        "geometry_type": geometry_type,
+        "crs": CRS.from_user_input(crs).to_wkt(),
+    }
+    tags = provenance_tags(provenance)
+    if driver == "GPKG":
+        kw.update(dataset_metadata=tags or None, layer_metadata=tags or None)
+        # GeoPackage 1.3: the GDAL inside QGIS 3.22 (3.6) warns on pyogrio's default 1.4.
+        kw["dataset_options"] = {"VERSION": "1.3"}
+    elif driver == "GeoJSON":
+        # RFC7946=YES: no "crs" member, 7 decimals, right-hand polygon winding
+        kw["layer_options"] = {"RFC7946": "YES"}
+        if tags:
+            kw["layer_options"]["DESCRIPTION"] = json.dumps(tags, sort_keys=True)
+    else:
+        kw["layer_options"] = {"ENCODING": "UTF-8"}
+    return kw
+
+
+def _ogr_write(
+    target: Path, geometry: np.ndarray, arrays: list, names: list[str], kw: dict[str, Any]
+) -> None:
+    from pyogrio.raw import write as ogr_write  # looked up per call: tests patch it
+
+    ogr_write(str(target), geometry, arrays, names, **kw)
+
+
+def _write_shapefile(
+    path: Path, geometry: np.ndarray, arrays: list, names: list[str], kw: dict[str, Any]
+) -> None:
+    """Write all files of a Shapefile in a temporary folder, then move them next to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        _ogr_write(tmp / path.name, geometry, arrays, names, kw)
+        parts = sorted(tmp.iterdir(), key=lambda p: p.suffix.lower() == ".shp")  # .shp last
+        for part in parts:
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+        for ext in _SHP_INDEX_SIDECARS:
+            with contextlib.suppress(FileNotFoundError):
+                path.with_suffix(ext).unlink()
+        for part in parts:
+            os.replace(part, path.parent / part.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def hex_to_rgba(color: str) -> tuple[int, int, int, int]:

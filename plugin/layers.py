@@ -67,6 +67,16 @@ def heatmap_layer(
 ) -> QgsRasterLayer:
     """A similarity heatmap: band 2 (percentile 0–100) by default, band 1 is the raw cosine."""
     layer = _check(QgsRasterLayer(str(path), name), path)
+    style_heatmap(layer, band, opacity)
+    return layer
+
+
+def style_heatmap(layer: QgsRasterLayer, band: int = 2, opacity: float = 0.75) -> None:
+    """Style a heatmap layer in place: the viridis-like ramp over the percentile (band 2).
+
+    A one-band heatmap (no percentile band) is styled over its cosine range instead.
+    """
+    band = min(band, layer.bandCount())
     stats = layer.dataProvider().bandStatistics(band)
     lo, hi = (0.0, 100.0) if band == 2 else (stats.minimumValue, stats.maximumValue)
     label = "percentile of similarity within the area" if band == 2 else "cosine similarity"
@@ -86,7 +96,27 @@ def heatmap_layer(
     renderer.setClassificationMax(hi)
     layer.setRenderer(renderer)
     layer.setOpacity(opacity)
-    return layer
+
+
+def style_confidence(layer: QgsRasterLayer) -> None:
+    """Style a classification confidence layer in place: grey ramp over the fixed range 0–1.
+
+    A fixed range keeps layers comparable (a min/max stretch would make 0.3 look certain).
+    """
+    ramp = QgsColorRampShader(0.0, 1.0)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [
+            QgsColorRampShader.ColorRampItem(0.0, QColor("#000000"), "0 (uncertain)"),
+            QgsColorRampShader.ColorRampItem(1.0, QColor("#ffffff"), "1 (confident)"),
+        ]
+    )
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    layer.setRenderer(renderer)
 
 
 def class_layer(
@@ -94,6 +124,12 @@ def class_layer(
 ) -> QgsRasterLayer:
     """A paletted land-use map: pixel value i is ``classes[i]``."""
     layer = _check(QgsRasterLayer(str(path), name), path)
+    style_classes(layer, classes, colors)
+    return layer
+
+
+def style_classes(layer: QgsRasterLayer, classes: list[str], colors: dict[str, str]) -> None:
+    """Style a land-use layer in place: a palette with one named entry per class."""
     default = (
         "#1f77b4",
         "#2ca02c",
@@ -109,14 +145,19 @@ def class_layer(
         for i, c in enumerate(classes)
     ]
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
-    return layer
 
 
 def hits_layer(path: str | Path, name: str) -> QgsVectorLayer:
     """Ranked hits with their rank as label."""
+    layer = _check(QgsVectorLayer(str(path), name, "ogr"), path)
+    style_hits(layer)
+    return layer
+
+
+def style_hits(layer: QgsVectorLayer) -> None:
+    """Style a hits layer in place: red points (or translucent tiles) labelled by rank."""
     from qgis.core import QgsPalLayerSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling
 
-    layer = _check(QgsVectorLayer(str(path), name, "ogr"), path)
     sym = layer.renderer().symbol()
     sym.setColor(QColor("#ff2d55"))
     if layer.geometryType() == 0:  # points
@@ -131,7 +172,7 @@ def hits_layer(path: str | Path, name: str) -> QgsVectorLayer:
     pal.setFormat(fmt)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(pal))
     layer.setLabelsEnabled(True)
-    return layer
+    layer.triggerRepaint()
 
 
 def add_group(project: QgsProject, group_name: str, layers: list[QgsMapLayer]) -> QgsLayerTreeGroup:

@@ -2,13 +2,12 @@
 
 Subclasses declare their own parameters in ``initAlgorithm`` and keep ``processAlgorithm``
 thin: parse, validate, call the engine inside :func:`engine_errors`, return outputs. Engine
-errors become ``QgsProcessingException`` with the engine's actionable message.
+errors become ``QgsProcessingException`` with the engine's actionable message. The shared
+helpers live in :mod:`.common` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,57 +28,29 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorLayer,
-    QgsRasterLayer,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ...engine.contract import Modality
 from ...engine.domain import domain_warning
-from ...engine.errors import CancelledError, EngineError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
-from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.store import EmbeddingStore
 from ...engine.zarr_store import open_store
 from .. import model_cache
-from ..qgis_reader import reader_for_layer
+from ..qgis_reader import qgs_crs
 from ..settings import PROVIDERS, Settings
 from . import help as texts
-
-BLOCK_TILES = 16  # resume/progress granularity of stores embedded from Processing
-
-
-@contextlib.contextmanager
-def engine_errors() -> Iterator[None]:
-    """Turn engine errors into QgsProcessingException with the same message."""
-    try:
-        yield
-    except CancelledError as e:
-        raise QgsProcessingException(f"Cancelled: {e}") from None
-    except EngineError as e:
-        raise QgsProcessingException(str(e)) from None
-
-
-def progress_of(
-    feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0
-) -> Callable[[float], None]:
-    """An engine ``progress(fraction)`` callback that drives ``feedback`` from start to end %."""
-
-    def update(fraction: float) -> None:
-        feedback.setProgress(start + (end - start) * max(0.0, min(1.0, float(fraction))))
-
-    return update
-
-
-def canceled_of(feedback: QgsProcessingFeedback) -> Callable[[], bool]:
-    """An engine ``is_canceled()`` callback over ``feedback``."""
-    return feedback.isCanceled
-
-
-def name_output(context: QgsProcessingContext, path: str, name: str) -> None:
-    """Name the layer Processing loads from ``path`` after the query (e.g. "heatmap: lake")."""
-    if path and context.willLoadLayerOnCompletion(path):
-        context.layerToLoadOnCompletionDetails(path).name = name[:120]
+from .common import (  # noqa: F401 - re-exported: algorithms import these from .base
+    BLOCK_TILES,
+    canceled_of,
+    embed_cached,
+    engine_errors,
+    name_output,
+    progress_of,
+    provenance,
+)
+from .store_window import store_window
 
 
 class UniGeoAlgorithm(QgsProcessingAlgorithm):
@@ -173,7 +144,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(
                 QgsProcessingParameterExtent(
                     self.EXTENT,
-                    self.tr("Extent to embed (default: the whole raster)"),
+                    self.tr("Extent (default: the whole raster or store)"),
                     optional=True,
                 )
             )
@@ -208,6 +179,8 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
                         "again with this model or pick the model it was made with."
                     )
                 )
+            if parameters.get(self.EXTENT) and self.parameterDefinition(self.EXTENT):
+                return self.store_extent(store, parameters, context, feedback)
             return store
         if layer is None:
             raise QgsProcessingException(
@@ -220,57 +193,32 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             extent = ((rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()), wkt)
         return embed_cached(model, layer, bands, feedback, extent)
 
-
-def embed_cached(
-    model: UniGeoModel,
-    layer: QgsRasterLayer,
-    bands: list[int] | None,
-    feedback: QgsProcessingFeedback,
-    extent: tuple[tuple[float, float, float, float], str] | None = None,
-    stride_px: int | None = None,
-) -> EmbeddingStore:
-    """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
-    from ...engine.embed import embed_raster
-    from ...engine.raster_io import grid_for_raster
-
-    s = Settings.load()
-    with engine_errors():
-        if not model.has(Modality.AERIAL):
-            raise QgsProcessingException("the model has no aerial encoder to embed rasters with")
-        reader = reader_for_layer(layer, bands=bands)
-        box, box_crs = extent if extent is not None else (None, None)
-        grid = grid_for_raster(
-            reader,
-            model.spec(Modality.AERIAL).preprocess,
-            stride_px=stride_px or s.stride_arg(),
-            extent=box,
-            extent_crs=box_crs,
-        )
-        cache = StoreCache(s.cache_path(), s.cache_bytes())
-        key = cache.key(reader.fingerprint(), model.model_hash, grid)
-        store = cache.get_or_none(key)
-        if store is None:
-            feedback.pushInfo(f"Embedding {grid.rows}x{grid.cols} tiles of '{layer.name()}'")
-            store = embed_raster(
-                model,
-                reader,
-                grid,
-                cache.path_for(key),
-                block_tiles=BLOCK_TILES,
-                progress=progress_of(feedback, 0.0, 80.0),
-                is_canceled=canceled_of(feedback),
+    def store_extent(
+        self,
+        store: EmbeddingStore,
+        parameters: dict,
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> EmbeddingStore:
+        """The tiles of ``store`` within EXTENT (same lattice); an error when there are none."""
+        with engine_errors():
+            crs = qgs_crs(store.crs)
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+            box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+            window = store_window(store, box)
+        if window is None:
+            b = ", ".join(f"{v:.6g}" for v in store.grid.bounds)
+            raise QgsProcessingException(
+                self.tr(
+                    f"EXTENT does not overlap the store {store.folder} (its tiles cover {b} in "
+                    f"{crs.authid() or 'its CRS'}); pick an extent inside it or leave EXTENT empty."
+                )
             )
-        cache.evict(keep=(key,))
-    return store
-
-
-def provenance(model: UniGeoModel, store: EmbeddingStore | None, **extra: Any) -> dict[str, Any]:
-    """What output layers record about their making."""
-    out = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
-    if store is not None:
-        out["store"] = str(store.folder)
-    out.update(extra)
-    return out
+        g = store.grid
+        feedback.pushInfo(
+            f"EXTENT: {window.grid.rows}x{window.grid.cols} of the store's {g.rows}x{g.cols} tiles"
+        )
+        return window
 
 
 class QueryAlgorithm(UniGeoAlgorithm):

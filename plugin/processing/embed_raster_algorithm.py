@@ -8,6 +8,7 @@ import numpy as np
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -17,8 +18,10 @@ from qgis.core import (
 
 from ...engine.contract import Modality
 from ...engine.embed import embed_raster
+from ...engine.errors import RasterInputError
 from ...engine.geo_io import write_grid_raster
-from ...engine.raster_io import grid_for_raster
+from ...engine.model import UniGeoModel
+from ...engine.raster_io import RasterioReader, grid_for_raster
 from ...engine.store import EmbeddingStore, StoreCache
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
@@ -29,6 +32,7 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
     """Embed every tile of a raster layer with the aerial encoder."""
 
     NAME = "embedraster"
+    MODALITY = "MODALITY"
     STRIDE = "STRIDE"
     EXTENT = "EXTENT"
     OUTPUT_STORE = "OUTPUT_STORE"
@@ -43,6 +47,15 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
                 parentLayerParameterName=self.INPUT,
                 optional=True,
                 allowMultiple=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.MODALITY,
+                self.tr("Encoder: aerial image or DSM (heights in metres)"),
+                options=[m.value for m in MODALITIES],
+                defaultValue=Modality.AERIAL.value,
+                usesStaticStrings=True,  # MODALITY="dsm" in scripts, not an index
             )
         )
         self.addParameter(
@@ -86,23 +99,27 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
             extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         store_dir = self.parameterAsString(parameters, self.OUTPUT_STORE, context)
         tiff = self.parameterAsOutputLayer(parameters, self.OUTPUT_TIFF, context)
+        modality = Modality(
+            self.parameterAsEnumString(parameters, self.MODALITY, context) or "aerial"
+        )
         model = self.load_model(parameters, context)
         with engine_errors():
-            reader = reader_for_layer(layer, bands=bands)
-            spec = model.spec(Modality.AERIAL).preprocess
+            reader = modality_reader(layer, bands, modality, model)
+            spec = model.spec(modality).preprocess
             grid = grid_for_raster(reader, spec, stride_px=stride, extent=extent)
             if not store_dir or store_dir == "TEMPORARY_OUTPUT":
                 s = Settings.load()
                 cache = StoreCache(s.cache_path(), s.cache_bytes())
-                store_dir = str(
-                    cache.path_for(cache.key(reader.fingerprint(), model.model_hash, grid))
-                )
+                # a DSM store of the same grid must not be taken for the aerial one
+                fp = reader.fingerprint() + ("" if modality is Modality.AERIAL else ":dsm")
+                store_dir = str(cache.path_for(cache.key(fp, model.model_hash, grid)))
             feedback.pushInfo(f"{grid.rows}x{grid.cols} tiles at {grid.gsd:g} m -> {store_dir}")
             store = embed_raster(
                 model,
                 reader,
                 grid,
                 store_dir,
+                modality=modality,
                 block_tiles=BLOCK_TILES,
                 progress=progress_of(feedback, 0.0, 95.0 if tiff else 100.0),
                 is_canceled=canceled_of(feedback),
@@ -112,6 +129,40 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
                 write_embeddings_tiff(tiff, store)
         feedback.pushInfo(f"{int(np.count_nonzero(store.valid))} valid tiles")
         return {self.OUTPUT_STORE: store_dir, self.OUTPUT_TIFF: tiff or None}
+
+
+MODALITIES = (Modality.AERIAL, Modality.DSM)
+
+
+def modality_reader(layer, bands: list[int] | None, modality: Modality, model: UniGeoModel):
+    """The reader of ``layer`` for ``modality``; errors that say which MODALITY fits.
+
+    A DSM is read in metres (no 0-1 scaling) with area-average resampling, as the DSM encoder
+    was trained; that needs a GDAL raster file. A one-band raster read for the aerial encoder
+    of a bundle that has a DSM encoder is pointed to ``MODALITY=dsm``.
+    """
+    if not model.has(modality):
+        raise QgsProcessingException(
+            f"the model has no {modality.value} encoder; pick MODALITY="
+            + ("aerial" if modality is Modality.DSM else "dsm")
+            + " or a bundle that has one"
+        )
+    if modality is Modality.DSM:
+        path = Path(layer.source().split("|")[0])
+        if layer.providerType() != "gdal" or not path.is_file():
+            raise QgsProcessingException(
+                f"MODALITY=dsm reads heights from a raster file; '{layer.name()}' is not one "
+                "(save it as a GeoTIFF first)"
+            )
+        return RasterioReader(path, bands=bands, scale=1.0, resampling="average")
+    reader = reader_for_layer(layer, bands=bands)
+    if bands is None and reader.band_count == 1 and model.has(Modality.DSM):
+        wanted = model.spec(Modality.AERIAL).preprocess.bands
+        raise RasterInputError(
+            f"'{layer.name()}' has one band but the aerial encoder needs {len(wanted)} "
+            f"({', '.join(wanted)}). If it holds heights (a DSM), run again with MODALITY=dsm."
+        )
+    return reader
 
 
 def write_embeddings_tiff(path: str, store: EmbeddingStore) -> Path:

@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
+    QgsUnitTypes,
 )
 
 from ...engine import query as Q
@@ -75,6 +76,7 @@ class GpsFieldAlgorithm(UniGeoAlgorithm):
             else crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
         )
         box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        check_resolution(crs, box, res)
         model = self.load_model(parameters, context)
         with engine_errors():
             grid = TileGrid.for_extent(crs_text, res, 1, 1, box, origin=(box[0], box[3]))
@@ -108,6 +110,36 @@ class GpsFieldAlgorithm(UniGeoAlgorithm):
         if gps:
             parts.append(Q.gps_query(model, *parse_latlon(gps)))
         return Q.combine(*parts) if parts else None
+
+
+def check_resolution(crs: QgsCoordinateReferenceSystem, box: tuple, res: float) -> None:
+    """Refuse a RESOLUTION larger than the EXTENT, saying which unit it is in and what fits.
+
+    RESOLUTION is in the units of the extent's CRS: 1000 means 1000 degrees in EPSG:4326,
+    which would put cell centres hundreds of degrees away (and the GPS encoder would then
+    complain about impossible latitudes instead of the real mistake).
+    """
+    w, h = box[2] - box[0], box[3] - box[1]
+    if not (w > 0 and h > 0):
+        raise QgsProcessingException("EXTENT is empty; draw or type an area")
+    if res <= max(w, h):
+        return
+    unit = QgsUnitTypes.toString(crs.mapUnits())
+    hint = _round1(max(w, h) / 50)
+    metres = f" (about {hint * 111_000:,.0f} m)" if crs.isGeographic() else ""
+    raise QgsProcessingException(
+        f"RESOLUTION {res:g} is in the units of the extent's CRS ({crs.authid() or 'custom'}: "
+        f"{unit}) and is larger than the whole EXTENT ({w:.6g} x {h:.6g} {unit}). Give the "
+        f"cell size in {unit}, e.g. RESOLUTION={hint:g}{metres}, or give the EXTENT in a "
+        "projected CRS (metres)."
+    )
+
+
+def _round1(x: float) -> float:
+    """``x`` rounded to one significant digit (0.0123 -> 0.01)."""
+    import math
+
+    return float(f"{x:.1g}") if x > 0 and math.isfinite(x) else x
 
 
 def grid_latlon(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:

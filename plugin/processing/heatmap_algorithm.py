@@ -32,16 +32,17 @@ class HeatmapAlgorithm(QueryAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         model, store, query = self.prepare_query(parameters, context, feedback)
+        prov = provenance(model, store, **query.provenance())
         with engine_errors():
             # in memory, or chunk by chunk for stores above 2*10^7 tiles (flat memory)
             heatmap_auto(
                 out,
                 store,
                 query.vector(),
-                provenance=provenance(model, store, **query.provenance()),
+                provenance=prov,
                 progress=progress_of(feedback, 80.0, 100.0),
                 is_canceled=canceled_of(feedback),
             )
         feedback.pushInfo(f"query: {query.description()}")
-        name_output(context, out, f"similarity: {query.description()}")
+        name_output(context, out, f"similarity: {query.description()}", "heatmap", prov)
         return {self.OUTPUT: out}

@@ -18,7 +18,14 @@ _QUERY_HELP = (
 _SOURCE_HELP = (
     "<p><b>Source</b>: an embedding store folder (STORE, from 'Embed raster'), or a raster "
     "layer (INPUT) that is embedded on demand into the UniGeo cache (embedded once, reused "
-    "next time); EXTENT limits the embedded area.</p>"
+    "next time). EXTENT limits the area: with INPUT only that part is embedded; with STORE "
+    "only the store's tiles within EXTENT are used (same tiles, same embeddings), so the "
+    "output covers EXTENT alone and percentiles are ranks within it. An EXTENT outside the "
+    "store is an error.</p>"
+)
+_LOAD_HELP = (
+    "<p>Outputs opened after the run are styled as in the UniGeo panel, with the model, query "
+    "and parameters in the layer metadata (Properties &gt; Metadata).</p>"
 )
 _MODEL_HELP = (
     "<p>MODEL is a model bundle folder (default: the one in UniGeo settings); PROVIDER picks "
@@ -31,7 +38,9 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "embeddings",
         "<p>Cuts a raster into tiles at the model's ground sample distance and embeds every "
         "tile with the aerial encoder into an embedding store (embed once, query many times)."
-        "</p><p>BANDS picks the layer bands in the model's order (default: by colour "
+        "</p><p>MODALITY picks the encoder: 'aerial' (default) for images, 'dsm' for a "
+        "one-band surface model of heights in metres (read unscaled, averaged when "
+        "resampled; a GDAL raster file).</p><p>BANDS picks the layer bands in the model's order (default: by colour "
         "interpretation, else in file order). STRIDE is the step between tiles in pixels (0 = "
         "the tile size). EXTENT limits the area. OUTPUT_STORE is the store folder (default: "
         "the UniGeo cache). OUTPUT_TIFF optionally writes the embeddings as a multi-band "
@@ -45,6 +54,7 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "<p>Scores every tile of an embedded raster against a query and writes a heatmap "
         "GeoTIFF: band 1 is the cosine similarity, band 2 its percentile within the area.</p>"
         + _SOURCE_HELP
+        + _LOAD_HELP
         + _QUERY_HELP
         + _MODEL_HELP,
     ),
@@ -53,7 +63,13 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "search",
         "<p>The K tiles most similar to a query, as points (tile centres) or polygons (tile "
         "footprints) with rank, score and percentile. MIN_DISTANCE (in tiles) keeps hits "
-        "apart.</p>" + _SOURCE_HELP + _QUERY_HELP + _MODEL_HELP,
+        "apart. OUTPUT is a GeoPackage (.gpkg, the store's CRS, with provenance metadata), "
+        "a GeoJSON file (.geojson, always WGS84 longitude/latitude as RFC 7946 requires) or a "
+        "Shapefile (.shp, the store's CRS; field names cut to 10 characters).</p>"
+        + _SOURCE_HELP
+        + _LOAD_HELP
+        + _QUERY_HELP
+        + _MODEL_HELP,
     ),
     "classify": (
         "Classify land use",
@@ -64,6 +80,7 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "mean) or 'logreg' (logistic regression). Writes a paletted class raster and a "
         "confidence raster (softmax probability of the chosen class).</p>"
         + _SOURCE_HELP
+        + _LOAD_HELP
         + _MODEL_HELP,
     ),
     "embedfeatures": (
@@ -80,16 +97,22 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "Encode texts or photos",
         "embeddings",
         "<p>Embeds the texts of a table field (INPUT + FIELD), or the photos (.jpg, .jpeg, "
-        ".png) of a folder (PHOTO_FOLDER), into a table without geometry: source, "
-        "unigeo_embedding (a JSON array of D floats) and, for photos, the EXIF latitude and "
-        "longitude when present. TEMPLATES averages texts over the model's prompt "
-        "templates.</p>" + _MODEL_HELP,
+        ".png) of a folder (PHOTO_FOLDER). TEMPLATES averages texts over the model's prompt "
+        "templates.</p><p>Texts: one row per input feature, in order, with the input's "
+        "geometry and attributes plus <b>unigeo_fid</b> (the input feature id), "
+        "<b>unigeo_status</b> ('ok', or why there is no embedding, e.g. an empty or NULL "
+        "text) and <b>unigeo_embedding</b> (a JSON array of D floats; NULL unless the status "
+        "is 'ok').</p><p>Photos: one row per photo with source (file name), latitude and "
+        "longitude from EXIF GPS and a WGS84 point where known, unigeo_status and "
+        "unigeo_embedding; an unreadable photo gets its reason, the others are embedded."
+        "</p>" + _MODEL_HELP,
     ),
     "gpsfield": (
         "GPS embedding field",
         "embeddings",
-        "<p>Embeds the coordinates of every cell of EXTENT at RESOLUTION (in the units of the "
-        "extent's CRS) with the GPS encoder alone, no imagery. Without a query the output has "
+        "<p>Embeds the coordinates of every cell of EXTENT at RESOLUTION with the GPS encoder "
+        "alone, no imagery. RESOLUTION is in the units of the extent's CRS: degrees for "
+        "EPSG:4326 (0.01 is about 1 km), metres for a projected CRS such as UTM. Without a query the output has "
         "one band per embedding dimension; with QUERY_TEXT and/or QUERY_GPS ('lat,lon') it is "
         "a similarity heatmap (band 1 cosine, band 2 percentile).</p>" + _MODEL_HELP,
     ),

@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ...engine.geo_io import VECTOR_DRIVERS
 from ...engine.similarity import write_hits
 from ...engine.streaming import hits_auto
 from .base import (
@@ -63,9 +64,11 @@ class TopHitsAlgorithm(QueryAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if Path(out).suffix.lower() not in (".gpkg", ".geojson", ".json"):
+        if not Path(out).suffix:
+            out += ".gpkg"  # a bare name typed in a script: the default format
+        if Path(out).suffix.lower() not in VECTOR_DRIVERS:
             raise QgsProcessingException(
-                self.tr(f"Write the hits to a .gpkg or .geojson file, not '{out}'")
+                self.tr(f"Write the hits to a .gpkg, .geojson or .shp file, not '{out}'")
             )
         k = self.parameterAsInt(parameters, self.K, context)
         radius = self.parameterAsInt(parameters, self.MIN_DISTANCE, context)
@@ -83,5 +86,5 @@ class TopHitsAlgorithm(QueryAlgorithm):
             prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
             write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
         feedback.pushInfo(f"{len(hits)} places for {query.description()}")
-        name_output(context, out, f"top {k}: {query.description()}")
+        name_output(context, out, f"top {k}: {query.description()}", "hits", prov)
         return {self.OUTPUT: out}

@@ -340,7 +340,8 @@ def test_encodetable_texts_and_photos(run, analytic_bundle, shared_data, tmp_pat
     table.dataProvider().addFeatures(feats)
     res = run("encodetable", INPUT=table, FIELD="txt", OUTPUT=str(tmp_path / "texts.csv"))
     rows = list(_vector(res["OUTPUT"]).getFeatures())
-    assert [r["source"] for r in rows] == ["blue", "green", "dense forest"]
+    assert [r["txt"] for r in rows] == ["blue", "green", "dense forest"]
+    assert {r["unigeo_status"] for r in rows} == {"ok"}
     blue = np.array(json.loads(rows[0]["unigeo_embedding"]))
     assert blue[2] > 0.99 and abs(np.linalg.norm(blue) - 1) < 1e-4  # the blue axis
     folder = shared_data / "street_photos" / "berlin"

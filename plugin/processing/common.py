@@ -1,0 +1,129 @@
+"""Helpers every UniGeo algorithm shares: engine errors, progress, output naming, provenance,
+and the cached on-demand embedding of a raster layer (``embed_cached``).
+
+``plugin.processing.base`` re-exports these names, so ``from .base import engine_errors`` etc.
+keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+)
+
+from ...engine.contract import Modality
+from ...engine.errors import CancelledError, EngineError
+from ...engine.model import UniGeoModel
+from ...engine.store import EmbeddingStore, StoreCache
+from ..qgis_reader import reader_for_layer
+from ..settings import Settings
+from .outputs import style_output
+
+BLOCK_TILES = 16  # resume/progress granularity of stores embedded from Processing
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn engine errors into QgsProcessingException with the same message."""
+    try:
+        yield
+    except CancelledError as e:
+        raise QgsProcessingException(f"Cancelled: {e}") from None
+    except EngineError as e:
+        raise QgsProcessingException(str(e)) from None
+
+
+def progress_of(
+    feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0
+) -> Callable[[float], None]:
+    """An engine ``progress(fraction)`` callback that drives ``feedback`` from start to end %."""
+
+    def update(fraction: float) -> None:
+        feedback.setProgress(start + (end - start) * max(0.0, min(1.0, float(fraction))))
+
+    return update
+
+
+def canceled_of(feedback: QgsProcessingFeedback) -> Callable[[], bool]:
+    """An engine ``is_canceled()`` callback over ``feedback``."""
+    return feedback.isCanceled
+
+
+def name_output(
+    context: QgsProcessingContext,
+    path: str,
+    name: str,
+    kind: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """Name the layer Processing loads from ``path`` and style it like the GUI when loaded.
+
+    Args:
+        context: The run's context.
+        path: The output path (or sink destination).
+        name: The layer name (e.g. "similarity: text 'lake'").
+        kind: ``heatmap``, ``classes``, ``confidence`` or ``hits``; None: read from the file.
+        provenance: The layer metadata; None: the file's ``UNIGEO_*`` tags.
+    """
+    if path and context.willLoadLayerOnCompletion(path):
+        context.layerToLoadOnCompletionDetails(path).name = name[:120]
+        style_output(context, path, kind, provenance)
+
+
+def embed_cached(
+    model: UniGeoModel,
+    layer: QgsRasterLayer,
+    bands: list[int] | None,
+    feedback: QgsProcessingFeedback,
+    extent: tuple[tuple[float, float, float, float], str] | None = None,
+    stride_px: int | None = None,
+) -> EmbeddingStore:
+    """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
+    from ...engine.embed import embed_raster
+    from ...engine.raster_io import grid_for_raster
+
+    s = Settings.load()
+    with engine_errors():
+        if not model.has(Modality.AERIAL):
+            raise QgsProcessingException("the model has no aerial encoder to embed rasters with")
+        reader = reader_for_layer(layer, bands=bands)
+        box, box_crs = extent if extent is not None else (None, None)
+        grid = grid_for_raster(
+            reader,
+            model.spec(Modality.AERIAL).preprocess,
+            stride_px=stride_px or s.stride_arg(),
+            extent=box,
+            extent_crs=box_crs,
+        )
+        cache = StoreCache(s.cache_path(), s.cache_bytes())
+        key = cache.key(reader.fingerprint(), model.model_hash, grid)
+        store = cache.get_or_none(key)
+        if store is None:
+            feedback.pushInfo(f"Embedding {grid.rows}x{grid.cols} tiles of '{layer.name()}'")
+            store = embed_raster(
+                model,
+                reader,
+                grid,
+                cache.path_for(key),
+                block_tiles=BLOCK_TILES,
+                progress=progress_of(feedback, 0.0, 80.0),
+                is_canceled=canceled_of(feedback),
+            )
+        cache.evict(keep=(key,))
+    return store
+
+
+def provenance(model: UniGeoModel, store: EmbeddingStore | None, **extra: Any) -> dict[str, Any]:
+    """What output layers record about their making."""
+    out = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
+    if store is not None:
+        out["store"] = str(store.folder)
+    out.update(extra)
+    return out
