@@ -6,6 +6,7 @@ are created lazily per modality, so an aerial-only job never loads the text towe
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ from .preprocess import (
     prepare_photo,
     validate_latlon,
 )
-from .sessions import ProviderReport, SessionCache, resolve_providers, run_bound
+from .sessions import ProviderReport, SessionCache, couples_batch, resolve_providers, run_bound
+
+log = logging.getLogger(__name__)
 
 _TILE_MODALITIES = (Modality.AERIAL, Modality.STREETVIEW, Modality.DSM)
 
@@ -52,6 +55,7 @@ class UniGeoModel:
         self._cache = SessionCache()
         self._lock = threading.Lock()
         self._checked: set[Modality] = set()
+        self._coupled: dict[Modality, bool] = {}
         self._tokenizer: TextTokenizer | None = None
 
     @classmethod
@@ -113,6 +117,29 @@ class UniGeoModel:
             self._checked.add(spec.modality)
         return sess
 
+    def batch_coupled(self, modality: Modality) -> bool:
+        """True if the encoder's graph makes a sample's embedding depend on its batch.
+
+        Dynamic int8 graphs quantise activations with one scale per batch; the model then
+        encodes such a tower one sample at a time, so a tile or text gets the same embedding
+        whatever else is embedded with it (extent invariance). Detected once per tower.
+
+        Raises:
+            InputError: the bundle has no encoder for ``modality``.
+        """
+        m = self.spec(modality).modality
+        with self._lock:
+            if m not in self._coupled:
+                path = self.loaded.files[m]
+                self._coupled[m] = couples_batch(path)
+                if self._coupled[m]:
+                    log.info(
+                        "%s has dynamic int8 (batch-coupled) ops: encoding one sample per "
+                        "inference call so results do not depend on the batch",
+                        path.name,
+                    )
+            return self._coupled[m]
+
     def tokenizer(self) -> TextTokenizer:
         """The text tokenizer, loaded on first use."""
         spec = self.spec(Modality.TEXT)
@@ -133,7 +160,7 @@ class UniGeoModel:
             modality: ``AERIAL`` / ``STREETVIEW`` (chips float ``[N, C, H, W]`` in [0, 1]) or
                 ``DSM`` (``[N, 1, H, W]`` heights in metres); NaN marks nodata.
             chips: the chips, matching the spec's bands and size.
-            batch_size: chips per inference call.
+            batch_size: chips per inference call (one for a :meth:`batch_coupled` tower).
 
         Returns:
             float32 ``[N, D]``, rows L2-normalised.
@@ -169,7 +196,7 @@ class UniGeoModel:
             texts: non-empty strings.
             templates: strings with one ``"{}"`` each; a text's embedding is then the
                 re-normalised mean of its template embeddings.
-            batch_size: texts per inference call.
+            batch_size: texts per inference call (one for a :meth:`batch_coupled` tower).
 
         Returns:
             float32 ``[N, D]``, rows L2-normalised.
@@ -255,6 +282,7 @@ class UniGeoModel:
         """Release every session and the tokenizer; the model can still be used (it reloads)."""
         self._cache.clear()
         self._checked.clear()
+        self._coupled.clear()
         with self._lock:
             self._tokenizer = None
 
@@ -278,8 +306,10 @@ class UniGeoModel:
         if n == 0:
             return out
         sess = self.encoder_session(modality)
-        for start in range(0, n, int(batch_size)):
-            s = slice(start, min(n, start + int(batch_size)))
+        # A batch-coupled graph gives a sample a different embedding in every batch: run it alone.
+        step = 1 if self.batch_coupled(modality) else int(batch_size)
+        for start in range(0, n, step):
+            s = slice(start, min(n, start + step))
             y = np.asarray(self._run(sess, modality, feeds(s)), dtype=np.float32)
             if y.shape != (s.stop - s.start, self.dim):
                 raise ModelContractError(

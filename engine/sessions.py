@@ -239,6 +239,37 @@ def run_bound(session: Any, feeds: dict[str, np.ndarray], output: str = OUTPUT_N
     return binding.copy_outputs_to_cpu()[0]
 
 
+# Ops that quantise activations with one scale computed over the whole input tensor, i.e. over
+# every sample of the batch: a sample's output then depends on which samples share its batch.
+# ONNX stores op types as plain UTF-8 strings in the NodeProto, so the prefix is found in the bytes.
+_BATCH_COUPLED_MARK = b"DynamicQuantize"  # DynamicQuantizeLinear, -MatMul, -LSTM
+_SCAN_CHUNK = 1 << 22
+
+
+def couples_batch(path: str | Path) -> bool:
+    """True if the ONNX file has an op that couples the samples of a batch.
+
+    ``DynamicQuantizeLinear`` (what ``quantize_dynamic`` writes before each int8 MatMul) computes
+    one scale per tensor, so embeddings of the same input differ by up to ~1e-3 (aerial) and
+    ~4e-2 (text) with the batch it is in; callers run such a graph one sample at a time. The
+    file is scanned for the op name rather than parsed because the engine has no ``onnx``
+    dependency; a false hit (those 15 bytes inside a weight) only costs speed, never correctness.
+
+    Raises:
+        ModelContractError: the file cannot be read.
+    """
+    mark, tail = _BATCH_COUPLED_MARK, b""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_SCAN_CHUNK):
+                if mark in tail + chunk:
+                    return True
+                tail = chunk[-(len(mark) - 1) :]  # a name split across two chunks
+    except OSError as e:
+        raise ModelContractError(f"cannot read the ONNX file {path}: {e.strerror}") from None
+    return False
+
+
 class SessionCache:
     """Sessions keyed by (file, modification time, providers, threads); thread-safe.
 

@@ -6,6 +6,12 @@
 # int8: its matmul variant was faster but lost 1.8 R@10 points text -> aerial on the test split),
 # evaluation, the int8 retrieval check on the held-out split, and assembly into
 # resources/models/default (<= 50 MB).
+# The aerial tower ships as its fused fp32 graph with the weights STORED as fp16 (each big
+# initializer is a Cast that onnxruntime folds at load, so it computes in fp32): its int8 variants
+# quantise activations with one scale per batch (DynamicQuantizeLinear), which made a tile's
+# embedding depend on the tiles sharing its batch and broke extent invariance. The fp32 graph
+# alone would not fit the 50 MB cap (50.7 MB); the engine runs the dynamic-int8 text tower one
+# text at a time for the same reason.
 # On a GPU machine use scripts/train_gpu.sh with the small config instead (see docs/MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +30,9 @@ $PY -m training.evaluate --checkpoint "$WORK/checkpoint.pt" --out "$WORK/eval" |
 mkdir -p "$WORK/eval"
 $PY scripts/eval_quantisation.py --checkpoint "$WORK/checkpoint.pt" --bundle "$WORK/bundle" \
   --split test | tee "$WORK/eval/quantisation.md" || true
+$PY -m training.weight_storage --bundle "$WORK/bundle" --tower aerial
 $PY scripts/ship_bundle.py --bundle "$WORK/bundle" --dataset "$DATA" \
-  --out resources/models/default --int8 text aerial \
+  --out resources/models/default --int8 text \
   --description "Interim UniGeoCLIP default bundle: default_cpu config, $STEPS steps on a CPU, trained on the real multi-site dataset from make data. See docs/MODEL_CARD.md."
 $PY -m engine info resources/models/default
 echo "make model: done in $(( $(date +%s) - start )) s"
