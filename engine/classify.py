@@ -6,15 +6,23 @@
 * Few-shot ("logreg"): multinomial logistic regression with L2, fitted in numpy by deterministic
   full-batch gradient descent (Nesterov momentum) on standardised embeddings.
 
-Confidence is the softmax probability of the chosen class. For cosine classifiers the logits are
-``cos / temperature`` with ``DEFAULT_TEMPERATURE = 0.01``: CLIP-style models are trained with a
-logit scale of about 100, so this reproduces the probabilities the model was trained to output.
-``confidence="margin"`` gives the cosine gap between the best and second-best class instead.
+Confidence is the softmax probability of the chosen class. For zero-shot the logits are
+``cos * logit_scale``, the scale the model learned in training (``BundleSpec.logit_scale``), so the
+probabilities are the ones the model was trained to output; a bundle that declares none falls back
+to ``DEFAULT_TEMPERATURE = 0.01`` (scale 100, CLIP's cap), which is likely overconfident, and says
+so in the warning. ``confidence="margin"`` gives the cosine gap between the best and second-best
+class instead; zero-shot always records the gap's median and the share of near-ties (gap below
+``LOW_MARGIN``) in its params, which go into both GeoTIFFs' provenance.
+
+The bundle's class prompts are final (they are what the model was evaluated with); prompt
+templates only expand a class given by its bare name (see :func:`resolve_prompts`). A zero-shot
+result carries a ``warning`` when the bundle's measured zero-shot accuracy is low or unknown, the
+logit scale is unknown, or most tiles are near-ties (see :func:`zero_shot_warning`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +39,16 @@ from .similarity import chunked_dot
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
 
+    from .contract import BundleSpec
     from .model import UniGeoModel
     from .store import EmbeddingStore
 
-DEFAULT_TEMPERATURE = 0.01
+DEFAULT_TEMPERATURE = 0.01  # only when a bundle declares no logit_scale (and few-shot prototypes)
+MIN_ZERO_SHOT_ACCURACY = 0.5  # a declared zero-shot accuracy below this gives a warning
+LOW_MARGIN = 0.02  # best minus second-best class cosine under this is a near-tie
+NEAR_TIE_SHARE = 0.5  # warn when more than this share of the tiles are near-ties
+GAP_BIN = 0.0005  # width of the cosine-gap histogram bins (gaps lie in [0, 2])
+GAP_BINS = np.arange(4001) * GAP_BIN  # bin edges
 NODATA_CLASS = -1  # in Classification.class_raster
 FILE_NODATA = 255  # in the written uint8 class raster
 # Used when the bundle names no colour for a class (Tableau 10, readable on imagery).
@@ -51,6 +65,7 @@ class Classification:
     colors: list[str]  # "#rrggbb" per class
     method: str = ""  # "zero-shot", "prototype" or "logreg"
     params: dict[str, Any] = field(default_factory=dict)  # settings, for provenance
+    warning: str = ""  # why the result should not be trusted (zero-shot), "" if no reason known
 
 
 @dataclass(frozen=True)
@@ -83,8 +98,14 @@ def _apply(
     confidence: str,
     progress: Callable[[float], None] | None,
     is_canceled: Callable[[], bool] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run a linear classifier over the store in chunks: (class int16, confidence float32)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a linear classifier over the store in chunks.
+
+    Returns:
+        class int16 and confidence float32 rasters (-1 / NaN = nodata), and the histogram over
+        :data:`GAP_BINS` of the valid tiles' top-1 minus top-2 logit (a cosine gap for cosine
+        classifiers): a histogram, not a third raster, keeps memory flat on huge stores.
+    """
     if confidence not in ("softmax", "margin"):
         raise InputError(f"confidence must be 'softmax' or 'margin', got '{confidence}'")
     if confidence == "margin" and lin.weight.shape[1] < 2:
@@ -92,19 +113,35 @@ def _apply(
     shape = store.embeddings.shape[:2]
     cls = np.empty(shape, dtype=np.int16)
     conf = np.empty(shape, dtype=np.float32)
+    hist = np.zeros(len(GAP_BINS) - 1, dtype=np.int64)
+    valid = np.asarray(store.valid, dtype=bool)
     for r0, r1, logits in chunked_dot(store, lin.weight, None, progress, is_canceled):
         logits += lin.bias
         cls[r0:r1] = np.argmax(logits, axis=-1)
-        if confidence == "margin":
+        if logits.shape[-1] >= 2:
             top2 = np.partition(logits, -2, axis=-1)[..., -2:]
-            conf[r0:r1] = top2[..., 1] - top2[..., 0]
+            gap = top2[..., 1] - top2[..., 0]
+            # bincount of the bin index: several times faster than np.histogram on edges
+            idx = np.clip(gap[valid[r0:r1]] * (1 / GAP_BIN), 0, len(hist) - 1).astype(np.intp)
+            hist += np.bincount(idx, minlength=len(hist))
+        if confidence == "margin":
+            conf[r0:r1] = gap
         else:
             scale = 1.0 / temperature if lin.cosine else 1.0
             conf[r0:r1] = _softmax(logits * np.float32(scale)).max(axis=-1)
-    valid = np.asarray(store.valid, dtype=bool)
     cls[~valid] = NODATA_CLASS
     conf[~valid] = np.nan
-    return cls, conf
+    return cls, conf, hist
+
+
+def _gap_stats(hist: np.ndarray) -> tuple[float | None, float | None]:
+    """(median cosine gap, share of gaps below :data:`LOW_MARGIN`) from a gap histogram."""
+    n = int(hist.sum())
+    if n == 0:
+        return None, None
+    mid = int(np.searchsorted(np.cumsum(hist), n / 2))
+    median = float((GAP_BINS[mid] + GAP_BINS[mid + 1]) / 2)
+    return median, float(hist[: int(np.searchsorted(GAP_BINS, LOW_MARGIN))].sum() / n)
 
 
 def _colors(classes: list[str], named: Mapping[str, str] | None) -> list[str]:
@@ -117,12 +154,112 @@ def _colors(classes: list[str], named: Mapping[str, str] | None) -> list[str]:
     return out
 
 
+def resolve_prompts(
+    class_prompts: Mapping[str, Sequence[str] | str] | None,
+    bundle: BundleSpec,
+    templates: Sequence[str] | None = None,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The final prompts per class, and the classes that were expanded from a bare name.
+
+    Bundle prompts are final: ``class_prompts=None`` uses ``bundle.class_prompts`` as written
+    (templating them again gave "an aerial view of an aerial view of water"). In
+    ``class_prompts``, a class whose only prompt is its own name (how the dialog, Processing
+    and the CLI pass a bare class name) is expanded with ``templates`` (default: the bundle's
+    ``prompt_templates``); other prompts, and the bundle's own prompts for a class, stay as
+    written.
+
+    Raises:
+        InputError: A class without any non-blank prompt, or a template without one ``{}``.
+    """
+    if class_prompts is None:
+        return {k: list(v) for k, v in bundle.class_prompts.items()}, []
+    tmpl = list(templates) if templates is not None else list(bundle.prompt_templates)
+    bad = [t for t in tmpl if not isinstance(t, str) or t.count("{}") != 1]
+    if bad or not tmpl:
+        raise InputError(f"prompt templates must each contain exactly one '{{}}', got {tmpl!r}")
+    out: dict[str, list[str]] = {}
+    templated = []
+    for name, plist in class_prompts.items():
+        items = [plist] if isinstance(plist, str) else list(plist)
+        clean = [p.strip() for p in items if isinstance(p, str) and p.strip()]
+        if not clean:
+            raise InputError(f"class '{name}' has no prompts")
+        if clean == [str(name).strip()] and clean != list(bundle.class_prompts.get(name, ())):
+            out[name] = list(dict.fromkeys(t.replace("{}", clean[0]) for t in tmpl))
+            templated.append(name)
+        else:
+            out[name] = clean
+    return out, templated
+
+
+def zero_shot_warning(
+    bundle: BundleSpec,
+    near_tie_share: float | None = None,
+    scale_declared: bool = True,
+    min_accuracy: float = MIN_ZERO_SHOT_ACCURACY,
+) -> str:
+    """Why a zero-shot map from this bundle should not be trusted; "" when no reason is known.
+
+    Args:
+        bundle: The model's bundle (its ``evaluation`` block and ``logit_scale``).
+        near_tie_share: Share of valid tiles whose best two class cosines differ by less than
+            :data:`LOW_MARGIN` (None: not measured).
+        scale_declared: False when the confidence used the fallback temperature.
+        min_accuracy: A declared zero-shot accuracy below this is "low".
+    """
+    parts = []
+    acc, model = bundle.zero_shot_accuracy, f"'{bundle.name} {bundle.version}'"
+    if acc is None:
+        parts.append(
+            f"model {model} declares no measured zero-shot accuracy: the classes are unverified"
+        )
+    elif acc < min_accuracy:
+        zs = bundle.evaluation.get("zero_shot", {})
+        k, n = zs.get("classes"), zs.get("n_test")
+        k = k if isinstance(k, int) and k > 0 else None  # the block is free-form but for accuracy
+        how = [f"{n} test samples" if n else "", f"{k} classes, chance {1 / k:.0%}" if k else ""]
+        how_s = f" ({', '.join(h for h in how if h)})" if any(how) else ""
+        parts.append(
+            f"model {model} scored {acc:.1%} zero-shot land-use accuracy{how_s}: "
+            "these classes are not reliable"
+        )
+    if near_tie_share is not None and near_tie_share > NEAR_TIE_SHARE:
+        parts.append(
+            f"{near_tie_share:.0%} of the tiles are near-ties (best and second-best class "
+            f"cosine within {LOW_MARGIN})"
+        )
+    if not scale_declared:
+        parts.append(
+            "the bundle declares no logit_scale, so the confidence assumes 100 (CLIP's cap) "
+            "and is likely overconfident"
+        )
+    if not parts:
+        return ""
+    return (
+        "Zero-shot land use: " + "; ".join(parts) + ". Check the map against the imagery, or "
+        "label a few example polygons and use few-shot classification instead."
+    )
+
+
+def _temperature(bundle: BundleSpec, temperature: float | None) -> tuple[float, str]:
+    """The softmax temperature and where it came from ("given", "bundle", "fallback")."""
+    if temperature is not None:
+        t, source = float(temperature), "given"
+    elif bundle.logit_scale:
+        t, source = 1.0 / bundle.logit_scale, "bundle"
+    else:
+        t, source = DEFAULT_TEMPERATURE, "fallback"
+    if not t > 0:
+        raise InputError(f"temperature must be > 0, got {temperature}")
+    return t, source
+
+
 def zero_shot(
     store: EmbeddingStore,
     model: UniGeoModel,
-    class_prompts: Mapping[str, list[str]] | None = None,
-    templates: list[str] | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
+    class_prompts: Mapping[str, Sequence[str] | str] | None = None,
+    templates: Sequence[str] | None = None,
+    temperature: float | None = None,
     confidence: str = "softmax",
     progress: Callable[[float], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
@@ -131,47 +268,51 @@ def zero_shot(
 
     Args:
         store: The embedding store.
-        model: The model (needs a text encoder); its bundle gives default prompts, templates
-            and colours.
-        class_prompts: Class name -> prompts (default: ``model.bundle.class_prompts``).
-        templates: Prompt templates with one ``{}`` (default: the bundle's).
-        temperature: Softmax temperature on cosine logits (see module docstring).
+        model: The model (needs a text encoder); its bundle gives default prompts, templates,
+            colours, the logit scale and the declared zero-shot accuracy.
+        class_prompts: Class name -> prompts (default: ``model.bundle.class_prompts``, used as
+            written); see :func:`resolve_prompts` for which are templated.
+        templates: Templates with one ``{}`` for bare class names (default: the bundle's).
+        temperature: Softmax temperature on cosine logits (default: ``1 / logit_scale`` of the
+            bundle, else :data:`DEFAULT_TEMPERATURE`).
         confidence: ``"softmax"`` (probability of the chosen class) or ``"margin"``.
         progress: Called with the fraction done.
         is_canceled: Polled between chunks.
+
+    Returns:
+        The classification; its ``warning`` says why it may not be trusted ("" if no reason).
     """
     if model is None or not model.has(Modality.TEXT):
         raise InputError("zero-shot classification needs a model with a text encoder")
-    prompts = dict(class_prompts if class_prompts is not None else model.bundle.class_prompts)
+    prompts, templated = resolve_prompts(class_prompts, model.bundle, templates)
     if len(prompts) < 2:
         raise InputError("zero-shot classification needs at least two classes with prompts")
-    if not temperature > 0:
-        raise InputError(f"temperature must be > 0, got {temperature}")
-    tmpl = list(templates) if templates is not None else list(model.bundle.prompt_templates)
-    protos = []
-    for name, plist in prompts.items():
-        plist = [p for p in plist if isinstance(p, str) and p.strip()]
-        if not plist:
-            raise InputError(f"class '{name}' has no prompts")
-        emb = np.asarray(model.encode_text(plist, templates=tmpl), dtype=np.float32)
-        protos.append(_normalise_rows(emb).mean(axis=0))
+    temp, source = _temperature(model.bundle, temperature)
+    protos = [
+        _normalise_rows(np.asarray(model.encode_text(plist), dtype=np.float32)).mean(axis=0)
+        for plist in prompts.values()
+    ]
     weight = _normalise_rows(np.stack(protos)).T
     lin = _Linear(weight, np.zeros(weight.shape[1], np.float32), cosine=True)
-    cls, conf = _apply(store, lin, temperature, confidence, progress, is_canceled)
+    cls, conf, hist = _apply(store, lin, temp, confidence, progress, is_canceled)
+    median, share = _gap_stats(hist)
+    warning = zero_shot_warning(model.bundle, share, scale_declared=source != "fallback")
     classes = list(prompts)
-    return Classification(
-        classes,
-        cls,
-        conf,
-        _colors(classes, model.bundle.class_colors),
-        "zero-shot",
-        {
-            "temperature": temperature,
-            "confidence": confidence,
-            "templates": tmpl,
-            "class_prompts": {k: list(v) for k, v in prompts.items()},
-        },
-    )
+    params = {
+        "temperature": temp,
+        "temperature_source": source,
+        "confidence": confidence,
+        "class_prompts": prompts,  # the final prompts that were embedded
+        "templated_classes": templated,
+        "templates": list(templates or model.bundle.prompt_templates) if templated else [],
+        "cosine_margin_median": median,
+        "near_tie_share": share,
+        "low_margin": LOW_MARGIN,
+        "declared_zero_shot_accuracy": model.bundle.zero_shot_accuracy,
+        "warning": warning,
+    }
+    colors = _colors(classes, model.bundle.class_colors)
+    return Classification(classes, cls, conf, colors, "zero-shot", params, warning)
 
 
 def gather_examples(
@@ -265,7 +406,7 @@ def from_examples(
         lin = _Linear(_normalise_rows(protos).T, np.zeros(len(classes), np.float32), True)
     else:
         lin = fit_logreg(x, y, len(classes), l2=l2)
-    cls, conf = _apply(store, lin, temperature, "softmax", progress, is_canceled)
+    cls, conf, _ = _apply(store, lin, temperature, "softmax", progress, is_canceled)
     params = {"method": method, "examples": dict(zip(classes, counts.tolist(), strict=True))}
     params.update({"temperature": temperature} if method == "prototype" else {"l2": l2})
     return Classification(classes, cls, conf, _colors(classes, colors), method, params)

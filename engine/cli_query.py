@@ -132,7 +132,7 @@ def add_hits_parser(sub: Any) -> None:
     """Register ``hits STORE --model M --out GPKG`` plus the query flags."""
     p = add_command(sub, "hits", "top-k similar places as GeoPackage/GeoJSON")
     add_model_args(p)
-    p.add_argument("--out", required=True, help=".gpkg or .geojson")
+    p.add_argument("--out", required=True, help=".gpkg (store CRS), .geojson (WGS84, RFC 7946) or .shp (store CRS)")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--min-distance", type=int, default=1, help="NMS radius in tiles")
     p.add_argument("--polygons", action="store_true", help="tile polygons instead of points")
@@ -208,9 +208,32 @@ def add_classify_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="class GeoTIFF (paletted)")
     p.add_argument("--confidence", default=None, help="confidence GeoTIFF")
     p.add_argument(
-        "--classes", default=None, help="JSON {class: [prompts]} (default: the bundle's)"
+        "--classes",
+        default=None,
+        help="JSON {class: [prompts]} or [class, ...] (default: the bundle's classes); prompts "
+        "are used as written, a bare class name gets the bundle's prompt templates",
     )
     p.set_defaults(func=cmd_classify)
+
+
+def read_classes(path: str) -> dict[str, list[str]]:
+    """The ``--classes`` JSON file: ``{class: [prompts]}``, or a list of bare class names.
+
+    Raises:
+        InputError: The file is unreadable, not JSON, or of another shape.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"--classes must be a JSON file {{class: [prompts]}}: {e}") from None
+    if isinstance(data, list) and all(isinstance(c, str) and c.strip() for c in data):
+        return {c.strip(): [c.strip()] for c in data}  # bare names: templated by the engine
+    if isinstance(data, dict) and all(isinstance(v, (list, str)) for v in data.values()):
+        return {str(k): [v] if isinstance(v, str) else list(v) for k, v in data.items()}
+    raise InputError(
+        f"--classes {path}: expected {{class: [prompts]}} or [class, ...], "
+        f"got {type(data).__name__}"
+    )
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -219,12 +242,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     model = load_model(args)
     store = open_store(args, model)
-    prompts = None
-    if args.classes:
-        try:
-            prompts = json.loads(Path(args.classes).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InputError(f"--classes must be a JSON file {{class: [prompts]}}: {e}") from None
+    prompts = read_classes(args.classes) if args.classes else None
     result = C.zero_shot(store, model, class_prompts=prompts)
     conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
     C.write_classification(
@@ -239,5 +257,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
             "method": "zero-shot",
         },
     )
+    p = result.params
     print(f"classes  {args.out}\nconfid.  {conf}")
+    print(
+        f"         softmax at temperature {p['temperature']:.4g} ({p['temperature_source']}); "
+        f"median best-vs-second cosine gap {_num(p['cosine_margin_median'])}"
+    )
+    if result.warning:
+        print(f"warning  {result.warning}")
     return 0
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -294,6 +294,18 @@ class BundleSpec:
     training_domain: TrainingDomain = field(default_factory=TrainingDomain)
     description: str = ""  # one paragraph for the model card / plugin settings
     format_version: int = FORMAT_VERSION
+    # Optional. The learned multiplier of cosine logits (CLIP's exp(logit_scale), 1/temperature):
+    # zero-shot confidence is softmax(cos * logit_scale). None: the bundle does not declare it.
+    logit_scale: float | None = None
+    # Optional measured quality, e.g. {"zero_shot": {"accuracy": 0.015, "n_test": 68,
+    # "classes": 7}, "source": "where it was measured"}; read by the zero-shot warnings.
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def zero_shot_accuracy(self) -> float | None:
+        """The declared zero-shot land-use accuracy (0..1), or None when not measured."""
+        acc = self.evaluation.get("zero_shot", {}).get("accuracy")
+        return None if acc is None else float(acc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -309,6 +321,8 @@ class BundleSpec:
             "provenance": dict(self.provenance),
             "training_domain": self.training_domain.to_dict(),
             "description": self.description,
+            **({} if self.logit_scale is None else {"logit_scale": self.logit_scale}),
+            **({"evaluation": self.evaluation} if self.evaluation else {}),
         }
 
     def write(self, folder: str | Path) -> Path:
@@ -383,6 +397,8 @@ class BundleSpec:
             ),
             description=str(d.get("description", "")),
             format_version=fv,
+            logit_scale=_logit_scale(d.get("logit_scale"), where),
+            evaluation=_evaluation(d.get("evaluation", {}), where),
         )
 
     @classmethod
@@ -402,3 +418,27 @@ class BundleSpec:
 def _safe_name(name: str) -> bool:
     """A plain file name: no folders, no '..', nothing absolute."""
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def _logit_scale(v: Any, where: str) -> float | None:
+    """The optional ``logit_scale``: a finite multiplier in (0, 1000] (CLIP clamps it at 100)."""
+    if v is None:
+        return None
+    x = _finite_list([v], 1, where, "logit_scale")[0]
+    if not 0 < x <= 1000:
+        raise _fail(where, f"'logit_scale' must be in (0, 1000] (1/temperature), got {x}")
+    return x
+
+
+def _evaluation(v: Any, where: str) -> dict[str, Any]:
+    """The optional ``evaluation`` block; ``zero_shot.accuracy`` must be a fraction in [0, 1]."""
+    if not isinstance(v, dict):
+        raise _fail(where, "'evaluation' must be an object")
+    zs = v.get("zero_shot", {})
+    if not isinstance(zs, dict):
+        raise _fail(where, "'evaluation.zero_shot' must be an object")
+    if "accuracy" in zs:
+        acc = _finite_list([zs["accuracy"]], 1, where, "evaluation.zero_shot.accuracy")[0]
+        if not 0 <= acc <= 1:
+            raise _fail(where, f"'evaluation.zero_shot.accuracy' must be in [0, 1], got {acc}")
+    return json.loads(json.dumps(v))  # a private deep copy (the caller keeps its dict)

@@ -396,7 +396,7 @@ def write_hits(
     as_polygons: bool = False,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write hits as points (tile centres) or polygons (tile footprints) to .gpkg or .geojson.
+    """Write hits as points (tile centres) or polygons (tile footprints) to .gpkg, .geojson (WGS84) or .shp.
 
     Fields: rank, score, percentile, row, col. The CRS is set on the layer; provenance goes into
     the GeoPackage metadata. The write is atomic.

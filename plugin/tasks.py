@@ -355,6 +355,7 @@ class ClassifyOutput:
     colors: dict[str, str]  # class -> "#rrggbb"
     counts: dict[str, int]  # tiles per class
     provenance: dict[str, Any] = field(default_factory=dict)
+    warning: str = ""  # zero-shot: why the map may not be trusted (for the message bar); "" = none
 
 
 class ClassifyTask(EngineTask):
@@ -410,11 +411,19 @@ class ClassifyTask(EngineTask):
             raise CancelledError("cancelled before the class map was written")
         method = "zero-shot" if self.spec.zero_shot else f"few-shot {self.spec.method}"
         prov = {**self.provenance, "classes": ", ".join(result.classes), "method": method}
+        if result.warning:  # also in the layers' metadata, where it outlives the message bar
+            prov["warning"] = result.warning
         write_classification(self.class_path, self.conf_path, store, result, provenance=prov)
         raster = np.asarray(result.class_raster)
         counts = {c: int((raster == i).sum()) for i, c in enumerate(result.classes)}
         colors = dict(zip(result.classes, result.colors, strict=False))
         self.report(1.0)
         return ClassifyOutput(
-            self.class_path, self.conf_path, list(result.classes), colors, counts, prov
+            self.class_path,
+            self.conf_path,
+            list(result.classes),
+            colors,
+            counts,
+            prov,
+            result.warning,
         )

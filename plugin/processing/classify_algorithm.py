@@ -22,7 +22,8 @@ METHODS = ("prototype", "logreg")
 def parse_classes(text: str) -> dict[str, list[str]] | None:
     """``"name: prompt; prompt"`` lines to {name: [prompts]}; None for empty text.
 
-    A line without ':' is a class whose only prompt is its name.
+    A line without ':' is a class whose only prompt is its name: the engine expands such a bare
+    name with the model's prompt templates; written prompts are used as they are.
     """
     out: dict[str, list[str]] = {}
     for n, line in enumerate(text.splitlines(), start=1):
@@ -57,7 +58,10 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
         self.addParameter(
             QgsProcessingParameterString(
                 self.CLASSES,
-                self.tr("Classes, one per line 'name: prompt; prompt' (empty = the model's)"),
+                self.tr(
+                    "Classes, one per line 'name: prompt; prompt' or a bare 'name' (gets the "
+                    "model's prompt templates); empty = the model's classes"
+                ),
                 multiLine=True,
                 optional=True,
             )
@@ -113,11 +117,25 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
             else:
                 result = C.zero_shot(store, model, class_prompts=prompts, **cb)
             prov = provenance(model, store, classes=", ".join(result.classes), method=result.method)
+            if result.warning:
+                prov["warning"] = result.warning
             C.write_classification(classes_path, conf_path, store, result, provenance=prov)
         feedback.pushInfo(f"{result.method}: {', '.join(result.classes)}")
+        if result.warning:
+            report_warning(feedback, result.warning)
         name_output(context, classes_path, f"classes ({result.method})")
         name_output(context, conf_path, f"confidence ({result.method})")
         return {self.OUTPUT_CLASSES: classes_path, self.OUTPUT_CONFIDENCE: conf_path}
+
+
+def report_warning(feedback, text: str) -> None:
+    """Show ``text`` as a warning in the Processing log (non-fatal: the outputs are written)."""
+    if feedback is None:
+        return
+    if hasattr(feedback, "pushWarning"):  # QGIS >= 3.16
+        feedback.pushWarning(text)
+    else:
+        feedback.reportError(text, False)
 
 
 def labelled(layer, field: str) -> list[tuple]:
