@@ -61,7 +61,12 @@ def add_embed_parser(sub: Any) -> None:
     p.add_argument(
         "--bands", default=None, help="1-based band indices in model order, e.g. 1,2,3,4"
     )
-    p.add_argument("--scale", default="dtype", help="dtype (uint8/255), percentile, or a number")
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="dtype (uint8/255), percentile, or a number (default: dtype for aerial; for dsm 1, "
+        "i.e. heights in metres as the DSM encoder was trained)",
+    )
     p.add_argument("--stride", type=int, default=None, help="tile stride in pixels (default: tile)")
     p.add_argument("--extent", default=None, help="minx,miny,maxx,maxy (default: whole raster)")
     p.add_argument("--extent-crs", default=None, help="CRS of --extent (default: the grid's)")
@@ -93,7 +98,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not model.has(modality):
         raise InputError(f"the model has no {modality.value} encoder")
     bands = [int(b) for b in args.bands.split(",")] if args.bands else None
-    src = source_spec(args.raster, args.asset, bands, _scale(args.scale))
+    dsm = modality is Modality.DSM
+    # A DSM is read in metres with area-average resampling, as its encoder was trained (and as
+    # Processing reads it); imagery is scaled to [0, 1] and resampled bilinearly.
+    scale = _scale(args.scale) if args.scale is not None else (1.0 if dsm else "dtype")
+    src = source_spec(args.raster, args.asset, bands, scale,
+                      resampling="average" if dsm else "bilinear")  # fmt: skip
     extent = floats(args.extent, 4, "--extent") if args.extent else None
     with src.open() as reader:
         grid = _embed_grid(args, model.spec(modality).preprocess, reader, extent)

@@ -191,3 +191,19 @@ def test_index_then_ann_hits_match_exact_hits(naip_store, analytic_bundle, tmp_p
         assert list(ann[i]) == list(exact[i]), field
     i = names.index("score")
     np.testing.assert_allclose(ann[i], exact[i], atol=1e-6)
+
+
+def test_dsm_is_embedded_in_metres_by_default(analytic_bundle, shared_data, tmp_path):
+    """--modality dsm reads heights in metres (area-average), as Processing and training do."""
+    import json
+
+    dsm = shared_data / "alexandria_dsm" / "dsm.tif"
+    out = tmp_path / "d.store"
+    assert main(["embed", str(dsm), "--model", str(analytic_bundle), "--modality", "dsm",
+                 "--out", str(out)]) == 0  # fmt: skip
+    info = json.loads((out / "store.json").read_text())
+    assert '"scaling": "divide:1"' in json.dumps(info)
+    out2 = tmp_path / "p.store"
+    assert main(["embed", str(dsm), "--model", str(analytic_bundle), "--modality", "dsm",
+                 "--scale", "percentile", "--out", str(out2)]) == 0  # fmt: skip
+    assert "percentile" in (out2 / "store.json").read_text()
