@@ -7,9 +7,10 @@
   variant only when its cosine to fp32 is >= 0.99), fp32 for the rest: the file the exported
   ``bundle.json`` names, i.e. ``<modality>.opt.onnx`` (fused attention) where
   ``python -m training.export --optimize`` kept one, unless the modality is named by ``--plain``.
-- The training domain becomes one WGS84 box per training area that has aerial imagery (the coarse
-  worldwide Blue Marble chips only teach the GPS tower the globe, so they are not "domain"), and
-  the GSD range of those areas.
+- The training domain is :func:`training.domain.dataset_domain` (the one ``training.export``
+  writes too): one padded WGS84 box per area of the TRAINING samples that carry aerial or DSM
+  imagery finer than 1 km (the coarse worldwide Blue Marble chips only teach the GPS tower the
+  globe, so they are not "domain"), and the GSD range of those chips.
 - Writes into a temporary sibling folder, checks the size cap and that the engine loads and runs
   every tower, then replaces the target folder.
 """
@@ -17,21 +18,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.contract import BundleSpec, Modality, TrainingDomain  # noqa: E402
+from training.domain import COARSE_GSD_M, PAD_DEG, dataset_domain  # noqa: E402, F401
 
-COARSE_GSD_M = 1000.0  # areas coarser than this are global context, not the imagery domain
-PAD_DEG = 0.05
 CLASS_COLORS = {
     "water": "#3a7bd5",
     "forest": "#1b7837",
@@ -45,20 +43,8 @@ CLASS_COLORS = {
 
 
 def training_domain(dataset: Path) -> TrainingDomain:
-    info = json.loads((dataset / "dataset.json").read_text())
-    gsd = {a: float(g) for a, g in info["gsd_m"].items() if float(g) < COARSE_GSD_M}
-    t = pq.read_table(dataset / "samples.parquet", columns=["area_id", "lat", "lon"])
-    area = np.asarray(t["area_id"].to_pylist())
-    lat, lon = t["lat"].to_numpy(), t["lon"].to_numpy()
-    boxes = []
-    for a in sorted(gsd):
-        sel = area == a
-        if sel.any():
-            boxes.append((
-                max(float(lon[sel].min()) - PAD_DEG, -180.0), max(float(lat[sel].min()) - PAD_DEG, -90.0),
-                min(float(lon[sel].max()) + PAD_DEG, 180.0), min(float(lat[sel].max()) + PAD_DEG, 90.0),
-            ))  # fmt: skip
-    return TrainingDomain(bboxes=tuple(boxes), gsd_range_m=(min(gsd.values()), max(gsd.values())))
+    """The shipped domain: :func:`training.domain.dataset_domain` of the ``train`` split."""
+    return dataset_domain(dataset, "train")
 
 
 def assemble(
@@ -84,7 +70,7 @@ def assemble(
         tokenizer=spec.tokenizer, class_prompts=spec.class_prompts, class_colors=colors,
         prompt_templates=("{}", "an aerial view of {}", "a satellite image of {}"),
         provenance=spec.provenance, training_domain=training_domain(dataset),
-        description=description,
+        description=description, logit_scale=spec.logit_scale, evaluation=spec.evaluation,
     )  # fmt: skip
     shipped.write(stage)
     return stage

@@ -6,6 +6,13 @@ input names and dtypes, the :class:`~engine.contract.EncoderSpec` in ``metadata_
 ``tokenizer.json``. Every file is run in onnxruntime against torch on real inputs and refused if
 max |Δ| exceeds the tolerance.
 
+Validation inputs (:func:`validation_inputs`) are chosen per tower: up to 8 distinct samples that
+HAVE the modality, spread over the held-out set and then the training set (the first held-out
+samples of the real dataset have no DSM, and zero-filled rows test nothing). A modality that no
+sample has is checked on documented synthetic inputs (:func:`synthetic_samples`);
+``export_report.json`` says which (``"validation_inputs": {"dsm": "real:8", ...}``). The bundle's
+training domain comes from the training samples (:mod:`training.domain`).
+
 Options: ``--optimize`` adds ``<modality>.opt.onnx``, the graph after onnxruntime's transformer
 optimizer (fused Attention / FastGelu / LayerNorm), validated against torch with the same gate;
 ``--int8 {dynamic,matmul,static}`` adds ``<modality>.int8.onnx`` (whole-graph dynamic, MatMul-only
@@ -35,18 +42,23 @@ from torch import nn
 
 from engine.contract import (
     BATCH_AXIS,
-    INPUT_DTYPES,
     INPUT_NAMES,
     OUTPUT_NAME,
-    PROVENANCES,
     TOKENIZER_FILE,
     BundleSpec,
     Modality,
-    TrainingDomain,
 )
 from engine.errors import ModelContractError
 
 from .config import TrainConfig
+from .domain import dataset_labels, training_domain
+from .export_inputs import (  # noqa: F401  (re-exported: callers import them from here)
+    VALIDATION_ROWS,
+    ValidationInputs,
+    synthetic_samples,
+    tower_inputs_np,
+    validation_inputs,
+)
 from .model import UniGeoCLIP
 from .optimize import (  # noqa: F401  (re-exported: callers import them from here)
     ATTENTION_OPS,
@@ -77,6 +89,7 @@ class ExportReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # modality -> fp32 max |Δ|
     variant_cosine: dict[str, float] = field(default_factory=dict)  # "gps.int8" -> min cosine
     optimized: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> opt summary
+    validation_inputs: dict[str, str] = field(default_factory=dict)  # modality -> "real:8"
 
 
 class _Tower(nn.Module):
@@ -88,16 +101,6 @@ class _Tower(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.tower(*inputs).float()
-
-
-def tower_inputs_np(modality: Modality, batch: dict) -> dict[str, np.ndarray]:
-    """The contract inputs for ``modality`` from a collated batch, rows where it is present."""
-    keep = batch["mask"][modality.value].numpy()
-    if keep.sum() < 2:
-        keep = np.ones_like(keep)  # too few real rows: the zero-filled ones still test the graph
-    v = batch[modality.value]
-    vals = v if isinstance(v, dict) else {INPUT_NAMES[modality][0]: v}
-    return {n: vals[n].numpy()[keep].astype(INPUT_DTYPES[n]) for n in INPUT_NAMES[modality]}
 
 
 def _write_onnx(model: UniGeoCLIP, m: Modality, cfg: TrainConfig, trace: dict, path: Path) -> None:
@@ -208,7 +211,7 @@ def _finalise_variant(p: Path, spec_json: str, inputs: dict, ref: np.ndarray) ->
 def export_bundle(
     model: UniGeoCLIP,
     cfg: TrainConfig,
-    batch: dict,
+    batch: dict | ValidationInputs,
     out_dir: str | Path,
     dataset: Any = None,
     tol: float = 1e-4,
@@ -220,6 +223,10 @@ def export_bundle(
     """Write the complete bundle into ``out_dir``, staged so a failure leaves nothing behind.
 
     Args:
+        batch: the validation inputs (:func:`validation_inputs`), or a collated batch whose
+            rows having each modality are used (synthetic ones where fewer than 2 differ).
+        dataset: the training data: class prompts, provenance and the training domain
+            (:func:`training.domain.training_domain`; a dataset folder's ``train`` split).
         optimize: also write ``<m>.opt.onnx`` (see :func:`export_optimized`); ``bundle.json``
             then names it for the towers where it was kept.
         int8: False, True (= "dynamic"), one of :data:`INT8_METHODS`, or a dict
@@ -248,6 +255,7 @@ def export_bundle(
         dataclasses.replace(spec, encoders={**spec.encoders, **opt}).write(stage)
         summary = {"max_abs_diff": report.max_abs_diff, "tolerance": tol,
                    "variant_cosine": report.variant_cosine, "optimized": report.optimized,
+                   "validation_inputs": report.validation_inputs,
                    "int8_method": int8_methods(int8, model.modalities) or None}  # fmt: skip
         (stage / "export_report.json").write_text(json.dumps(summary, indent=2) + "\n")
         stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
@@ -262,14 +270,19 @@ def export_bundle(
 
 
 def _export_towers(
-    model: UniGeoCLIP, cfg: TrainConfig, batches: tuple[dict, dict | None], stage: Path,
+    model: UniGeoCLIP, cfg: TrainConfig, batches: tuple[Any, dict | None], stage: Path,
     report: ExportReport, tol: float, variants: tuple[bool | str, bool, bool],
 ) -> None:  # fmt: skip
     batch, calib_batch = batches
+    val = batch if isinstance(batch, ValidationInputs) else validation_inputs(cfg, (), batch=batch)
+    missing = [m.value for m in model.modalities if m.value not in val.inputs]
+    if missing:
+        raise ModelContractError(f"no validation inputs for {missing}; build them for every tower")
+    report.validation_inputs = dict(val.sources)
     int8, fp16, optimize = variants
     methods = int8_methods(int8, model.modalities)
     for m in model.modalities:
-        inputs = tower_inputs_np(m, batch)
+        inputs = val.inputs[m.value]
         calib = tower_inputs_np(m, calib_batch) if calib_batch is not None else None
         path = stage / f"{m.value}.onnx"
         report.max_abs_diff[m.value] = export_tower(model, m, cfg, inputs, path, tol)
@@ -306,37 +319,20 @@ def _parse_int8(values: list[str] | None) -> dict[str, str]:
 
 
 def bundle_spec(model: UniGeoCLIP, cfg: TrainConfig, dataset: Any = None) -> BundleSpec:
-    """``bundle.json`` content; prompts, provenance and domain come from the dataset if known."""
-    prompts, prov = _dataset_labels(dataset)
-    bboxes: tuple = ()
-    if hasattr(dataset, "coords"):
-        lat, lon = dataset.coords()
-        bboxes = ((float(min(lon)), float(min(lat)), float(max(lon)), float(max(lat))),)
-    gsd = cfg.model.aerial.gsd_m
+    """``bundle.json`` content; prompts, provenance and domain come from the training dataset."""
+    prompts, prov = dataset_labels(dataset)
     return BundleSpec(
         name=cfg.model.name, version=cfg.model.version, dim=cfg.model.embed_dim,
         encoders={m: f"{m.value}.onnx" for m in model.modalities}, class_prompts=prompts,
         provenance={k: v for k, v in prov.items() if k in cfg.model.modalities},
-        training_domain=TrainingDomain(bboxes=bboxes, gsd_range_m=(gsd, gsd) if gsd else (0.0, float("inf"))),
+        training_domain=training_domain(dataset, cfg.model.aerial.gsd_m),
         description=f"UniGeoCLIP ({cfg.name} config), trained on data source '{cfg.data.source}'.",
+        # the learned 1/temperature: the engine's zero-shot confidence is softmax(cos * scale)
+        logit_scale=round(float(model.temperature_scale().detach()), 5),
     )  # fmt: skip
 
 
-def _dataset_labels(dataset: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
-    """Class prompts and per-modality provenance from a toy world or a training.data folder."""
-    if hasattr(dataset, "class_prompts"):
-        return dataset.class_prompts(), dataset.provenance()
-    info = getattr(dataset, "info", None)
-    if info is None:
-        return {}, {}
-    prompts = {c: (c, f"an aerial view of {c}") for c in info.class_names}
-    # A modality is labelled by its commonest provenance among the dataset's samples.
-    prov = {}
-    for m, counts in info.provenance.items():
-        known = {k: v for k, v in counts.items() if k in PROVENANCES}
-        if known:
-            prov[m] = max(known, key=known.get)
-    return prompts, prov
+_dataset_labels = dataset_labels  # the old private name, kept for callers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,15 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = load_model(a.checkpoint)
     train, val = build_datasets(cfg)
     collate = make_collate(cfg)
-    batch = collate([val[i] for i in range(min(len(val), 8))])
+    batch = validation_inputs(cfg, (val, train), collate)
     calib = None
     int8 = _parse_int8(a.int8)
     if "static" in int8.values():  # spread over the training set: real tiles of every area
         idx = np.linspace(0, len(train) - 1, min(a.calib, len(train))).astype(int)
         calib = collate([train[int(i)] for i in idx])
-    rep = export_bundle(model, cfg, batch, a.out, val, a.tol, int8, a.fp16, a.optimize, calib)
+    rep = export_bundle(model, cfg, batch, a.out, train, a.tol, int8, a.fp16, a.optimize, calib)
     for k, v in rep.max_abs_diff.items():
-        print(f"{k:11s} max |Δ| = {v:.2e}")
+        print(f"{k:11s} max |Δ| = {v:.2e} on {rep.validation_inputs[k]} inputs")
     for k, o in rep.optimized.items():
         print(f"{k:11s} optimised ({o['model_type']}): max |Δ| = {o['max_abs_diff']:.2e}, "
               f"kept {o['kept']}, fused {o['fused']}")  # fmt: skip

@@ -1,8 +1,13 @@
-"""Export of the tiny model: ORT equals torch per tower, specs parse, bundle is complete."""
+"""Export of the tiny model: ORT equals torch per tower, specs parse, bundle is complete.
+
+Also: every tower is validated on distinct samples that have its modality (not zero-filled
+rows), and the bundle's training domain comes from the training samples, one box per area.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,13 +26,19 @@ from engine.contract import (
 from engine.errors import ModelContractError
 from training.export import export_bundle, run_onnx, tower_inputs_np
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
+    """Exported from a batch of 9 held-out samples whose DSM chips were removed."""
     trainer, _, _ = trained
-    batch = trainer.collate([trainer.val_set[i] for i in range(9)])
+    samples = [dict(trainer.val_set[i]) for i in range(9)]
+    for s in samples:
+        s.pop("dsm", None)  # like the real dataset's first held-out samples: no DSM
+    batch = trainer.collate(samples)
     out = tmp_path_factory.mktemp("export") / "bundle"
-    report = export_bundle(trainer.core, trainer.cfg, batch, out, trainer.val_set, int8=True)
+    report = export_bundle(trainer.core, trainer.cfg, batch, out, trainer.train_set, int8=True)
     return trainer, batch, out, report
 
 
@@ -68,6 +79,9 @@ def test_bundle_reads_back_and_int8_stays_close(exported):
     assert (out / spec.tokenizer).is_file()
     assert spec.provenance["aerial"] == "synthetic" and "cropland" in spec.class_prompts
     assert spec.training_domain.contains(7.0, 47.0)
+    trainer = exported[0]
+    # the learned 1/temperature travels with the bundle (zero-shot confidence uses it)
+    assert spec.logit_scale == pytest.approx(float(trainer.core.temperature_scale()), rel=1e-4)
     assert set(report.variant_cosine) == {f"{m.value}.int8" for m in Modality}
     for name, cos in report.variant_cosine.items():
         kept = (out / f"{name}.onnx").is_file()
@@ -250,3 +264,183 @@ def test_int8_methods_per_tower_from_the_command_line():
                    "text": "dynamic", "gps": "matmul"}  # fmt: skip
     with pytest.raises(ModelContractError, match="bad --int8"):
         int8_methods(_parse_int8(["matmul", "sonar=dynamic"]), mods)
+
+
+# ---- validation inputs per tower and the training domain (review of the export) ----------
+
+
+def test_a_modality_missing_from_the_batch_is_validated_on_synthetic_rows(exported):
+    _, _, out, report = exported
+    assert report.validation_inputs["dsm"] == "synthetic:8"  # no zero-filled constant chip
+    assert report.validation_inputs["gps"] == "real:8"  # 9 rows, one was a duplicate at most
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved["validation_inputs"] == report.validation_inputs
+
+
+class _Without(torch.utils.data.Dataset):
+    """A dataset view whose samples lack one modality (the real held-out set lacks DSM)."""
+
+    def __init__(self, ds, key: str) -> None:
+        self.ds, self.key = ds, key
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v for k, v in self.ds[i].items() if k != self.key}
+
+
+def _distinct_rows(inputs: dict[str, np.ndarray]) -> int:
+    rows = len(next(iter(inputs.values())))
+    flat = np.concatenate([v.reshape(rows, -1).astype(np.float64) for v in inputs.values()], 1)
+    return len(np.unique(flat, axis=0))
+
+
+def test_validation_rows_come_from_samples_that_have_the_modality(trained):
+    from training.export import validation_inputs
+
+    trainer, _, _ = trained
+    held = _Without(trainer.val_set, "dsm")
+    val = validation_inputs(trainer.cfg, (held, trainer.train_set), trainer.collate)
+    assert val.sources == {m.value: "real:8" for m in Modality}
+    dsm = val.inputs["dsm"][INPUT_NAMES[Modality.DSM][0]]
+    assert dsm.shape[0] == 8 and _distinct_rows(val.inputs["dsm"]) == 8
+    assert (dsm.reshape(8, -1).std(1) > 0).all()  # real terrain, not an all-zero stand-in
+    # the DSM rows are real training chips: each equals one collated training sample
+    train = (trainer.train_set[i] for i in range(len(trainer.train_set)))
+    ref = trainer.collate([{"sample_id": s["sample_id"], "lat": 0.0, "lon": 0.0, "dsm": s["dsm"]}
+                           for s in train if "dsm" in s])  # fmt: skip
+    ref_rows = {r.tobytes() for r in ref["dsm"].numpy()}
+    assert all(r.tobytes() in ref_rows for r in dsm)
+    for m in Modality:
+        assert _distinct_rows(val.inputs[m.value]) == 8, m
+
+
+def test_no_sample_with_the_modality_falls_back_to_distinct_synthetic_rows(trained):
+    from training.export import validation_inputs
+
+    trainer, _, _ = trained
+    no_dsm = (_Without(trainer.val_set, "dsm"), _Without(trainer.train_set, "dsm"))
+    val = validation_inputs(trainer.cfg, no_dsm, trainer.collate, n=5)
+    assert val.sources["dsm"] == "synthetic:5" and val.sources["aerial"] == "real:5"
+    dsm = val.inputs["dsm"][INPUT_NAMES[Modality.DSM][0]]
+    assert dsm.shape == (5, 1, *dsm.shape[2:]) and _distinct_rows(val.inputs["dsm"]) == 5
+    assert np.isfinite(dsm).all() and (dsm.reshape(5, -1).std(1) > 0).all()
+
+
+def test_identical_rows_are_refused(trained):
+    from training.export import validation_inputs
+
+    trainer, _, _ = trained
+    one = [trainer.val_set[i] for i in range(20) if "aerial" in trainer.val_set[i]][:1]
+    batch = trainer.collate(one * 6)  # six copies of one sample: one distinct row
+    val = validation_inputs(trainer.cfg, (), batch=batch)
+    assert val.sources["aerial"] == "synthetic:8"  # one distinct real row tests nothing
+
+
+def test_domain_has_one_box_per_training_area_and_the_training_gsds():
+    from engine.domain import gsd_out_of_range, in_domain_lonlat
+    from training.domain import domain_from_samples
+
+    area = np.array(["nd", "nd", "za", "za", "globe", "globe", "street"], dtype=object)
+    lat = np.array([47.0, 47.1, -34.0, -34.1, 10.0, -20.0, 55.7])
+    lon = np.array([-99.2, -99.1, 20.5, 20.6, -60.0, 120.0, 13.2])
+    gsd = np.array([5.0, 5.0, 2.5, 2.5, 7421.3, 7421.3, 0.0])
+    imagery = np.array([True, True, True, True, True, True, False])
+    d = domain_from_samples(area, lat, lon, gsd, imagery)
+    assert len(d.bboxes) == 2  # the coarse globe and the street-only area are not domain
+    assert in_domain_lonlat(lon[:4], lat[:4], d).all()
+    assert not in_domain_lonlat(np.array([-40.0, -60.0]), np.array([5.0, 10.0]), d).any()
+    assert d.gsd_range_m == (2.5, 5.0)
+    assert [gsd_out_of_range(g, d) for g in (2.4, 2.5, 5.0, 5.1)] == [True, False, False, True]
+
+
+def test_padded_box_crosses_the_antimeridian_the_short_way():
+    from training.domain import padded_box
+
+    w, s, e, n = padded_box(np.array([179.9, -179.9]), np.array([-17.0, -16.9]), pad=0.05)
+    assert w > e and np.isclose(w, 179.85) and np.isclose(e, -179.85)
+    assert np.isclose(s, -17.05) and np.isclose(n, -16.85)
+
+
+def _write_dataset(root: Path) -> Path:
+    from training.data.writer import DatasetWriter, SampleRecord
+
+    rng = np.random.default_rng(0)
+    aerial = [rng.random((4, 16, 16)).astype(np.float32)]
+    rows = [("tr-nd-%d", "naip", "train", 47.0, -99.2, 5.0), ("tr-za-%d", "za", "train", -34.0,
+            20.5, 2.5), ("va-za-%d", "za", "val", -34.3, 20.9, 2.5),
+            ("va-pe-%d", "peru", "val", -8.4, -74.5, 90.0)]  # fmt: skip
+    with DatasetWriter(root, "mini") as w:
+        for sid, area, split, lat, lon, gsd in rows:
+            for i in range(3):
+                prov = {"aerial": "real", "gps": "real"}
+                ll = (lat + 0.01 * i, lon + 0.01 * i)
+                w.add(SampleRecord(sid % i, *ll, area, split, gsd, aerial=aerial, provenance=prov))
+        w.close(bands={"aerial": ["red", "green", "blue", "nir"]})
+    return root
+
+
+def test_bundle_spec_takes_the_domain_from_the_training_split(trained, tmp_path):
+    from training.data import ChipDataset
+    from training.export import bundle_spec
+
+    trainer, _, _ = trained
+    root = _write_dataset(tmp_path / "mini")
+    val = ChipDataset(root, "val")  # what export's main used to pass
+    d = bundle_spec(trainer.core, trainer.cfg, val).training_domain
+    assert len(d.bboxes) == 2 and d.gsd_range_m == (2.5, 5.0)
+    assert d.contains(-99.19, 47.01) and d.contains(20.51, -33.99)  # training samples
+    assert not d.contains(-74.5, -8.4)  # a held-out-only area is not training domain
+
+
+def test_toy_domain_covers_every_training_sample(trained):
+    from engine.domain import in_domain_lonlat
+    from training.export import bundle_spec
+
+    trainer, _, _ = trained
+    d = bundle_spec(trainer.core, trainer.cfg, trainer.train_set).training_domain
+    lat, lon = trainer.train_set.coords()
+    assert len(d.bboxes) == 1 and in_domain_lonlat(lon, lat, d).all()
+    gsd = trainer.cfg.model.aerial.gsd_m
+    assert d.gsd_range_m == ((gsd, gsd) if gsd else (0.0, float("inf")))
+
+
+def test_main_exports_with_the_training_domain_and_real_validation_rows(trained, tmp_path):
+    from engine.domain import in_domain_lonlat
+    from training.export import main
+
+    trainer, _, run = trained
+    out = tmp_path / "bundle"
+    assert main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(out)]) == 0
+    d = BundleSpec.read(out).training_domain
+    lat, lon = trainer.train_set.coords()
+    assert in_domain_lonlat(lon, lat, d).all()
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved["validation_inputs"] == {m.value: "real:8" for m in Modality}
+
+
+@pytest.fixture(scope="module")
+def real_dataset() -> Path:
+    root = REPO / "data-cache" / "dataset"
+    if not (root / "samples.parquet").is_file():
+        pytest.skip("data-cache/dataset not built (make data)")
+    return root
+
+
+def test_real_dataset_domain_holds_every_training_imagery_sample(real_dataset):
+    import pyarrow.parquet as pq
+
+    from engine.domain import gsd_out_of_range, in_domain_lonlat
+    from training.domain import dataset_domain
+
+    d = dataset_domain(real_dataset)
+    t = pq.read_table(real_dataset / "samples.parquet").to_pylist()
+    train = [r for r in t if r["split"] == "train"]
+    fine = [r for r in train if (r["aerial"] or r["dsm"]) and 0 < r["gsd_m"] < 1000]
+    assert len(fine) >= 100
+    inside = in_domain_lonlat(np.array([r["lon"] for r in fine]),
+                              np.array([r["lat"] for r in fine]), d)  # fmt: skip
+    assert inside.all(), {r["area_id"] for r, ok in zip(fine, inside, strict=True) if not ok}
+    assert not any(gsd_out_of_range(r["gsd_m"], d) for r in fine)
+    assert len(d.bboxes) == len({r["area_id"] for r in fine})
