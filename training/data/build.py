@@ -3,27 +3,33 @@
 The default recipe uses ``../shared/data`` when present (NAIP North Dakota 10 dates,
 Swellendam orthophotos with SRTM + OSM buildings, Pucallpa Landsat 8 dates, the Alexandria
 lidar DSM, the Lund and Berlin street photos) and the registry sources in any case (Blue Marble
-global chips, GeoNames for text). Splits are spatial blocks with a buffer.
+global chips, GeoNames for text). Splits are spatial blocks with a buffer, on a grid per chip
+size; a cross-source pass (:class:`LeakGuard`, sources fed finest first) then moves any chip
+whose buffered footprint meets a kept chip of another split to split None, so a 237 km Blue
+Marble training chip never contains a local test chip.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from engine.errors import InputError
 
 from .build_raster import RasterSource, build_area
-from .global_chips import build_blue_marble
+from .global_chips import GSD_EQUATOR_M, build_blue_marble
 from .landuse import CLASS_NAMES
 from .sources import BLUE_MARBLE, COUNTRIES, GEONAMES, LAND_MASK, Gazetteer
-from .splits import block_splits
+from .splits import LeakGuard, block_splits
 from .street import build_street_photos
 from .writer import DatasetWriter, SampleRecord
 
 log = logging.getLogger(__name__)
+GLOBAL_CHIP_PX = 32  # Blue Marble chip side in pixels (7.4 km GSD: ~237 km chips)
 
 
 @dataclass
@@ -119,22 +125,67 @@ def _splitter(cfg: BuildConfig):
 
 
 def iter_samples(cfg: BuildConfig) -> Iterator[SampleRecord]:
-    """Every sample of the build, area by area."""
+    """Every sample of the build, source by source, finest chips first (see :func:`guard_splits`).
+
+    Photos (points) come first, then raster areas by chip side (stable), then Blue Marble.
+    """
     place = _placer(cfg.cache) if cfg.gazetteer else None
     split_of = _splitter(cfg)
+    for _, what, stream in sorted(_streams(cfg, place, split_of), key=lambda t: t[0]):
+        log.info("adding %s", what)
+        yield from stream()
+
+
+def _streams(cfg: BuildConfig, place, split_of) -> list[tuple[float, str, Callable[[], Iterator]]]:
+    """(chip side in metres, description, sample generator) for every source of ``cfg``."""
+    kw = {"describe_place": place, "split_of": split_of}
+    out: list[tuple[float, str, Callable[[], Iterator]]] = [
+        (0.0, f"street photos {a}", partial(build_street_photos, f, a, size=cfg.photo_px, **kw))
+        for a, f in cfg.photo_dirs.items()
+    ]
     for src in cfg.areas:
-        log.info("building area %s from %d image(s)", src.area_id, len(src.images))
-        yield from build_area(src, describe_place=place, split_of=split_of)
-    for area, folder in cfg.photo_dirs.items():
-        log.info("adding street photos %s", area)
-        yield from build_street_photos(
-            folder, area, size=cfg.photo_px, describe_place=place, split_of=split_of
-        )
+        what = f"area {src.area_id} from {len(src.images)} image(s)"
+        out.append((src.gsd_m * src.chip_px, what, partial(build_area, src, **kw)))
     if cfg.global_samples:
-        log.info("adding %d Blue Marble global chips", cfg.global_samples)
-        yield from build_blue_marble(
-            cfg.cache, cfg.global_samples, seed=cfg.seed, describe_place=place, split_of=split_of
-        )
+        out.append(
+            (
+                GSD_EQUATOR_M * GLOBAL_CHIP_PX,
+                f"{cfg.global_samples} Blue Marble global chips",
+                partial(build_blue_marble, cfg.cache, cfg.global_samples,
+                        chip_px=GLOBAL_CHIP_PX, seed=cfg.seed, **kw),
+            )
+        )  # fmt: skip
+    return out
+
+
+def chip_side_m(rec: SampleRecord) -> float:
+    """A sample's chip side in metres: GSD x width of its aerial or DSM chip (0: a point)."""
+    chip = rec.aerial[0] if rec.aerial else rec.dsm
+    return float(rec.gsd_m) * int(chip.shape[-1]) if chip is not None else 0.0
+
+
+def guard_splits(
+    samples: Iterable[SampleRecord], buffer_m: float, moved: Counter | None = None
+) -> Iterator[SampleRecord]:
+    """Pass samples through a :class:`LeakGuard`: a leaking sample gets split None.
+
+    Per-grid block splits cannot see chips split on another grid; this pass compares every
+    sample with all kept samples before it, across sources. In a leaking pair the later sample
+    gives way, so feed the finest chips first (as :func:`iter_samples` does).
+
+    Args:
+        samples: records with their per-grid split.
+        buffer_m: the split buffer; kept chips of different splits end up > 2 x buffer apart.
+        moved: if given, counts (area_id, old split) of the samples moved to None.
+    """
+    guard = LeakGuard(buffer_m)
+    for rec in samples:
+        split = guard.admit(rec.lat, rec.lon, chip_side_m(rec), rec.split)
+        if split != rec.split:
+            if moved is not None:
+                moved[(rec.area_id, rec.split)] += 1
+            rec = replace(rec, split=split)  # a copy: the caller's record keeps its split
+        yield rec
 
 
 def _sources(cfg: BuildConfig) -> list[dict[str, str]]:
@@ -151,11 +202,24 @@ def _sources(cfg: BuildConfig) -> list[dict[str, str]]:
 def build_dataset(
     cfg: BuildConfig, out: str | Path, overwrite: bool = False, samples: Iterable | None = None
 ) -> dict:
-    """Write the dataset of ``cfg`` to ``out`` (atomically); return ``dataset.json`` as a dict."""
+    """Write the dataset of ``cfg`` to ``out`` (atomically); return ``dataset.json`` as a dict.
+
+    Every sample passes :func:`guard_splits` (buffer ``cfg.buffer_m``) on its way to the
+    writer, so no kept chip meets a kept chip of another split, whatever grid split them.
+
+    Args:
+        cfg: the sources, split block size, buffer and seed.
+        out: the dataset folder to create.
+        overwrite: replace an existing folder.
+        samples: records to write instead of :func:`iter_samples` of ``cfg``; they are guarded
+            in the order given (finest chips first loses the fewest samples).
+    """
     if not cfg.areas and not cfg.photo_dirs and not cfg.global_samples:
         raise InputError("nothing to build: give rasters, photo folders or global samples")
+    moved: Counter = Counter()
+    stream = samples if samples is not None else iter_samples(cfg)
     with DatasetWriter(out, cfg.name, overwrite=overwrite) as w:
-        for rec in samples if samples is not None else iter_samples(cfg):
+        for rec in guard_splits(stream, cfg.buffer_m, moved):
             w.add(rec)
         info = w.close(
             bands={
@@ -166,6 +230,13 @@ def build_dataset(
             class_names=list(CLASS_NAMES),
             sources=_sources(cfg),
             description="Real chips (NaN for bands a source lacks), derived text/labels/DSMs, "
-            "spatial block splits (split null = dropped by the buffer).",
+            "spatial block splits per chip size plus a cross-source leak pass (split null = "
+            "dropped by the buffer or because it met a chip of another split).",
         )
+    if moved:
+        log.info("cross-source leak pass moved to split None: %s", _moved_text(moved))
     return info.__dict__
+
+
+def _moved_text(moved: Counter) -> str:
+    return ", ".join(f"{n} {split} of {area}" for (area, split), n in sorted(moved.items()))

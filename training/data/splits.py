@@ -9,10 +9,19 @@ block of another split. A kept test chip and a kept training chip are therefore 
 The block grid lives in EPSG:6933 (EASE-Grid 2.0 global, equal-area, metres). It is a
 cylindrical projection (x depends only on longitude, y only on latitude), so a latitude /
 longitude box maps to an axis-aligned rectangle and the block test is exact.
+
+A block grid only separates chips that were split on it. A build mixes sources whose chips
+differ by orders of magnitude (2 m local orthophotos, 7.4 km Blue Marble chips), and coarse
+chips need coarse blocks, so one coarse training chip can contain fine test chips of another
+grid. :class:`LeakGuard` closes that gap across grids: fed every sample in turn, it moves a chip
+to split None when its buffered footprint meets a kept chip of another split. Fed finest chips
+first, it drops the coarse chip (one sample) rather than the many fine chips inside it.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +32,7 @@ from engine.errors import InputError
 EARTH_M_PER_DEG = 111_320.0  # metres per degree of latitude (mean); used for chip footprints
 BLOCK_CRS = "EPSG:6933"
 SPLIT_NAMES = ("train", "val", "test")
+WRAP_SHIFTS = (0.0, -360.0, 360.0)  # longitude shifts that compare boxes across 180 degrees
 
 
 def chip_footprint(
@@ -141,18 +151,124 @@ def leaking_pairs(
     splits: Sequence[str | None],
     a: str = "test",
     b: str = "train",
+    grow_m: float = 0.0,
 ) -> list[tuple[int, int]]:
-    """Index pairs (i in split a, j in split b) whose chip footprints overlap or touch."""
+    """Index pairs (i in split a, j in split b) whose chip footprints overlap or touch.
+
+    Footprints come from each sample's own GSD and size, whatever grid split it, so this checks
+    across sources of different chip sizes too; boxes past the antimeridian wrap around.
+
+    Args:
+        lat, lon, gsd_m, size_px: per-sample chip centre, GSD and side (see chip_footprint).
+        splits: per-sample split ("train" / "val" / "test" / None).
+        a, b: the two splits to compare.
+        grow_m: grow every footprint by this many metres first; with the build's buffer,
+            an empty result means kept chips of splits a and b are more than 2 x grow_m apart.
+    """
     from shapely import STRtree, box
 
-    fp = chip_footprint(lat, lon, gsd_m, size_px)
+    fp = chip_footprint(lat, lon, gsd_m, size_px, grow_m=grow_m)
     s = np.asarray(splits, dtype=object)
     ia, ib = np.flatnonzero(s == a), np.flatnonzero(s == b)
     if not len(ia) or not len(ib):
         return []
     tree = STRtree([box(*fp[j]) for j in ib])
-    pairs = []
+    pairs = set()
     for i in ia:
-        for k in tree.query(box(*fp[i]), predicate="intersects"):
-            pairs.append((int(i), int(ib[k])))
-    return pairs
+        w, south, e, n = fp[i]
+        for shift in WRAP_SHIFTS:  # a box past 180 degrees meets its neighbours 360 away
+            hits = tree.query(box(w + shift, south, e + shift, n), predicate="intersects")
+            pairs.update((int(i), int(ib[k])) for k in hits)
+    return sorted(pairs)
+
+
+class LeakGuard:
+    """Cross-grid leak check for a stream of samples: the first kept chip wins.
+
+    :meth:`admit` moves a sample to split None when its footprint grown by ``buffer_m`` meets
+    the grown footprint of an already kept sample of another split, so kept chips of different
+    splits end up more than ``2 * buffer_m`` apart whatever grid split them. Which chip of a
+    leaking pair is dropped follows the stream order; feed the finest chips first so that a
+    coarse chip (one sample) gives way rather than the fine chips inside it.
+
+    Kept footprints sit in a hash of ``cell_deg`` degree cells, so a query costs the chips near
+    it rather than all chips so far.
+    """
+
+    def __init__(self, buffer_m: float, cell_deg: float = 1.0) -> None:
+        if not buffer_m > 0:
+            raise InputError("LeakGuard needs buffer_m > 0 (a zero buffer lets chips touch)")
+        cols = 360 / cell_deg if cell_deg > 0 else 0.5
+        if cols != round(cols):  # cells must tile the globe exactly for the 180-degree wrap
+            raise InputError(f"cell_deg must divide 360 degrees (e.g. 0.5, 1, 2), got {cell_deg}")
+        self.buffer_m, self.cell_deg = float(buffer_m), float(cell_deg)
+        self._cols = round(cols)
+        self._boxes = np.empty((1024, 4))  # kept boxes (w, s, e, n), for vectorised tests
+        self._box_list: list[tuple[float, ...]] = []  # the same, for cheap scalar tests
+        self._cells: dict[tuple[int, int], tuple[list[int], ...]] = {}  # cell -> ids per split
+        self.moved: Counter[str] = Counter()  # split -> samples moved to None
+
+    def admit(self, lat: float, lon: float, side_m: float, split: str | None) -> str | None:
+        """The split the sample keeps: ``split``, or None when it would leak.
+
+        Args:
+            lat, lon: chip centre in degrees.
+            side_m: chip side in metres (0 for a point sample such as a photo).
+            split: the sample's split from its own grid; None stays None.
+        """
+        if split is None:
+            return None
+        if split not in SPLIT_NAMES:
+            raise InputError(f"split must be one of {SPLIT_NAMES} or None, got {split!r}")
+        code = SPLIT_NAMES.index(split)
+        fp = self._footprint(lat, lon, side_m)
+        cells = self._cells_of(fp)
+        near: set[int] = set()
+        for c in cells:
+            lists = self._cells.get(c)
+            if lists is not None:
+                near.update(*(ks for other, ks in enumerate(lists) if other != code))
+        if near and self._meets(fp, near):
+            self.moved[split] += 1
+            return None
+        self._keep(fp, code, cells)
+        return split
+
+    def _footprint(self, lat: float, lon: float, side_m: float) -> tuple[float, ...]:
+        # chip_footprint for one chip in plain floats: numpy costs ~10x more per scalar call.
+        half = float(side_m) / 2 + self.buffer_m
+        dlat = half / EARTH_M_PER_DEG
+        dlon = half / (EARTH_M_PER_DEG * max(math.cos(math.radians(lat)), 1e-6))
+        return (lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+
+    def _cells_of(self, fp: tuple[float, ...]) -> list[tuple[int, int]]:
+        # Columns wrap modulo 360 degrees, so a box past 180 shares cells with its wrapped twin.
+        x0, x1 = (math.floor(v / self.cell_deg) for v in (fp[0], fp[2]))
+        y0, y1 = (math.floor(min(max(v, -90.0), 90.0) / self.cell_deg) for v in (fp[1], fp[3]))
+        cols = range(self._cols) if x1 - x0 + 1 >= self._cols else range(x0, x1 + 1)
+        return [(x % self._cols, y) for x in cols for y in range(y0, y1 + 1)]
+
+    def _meets(self, fp: tuple[float, ...], near: set[int]) -> bool:
+        """Whether ``fp`` meets (overlaps or touches) any kept box in ``near``."""
+        if len(near) > 32:  # many candidates (dense fine chips): one vectorised test
+            b = self._boxes[np.fromiter(near, np.int64, len(near))]
+            ns = (fp[1] <= b[:, 3]) & (b[:, 1] <= fp[3])
+            return any(
+                bool((ns & (fp[0] + s <= b[:, 2]) & (b[:, 0] <= fp[2] + s)).any())
+                for s in WRAP_SHIFTS
+            )
+        for k in near:
+            w, so, e, n = self._box_list[k]
+            if fp[1] <= n and so <= fp[3]:
+                if any(fp[0] + s <= e and w <= fp[2] + s for s in WRAP_SHIFTS):
+                    return True
+        return False
+
+    def _keep(self, fp: tuple[float, ...], code: int, cells: list[tuple[int, int]]) -> None:
+        n = len(self._box_list)
+        if n == len(self._boxes):
+            self._boxes = np.concatenate([self._boxes, np.empty_like(self._boxes)])
+        self._boxes[n] = fp
+        self._box_list.append(fp)
+        for c in cells:
+            self._cells.setdefault(c, ([], [], []))[code].append(n)
