@@ -3,8 +3,11 @@
 ``python -m training.evaluate --checkpoint out/train/checkpoint.pt --out out/eval`` writes
 ``eval.json``, ``eval.md`` and ``retrieval_r1.png`` (``--gps-probes`` adds the GPS-encoder probes
 of :mod:`training.gps_probes` under the key ``gps_probes``). Retrieval is measured for every ordered
-modality pair on the samples that have both; chance is k/N. The land-use linear probe and kNN run
-on frozen embeddings; the same probes on raw pixel statistics are the baseline to beat.
+modality pair on the samples that have both; in pairs with text, samples with the same caption
+string are equivalent hits; tied scores count as their expectation under a random order (see
+:func:`retrieval`). The land-use linear probe and kNN run on frozen embeddings with stratified
+k-fold cross-validation, beside the majority class of the same folds; the same probes on raw pixel
+statistics are the baseline to beat.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ import torch
 from engine.atomic import atomic_path, atomic_write_text
 
 from .config import TrainConfig
+from .probes import (  # noqa: F401  (re-exported: callers import them from here)
+    MIN_PROBE_SAMPLES,
+    NOTES,
+    PROBE_FOLDS,
+    PROBE_SEED,
+    knn_accuracy,
+    linear_probe,
+    probes,
+    stratified_folds,
+)
 
 log = logging.getLogger(__name__)
 KS = (1, 5, 10)
@@ -30,7 +43,7 @@ EARTH_RADIUS_M = 6_371_008.8
 
 @torch.no_grad()
 def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size: int = 64):
-    """Embeddings, masks, coordinates, labels and raw-statistics features of a whole dataset."""
+    """Embeddings, masks, coordinates, labels, raw-pixel features, captions and areas of a dataset."""
     from .train import make_collate, move
 
     collate = make_collate(cfg)
@@ -38,7 +51,7 @@ def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size:
     model.eval()
     embs: dict[str, list[np.ndarray]] = {}
     masks: dict[str, list[np.ndarray]] = {}
-    lat, lon, lab, raw = [], [], [], []
+    lat, lon, lab, raw, caps, areas = [], [], [], [], [], []
     for start in range(0, len(ds), batch_size):
         samples = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
         batch = move(collate(samples), device)
@@ -49,9 +62,11 @@ def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size:
         lon += [s["lon"] for s in samples]
         lab += [s.get("landuse", -1) for s in samples]
         raw += [raw_stats(s) for s in samples]
+        caps += [s.get("text") for s in samples]
+        areas += [str(s.get("area_id") or "") for s in samples]
     cat = {k: np.concatenate(v) for k, v in embs.items()}
     return cat, {k: np.concatenate(v) for k, v in masks.items()}, np.array(lat), np.array(lon), \
-        np.array(lab), np.stack(raw)  # fmt: skip
+        np.array(lab), np.stack(raw), {"caption": caps, "area": np.array(areas)}  # fmt: skip
 
 
 def raw_stats(sample: dict) -> np.ndarray:
@@ -121,89 +136,114 @@ def haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.n
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
 
 
-def retrieval(q: np.ndarray, g: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str, float]:
-    """R@k of the true partner (row i of g for query i) and Accuracy@100 m of the top hit."""
-    sims = q @ g.T
-    true = np.diagonal(sims)[:, None]
-    # Ties count against the query (identical captions must not inflate recall).
-    rank = (sims > true).sum(1) + (sims == true).sum(1) - 1
-    top = sims.argmax(1)
-    d = haversine_m(lat, lon, lat[top], lon[top])
-    out = {f"R@{k}": float((rank < k).mean()) for k in KS}
-    out["acc@100m"] = float((d <= 100.0).mean())
-    out["n"] = int(len(q))
+def caption_groups(captions: list[str | None]) -> np.ndarray:
+    """Equivalence-class id per sample: samples with the same caption string share an id.
+
+    A sample without a caption gets an id of its own (it is never in a text pair anyway).
+    """
+    ids: dict[str, int] = {}
+    out = np.empty(len(captions), np.int64)
+    for i, c in enumerate(captions):
+        out[i] = ids.setdefault(c, len(ids)) if c else -1 - i
     return out
 
 
-def knn_accuracy(xtr, ytr, xte, yte, k: int = 5) -> float:
-    """Cosine kNN majority vote."""
-    a = xtr / np.linalg.norm(xtr, axis=1, keepdims=True).clip(1e-9)
-    b = xte / np.linalg.norm(xte, axis=1, keepdims=True).clip(1e-9)
-    nn_idx = np.argsort(-(b @ a.T), axis=1)[:, :k]
-    votes = ytr[nn_idx]
-    pred = np.array([np.bincount(v).argmax() for v in votes])
-    return float((pred == yte).mean())
+def _hit_probability(above: np.ndarray, tied_n: np.ndarray, tied_m: np.ndarray, k: int):
+    """P(first correct item within the top k) when tied items come in uniformly random order.
+
+    ``above`` wrong items score higher than the best correct one; ``tied_n`` wrong and
+    ``tied_m`` (>= 1) correct items tie with it. The first correct item misses the top k iff
+    the first ``k - above`` tied items are all wrong: prod (tied_n - i) / (tied_n + tied_m - i).
+    """
+    room = k - above
+    p_miss = np.ones(len(above))
+    for i in range(k):
+        step = np.clip(tied_n - i, 0, None) / np.maximum(tied_n + tied_m - i, 1)
+        p_miss *= np.where(i < room, step, 1.0)
+    return np.where(room > 0, 1.0 - p_miss, 0.0)
 
 
-def linear_probe(xtr, ytr, xte, yte, steps: int = 300, wd: float = 1e-3) -> float:
-    """Multinomial logistic regression (standardised features, full-batch L-BFGS)."""
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    xt = torch.tensor((xtr - mu) / sd, dtype=torch.float32)
-    xv = torch.tensor((xte - mu) / sd, dtype=torch.float32)
-    yt = torch.tensor(ytr, dtype=torch.long)
-    lin = torch.nn.Linear(xt.shape[1], int(max(ytr.max(), yte.max())) + 1)
-    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+def retrieval(
+    q: np.ndarray,
+    g: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """R@k and Accuracy@100 m of query row i against gallery row i (the true partner).
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xt), yt) + wd * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
+    Args:
+        q, g: query and gallery embeddings ``[N, D]``; row i of each belongs to sample i.
+        lat, lon: coordinates of every sample, degrees.
+        groups: equivalence ids (e.g. :func:`caption_groups`): gallery item j is a correct hit
+            for query i when ``groups[i] == groups[j]``; None: only j == i is correct.
 
-    opt.step(closure)
-    with torch.no_grad():
-        return float((lin(xv).argmax(1).numpy() == yte).mean())
+    Ties: tied scores are ranked in a uniformly random order and the exact expectation is
+    reported, for R@k (over the position of the first correct item) and Accuracy@100 m (share
+    of the top-scoring items within 100 m) alike; a constant model scores chance (k/N when
+    ``groups`` is None).
+    """
+    sims = q @ g.T
+    n = len(q)
+    match = np.eye(n, dtype=bool) if groups is None else groups[:, None] == groups[None, :]
+    best = np.where(match, sims, -np.inf).max(1, keepdims=True)
+    above = (~match & (sims > best)).sum(1)
+    tied_n, tied_m = (~match & (sims == best)).sum(1), (match & (sims == best)).sum(1)
+    out = {f"R@{k}": float(_hit_probability(above, tied_n, tied_m, k).mean()) for k in KS}
+    rows, cols = np.nonzero(sims == sims.max(1, keepdims=True))
+    near = haversine_m(lat[rows], lon[rows], lat[cols], lon[cols]) <= 100.0
+    share = np.bincount(rows, near, n) / np.bincount(rows, minlength=n).clip(1)
+    out["acc@100m"] = float(share.mean())
+    # A random ranking's R@1: the share of the gallery that counts as correct (1/N w/o groups).
+    out["chance@1"] = float(match.sum(1).mean() / n)
+    out["n"] = int(n)
+    return out
 
 
-def probes(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> dict[str, float] | None:
-    """Linear probe and kNN on the first / second half of the labelled, present samples."""
-    idx = np.flatnonzero(keep & (y >= 0) & np.isfinite(x).all(1))
-    if len(idx) < 10 or len(np.unique(y[idx])) < 2:
-        return None
-    tr, te = idx[: len(idx) // 2], idx[len(idx) // 2 :]
-    return {
-        "linear": linear_probe(x[tr], y[tr], x[te], y[te]),
-        "knn5": knn_accuracy(x[tr], y[tr], x[te], y[te]),
-        "n_test": int(len(te)),
-    }
+def _all_retrieval(emb, mask, lat, lon, groups) -> dict[str, dict[str, float]]:
+    """Every ordered modality pair on the samples that have both; text pairs match by caption."""
+    out = {}
+    for a in emb:
+        for b in emb:
+            v = mask[a] & mask[b]
+            if a == b or v.sum() < 2:
+                continue
+            gr = groups[v] if "text" in (a, b) else None
+            out[f"{a}->{b}"] = retrieval(emb[a][v], emb[b][v], lat[v], lon[v], gr)
+    return out
+
+
+def _all_probes(res: dict[str, Any], emb, mask, lab, raw, areas) -> None:
+    """Probe every modality's embeddings and the raw-pixel baseline; record skips and why."""
+    feats = {m: (emb[m], mask[m], "probe") for m in emb}
+    if "aerial" in mask:
+        feats["aerial_raw_stats"] = (raw, mask["aerial"], "baseline")
+    for name, (x, keep, where) in feats.items():
+        p = probes(x, lab, keep, areas=areas)
+        if "skipped" in p:
+            res["probe_skipped"][name] = p["skipped"]
+        else:
+            res[where][name] = p
+    first = res["probe"].get("aerial") or next(iter(res["probe"].values()), None)
+    if first:  # kept for old readers: the fair majority of the aerial probe's folds
+        res["baseline"]["majority_class"] = first["majority"]
 
 
 def evaluate_model(model: torch.nn.Module, ds: Any, cfg: TrainConfig) -> dict[str, Any]:
     """All metrics of the held-out split, as a JSON-ready dict."""
-    emb, mask, lat, lon, lab, raw = embed_dataset(model, ds, cfg)
-    res: dict[str, Any] = {"retrieval": {}, "probe": {}, "baseline": {}, "n": int(len(lat))}
-    for a in emb:
-        for b in emb:
-            if a == b:
-                continue
-            v = mask[a] & mask[b]
-            if v.sum() >= 2:
-                r = retrieval(emb[a][v], emb[b][v], lat[v], lon[v])
-                r["chance@1"] = 1.0 / r["n"]
-                res["retrieval"][f"{a}->{b}"] = r
-    for m in emb:
-        p = probes(emb[m], lab, mask[m])
-        if p:
-            res["probe"][m] = p
+    emb, mask, lat, lon, lab, raw, meta = embed_dataset(model, ds, cfg)
+    groups = caption_groups(meta["caption"])
+    res: dict[str, Any] = {"retrieval": _all_retrieval(emb, mask, lat, lon, groups), "probe": {},
+                           "baseline": {}, "probe_skipped": {}, "n": int(len(lat))}  # fmt: skip
+    g = groups[groups >= 0]  # samples with a caption
+    shared = float(np.mean(np.bincount(g)[g] > 1)) if len(g) else 0.0
+    res["notes"] = NOTES | {"shared_caption_share": shared}
+    _all_probes(res, emb, mask, lab, raw, meta["area"])
     if "aerial" in mask:
-        res["baseline"]["aerial_raw_stats"] = probes(raw, lab, mask["aerial"])
         names = list(getattr(getattr(ds, "info", None), "class_names", None) or [])
         zs = zero_shot_landuse(model, cfg, emb["aerial"], mask["aerial"], lab, names)
         if zs:
             res["zero_shot"] = {"aerial": zs}
-    labelled = lab[lab >= 0]
-    if len(labelled):
-        res["baseline"]["majority_class"] = float(np.bincount(labelled).max() / len(labelled))
     return res
 
 
@@ -212,16 +252,11 @@ def quick_eval(
 ) -> dict[str, float]:
     """Mean R@1 and R@10 over all ordered pairs on the first ``max_samples`` held-out samples."""
     sub = torch.utils.data.Subset(ds, range(min(len(ds), max_samples)))
-    emb, mask, lat, lon, _, _ = embed_dataset(model, sub, cfg)
-    r1, r10 = [], []
-    for a in emb:
-        for b in emb:
-            v = mask[a] & mask[b]
-            if a != b and v.sum() >= 2:
-                r = retrieval(emb[a][v], emb[b][v], lat[v], lon[v])
-                r1.append(r["R@1"])
-                r10.append(r["R@10"])
-    return {"val/R@1": float(np.mean(r1)), "val/R@10": float(np.mean(r10))} if r1 else {}
+    emb, mask, lat, lon, _, _, meta = embed_dataset(model, sub, cfg)
+    ret = _all_retrieval(emb, mask, lat, lon, caption_groups(meta["caption"])).values()
+    if not ret:
+        return {}
+    return {f"val/{k}": float(np.mean([r[k] for r in ret])) for k in ("R@1", "R@10")}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -234,15 +269,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {pair} | {r['n']} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} "
             f"| {r['acc@100m']:.3f} | {r['chance@1']:.3f} |"
         )
-    lines += ["", "## Land-use probes (frozen embeddings)", "",
-              "| features | linear | kNN (k=5) | n test |", "|---|---|---|---|"]  # fmt: skip
-    rows = list(res["probe"].items()) + [
-        (f"baseline: {k}", v) for k, v in res["baseline"].items() if isinstance(v, dict)
-    ]
-    for name, p in rows:
-        lines.append(f"| {name} | {p['linear']:.3f} | {p['knn5']:.3f} | {p['n_test']} |")
-    if "majority_class" in res["baseline"]:
-        lines.append(f"\nMajority-class accuracy: {res['baseline']['majority_class']:.3f}")
+    lines += _probe_markdown(res)
     for m, z in res.get("zero_shot", {}).items():
         lines.append(
             f"\nZero-shot land use ({m} vs text prompts of {z['classes']} classes, no training): "
@@ -253,6 +280,31 @@ def markdown(res: dict[str, Any]) -> str:
 
         lines += ["", gps_markdown(res["gps_probes"], title="## GPS-encoder probes").rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _probe_markdown(res: dict[str, Any]) -> list[str]:
+    """The land-use probe table (mean ± std over folds), the skipped probes and the rules."""
+    rows = list(res["probe"].items()) + [
+        (f"baseline: {k}", v) for k, v in res["baseline"].items() if isinstance(v, dict)
+    ]
+    lines = ["", "## Land-use probes (frozen embeddings)", ""] + (
+        ["| features | linear | kNN (k=5) | majority (same folds) | area majority | n | folds |",
+         "|---|---|---|---|---|---|---|"] if rows else ["No probe could run (reasons below)."]
+    )  # fmt: skip
+    for name, p in rows:
+        cells = [f"{p[m]:.3f} ± {p.get(m + '_std', 0.0):.3f}" for m in ("linear", "knn5")]
+        maj = " | ".join(f"{p[m]:.3f}" if m in p else "n/a" for m in ("majority", "area_majority"))
+        lines.append(f"| {name} | {' | '.join(cells)} | {maj} | {p['n_test']} "
+                     f"| {p.get('folds', 1)} |")  # fmt: skip
+    for name, why in res.get("probe_skipped", {}).items():
+        lines.append(f"\nProbe on {name} not run: {why}.")
+    for key, text in res.get("notes", {}).items():
+        if isinstance(text, str):
+            lines.append(f"\n{key.replace('_', ' ').capitalize()}: {text}.")
+    if "shared_caption_share" in res.get("notes", {}):
+        share = res["notes"]["shared_caption_share"]
+        lines.append(f"\nSamples whose caption another sample shares: {share:.1%}.")
+    return lines
 
 
 def plot_matrix(res: dict[str, Any], png: Path) -> Path:

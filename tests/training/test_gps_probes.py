@@ -122,6 +122,18 @@ def test_probe_on_separable_task_and_knn_agrees_with_cosine():
     )
 
 
+def test_majority_is_the_training_majority_scored_on_the_test_points():
+    # Train: class 0 x 30, class 1 x 10; test: class 1 x 15, class 2 x 5. The test set's own
+    # majority (1, 0.75) and the pooled majority (0, 0.5) are both wrong baselines here.
+    y = np.r_[np.zeros(30), np.ones(10), np.ones(15), np.full(5, 2)].astype(np.int64)
+    lat, lon = np.linspace(-60, 60, len(y)), np.zeros(len(y))
+    train = np.arange(len(y)) < 40
+    task = gp.ProbeTask("t", "constructed", ("a", "b", "c"), lat, lon, y, train, train.astype(int))
+    res = gp.run_task(task, gp.raw_features(lat, lon), seed=0)
+    assert res["majority"] == 0.0  # class 0, the training majority, never occurs in test
+    assert res["test_class_counts"] == [0, 15, 5] and res["n_test"] == 20
+
+
 def _tiny_dataset(root: Path) -> Path:
     """A manifest with land-use labels in two areas and a train / val / test split."""
     rng = np.random.default_rng(0)

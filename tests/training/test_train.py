@@ -112,7 +112,10 @@ def test_full_tiny_run_trains_every_pair_well_above_chance(tmp_path):
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
     res = evaluate_model(trainer.core, trainer.val_set, trainer.cfg)
     for pair, r in res["retrieval"].items():
-        assert r["R@10"] > 5 * 10 * r["chance@1"], pair
+        if "text" in pair:  # same-caption samples all count as hits: chance@1 is far above 1/N
+            assert r["R@1"] > 3 * r["chance@1"], pair
+        else:
+            assert r["R@10"] > 5 * 10 * r["chance@1"], pair
     assert res["probe"]["aerial"]["linear"] > res["baseline"]["aerial_raw_stats"]["linear"]
 
 
