@@ -2,8 +2,9 @@
 # `make model`: rebuild the default bundle from scratch: the real dataset (make data), training
 # with training/configs/default_cpu.yaml on this CPU (about 25 minutes on 2 cores), export with
 # the transformer-optimised graphs (--optimize: fused attention / FastGelu) and MatMul-only
-# per-channel int8 variants of them (--int8 matmul; the text tower keeps whole-graph dynamic
-# int8: its matmul variant was faster but lost 1.8 R@10 points text -> aerial on the test split),
+# per-channel int8 variants of them (--int8 matmul; the text tower ships this one: checked one
+# text at a time, as the engine runs it, its min cosine to fp32 on the 225 test texts is 0.990
+# against 0.960 for whole-graph dynamic int8, at the same speed and R@10 within noise),
 # evaluation, the int8 retrieval check on the held-out split, and assembly into
 # resources/models/default (<= 50 MB).
 # The aerial tower ships as its fused fp32 graph with the weights STORED as fp16 (each big
@@ -25,7 +26,7 @@ start=$(date +%s)
 $PY -m training.train --config training/configs/default_cpu.yaml --out "$WORK" \
   --set "data.source=$DATA" --set "steps=$STEPS" --threads "$THREADS"
 $PY -m training.export --checkpoint "$WORK/checkpoint.pt" --out "$WORK/bundle" --optimize \
-  --int8 matmul text=dynamic
+  --int8 matmul
 $PY -m training.evaluate --checkpoint "$WORK/checkpoint.pt" --out "$WORK/eval" || true
 mkdir -p "$WORK/eval"
 $PY scripts/eval_quantisation.py --checkpoint "$WORK/checkpoint.pt" --bundle "$WORK/bundle" \
