@@ -37,7 +37,9 @@ def _encoders(res: dict[str, Any], missed: str) -> list[str]:
             for r in rows
         )
         out.append(
-            "- **int8 vs fp32.** The shipped int8 quantises MatMul, the fused Attention "
+            "- **int8 vs fp32.** The MatMul int8 (the shipped text tower's method; the aerial "
+            "tower ships fp32 with fp16-stored weights since its per-batch activation scales "
+            "broke extent invariance) quantises MatMul, the fused Attention "
             "(QAttention) and embeddings only, per channel, from the optimised graph; Conv, "
             "LayerNorm, GELU and softmax stay fp32. Aerial, batch 32, in this run: "
             f"{got}. Its profile: "

@@ -297,8 +297,9 @@ def render(res: dict[str, Any], imgs: dict[str, str], quick: bool) -> str:
         f"tower at 128 px ({enc['weights_small']}), exported with `training.export.export_tower`; "
         "`ort_int8` is whole-graph `quantize_dynamic` of the plain export, `ort_opt` the "
         "transformer-optimised fp32 graph and `ort_opt_int8` its MatMul/Attention-only "
-        "per-channel int8 (what the bundle ships for the aerial tower; `training.export "
-        "--optimize --int8 matmul`).\n",
+        "per-channel int8 (`training.export --optimize --int8 matmul`; the bundle ships it for "
+        "the text tower, run one text at a time, while the aerial tower ships as `ort_opt` "
+        "with fp16-stored weights: dynamic int8 is not batch-independent).\n",
         md_table(enc["rows"], ENC_COLS),
         "`ort_opt` is the fp32 export after `onnxruntime.transformers.optimizer.optimize_model` "
         "(heads and width given; the model type with most fused attention kept). Fused "

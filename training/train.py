@@ -99,8 +99,8 @@ def build_optimizer(model: UniGeoCLIP, cfg: OptimConfig, text_pretrained: bool):
             continue
         # Decay 2-D+ ``*.weight`` tensors except embeddings (token, position and the patch-embedding
         # conv): not biases, norms, CLS/register tokens either. nn.MultiheadAttention's
-        # ``in_proj_weight`` (SigLIP's pooling head) does not match the rule and is not decayed;
-        # left so, because ``make model`` must reproduce the shipped bundle bit for bit.
+        # ``in_proj_weight`` (SigLIP's pooling head) does not match the rule and is not decayed.
+        # Left so on purpose for now: the shipped model and the ablations were trained with it.
         decay = p.ndim >= 2 and name.endswith(".weight") and "embedding" not in name
         slow = text_pretrained and name.startswith("towers.text.encoder.")
         groups.setdefault((decay, slow), []).append(p)
