@@ -28,11 +28,11 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorLayer,
-    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
 from ...engine.domain import domain_warning
+from ...engine.errors import InputError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
 from ...engine.store import EmbeddingStore
@@ -46,7 +46,12 @@ from .common import (  # noqa: F401 - re-exported: algorithms import these from 
     canceled_of,
     embed_cached,
     engine_errors,
+    layer_geometries,
+    layer_points,
+    layer_union,
+    layer_wkt,
     name_output,
+    parse_latlon,
     progress_of,
     provenance,
 )
@@ -230,6 +235,9 @@ class QueryAlgorithm(UniGeoAlgorithm):
     QUERY_PHOTO = "QUERY_PHOTO"
     QUERY_GPS = "QUERY_GPS"
     NEGATIVE_TEXT = "NEGATIVE_TEXT"
+    EXTRA_POINTS = "EXTRA_POINTS"
+    NEGATIVE_POINTS = "NEGATIVE_POINTS"
+    NEGATIVE_POLYGON = "NEGATIVE_POLYGON"
     GPS_WEIGHT = "GPS_WEIGHT"
 
     def prepare_query(self, parameters: dict, context: QgsProcessingContext, feedback):
@@ -244,7 +252,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         return model, store, query
 
     def add_query_params(self) -> None:
-        """Every query parameter; all optional, at least one is required at run time."""
+        """Every query parameter; all optional, at least one positive is required at run time."""
         self.addParameter(
             QgsProcessingParameterString(self.QUERY_TEXT, self.tr("Text query"), optional=True)
         )
@@ -253,14 +261,8 @@ class QueryAlgorithm(UniGeoAlgorithm):
                 self.QUERY_POINT, self.tr("Example point (any CRS)"), optional=True
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorLayer(
-                self.QUERY_POLYGON,
-                self.tr("Example region (polygon layer)"),
-                [QgsProcessing.TypeVectorPolygon],
-                optional=True,
-            )
-        )
+        self._add_layer(self.EXTRA_POINTS, "More example places (point layer)", True)
+        self._add_layer(self.QUERY_POLYGON, "Example region (polygon layer)", False)
         self.addParameter(
             QgsProcessingParameterFile(
                 self.QUERY_PHOTO,
@@ -279,15 +281,23 @@ class QueryAlgorithm(UniGeoAlgorithm):
                 self.NEGATIVE_TEXT, self.tr("Negative text (move away from)"), optional=True
             )
         )
+        self._add_layer(self.NEGATIVE_POINTS, "Places to avoid (point layer)", True)
+        self._add_layer(self.NEGATIVE_POLYGON, "Region to avoid (polygon layer)", False)
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.GPS_WEIGHT,
-                self.tr("GPS weight of the point query (0-1)"),
+                self.tr("GPS weight of the example points (0-1)"),
                 QgsProcessingParameterNumber.Double,
                 defaultValue=0.0,
                 minValue=0.0,
                 maxValue=1.0,
             )
+        )
+
+    def _add_layer(self, name: str, label: str, points: bool) -> None:
+        kind = QgsProcessing.TypeVectorPoint if points else QgsProcessing.TypeVectorPolygon
+        self.addParameter(
+            QgsProcessingParameterVectorLayer(name, self.tr(label), [kind], optional=True)
         )
 
     def build_query(
@@ -297,67 +307,102 @@ class QueryAlgorithm(UniGeoAlgorithm):
         store: EmbeddingStore,
         model: UniGeoModel,
     ) -> Query:
-        """One Query from every given QUERY_* parameter; QgsProcessingException when none."""
+        """One Query from every given query parameter; QgsProcessingException when none.
+
+        Every example is one term of weight 1, positive or negative, exactly as the UniGeo
+        panel (Shift+click, Ctrl+click) and the CLI (``--point``, ``--negative-point``) do.
+        """
         from ...engine import query as Q
 
-        p, c = parameters, context
-        parts: list[tuple[Query, bool]] = []
         with engine_errors():
-            if text := self.parameterAsString(p, self.QUERY_TEXT, c).strip():
-                parts.append((Q.text_query(model, text), False))
-            if self._has(p, self.QUERY_POINT):
-                pt = self.parameterAsPoint(p, self.QUERY_POINT, c)
-                crs = self.parameterAsPointCrs(p, self.QUERY_POINT, c)
-                wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
-                w = self.parameterAsDouble(p, self.GPS_WEIGHT, c)
-                q = Q.point_query(store, pt.x(), pt.y(), crs=wkt or None, gps_weight=w, model=model)
-                parts.append((q, False))
-            if (layer := self.parameterAsVectorLayer(p, self.QUERY_POLYGON, c)) is not None:
-                geom, wkt = layer_union(layer)
-                parts.append((Q.region_query(store, geom, crs=wkt), False))
-            if photo := self.parameterAsFile(p, self.QUERY_PHOTO, c):
-                parts.append((Q.photo_query(model, photo), False))
-            if gps := self.parameterAsString(p, self.QUERY_GPS, c).strip():
-                parts.append((Q.gps_query(model, *parse_latlon(gps)), False))
-            if neg := self.parameterAsString(p, self.NEGATIVE_TEXT, c).strip():
-                parts.append((Q.text_query(model, neg), True))
-            if not any(not negative for _, negative in parts):
+            parts = self._positive_parts(parameters, context, store, model)
+            if not parts:
                 raise QgsProcessingException(
                     self.tr(
-                        "Give a query: QUERY_TEXT, QUERY_POINT, QUERY_POLYGON, QUERY_PHOTO or "
-                        "QUERY_GPS (NEGATIVE_TEXT alone is not enough)."
+                        "Give a query: QUERY_TEXT, QUERY_POINT, EXTRA_POINTS, QUERY_POLYGON, "
+                        "QUERY_PHOTO or QUERY_GPS (NEGATIVE_TEXT, NEGATIVE_POINTS and "
+                        "NEGATIVE_POLYGON only move away from places: they are not enough alone)."
                     )
                 )
+            parts += self._negative_parts(parameters, context, store, model)
             query = Q.Query()
             for q, negative in parts:
                 query.add(q.vector(), 1.0, negative=negative, description=q.description())
         return query
 
+    def _positive_parts(
+        self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
+    ) -> list[tuple[Query, bool]]:
+        """``(query, False)`` for each positive example, in a stable order."""
+        from ...engine import query as Q
+
+        parts: list[tuple[Query, bool]] = []
+        w = self.parameterAsDouble(p, self.GPS_WEIGHT, c)
+        if text := self.parameterAsString(p, self.QUERY_TEXT, c).strip():
+            parts.append((Q.text_query(model, text), False))
+        if self._has(p, self.QUERY_POINT):
+            pt = self.parameterAsPoint(p, self.QUERY_POINT, c)
+            crs = self.parameterAsPointCrs(p, self.QUERY_POINT, c)
+            wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+            q = Q.point_query(store, pt.x(), pt.y(), crs=wkt or None, gps_weight=w, model=model)
+            parts.append((q, False))
+        kw = dict(gps_weight=w, model=model, negative=False)
+        parts += self._layer_points(p, c, self.EXTRA_POINTS, store, **kw)
+        if (layer := self.parameterAsVectorLayer(p, self.QUERY_POLYGON, c)) is not None:
+            geom, wkt = layer_union(layer)
+            parts.append((Q.region_query(store, geom, crs=wkt), False))
+        if photo := self.parameterAsFile(p, self.QUERY_PHOTO, c):
+            parts.append((Q.photo_query(model, photo), False))
+        if gps := self.parameterAsString(p, self.QUERY_GPS, c).strip():
+            parts.append((Q.gps_query(model, *parse_latlon(gps)), False))
+        return parts
+
+    def _negative_parts(
+        self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
+    ) -> list[tuple[Query, bool]]:
+        """``(query, True)`` for each example to move away from; empty layers add nothing."""
+        from ...engine import query as Q
+
+        parts: list[tuple[Query, bool]] = []
+        if neg := self.parameterAsString(p, self.NEGATIVE_TEXT, c).strip():
+            parts.append((Q.text_query(model, neg), True))
+        # as in the panel and the CLI, a place to avoid is the tile alone (no GPS mixing)
+        parts += self._layer_points(p, c, self.NEGATIVE_POINTS, store, negative=True)
+        layer = self.parameterAsVectorLayer(p, self.NEGATIVE_POLYGON, c)
+        if layer is not None and (geoms := layer_geometries(layer)):
+            from shapely.ops import unary_union
+
+            try:
+                q = Q.region_query(store, unary_union(geoms), crs=layer_wkt(layer))
+            except InputError as e:
+                msg = f"NEGATIVE_POLYGON (layer '{layer.name()}'): {e}"
+                raise QgsProcessingException(msg) from None
+            parts.append((q, True))
+        return parts
+
+    def _layer_points(
+        self, p: dict, c: QgsProcessingContext, name: str, store: EmbeddingStore, **kw: Any
+    ) -> list[tuple[Query, bool]]:
+        """One point query per point of the layer parameter ``name`` (any CRS).
+
+        ``kw`` holds ``negative`` and, for positives, ``gps_weight`` and ``model``. An error
+        names the parameter, the layer and the feature, and the engine's message the point.
+        """
+        from ...engine import query as Q
+
+        layer = self.parameterAsVectorLayer(p, name, c)
+        if layer is None:
+            return []
+        wkt, negative, parts = layer_wkt(layer), kw.pop("negative"), []
+        for fid, x, y in layer_points(layer):
+            try:
+                parts.append((Q.point_query(store, x, y, crs=wkt, **kw), negative))
+            except InputError as e:
+                msg = f"{name}: feature {fid} of layer '{layer.name()}': {e}"
+                raise QgsProcessingException(msg) from None
+        return parts
+
     @staticmethod
     def _has(parameters: dict, name: str) -> bool:
         value = parameters.get(name)
         return value is not None and str(value).strip() not in ("", "None")
-
-
-def parse_latlon(text: str) -> tuple[float, float]:
-    """``"lat,lon"`` to floats; QgsProcessingException with the expected form otherwise."""
-    try:
-        lat, lon = (float(v) for v in text.replace(";", ",").split(","))
-    except ValueError:
-        raise QgsProcessingException(
-            f"coordinates must be 'lat,lon' in WGS84 degrees (e.g. '47.02,-99.15'), got '{text}'"
-        ) from None
-    return lat, lon
-
-
-def layer_union(layer: QgsVectorLayer) -> tuple[Any, str]:
-    """The union of a layer's (selected, else all) geometries as shapely, and the layer CRS WKT."""
-    import shapely
-    from shapely.ops import unary_union
-
-    feats = layer.selectedFeatures() if layer.selectedFeatureCount() else layer.getFeatures()
-    geoms = [shapely.from_wkb(bytes(f.geometry().asWkb())) for f in feats if f.hasGeometry()]
-    if not geoms:
-        raise QgsProcessingException(f"layer '{layer.name()}' holds no geometry")
-    wkt = layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
-    return unary_union(geoms), wkt

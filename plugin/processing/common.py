@@ -1,5 +1,5 @@
 """Helpers every UniGeo algorithm shares: engine errors, progress, output naming, provenance,
-and the cached on-demand embedding of a raster layer (``embed_cached``).
+the cached on-demand embedding of a raster layer (``embed_cached``) and reading query layers.
 
 ``plugin.processing.base`` re-exports these names, so ``from .base import engine_errors`` etc.
 keep working.
@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsRasterLayer,
+    QgsVectorLayer,
 )
 
 from ...engine.contract import Modality
@@ -126,4 +128,57 @@ def provenance(model: UniGeoModel, store: EmbeddingStore | None, **extra: Any) -
     if store is not None:
         out["store"] = str(store.folder)
     out.update(extra)
+    return out
+
+
+def parse_latlon(text: str) -> tuple[float, float]:
+    """``"lat,lon"`` to floats; QgsProcessingException with the expected form otherwise."""
+    try:
+        lat, lon = (float(v) for v in text.replace(";", ",").split(","))
+    except ValueError:
+        raise QgsProcessingException(
+            f"coordinates must be 'lat,lon' in WGS84 degrees (e.g. '47.02,-99.15'), got '{text}'"
+        ) from None
+    return lat, lon
+
+
+def layer_wkt(layer: QgsVectorLayer) -> str:
+    """The layer's CRS as GDAL-flavoured WKT (what the engine's pyproj calls accept)."""
+    return layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
+
+
+def _features(layer: QgsVectorLayer) -> Any:
+    # the selection wins, as in the rest of QGIS: "use these features" without a new layer
+    return layer.selectedFeatures() if layer.selectedFeatureCount() else layer.getFeatures()
+
+
+def layer_geometries(layer: QgsVectorLayer) -> list[Any]:
+    """The (selected, else all) non-empty geometries of a layer, as shapely."""
+    import shapely
+
+    feats = (f for f in _features(layer) if f.hasGeometry() and not f.geometry().isEmpty())
+    return [shapely.from_wkb(bytes(f.geometry().asWkb())) for f in feats]
+
+
+def layer_union(layer: QgsVectorLayer) -> tuple[Any, str]:
+    """The union of a layer's (selected, else all) geometries as shapely, and the layer CRS WKT."""
+    from shapely.ops import unary_union
+
+    geoms = layer_geometries(layer)
+    if not geoms:
+        raise QgsProcessingException(f"layer '{layer.name()}' holds no geometry")
+    return unary_union(geoms), layer_wkt(layer)
+
+
+def layer_points(layer: QgsVectorLayer) -> list[tuple[int, float, float]]:
+    """``(feature id, x, y)`` of every point of a (multi)point layer, in the layer's CRS.
+
+    Uses the selected features when there is a selection, else all; a multipoint feature gives
+    one entry per part. Features without geometry are skipped, so an empty layer gives ``[]``.
+    """
+    out: list[tuple[int, float, float]] = []
+    for f in _features(layer):
+        if not f.hasGeometry():
+            continue
+        out += [(int(f.id()), float(v.x()), float(v.y())) for v in f.geometry().vertices()]
     return out

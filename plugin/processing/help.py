@@ -9,11 +9,22 @@ GROUPS = {
 }
 
 _QUERY_HELP = (
-    "<p><b>Query</b> (give at least one; they are combined): a text (QUERY_TEXT), a map point "
-    "in any CRS (QUERY_POINT: the tile under it), a polygon layer (QUERY_POLYGON: mean of the "
-    "tiles inside), a street-level photo (QUERY_PHOTO), coordinates 'lat,lon' in WGS84 "
-    "(QUERY_GPS); NEGATIVE_TEXT moves the result away from a description. GPS_WEIGHT (0-1) "
-    "mixes the GPS embedding of the query point into the point query.</p>"
+    "<p><b>Query</b> (give at least one example; they are combined): a text (QUERY_TEXT), a "
+    "map point in any CRS (QUERY_POINT: the tile under it), more example places as a point "
+    "layer in any CRS (EXTRA_POINTS: one example per point, multipoints included), a polygon "
+    "layer (QUERY_POLYGON: mean of the tiles inside), a street-level photo (QUERY_PHOTO), "
+    "coordinates 'lat,lon' in WGS84 (QUERY_GPS). GPS_WEIGHT (0-1) mixes the GPS embedding of "
+    "each example point into its point query.</p>"
+    "<p><b>Negatives</b> move the result away from what you do not want, like Ctrl+click in "
+    "the UniGeo panel: a description (NEGATIVE_TEXT), places to avoid as a point layer "
+    "(NEGATIVE_POINTS: the tile under each point) and a region to avoid (NEGATIVE_POLYGON: "
+    "mean of the tiles inside). The query vector is the normalised sum of every example minus "
+    "every negative, each weighted 1, as in the panel and the CLI. Refine iteratively: add the "
+    "wrong hits of one run to NEGATIVE_POINTS and run again. Negatives alone are not a query. "
+    "With a selection, only the selected features of a layer are used; an empty layer is "
+    "ignored; a point outside the embedded area is an error that names its feature. Every "
+    "term (positive or negative) is recorded in the output's metadata "
+    "(UNIGEO_QUERY, UNIGEO_QUERY_TERMS).</p>"
 )
 _SOURCE_HELP = (
     "<p><b>Source</b>: an embedding store folder (STORE, from 'Embed raster'), or a raster "
