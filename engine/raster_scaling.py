@@ -38,6 +38,7 @@ def scaling_for(
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not (scale > 0 and math.isfinite(scale)):
             raise RasterInputError(f"scale must be a positive number, got {scale}")
+        _decimated_valid(src, nodata, name)  # e.g. a DSM in metres: refuse one of only no data
         return np.zeros(n), np.full(n, float(scale)), f"divide:{float(scale):g}"
     if scale == "dtype" and src.dtypes[0] == "uint8":
         return np.zeros(n), np.full(n, 255.0), "uint8/255"
@@ -48,8 +49,12 @@ def scaling_for(
     return lo, np.maximum(hi - lo, 1e-12), desc
 
 
-def band_percentiles(src: Any, nodata: float | None, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band 2 and 98 % percentiles from one decimated read of the whole raster."""
+def _decimated_valid(src: Any, nodata: float | None, name: str) -> list[np.ndarray]:
+    """Each band's finite, non-nodata values of one decimated read of the whole raster.
+
+    Raises:
+        RasterInputError: no band holds a single valid pixel.
+    """
     f = max(src.width, src.height) / STATS_MAX_SIDE
     shape = (
         src.count,
@@ -59,19 +64,24 @@ def band_percentiles(src: Any, nodata: float | None, name: str) -> tuple[np.ndar
     data = src.read(out_shape=shape, masked=True)
     if nodata is not None:
         data = np.ma.masked_equal(data, nodata)
-    lo, hi = np.zeros(src.count), np.ones(src.count)
-    empty = 0
+    values = []
     for b in range(src.count):
         v = data[b].compressed().astype(np.float64)
-        v = v[np.isfinite(v)]
+        values.append(v[np.isfinite(v)])
+    if all(v.size == 0 for v in values):
+        raise RasterInputError(f"{name} holds no valid pixels (all no data)")
+    return values
+
+
+def band_percentiles(src: Any, nodata: float | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2 and 98 % percentiles from one decimated read of the whole raster."""
+    lo, hi = np.zeros(src.count), np.ones(src.count)
+    for b, v in enumerate(_decimated_valid(src, nodata, name)):
         if v.size == 0:
-            empty += 1
             continue
         lo[b], hi[b] = np.percentile(v, PERCENTILES)
         if hi[b] <= lo[b]:
             hi[b] = lo[b] + 1.0  # a constant band maps to 0 instead of dividing by zero
-    if empty == src.count:
-        raise RasterInputError(f"{name} holds no valid pixels (all no data)")
     return lo, hi
 
 
