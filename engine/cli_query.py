@@ -132,7 +132,11 @@ def add_hits_parser(sub: Any) -> None:
     """Register ``hits STORE --model M --out GPKG`` plus the query flags."""
     p = add_command(sub, "hits", "top-k similar places as GeoPackage/GeoJSON")
     add_model_args(p)
-    p.add_argument("--out", required=True, help=".gpkg (store CRS), .geojson (WGS84, RFC 7946) or .shp (store CRS)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=".gpkg (store CRS), .geojson (WGS84, RFC 7946) or .shp (store CRS)",
+    )
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--min-distance", type=int, default=1, help="NMS radius in tiles")
     p.add_argument("--polygons", action="store_true", help="tile polygons instead of points")
@@ -202,8 +206,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 # -- classify -----------------------------------------------------------------------------------
 def add_classify_parser(sub: Any) -> None:
-    """Register ``classify STORE --model M --out TIF``."""
-    p = add_command(sub, "classify", "zero-shot land-use classification")
+    """Register ``classify STORE --model M --out TIF`` (zero-shot, or few-shot with --examples)."""
+    p = add_command(sub, "classify", "land-use classification (zero-shot or from examples)")
     add_model_args(p)
     p.add_argument("--out", required=True, help="class GeoTIFF (paletted)")
     p.add_argument("--confidence", default=None, help="confidence GeoTIFF")
@@ -213,7 +217,55 @@ def add_classify_parser(sub: Any) -> None:
         help="JSON {class: [prompts]} or [class, ...] (default: the bundle's classes); prompts "
         "are used as written, a bare class name gets the bundle's prompt templates",
     )
+    f = p.add_argument_group("few-shot (labelled polygons instead of prompts)")
+    f.add_argument("--examples", default=None, help="labelled polygons (GeoPackage/GeoJSON/...)")
+    f.add_argument("--class-field", default="class", help="label field of --examples")
+    f.add_argument("--method", default="prototype", choices=["prototype", "logreg"])
+    f.add_argument(
+        "--report",
+        default=None,
+        help="validation report .json/.html/.md; all three are written (default: "
+        "<out>_validation.json beside --out)",
+    )
+    f.add_argument("--folds", type=int, default=5, help="cross-validation folds (by polygon)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="tiles below this softmax confidence get the extra class 'uncertain' (last index)",
+    )
     p.set_defaults(func=cmd_classify)
+
+
+def read_examples(path: str, field: str) -> tuple[list[tuple[Any, str]], str | None]:
+    """``([(polygon, label), ...], crs)`` of the labelled polygons in ``path``.
+
+    Raises:
+        InputError: Unreadable file, missing field, or no labelled polygon.
+    """
+    import pyogrio
+    import shapely
+
+    try:
+        info = pyogrio.read_info(path)
+        if field not in list(info["fields"]):
+            raise InputError(
+                f"{path} has no field '{field}' (fields: {', '.join(info['fields'])}); "
+                "pick the label field with --class-field"
+            )
+        meta, _, geoms, data = pyogrio.raw.read(path, columns=[field])
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for unreadable files
+        raise InputError(f"cannot read polygons from {path}: {e}") from None
+    pairs = [
+        (g, str(v).strip())
+        for g, v in zip(shapely.from_wkb(geoms), data[0], strict=True)
+        if g is not None and not g.is_empty and v is not None and str(v).strip()
+    ]
+    if not pairs:
+        raise InputError(f"no feature of {path} has a polygon and a '{field}' label")
+    return pairs, meta.get("crs")
 
 
 def read_classes(path: str) -> dict[str, list[str]]:
@@ -237,35 +289,56 @@ def read_classes(path: str) -> dict[str, list[str]]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    """Zero-shot classify every tile; writes the class and confidence GeoTIFFs."""
+    """Classify every tile; writes the class and confidence GeoTIFFs (and, few-shot, a report)."""
     from . import classify as C
+    from . import classify_validation as V
 
+    if args.report and not args.examples:
+        raise InputError("--report validates few-shot classification: give --examples too")
     model = load_model(args)
     store = open_store(args, model)
-    prompts = read_classes(args.classes) if args.classes else None
-    result = C.zero_shot(store, model, class_prompts=prompts)
+    report = paths = None
+    if args.examples:
+        pairs, crs = read_examples(args.examples, args.class_field)
+        result = C.from_examples(store, pairs, method=args.method, crs=crs)
+        # validate before writing anything: a bad --report path fails early
+        paths = V.report_paths(args.report or V.default_report_path(args.out))
+        report = V.cross_validate(
+            store, pairs, args.method, crs, folds=args.folds, min_confidence=args.min_confidence
+        )
+    else:
+        prompts = read_classes(args.classes) if args.classes else None
+        result = C.zero_shot(store, model, class_prompts=prompts)
+    result = V.apply_min_confidence(result, args.min_confidence)
     conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
-    C.write_classification(
-        args.out,
-        conf,
-        store,
-        result,
-        provenance={
-            "model": f"{model.bundle.name} {model.bundle.version}",
-            "model_hash": model.model_hash,
-            "classes": ", ".join(result.classes),
-            "method": "zero-shot",
-        },
-    )
-    p = result.params
+    prov = {
+        "model": f"{model.bundle.name} {model.bundle.version}",
+        "model_hash": model.model_hash,
+        "classes": ", ".join(result.classes),
+        "method": result.method,
+    }
+    C.write_classification(args.out, conf, store, result, provenance=prov)
     print(f"classes  {args.out}\nconfid.  {conf}")
-    print(
-        f"         softmax at temperature {p['temperature']:.4g} ({p['temperature_source']}); "
-        f"median best-vs-second cosine gap {_num(p['cosine_margin_median'])}"
-    )
-    if result.warning:
-        print(f"warning  {result.warning}")
+    if args.min_confidence is not None:
+        n_low, idx = result.params["uncertain_tiles"], result.params["uncertain_class"]
+        print(f"         {n_low} tiles below {args.min_confidence:g} -> class {idx} 'uncertain'")
+    if report is not None:
+        V.write_validation_report(paths[".json"], report, provenance=prov)
+        print(f"report   {paths['.json']} (+ .html, .md)\n         {report.summary()}")
+    _print_notes(result, report)
     return 0
+
+
+def _print_notes(result: Any, report: Any) -> None:
+    """Zero-shot: temperature and margin; both: the warnings."""
+    p = result.params
+    if report is None:
+        print(
+            f"         softmax at temperature {p['temperature']:.4g} ({p['temperature_source']}); "
+            f"median best-vs-second cosine gap {_num(p['cosine_margin_median'])}"
+        )
+    for w in [result.warning] if result.warning else (report.warnings if report else []):
+        print(f"warning  {w}")
 
 
 def _num(v: float | None) -> str:

@@ -8,12 +8,15 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorLayer,
 )
 
 from ...engine import classify as C
+from ...engine import classify_validation as V
 from .base import UniGeoAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
 
 METHODS = ("prototype", "logreg")
@@ -52,6 +55,8 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
     METHOD = "METHOD"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+    MIN_CONFIDENCE = "MIN_CONFIDENCE"
+    REPORT = "REPORT"
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.add_source_params()
@@ -87,12 +92,31 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
                 self.METHOD, self.tr("Few-shot method"), options=list(METHODS), defaultValue=0
             )
         )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_CONFIDENCE,
+                self.tr(f"Minimum confidence (lower tiles get the class '{V.UNCERTAIN}')"),
+                QgsProcessingParameterNumber.Double,
+                optional=True,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
         self.add_model_params()
         self.addParameter(
             QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes"))
         )
         self.addParameter(
             QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, self.tr("Confidence"))
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.REPORT,
+                self.tr("Validation report, few-shot only (.json, .html and .md are written)"),
+                fileFilter="HTML (*.html);;JSON (*.json)",
+                optional=True,
+                createByDefault=False,
+            )
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
@@ -102,6 +126,8 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
         examples = self.parameterAsVectorLayer(parameters, self.EXAMPLES, context)
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        min_conf = self._min_confidence(parameters, context)
+        report_path = self._report_path(parameters, context, examples, feedback)
         if examples is not None and not field:
             raise QgsProcessingException(
                 self.tr("Few-shot classification needs CLASS_FIELD, the label field")
@@ -111,21 +137,54 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
         cb = {"progress": progress_of(feedback, 80.0, 95.0), "is_canceled": canceled_of(feedback)}
         with engine_errors():
             if examples is not None:
-                result = C.from_examples(
-                    store, labelled(examples, field), method=method, crs=_wkt(examples), **cb
-                )
+                pairs, crs = labelled(examples, field), _wkt(examples)
+                result = C.from_examples(store, pairs, method=method, crs=crs, **cb)
             else:
                 result = C.zero_shot(store, model, class_prompts=prompts, **cb)
+            result = V.apply_min_confidence(result, min_conf)
             prov = provenance(model, store, classes=", ".join(result.classes), method=result.method)
             if result.warning:
                 prov["warning"] = result.warning
             C.write_classification(classes_path, conf_path, store, result, provenance=prov)
+            if report_path:
+                args = (store, pairs, method, crs)
+                rep = V.cross_validate(
+                    *args, min_confidence=min_conf, is_canceled=cb["is_canceled"]
+                )
+                V.write_validation_report(report_path, rep, provenance=prov)
+                _log_report(feedback, rep)
         feedback.pushInfo(f"{result.method}: {', '.join(result.classes)}")
         if result.warning:
             report_warning(feedback, result.warning)
         name_output(context, classes_path, f"classes ({result.method})")
         name_output(context, conf_path, f"confidence ({result.method})")
-        return {self.OUTPUT_CLASSES: classes_path, self.OUTPUT_CONFIDENCE: conf_path}
+        out = {self.OUTPUT_CLASSES: classes_path, self.OUTPUT_CONFIDENCE: conf_path}
+        return {**out, self.REPORT: report_path or None}
+
+    def _min_confidence(self, parameters, context) -> float | None:
+        """MIN_CONFIDENCE, or None when it is not set."""
+        if parameters.get(self.MIN_CONFIDENCE) is None:
+            return None
+        return self.parameterAsDouble(parameters, self.MIN_CONFIDENCE, context)
+
+    def _report_path(self, parameters, context, examples, feedback) -> str:
+        """REPORT's path ("" when not asked for, or for zero-shot, which has no labels)."""
+        path = self.parameterAsFileOutput(parameters, self.REPORT, context)
+        if path and examples is None:
+            report_warning(feedback, "REPORT is only written for few-shot (labelled EXAMPLES)")
+            return ""
+        if path:
+            with engine_errors():
+                V.report_paths(path)  # a wrong suffix fails before any work
+        return path
+
+
+def _log_report(feedback, rep) -> None:
+    """The report's summary in the log; its warnings as warnings."""
+    if feedback is not None:
+        feedback.pushInfo(rep.summary())
+    for w in rep.warnings:
+        report_warning(feedback, w)
 
 
 def report_warning(feedback, text: str) -> None:

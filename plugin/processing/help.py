@@ -89,7 +89,14 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "'name: prompt; prompt' (empty = the model's own classes). Few-shot: EXAMPLES is a "
         "polygon layer whose CLASS_FIELD gives the label; METHOD is 'prototype' (nearest class "
         "mean) or 'logreg' (logistic regression). Writes a paletted class raster and a "
-        "confidence raster (softmax probability of the chosen class).</p>"
+        "confidence raster (softmax probability of the chosen class). A bare class name gets "
+        "the model's prompt templates; prompts you write are used as written. Zero-shot with a "
+        "model whose measured zero-shot accuracy is low (the default model's) gives a warning."
+        "</p><p>MIN_CONFIDENCE: tiles whose confidence is below it get the extra class "
+        "'uncertain' (the last class, grey). REPORT (few-shot only): k-fold cross-validation "
+        "grouped by polygon (a polygon's tiles are never split between training and test), "
+        "written as .json, .html and .md: accuracy, per-class precision/recall/F1, confusion "
+        "matrix and two baselines on the same folds. Give each class at least two polygons.</p>"
         + _SOURCE_HELP
         + _LOAD_HELP
         + _MODEL_HELP,
