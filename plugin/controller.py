@@ -96,24 +96,6 @@ def _layer_uses(path: Path) -> bool:
     return False
 
 
-class DomainCheckedClassifyTask(ClassifyTask):
-    """A ClassifyTask that also runs the heatmap's training-domain check on the worker thread.
-
-    ``domain_warning``: :func:`~..engine.domain.domain_warning` of the store (None when inside).
-    """
-
-    domain_warning: str | None = None
-
-    def work(self) -> Any:
-        from ..engine.domain import domain_warning
-        from ..engine.zarr_store import open_store
-
-        out = super().work()
-        store = open_store(self.store_path)
-        self.domain_warning = domain_warning(store, self.model.bundle.training_domain)
-        return out
-
-
 class Controller(QObject):
     """Runs queries for the dock and the map tools; owns the running tasks."""
 
@@ -330,13 +312,10 @@ class Controller(QObject):
                 if class_path is None:
                     return
                 conf_path = class_path.with_name(class_path.stem + CONFIDENCE_SUFFIX)
-                task = DomainCheckedClassifyTask(
-                    model, store_folder, spec, class_path, conf_path, None, prov
+                done = partial(self._classify_done, name=label, group=layer.name())
+                self._start(
+                    ClassifyTask(model, store_folder, spec, class_path, conf_path, done, prov)
                 )
-                task.on_done = partial(
-                    self._classify_done, name=label, group=layer.name(), task=task
-                )
-                self._start(task)
 
             self.with_store(layer, area, model, run)
         except EngineError as e:
@@ -344,7 +323,7 @@ class Controller(QObject):
             return False
         return True
 
-    def _classify_done(self, result: TaskResult, name: str, group: str, task: Any = None) -> None:
+    def _classify_done(self, result: TaskResult, name: str, group: str) -> None:
         if self._failed("Classification", result):
             return
         out = result.value
@@ -354,8 +333,7 @@ class Controller(QObject):
             L.set_provenance(lyr, out.provenance)
         L.add_group(QgsProject.instance(), group, [classes, conf])
         # the same out-of-domain warning as heatmaps, plus the task's own (zero-shot reliability)
-        notes = (getattr(task, "domain_warning", None), getattr(out, "warning", None))
-        warning = " ".join(str(w) for w in notes if w)
+        warning = " ".join(w for w in (out.domain_warning, out.warning) if w)
         self.domainChecked.emit(warning)
         if warning:
             self.message(warning, Qgis.Warning)

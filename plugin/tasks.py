@@ -356,6 +356,7 @@ class ClassifyOutput:
     counts: dict[str, int]  # tiles per class
     provenance: dict[str, Any] = field(default_factory=dict)
     warning: str = ""  # zero-shot: why the map may not be trusted (for the message bar); "" = none
+    domain_warning: str | None = None  # out-of-domain warning, as HeatmapOutput.warning
 
 
 class ClassifyTask(EngineTask):
@@ -402,9 +403,10 @@ class ClassifyTask(EngineTask):
         import numpy as np
 
         from ..engine.classify import write_classification
-        from ..engine.store import EmbeddingStore
+        from ..engine.domain import domain_warning
+        from ..engine.zarr_store import open_store
 
-        store = EmbeddingStore.open(self.store_path)
+        store = open_store(self.store_path)
         result = self._classify(store)
         self.report(0.8)
         if self.isCanceled():
@@ -426,4 +428,5 @@ class ClassifyTask(EngineTask):
             counts,
             prov,
             result.warning,
+            domain_warning(store, self.model.bundle.training_domain),
         )
