@@ -257,6 +257,18 @@ def fit_logreg(
     return _Linear(weight.astype(np.float32), (b - (mu / sd) @ w).astype(np.float32), False)
 
 
+def fit_classifier(x: np.ndarray, y: np.ndarray, n: int, method: str, l2: float = 1e-2) -> _Linear:
+    """The few-shot classifier of ``method``: nearest class mean (cosine) or logistic regression.
+
+    One place for :func:`from_examples` and the cross-validation of
+    :mod:`.classify_validation`, so the validated classifier is the one that maps.
+    """
+    if method == "prototype":
+        protos = np.stack([x[y == i].mean(axis=0) for i in range(n)])
+        return _Linear(_normalise_rows(protos).T, np.zeros(n, np.float32), True)
+    return fit_logreg(x, y, n, l2=l2)
+
+
 def from_examples(
     store: EmbeddingStore,
     polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
@@ -296,11 +308,7 @@ def from_examples(
             f"too few example tiles for {', '.join(few)}; each class needs at least "
             f"{min_tiles_per_class}: draw larger polygons or add more"
         )
-    if method == "prototype":
-        protos = np.stack([x[y == i].mean(axis=0) for i in range(len(classes))])
-        lin = _Linear(_normalise_rows(protos).T, np.zeros(len(classes), np.float32), True)
-    else:
-        lin = fit_logreg(x, y, len(classes), l2=l2)
+    lin = fit_classifier(x, y, len(classes), method, l2)
     cls, conf, _ = _apply(store, lin, temperature, "softmax", progress, is_canceled)
     params = {"method": method, "examples": dict(zip(classes, counts.tolist(), strict=True))}
     params.update({"temperature": temperature} if method == "prototype" else {"l2": l2})

@@ -28,9 +28,8 @@ from .classify import (
     DEFAULT_TEMPERATURE,
     Classification,
     _Linear,
-    _normalise_rows,
     _softmax,
-    fit_logreg,
+    fit_classifier,
 )
 from .errors import CancelledError, InputError
 from .query import tiles_in_polygon
@@ -171,13 +170,6 @@ def assign_folds(
     return fold, k
 
 
-def _fit(x: np.ndarray, y: np.ndarray, n: int, method: str, l2: float) -> _Linear:
-    if method == "prototype":
-        protos = np.stack([x[y == i].mean(axis=0) for i in range(n)])
-        return _Linear(_normalise_rows(protos).T, np.zeros(n, np.float32), True)
-    return fit_logreg(x, y, n, l2=l2)
-
-
 def _predict(lin: _Linear, x: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Class and softmax confidence, exactly as :func:`engine.classify.from_examples` gives."""
     logits = x @ lin.weight + lin.bias
@@ -250,7 +242,9 @@ def cross_validate(
         if is_canceled is not None and is_canceled():
             raise CancelledError("validation cancelled")
         tr, te = fold != f, fold == f
-        pred, conf = _predict(_fit(ex.x[tr], ex.y[tr], n, method, l2), ex.x[te], temperature)
+        pred, conf = _predict(
+            fit_classifier(ex.x[tr], ex.y[tr], n, method, l2), ex.x[te], temperature
+        )
         np.add.at(run.cm, (ex.y[te], pred), 1)
         share = np.bincount(ex.y[tr], minlength=n)
         run.base_right += int(np.sum(ex.y[te] == share.argmax()))

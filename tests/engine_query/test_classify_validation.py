@@ -74,8 +74,8 @@ def test_folds_never_split_a_polygon(fx, rng, monkeypatch):
     # a polygon overlapping two others of its class: the three must stay together
     polys.append((_cell_box(fx, 1, 1, 4, 1), "water"))
     seen = []
-    fit, predict = V._fit, V._predict
-    monkeypatch.setattr(V, "_fit", lambda x, *a: (seen.append([x]), fit(x, *a))[1])
+    fit, predict = V.fit_classifier, V._predict
+    monkeypatch.setattr(V, "fit_classifier", lambda x, *a: (seen.append([x]), fit(x, *a))[1])
     monkeypatch.setattr(
         V, "_predict", lambda lin, x, t: (seen[-1].append(x), predict(lin, x, t))[1]
     )
