@@ -36,6 +36,7 @@ from ...engine.errors import InputError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
 from ...engine.store import EmbeddingStore
+from ...engine.store_window import store_window
 from ...engine.zarr_store import open_store
 from .. import model_cache
 from ..qgis_reader import qgs_crs
@@ -55,7 +56,6 @@ from .common import (  # noqa: F401 - re-exported: algorithms import these from 
     progress_of,
     provenance,
 )
-from .store_window import store_window
 
 
 class UniGeoAlgorithm(QgsProcessingAlgorithm):

@@ -146,7 +146,7 @@ def test_store_extent_outside_is_an_error(run, store, tmp_path):
 
 
 def test_windowed_array_matches_numpy_slicing():
-    from unigeo.plugin.processing.store_window import WindowedArray
+    from unigeo.engine.store_window import WindowedArray
 
     class Opaque:  # a non-NumPy array (like a Zarr one): only base[...] and shape/dtype
         def __init__(self, a):

@@ -1,7 +1,7 @@
 """A read-only window of an embedding store: the tiles of an EXTENT, on the store's own lattice.
 
-Processing algorithms that take a STORE and an EXTENT score, rank and classify only the tiles
-of the extent: :func:`store_window` cuts the store's grid with ``TileGrid.subgrid`` (same
+Queries restricted to an extent (Processing algorithms given a STORE and an EXTENT) score, rank
+and classify only the tiles of the extent: :func:`store_window` cuts the store's grid with ``TileGrid.subgrid`` (same
 lattice, so the same tiles and embeddings as embedding that extent directly) and returns an
 object with the store's interface (``grid``, ``embeddings``, ``valid``, ``crs``, ...). Nothing
 is copied: an npy store's window is a view of its memory map, a Zarr store's window translates
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ...engine.errors import InputError
-from ...engine.grid import Bounds, TileGrid
+from .errors import InputError
+from .grid import Bounds, TileGrid
 
 
 class WindowedArray:
