@@ -4,7 +4,7 @@
 100, ties share their mean rank). Large score sets use :class:`Calibration`, a monotone,
 piecewise-linear map built from a histogram whose largest deviation from the exact mean rank is
 known and reported; beyond :data:`CAL_MAX_ERROR` it falls back to the exact ranking. Streamed
-stores cannot sort: there :class:`_TieRefiner` lists the scores of the too-full bins (big tie
+stores cannot sort: there :class:`TieRefiner` lists the scores of the too-full bins (big tie
 groups) exactly in a second pass and :meth:`Calibration.refined` gives them their mean ranks.
 """
 
@@ -178,7 +178,7 @@ class Calibration:
         return out
 
 
-class _TieRefiner:
+class TieRefiner:
     """Exact (score, count) pairs of the bins whose linear map could miss by > CAL_MAX_ERROR.
 
     A bin of ``c`` scores can put a score up to ``c - 1/2`` ranks from its exact mean rank; a

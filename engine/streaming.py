@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_path
-from .calibration import Calibration, _TieRefiner
+from .calibration import Calibration, TieRefiner
 from .errors import InputError
 from .geo_io import grid_profile, provenance_tags
 from .similarity import (
@@ -138,7 +138,7 @@ def _histogram_pass(
     cal = hist.calibration()
     if cal is None or not refine:
         return cal
-    ties = _TieRefiner(hist, cal.n)
+    ties = TieRefiner(hist, cal.n)
     if not ties.heavy.any():
         return cal
     for r0, r1, block in chunked_dot(store, vec[:, None], chunk_rows, None, is_canceled, workers):

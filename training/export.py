@@ -332,9 +332,6 @@ def bundle_spec(model: UniGeoCLIP, cfg: TrainConfig, dataset: Any = None) -> Bun
     )  # fmt: skip
 
 
-_dataset_labels = dataset_labels  # the old private name, kept for callers
-
-
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_model
     from .train import build_datasets, make_collate

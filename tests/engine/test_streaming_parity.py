@@ -18,7 +18,7 @@ import rasterio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.calibration import CAL_MAX_ERROR, _calibrate_exact, _TieRefiner, calibrate
+from engine.calibration import CAL_MAX_ERROR, TieRefiner, _calibrate_exact, calibrate
 from engine.errors import CancelledError
 from engine.grid import TileGrid
 from engine.query import Query
@@ -327,7 +327,7 @@ def test_property_tie_listing_bound(seed, n, bins, spread, tie_frac, groups):
     for part in np.split(vals, cuts):
         hist.add(part)
     cal = hist.calibration()
-    ties = _TieRefiner(hist, cal.n)
+    ties = TieRefiner(hist, cal.n)
     wanted = ties.heavy.copy()
     for part in np.split(vals, np.sort(rng.integers(0, n, 2))):  # other chunks than pass 1
         ties.add(part)
