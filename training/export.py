@@ -9,7 +9,7 @@ max |Δ| exceeds the tolerance.
 Validation inputs (:func:`validation_inputs`) are chosen per tower: up to 8 distinct samples that
 HAVE the modality, spread over the held-out set and then the training set (the first held-out
 samples of the real dataset have no DSM, and zero-filled rows test nothing). A modality that no
-sample has is checked on documented synthetic inputs (:func:`synthetic_samples`);
+sample has is checked on the toy world's samples (:func:`synthetic_samples`);
 ``export_report.json`` says which (``"validation_inputs": {"dsm": "real:8", ...}``). The bundle's
 training domain comes from the training samples (:mod:`training.domain`).
 

@@ -18,7 +18,6 @@ from engine.contract import INPUT_DTYPES, INPUT_NAMES, Modality
 from engine.errors import ModelContractError
 
 from .config import TrainConfig
-from .specs import all_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,6 @@ def tower_inputs_np(modality: Modality, batch: dict) -> dict[str, np.ndarray]:
 
 
 VALIDATION_ROWS = 8  # distinct samples per tower for the torch-vs-onnxruntime checks
-_TEXTS = ("open water", "an aerial view of forest", "dense housing beside a road",
-          "cropland with irrigation circles", "bare rock and scree", "a wetland in winter",
-          "an industrial estate", "grassland", "a marina with boats", "an orchard")  # fmt: skip
 
 
 @dataclass
@@ -48,35 +44,21 @@ class ValidationInputs:
 
 
 def synthetic_samples(m: Modality, cfg: TrainConfig, n: int, seed: int = 0) -> list[dict]:
-    """``n`` documented stand-in samples for a modality that no dataset sample has.
+    """``n`` stand-in samples for a modality that no dataset sample has: the toy world's.
 
-    Images: smooth random colour fields plus noise, reflectance in [0, 1]; DSM: terrain at
-    0-500 m with 0-30 m bumps and 0.5 m noise; text: fixed land-cover phrases; GPS: uniform
-    over latitudes -60..70 and all longitudes. Each row differs from every other.
+    :class:`~training.toy.ToyWorld` at the config's chip shapes, every modality present
+    (textured class colours, DSM bumps on random terrain, templated text, clustered GPS); its
+    noise makes each image and DSM row distinct. ``m`` only labels the seed.
     """
-    rng = np.random.default_rng([seed, list(Modality).index(m)])
-    pre = all_preprocess(cfg.model)[m]
-    out = []
-    for i in range(n):
-        lat, lon = float(rng.uniform(-60, 70)), float(rng.uniform(-180, 180))
-        s: dict[str, Any] = {"sample_id": f"synthetic-{i}", "lat": lat, "lon": lon}
-        if m in (Modality.AERIAL, Modality.STREETVIEW):
-            size, c = pre.size, len(pre.bands)
-            ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-            field_ = rng.uniform(0.1, 0.9, (c, 1, 1)) + 0.2 * np.outer(ramp, ramp[::-1])
-            noisy = field_ + rng.normal(0.0, 0.05, (c, size, size))
-            s[m.value] = np.clip(noisy, 0.0, 1.0).astype(np.float32)
-        elif m is Modality.DSM:
-            yy, xx = np.mgrid[0 : pre.size, 0 : pre.size] / pre.size
-            bumps = rng.uniform(0, 30) * np.abs(np.sin(rng.uniform(1, 6) * np.pi * xx * yy))
-            noise = rng.normal(0.0, 0.5, xx.shape)
-            s["dsm"] = (rng.uniform(0, 500) + bumps + noise)[None].astype(np.float32)
-        elif m is Modality.TEXT:
-            s["text"] = _TEXTS[i % len(_TEXTS)] + ("" if i < len(_TEXTS) else f" {i}")
-        else:
-            s["gps"] = np.array([lat, lon], np.float32)
-        out.append(s)
-    return out
+    from .toy import ToyWorld
+
+    mc = cfg.model
+    world = ToyWorld(
+        n, missing_prob=0.0, aerial_shape=(len(mc.aerial.bands), mc.aerial.image_size),
+        street_size=mc.streetview.image_size, dsm_size=mc.dsm.image_size,
+        world_seed=seed, split_seed=1000 + list(Modality).index(m),
+    )  # fmt: skip
+    return [world[i] for i in range(n)]
 
 
 def _present(ds: Any, m: Modality, limit: int = 4096) -> np.ndarray:
