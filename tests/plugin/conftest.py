@@ -123,3 +123,24 @@ def unigeo_settings(plugin_package, analytic_bundle, tmp_path_factory):
         model_cache.release_all()
         yield s
     model_cache.release_all()
+
+
+@pytest.fixture(scope="module")
+def run(unigeo_provider, unigeo_settings, analytic_bundle):
+    """``run(name, feedback=None, **params)``: processing.run("unigeo:name"), analytic bundle.
+
+    ``MODEL`` defaults to the analytic bundle; each call gets a fresh processing context.
+    """
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    def _run(name: str, feedback=None, **params):
+        params.setdefault("MODEL", str(analytic_bundle))
+        return processing.run(
+            f"unigeo:{name}",
+            params,
+            feedback=feedback or QgsProcessingFeedback(),
+            context=QgsProcessingContext(),
+        )
+
+    return _run

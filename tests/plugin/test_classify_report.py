@@ -15,20 +15,6 @@ X0, Y0 = 500_000.0, 5_003_200.0  # top-left of the quadrant raster (conftest.utm
 
 
 @pytest.fixture(scope="module")
-def run(unigeo_provider, unigeo_settings, analytic_bundle):
-    """``run(name, feedback, **params)``: processing.run("unigeo:name") with the analytic bundle."""
-    import processing
-    from qgis.core import QgsProcessingContext
-
-    def _run(name: str, feedback, **params):
-        params.setdefault("MODEL", str(analytic_bundle))
-        ctx = QgsProcessingContext()
-        return processing.run(f"unigeo:{name}", params, feedback=feedback, context=ctx)
-
-    return _run
-
-
-@pytest.fixture(scope="module")
 def store(run, utm_tif, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report_stores") / "utm.store"
     run("embedraster", _feedback(), INPUT=str(utm_tif), OUTPUT_STORE=str(out))

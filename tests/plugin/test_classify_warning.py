@@ -18,21 +18,6 @@ GOOD = {"zero_shot": {"accuracy": 0.92, "n_test": 80, "classes": 4}, "source": "
 
 
 @pytest.fixture(scope="module")
-def run(unigeo_provider, unigeo_settings, analytic_bundle):
-    """``run(name, feedback, **params)``: processing.run("unigeo:name")."""
-    import processing
-    from qgis.core import QgsProcessingContext
-
-    def _run(name: str, feedback, **params):
-        params.setdefault("MODEL", str(analytic_bundle))
-        return processing.run(
-            f"unigeo:{name}", params, feedback=feedback, context=QgsProcessingContext()
-        )
-
-    return _run
-
-
-@pytest.fixture(scope="module")
 def good_bundle(tmp_path_factory) -> Path:
     """The analytic bundle, declaring a measured zero-shot accuracy of 0.92 and a logit scale."""
     from tests.fixtures.analytic_bundle import make_analytic_bundle

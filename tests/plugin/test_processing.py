@@ -16,22 +16,6 @@ NAIP = "naip_north_dakota/m_4709963_se_14_1_20200831.tif"
 
 
 @pytest.fixture(scope="module")
-def run(unigeo_provider, unigeo_settings, analytic_bundle):
-    """``run(name, **params)``: processing.run("unigeo:name") with the analytic bundle."""
-    import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
-
-    def _run(name: str, feedback=None, **params):
-        params.setdefault("MODEL", str(analytic_bundle))
-        ctx = QgsProcessingContext()
-        return processing.run(
-            f"unigeo:{name}", params, feedback=feedback or QgsProcessingFeedback(), context=ctx
-        )
-
-    return _run
-
-
-@pytest.fixture(scope="module")
 def utm_store(run, utm_tif, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "utm.store"
     run("embedraster", INPUT=str(utm_tif), OUTPUT_STORE=str(out))

@@ -21,22 +21,6 @@ EXTENT = "500850,501550,5001650,5002350 [EPSG:32633]"
 
 
 @pytest.fixture(scope="module")
-def run(unigeo_provider, unigeo_settings, analytic_bundle):
-    """``run(name, **params)``: processing.run("unigeo:name") with the analytic bundle."""
-    import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
-
-    def _run(name: str, feedback=None, **params):
-        params.setdefault("MODEL", str(analytic_bundle))
-        ctx = QgsProcessingContext()
-        return processing.run(
-            f"unigeo:{name}", params, feedback=feedback or QgsProcessingFeedback(), context=ctx
-        )
-
-    return _run
-
-
-@pytest.fixture(scope="module")
 def store(run, utm_tif, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out_stores") / "utm.store"
     run("embedraster", INPUT=str(utm_tif), OUTPUT_STORE=str(out))
