@@ -8,6 +8,7 @@ does not depend on the ``onnx`` package.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -128,6 +129,70 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
     return OnnxHeader(ir, opsets, meta)
 
 
+# GraphProto: 1 node, 5 initializer, 15 sparse_initializer; NodeProto: 5 attribute;
+# AttributeProto: 5 t, 6 g, 10 tensors, 11 graphs; SparseTensorProto: 1 values, 2 indices;
+# TensorProto: 13 external_data {1 key, 2 value}. Only these are descended into.
+_DESCEND = {"model": {7: "graph"}, "graph": {1: "node", 5: "tensor", 15: "sparse"},
+            "node": {5: "attr"}, "attr": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph"},
+            "sparse": {1: "tensor", 2: "tensor"}, "tensor": {}}  # fmt: skip
+_MAX_DEPTH = 32
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """The external-data files an ONNX model's tensors point to, resolved beside the model.
+
+    onnxruntime reads these when it creates a session, so they are part of the model: the
+    bundle hash must cover them. Tensor payloads are skipped by seeking, never read.
+
+    Raises:
+        ModelContractError: the file is corrupt, or a tensor points outside the model's folder
+            or to a file that is missing.
+    """
+    path = Path(path)
+    found: list[str] = []
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            _collect_locations(f, size, "model", found, 0)
+    except (_Corrupt, UnicodeDecodeError, ValueError) as e:
+        raise ModelContractError(f"{path.name} is not a readable ONNX model ({e})") from None
+    out: list[Path] = []
+    for loc in dict.fromkeys(found):
+        target = (path.parent / loc).resolve()
+        if path.parent.resolve() not in target.parents or not target.is_file():
+            raise ModelContractError(
+                f"{path.name} stores weights in '{loc}', which is missing or lies outside the "
+                "bundle folder: reinstall the model bundle"
+            )
+        out.append(target)
+    return out
+
+
+def _collect_locations(f: Any, end: int, kind: str, found: list[str], depth: int) -> None:
+    """Walk the message ``kind`` in ``f`` up to byte ``end``, appending external locations."""
+    if depth > _MAX_DEPTH:
+        raise _Corrupt("messages nested too deeply")
+    children = _DESCEND[kind]
+    while f.tell() < end and (tag := _varint(f)) is not None:
+        num, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(f)
+            continue
+        if wire not in (1, 2, 5):
+            raise _Corrupt(f"unsupported wire type {wire}")
+        n = {1: 8, 5: 4}.get(wire) or _varint(f)
+        if n is None or f.tell() + n > end:
+            raise _Corrupt("a field runs past the end of its message (truncated?)")
+        stop = f.tell() + n
+        if wire == 2 and kind == "tensor" and num == 13:
+            entry = _pairs(f.read(n))
+            if entry.get(1) == "location":
+                found.append(str(entry.get(2, "")))
+        elif wire == 2 and num in children:
+            _collect_locations(f, stop, children[num], found, depth + 1)
+        f.seek(stop)
+
+
 def _tag(num: int, wire: int) -> bytes:
     return _enc_varint(num << 3 | wire)
 
@@ -221,13 +286,15 @@ class LoadedBundle:
     encoder_specs: dict[Modality, EncoderSpec]  # the spec stored inside each ONNX file
     files: dict[Modality, Path]  # modality -> ONNX file
     tokenizer_path: Path | None  # tokenizer.json, when the bundle has a text tower
-    model_hash: str  # sha256 (hex) of bundle.json, every ONNX file and the tokenizer
+    model_hash: str  # sha256 (hex) of bundle.json, every ONNX file, its external data, tokenizer
     headers: dict[Modality, OnnxHeader]  # IR version, opsets and metadata of each ONNX file
 
     def all_files(self) -> list[Path]:
         """Every file that defines the model, in hashing order."""
         out = [self.folder / BUNDLE_FILE]
-        out += [self.files[m] for m in Modality if m in self.files]
+        for m in Modality:
+            if m in self.files:
+                out += [self.files[m], *external_data_files(self.files[m])]
         return out + ([self.tokenizer_path] if self.tokenizer_path else [])
 
 
@@ -262,16 +329,9 @@ def load_bundle(folder: str | Path) -> LoadedBundle:
                 f"the bundle has a text encoder but its tokenizer '{spec.tokenizer}' is missing "
                 f"from {folder}: reinstall the model bundle"
             )
-    paths = [folder / BUNDLE_FILE] + [files[m] for m in Modality if m in files]
-    return LoadedBundle(
-        folder=folder,
-        spec=spec,
-        encoder_specs=specs,
-        files=files,
-        tokenizer_path=tok,
-        model_hash=hash_files(paths + ([tok] if tok else [])),
-        headers=headers,
-    )
+    loaded = LoadedBundle(folder, spec, specs, files, tok, "", headers)
+    # every file a session reads: bundle.json, each ONNX file, its external data, the tokenizer
+    return dataclasses.replace(loaded, model_hash=hash_files(loaded.all_files()))
 
 
 def _encoder_spec(

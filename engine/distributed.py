@@ -36,6 +36,7 @@ from .embed import check_model
 from .errors import CancelledError, InputError, StoreError
 from .grid import TileGrid
 from .mosaic import SourceSpec, source_spec
+from .store_guard import check_target
 from .zarr_store import ZarrEmbeddingStore, is_zarr_store
 
 
@@ -120,6 +121,7 @@ def embed_distributed(
     try:
         info.update(meta or {}, modality=modality.value, max_nodata=max_nodata)
         path = Path(store_path)
+        check_target(path, [Path(p) for p in src.paths])
         if resume and (finished := _existing(path, grid, model.model_hash, fp)) is not None:
             return finished
         args = (path, grid, model.dim, model.model_hash, fp, info, block_tiles)
@@ -134,8 +136,11 @@ def embed_distributed(
         )  # fmt: skip
     finally:
         model.close()  # the workers load their own; this one only validated the bundle
-    store.update_meta(**_execute(job, store, scheduler, dashboard_address, progress))
-    return store.finalize()
+    try:
+        store.update_meta(**_execute(job, store, scheduler, dashboard_address, progress))
+        return store.finalize()
+    finally:
+        store.close()  # releases the single-writer lock also when the job fails
 
 
 def _check_args(

@@ -31,6 +31,7 @@ from .errors import CancelledError, InputError, ModelContractError, StoreError
 from .grid import TileGrid
 from .raster_io import RasterReader
 from .store import EmbeddingStore
+from .store_guard import check_target, input_files
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,7 @@ def embed_raster(
     spec = check_model(model, modality, grid)
     bands = spec.preprocess.bands or ("height",)
     store_path = Path(store_path)
+    check_target(store_path, input_files(reader))  # before anything is read or written
     fp = reader.fingerprint()
     if resume and (done := _existing(store_path, grid, model, fp)) is not None:
         if progress:

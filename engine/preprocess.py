@@ -211,7 +211,7 @@ def prepare_photo(img: np.ndarray | str | Path, size: int) -> np.ndarray:
         try:
             with Image.open(img) as f:
                 f.load()
-                im = ImageOps.exif_transpose(f).convert("RGB")
+                im = _to_rgb8(ImageOps.exif_transpose(f), img)
         except FileNotFoundError:
             raise InputError(f"photo not found: {img}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -230,6 +230,36 @@ def prepare_photo(img: np.ndarray | str | Path, size: int) -> np.ndarray:
     left, top = (nw - size) // 2, (nh - size) // 2
     im = im.crop((left, top, left + size, top + size))
     return np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+
+def _to_rgb8(im: Any, name: Any) -> Any:
+    """An 8-bit RGB copy of a PIL image of any mode, its value range rescaled, not clipped.
+
+    ``convert("RGB")`` clips 16-bit and 32-bit values to 255 (a 16-bit photo became solid
+    white) and floats to 0 (solid black). Single-channel 16-bit, 32-bit integer and float
+    images are rescaled instead: floats in [0, 1] times 255; values up to 255 kept as 8-bit;
+    values up to 65535 divided by 257 (the exact inverse of 8 -> 16-bit expansion). Negative,
+    larger or non-finite values are refused.
+    """
+    from PIL import Image
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    if a.size == 0 or not np.isfinite(a).all():
+        raise InputError(f"photo {name} holds no values or non-finite ones (NaN/Inf)")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0.0 or hi > 65535.0:
+        raise InputError(
+            f"photo {name} has values {lo:g}..{hi:g} ({im.mode}); UniGeo reads 8-bit or 16-bit "
+            "photos, or floats in 0..1: export it as an 8-bit JPEG or PNG"
+        )
+    if im.mode == "F" and hi <= 1.0:
+        a = a * 255.0
+    elif hi > 255.0 or im.mode.startswith("I;16"):
+        a = a / 257.0
+    gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=2), mode="RGB")
 
 
 def read_exif_latlon(path: str | Path) -> tuple[float, float] | None:

@@ -47,6 +47,7 @@ from .store_base import (  # noqa: F401
     partial_path,
     read_description,
 )
+from .store_guard import mark_partial, no_space_message, remove_partial, reserve, unmark_partial
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class EmbeddingStore(StoreBase):
         self.grid = TileGrid.from_dict(info["grid"])
         self.block_tiles = int(info["block_tiles"])
         self._writable = mode == "r+"
+        if self._writable:
+            _reserve_arrays(folder)  # a store resumed from an older, sparse .partial too
         try:
             self.embeddings = np.load(folder / "embeddings.npy", mmap_mode=mode)
             self.valid = np.load(folder / "valid.npy", mmap_mode=mode)
@@ -88,7 +91,7 @@ class EmbeddingStore(StoreBase):
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(
+    def _create(
         cls,
         path: str | Path,
         grid: TileGrid,
@@ -98,27 +101,35 @@ class EmbeddingStore(StoreBase):
         meta: dict[str, Any] | None = None,
         block_tiles: int = 32,
     ) -> EmbeddingStore:
-        """Start a new store in ``<path>.partial/`` (an old ``.partial`` is discarded).
-
-        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (copied
-        to the top level of store.json); everything else stays under ``meta``.
-        """
+        """A new ``<path>.partial/`` with its arrays' disk space reserved (see ``create``)."""
         info = new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
         folder = partial_path(path)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        open_memmap = np.lib.format.open_memmap
-        for name, dtype, shape in (
+        remove_partial(folder)
+        arrays = (
             ("embeddings.npy", np.float16, (grid.rows, grid.cols, dim)),
             ("valid.npy", np.bool_, (grid.rows, grid.cols)),
             ("done.npy", np.bool_, (info["n_blocks"],)),
-        ):
-            arr = open_memmap(folder / name, mode="w+", dtype=dtype, shape=shape)
-            arr.flush()
-            del arr
-        # store.json last: a .partial without it is never resumed
-        atomic_write_text(folder / META_FILE, json.dumps(info, indent=1))
+        )
+        need = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, dt, shape in arrays)
+        free = shutil.disk_usage(_existing_parent(folder)).free
+        if need > free:  # refused before anything is written
+            raise StoreError(no_space_message(folder.parent, need, free))
+        mark_partial(folder)
+        try:
+            for name, dtype, shape in arrays:
+                arr = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=shape)
+                arr.flush()
+                del arr
+            _reserve_arrays(folder)
+            # store.json last: a .partial without it is never resumed
+            atomic_write_text(folder / META_FILE, json.dumps(info, indent=1))
+            unmark_partial(folder)  # store.json now says whose folder it is
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise StoreError(f"cannot create the embedding store in {folder}: {e}") from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return cls(folder, info, "r+")
 
     # -- writing ----------------------------------------------------------------------------
@@ -149,7 +160,7 @@ class EmbeddingStore(StoreBase):
         self.info.setdefault("meta", {}).update(meta)
         atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
 
-    def close(self) -> None:
+    def _close_data(self) -> None:
         """Flush and release the memory maps."""
         for name in ("embeddings", "valid", "done"):
             arr = getattr(self, name, None)
@@ -159,6 +170,18 @@ class EmbeddingStore(StoreBase):
 
     def _mark_complete(self) -> None:
         atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
+
+
+def _reserve_arrays(folder: Path) -> None:
+    """Reserve the disk blocks of the store's memory-mapped arrays (see store_guard.reserve)."""
+    files = [folder / n for n in _ARRAYS if (folder / n).is_file()]
+    reserve((f, f.stat().st_size) for f in files)
+
+
+def _existing_parent(p: Path) -> Path:
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
 
 
 def _read_info(folder: Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InputError, StoreError
 from .grid import TileGrid
+from .store_guard import StoreLock, check_target
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,13 @@ class StoreBase:
     """What every embedding store kind shares: its description, blocks, resume and finalise.
 
     A subclass sets ``folder``, ``info``, ``grid``, ``block_tiles``, ``_writable`` and ``done``
-    in ``__init__(folder, info, mode)``, and implements ``create``, ``_read_info`` (the
-    description of a folder, None when absent), ``_mark_complete`` and ``close``.
+    in ``__init__(folder, info, mode)``, and implements ``_create`` (a new ``.partial``),
+    ``_read_info`` (the description of a folder, None when absent), ``_mark_complete`` and
+    ``_close_data``.
+
+    Writing is guarded (:mod:`.store_guard`): :meth:`create` and :meth:`resume` refuse a target
+    that is not a store, and hold the store's single-writer lock until :meth:`finalize` or
+    :meth:`close`, so a second writer gets a clear error instead of destroying the store.
     """
 
     folder: Path
@@ -49,6 +55,7 @@ class StoreBase:
     grid: TileGrid
     block_tiles: int
     _writable: bool
+    _lock: StoreLock | None = None
     KIND = "embedding store"
 
     # -- properties -------------------------------------------------------------------------
@@ -119,6 +126,65 @@ class StoreBase:
         grid, model, source or block size raises :class:`StoreError` (embeddings are never
         mixed), unless ``rebuild`` is True: then it is discarded and a new one started.
         """
+        lock = cls._lock_target(path)
+        try:
+            store = cls._resume_locked(
+                path, grid, dim, model_hash, source_fingerprint, meta, block_tiles, rebuild
+            )
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        grid: TileGrid,
+        dim: int,
+        model_hash: str,
+        source_fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        block_tiles: int = 32,
+    ):
+        """Start a new store in ``<path>.partial/`` (an old ``.partial`` of ours is discarded).
+
+        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (copied
+        to the top level of the description); everything else stays under ``meta``.
+
+        Raises:
+            StoreError: ``path`` is not a store (a file, a folder of other files), or another
+                job is writing it.
+        """
+        lock = cls._lock_target(path)
+        try:
+            store = cls._create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _lock_target(cls, path: str | Path) -> StoreLock:
+        """Take the single-writer lock of ``path``, then check it is ours to write."""
+        lock = StoreLock.acquire(path)
+        try:
+            check_target(path)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    @classmethod
+    def _create(cls, path, grid, dim, model_hash, source_fingerprint, meta, block_tiles):
+        raise NotImplementedError
+
+    @classmethod
+    def _resume_locked(
+        cls, path, grid, dim, model_hash, source_fingerprint, meta, block_tiles, rebuild
+    ):
         folder = partial_path(path)
         info = cls._read_info(folder)
         want = {
@@ -143,7 +209,7 @@ class StoreBase:
                     f"{', '.join(diff)}; delete it or embed with rebuild=True (it is never mixed)"
                 )
             log.warning("discarding unfinished store %s (different %s)", folder, diff)
-        return cls.create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+        return cls._create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
 
     # -- finishing --------------------------------------------------------------------------
     def _need_writable(self) -> None:
@@ -153,22 +219,39 @@ class StoreBase:
     def _mark_complete(self) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def _close_data(self) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release the data, and the single-writer lock if this store holds it."""
+        self._close_data()
+        if self._lock is not None:
+            self._lock.release()
 
     def finalize(self):
         """Flush, mark complete and move ``<path>.partial`` to ``<path>``; return it read-only.
 
-        An existing store at ``<path>`` is replaced only at the very end.
+        An existing store at ``<path>`` is replaced only at the very end, and only when it is
+        a store; the single-writer lock is released after the move.
         """
         self._need_writable()
         left = self.remaining_blocks()
         if left:
             raise StoreError(f"cannot finalise {self.folder}: {len(left)} block(s) not written")
-        self.close()
+        self._close_data()
         self.info["complete"] = True
         self._mark_complete()
         final = self.folder.with_name(self.folder.name[: -len(".partial")])
+        try:
+            check_target(final)  # the target may have changed while the job ran
+            self._replace(final)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        return type(self).open(final)
+
+    def _replace(self, final: Path) -> None:
+        """Move this ``.partial`` to ``final``; an old store there is deleted only afterwards."""
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         try:
             if final.exists():
@@ -184,7 +267,6 @@ class StoreBase:
             ) from None
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
-        return type(self).open(final)
 
 
 def new_info(

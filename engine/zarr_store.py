@@ -19,7 +19,6 @@ is imported inside functions so that ``engine`` imports without it.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from .errors import InputError, StoreError
 from .grid import TileGrid
 from .store import META_FILE, EmbeddingStore
 from .store_base import StoreBase, new_info, partial_path, read_description
+from .store_guard import mark_partial, remove_partial, unmark_partial
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class ZarrEmbeddingStore(StoreBase):
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(
+    def _create(
         cls,
         path: str | Path,
         grid: TileGrid,
@@ -141,18 +141,14 @@ class ZarrEmbeddingStore(StoreBase):
         meta: dict[str, Any] | None = None,
         block_tiles: int = 32,
     ) -> ZarrEmbeddingStore:
-        """Start a new store in ``<path>.partial/`` (an old ``.partial`` is discarded).
-
-        ``meta`` may carry ``model_name``, ``model_version``, ``bands`` and ``scaling`` (moved
-        to the top level of the description, as in store.json).
-        """
+        """A new Zarr group in ``<path>.partial/`` (see ``create``)."""
         zarr = _zarr()
         info = new_info(grid, dim, model_hash, source_fingerprint, meta, block_tiles)
         folder = partial_path(path)
-        if folder.exists():
-            shutil.rmtree(folder)
+        remove_partial(folder)
         bt, shape = int(block_tiles), (grid.rows, grid.cols)
-        group = zarr.open_group(folder, mode="w")
+        mark_partial(folder)
+        group = zarr.open_group(folder, mode="a")
         kw = {"compressors": None, "fill_value": 0}
         group.create_array(
             "embeddings", shape=(*shape, dim), chunks=(bt, bt, dim), dtype="f2", **kw
@@ -161,6 +157,7 @@ class ZarrEmbeddingStore(StoreBase):
         group.create_array("done", shape=(info["n_blocks"],), chunks=(1,), dtype="u1", **kw)
         # the description last: a .partial without it is never resumed
         group.attrs[ATTR_KEY] = info
+        unmark_partial(folder)  # the description now says whose folder it is
         return cls(folder, info, "r+")
 
     # -- writing ----------------------------------------------------------------------------
@@ -180,7 +177,7 @@ class ZarrEmbeddingStore(StoreBase):
         self.info.setdefault("meta", {}).update(meta)
         self._group.attrs[ATTR_KEY] = self.info
 
-    def close(self) -> None:
+    def _close_data(self) -> None:
         """Nothing to flush: every Zarr chunk is its own file, written when assigned."""
 
     def _mark_complete(self) -> None:

@@ -81,8 +81,10 @@ def test_resume_rules(tmp_path):
     path = tmp_path / "a.zarr"
     s = ZarrEmbeddingStore.create(path, GRID, 3, "h1", "fp1", None, 2)
     s._done_arr[3] = 1
+    s.close()  # the writer ends (or dies): its single-writer lock goes with it
     again = ZarrEmbeddingStore.resume(path, GRID, 3, "h1", "fp1", None, 2)
     assert 3 not in again.remaining_blocks() and len(again.remaining_blocks()) == 11
+    again.close()
     with pytest.raises(StoreError, match="model_hash"):
         ZarrEmbeddingStore.resume(path, GRID, 3, "other", "fp1", None, 2)
     with pytest.raises(StoreError, match="block_tiles"):
