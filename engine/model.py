@@ -19,6 +19,7 @@ from .contract import OUTPUT_NAME, BundleSpec, EncoderSpec, Modality
 from .errors import EngineError, InputError, ModelContractError
 from .preprocess import (
     TextTokenizer,
+    check_text_meaning,
     normalize_dsm,
     normalize_image,
     prepare_photo,
@@ -212,8 +213,11 @@ class UniGeoModel:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"text {i} is empty: type a description of the place")
-        expanded = [t.replace("{}", text) for text in texts for t in tmpl]
         tok = self.tokenizer()
+        for t in texts:
+            if (warning := check_text_meaning(tok, t)) is not None:
+                log.warning(warning)
+        expanded = [t.replace("{}", text) for text in texts for t in tmpl]
 
         def feeds(s: slice) -> dict[str, np.ndarray]:
             ids, mask = tok.encode(expanded[s])

@@ -146,6 +146,49 @@ class TextTokenizer:
         mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
         return ids, mask
 
+    def known_fraction(self, text: str) -> tuple[int, int]:
+        """``(words, unknown)``: the text's tokens (no special ones) and how many are unknown.
+
+        A zero-width space or control characters give ``(0, 0)``; emoji and scripts the
+        vocabulary lacks come out as the unknown token.
+        """
+        unk = self._unknown_id()
+        enc = self._tok.encode(text.lower() if self.lowercase else text, add_special_tokens=False)
+        ids = [i for i, m in zip(enc.ids, enc.attention_mask, strict=False) if m]
+        return len(ids), sum(1 for i in ids if unk is not None and i == unk)
+
+    def _unknown_id(self) -> int | None:
+        name = getattr(self._tok.model, "unk_token", None)
+        return self._tok.token_to_id(name) if name else None
+
+
+def check_text_meaning(tok: TextTokenizer, text: str) -> str | None:
+    """Refuse a text the model cannot read at all; a warning when it knows few of its words.
+
+    Raises:
+        InputError: the text tokenises to nothing, or to unknown tokens only (every such text
+            would get the same embedding, whatever it says).
+    """
+    n, unknown = tok.known_fraction(text)
+    visible = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text.strip())
+    shown = visible[:40] + ("…" if len(visible) > 40 else "")
+    if n == 0:
+        raise InputError(
+            f"the text '{shown}' holds no word (only spaces, control or zero-width characters): "
+            "type a description of the place"
+        )
+    if unknown == n:
+        raise InputError(
+            f"the model knows none of the words in '{shown}' (emoji, another script or one very "
+            "long word?): describe the place in English words"
+        )
+    if unknown * 2 > n:
+        return (
+            f"the model knows only {n - unknown} of the {n} tokens of '{shown}'; "
+            "results will be unreliable: describe the place in English words"
+        )
+    return None
+
 
 def _pad_of(tok: Any) -> tuple[int, str]:
     """The tokenizer's own padding token if configured, else a conventional one, else id 0."""

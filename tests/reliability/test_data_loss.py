@@ -336,3 +336,43 @@ def test_photo_with_values_it_cannot_place_is_refused(tmp_path):
         Image.fromarray(arr).save(tmp_path / name)
         with pytest.raises(InputError, match="photo"):
             prepare_photo(tmp_path / name, 32)
+
+
+DEFAULT_TOKENIZER = ROOT / "resources" / "models" / "default" / "tokenizer.json"
+
+
+@pytest.mark.parametrize(
+    "text, outcome",
+    [
+        ("\u200b", "holds no word"),  # zero-width space
+        ("\u200b\u200c\ufeff", "holds no word"),
+        ("\x01\x02\x7f", "holds no word"),  # control characters
+        ("🌊🌊🌊", "knows none"),  # emoji only
+        ("a" * 10_000, "knows none"),  # one 10,000-character word
+        ("水库 湖泊", "warn"),  # mostly unknown to an English vocabulary
+        ("open water", None),
+        ("Wetlands next to cropland", None),
+    ],
+)
+def test_text_without_meaning_is_refused_or_warned(text, outcome):
+    """Issue 16: meaningless text used to embed silently, all to one vector (cosine 1.0)."""
+    from engine.errors import InputError
+    from engine.preprocess import TextTokenizer, check_text_meaning
+
+    tok = TextTokenizer(DEFAULT_TOKENIZER, 32, lowercase=True)
+    if outcome in ("holds no word", "knows none"):
+        with pytest.raises(InputError, match=outcome):
+            check_text_meaning(tok, text)
+    elif outcome == "warn":
+        assert "unreliable" in check_text_meaning(tok, text)
+    else:
+        assert check_text_meaning(tok, text) is None
+
+
+def test_meaningless_text_query_writes_nothing(run_cli, good_store, analytic_bundle, tmp_path):
+    out = tmp_path / "h.tif"
+    argv = ["heatmap", good_store, "--model", analytic_bundle, "--out", out]
+    rc, err = run_cli([*argv, "--text", "\u200b"])
+    # the analytic bundle's word-level tokenizer reads it as one unknown token
+    assert rc != 0 and ("holds no word" in err or "knows none" in err) and "\\u200b" in err
+    assert not out.exists() and leftovers(tmp_path) == []
