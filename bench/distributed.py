@@ -96,19 +96,19 @@ def _single(model: UniGeoModel, raster: Path, grid: Any, work: Path, bt: int) ->
         return time.perf_counter() - t0
 
 
-def _dask(address: str, raster: Path, grid: Any, work: Path, bt: int, threads: int) -> dict:
+def _dask(cluster: Any, raster: Path, grid: Any, work: Path, bt: int, threads: int) -> dict:
     out = work / "dask.zarr"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    store = embed_distributed(DEFAULT_BUNDLE, raster, grid, out, scheduler=address,
-                              block_tiles=bt, threads_per_worker=threads, progress=False,
-                              resume=False)  # fmt: skip
+    store = embed_distributed(DEFAULT_BUNDLE, raster, grid, out, scheduler=cluster.address,
+                              security=cluster.security, block_tiles=bt,
+                              threads_per_worker=threads, progress=False, resume=False)  # fmt: skip
     return {"wall": time.perf_counter() - t0, "compute": store.meta["compute_s"]}
 
 
 def bench_scene(raster: Path, work: Path, workers: list[int], repeats: int, bt: int) -> list[dict]:
     """Rows for one raster: single process, then each local cluster size."""
-    from distributed import Client, LocalCluster
+    from engine.dask_cluster import DaskCluster
 
     cores = os.cpu_count() or 1
     model = UniGeoModel.load(DEFAULT_BUNDLE, threads=cores)
@@ -123,12 +123,11 @@ def bench_scene(raster: Path, work: Path, workers: list[int], repeats: int, bt: 
     for nw in workers:
         threads = max(1, cores // nw)
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=nw, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster):  # fmt: skip
+        # the cluster `--scheduler local:N` starts: TLS with temporary credentials, 127.0.0.1
+        with DaskCluster(f"local:{nw}", None) as cluster:
             startup = time.perf_counter() - t0
-            _dask(cluster.scheduler_address, raster, grid, work, bt, threads)  # warm-up
-            runs = [_dask(cluster.scheduler_address, raster, grid, work, bt, threads)
-                    for _ in range(repeats)]  # fmt: skip
+            _dask(cluster, raster, grid, work, bt, threads)  # warm-up
+            runs = [_dask(cluster, raster, grid, work, bt, threads) for _ in range(repeats)]
         wall = statistics.median(r["wall"] for r in runs)
         rows.append({"raster": raster.name, "tiles": n, "mode": f"local:{nw}",
                      "ort_threads": f"{nw}x{threads}", "startup_s": startup, "wall_s": wall,

@@ -76,12 +76,42 @@ def add_embed_parser(sub: Any) -> None:
     p.add_argument("--block-tiles", type=int, default=32, help="resume block (and Zarr chunk) side")
     p.add_argument("--grid-crs", default=None, help="grid CRS (default: from the first raster)")
     p.add_argument("--asset", default=None, help="asset key of a JSON collection (default: image)")
+    _add_scheduler_args(p)
+    p.set_defaults(func=cmd_embed)
+
+
+def _add_scheduler_args(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and how to reach it: TLS credentials, ``--insecure``, the dashboard."""
     p.add_argument(
         "--scheduler",
         default=None,
-        help="local:N (N local worker processes) or tcp://HOST:PORT: embed on Dask into Zarr",
+        help="embed on Dask into Zarr: local:N (N worker processes on 127.0.0.1), "
+        "tls://HOST:PORT, or tcp://127.0.0.1:PORT",
     )
-    p.set_defaults(func=cmd_embed)
+    p.add_argument(
+        "--tls-ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA of a tls:// scheduler (default: distributed.comm.tls.ca-file)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="client certificate (default: distributed.comm.tls.client.cert)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="PEM",
+        help="client key (default: distributed.comm.tls.client.key)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain tcp:// to another host: unencrypted, unauthenticated",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="local:N without a dashboard")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -93,6 +123,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .contract import Modality
     from .mosaic import source_spec
 
+    dask_args = _scheduler_options(args)  # a refused address fails before anything runs
     model = load_model(args)
     modality = Modality(args.modality)
     if not model.has(modality):
@@ -112,7 +143,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         )
         t0 = time.perf_counter()
         if args.scheduler:
-            store, where = _embed_dask(args, model, src, grid, modality), args.scheduler
+            store = _embed_dask(args, model, src, grid, modality, dask_args)
+            where = args.scheduler
         else:
             store, where = _embed_local(args, model, reader, grid, modality)
     dt = time.perf_counter() - t0
@@ -173,7 +205,37 @@ def _embed_local(
     return store, f"provider {model.provider_report().active}"
 
 
-def _embed_dask(args: argparse.Namespace, model: Any, src: Any, grid: Any, modality: Any) -> Any:
+def _scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``embed_distributed``'s connection arguments, checked before any model or connection.
+
+    Raises:
+        InputError: a refused address, TLS options without a ``tls://`` scheduler, or TLS
+            credentials that are missing or do not load.
+    """
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    if not args.scheduler:
+        if any(tls) or args.insecure or args.no_dashboard:
+            raise InputError("--tls-*, --insecure and --no-dashboard need --scheduler")
+        return {}
+    from .dask_security import check_address, tls_security
+
+    secure = args.scheduler.startswith("tls://")
+    local = check_address(args.scheduler, args.insecure)
+    if any(tls) and not secure:
+        raise InputError(
+            "--tls-ca-file/--tls-cert/--tls-key are for a tls:// --scheduler"
+            + (" (local:N makes temporary credentials of its own)" if local else "")
+        )
+    return {
+        "security": tls_security(*tls) if secure else None,
+        "insecure": args.insecure,
+        "dashboard_address": None if args.no_dashboard else ":0",
+    }
+
+
+def _embed_dask(
+    args: argparse.Namespace, model: Any, src: Any, grid: Any, modality: Any, dask_args: dict
+) -> Any:
     """Embed on the Dask scheduler ``--scheduler`` into a Zarr store; returns the store."""
     import shutil
 
@@ -195,6 +257,7 @@ def _embed_dask(args: argparse.Namespace, model: Any, src: Any, grid: Any, modal
         provider=args.provider,
         threads_per_worker=args.threads or 1,
         progress=True,
+        **dask_args,
     )
 
 

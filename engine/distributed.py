@@ -6,7 +6,8 @@ worker process keeps one model (one onnxruntime session, warmed once) and one re
 module-level cache, so a task costs only its own reads and inference. A task writes its block's
 chunks and then its ``done`` marker; a block whose marker is missing after a worker loss or a
 restart is simply computed again. The task itself lives in :mod:`.dask_worker` (its names are
-re-exported here) and the Dask client in :class:`~.dask_cluster.DaskCluster`.
+re-exported here) and the Dask client in :class:`~.dask_cluster.DaskCluster`, which connects
+over TLS or to loopback only unless told otherwise (:mod:`.dask_security`).
 ``dask.distributed`` is imported inside functions so that ``engine`` imports without it.
 """
 
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .contract import Modality
-from .dask_cluster import DaskCluster, local_workers
+from .dask_cluster import DaskCluster, local_workers  # noqa: F401  (importable from here)
+from .dask_security import check_address, client_security, local_dashboard
 from .dask_worker import (  # noqa: F401  (the task's names, importable from here as before)
     MODEL_LOADS,
     BlockJob,
@@ -83,6 +85,8 @@ def embed_distributed(
     meta: dict[str, Any] | None = None,
     dashboard_address: str | None = ":0",
     resume: bool = True,
+    security: Any = None,
+    insecure: bool = False,
 ) -> ZarrEmbeddingStore:
     """Embed every tile of ``grid`` on a Dask cluster into the Zarr store at ``store_path``.
 
@@ -92,8 +96,9 @@ def embed_distributed(
             JSON collection; every worker must see the files at the same paths.
         grid: the tiles to embed (e.g. from :func:`~.mosaic.grid_for_sources`).
         store_path: the Zarr store folder to produce (written in ``<store_path>.partial``).
-        scheduler: ``"local:N"`` (a local cluster of N worker processes, closed at the end) or
-            the address of a running scheduler (``"tcp://host:8786"``).
+        scheduler: ``"local:N"`` (a local cluster of N worker processes on 127.0.0.1, closed at
+            the end) or the address of a running scheduler: ``"tls://host:8786"``, or
+            ``"tcp://127.0.0.1:8786"`` (plain TCP to another host needs ``insecure``).
         modality: ``Modality.AERIAL`` or ``Modality.DSM``.
         batch_size: tiles per read batch and inference call.
         block_tiles: side of a block (= one task = one Zarr chunk), in tiles.
@@ -103,18 +108,28 @@ def embed_distributed(
             one task at a time).
         progress: True for a text progress bar, a callable taking the fraction done, or False.
         meta: extra entries for the store's ``meta``.
-        dashboard_address: the local cluster's dashboard (``":0"``: a free port; None: off).
+        dashboard_address: the local cluster's dashboard, on 127.0.0.1 (``":0"``: a free
+            port; None: off).
         resume: continue a matching ``.partial`` store (only its unmarked blocks are computed;
             a mismatching one is discarded) and return a finished store of the same job as is;
             False starts over.
+        security: a ``distributed.security.Security``: the client's TLS credentials for a
+            ``tls://`` scheduler (None: Dask's configuration, ``distributed.comm.tls.*``), or
+            a local cluster's (None: temporary ones made for this job).
+        insecure: allow plain ``tcp://`` to a host other than this one; a warning names the
+            risk (anyone who reaches the scheduler can run code on its workers).
 
     Returns:
         The finalised read-only store; ``meta`` records throughput and the worker count.
 
     Raises:
+        InputError: a bad argument, a refused scheduler address or missing TLS credentials,
+            before any store is written or any connection made.
         CancelledError: interrupted (Ctrl+C); the ``.partial`` store is kept for resuming.
     """
-    _check_args(scheduler, batch_size, block_tiles, threads_per_worker, max_nodata)
+    _check_args(batch_size, block_tiles, threads_per_worker, max_nodata)
+    _check_scheduler(scheduler, dashboard_address, security, insecure)
+    connect = {"dashboard_address": dashboard_address, "security": security, "insecure": insecure}
     model, src, fp, info, bands = _prepare(
         bundle_dir, sources, grid, modality, provider, threads_per_worker
     )
@@ -137,28 +152,37 @@ def embed_distributed(
     finally:
         model.close()  # the workers load their own; this one only validated the bundle
     try:
-        store.update_meta(**_execute(job, store, scheduler, dashboard_address, progress))
+        store.update_meta(**_execute(job, store, scheduler, connect, progress))
         return store.finalize()
     finally:
         store.close()  # releases the single-writer lock also when the job fails
 
 
 def _check_args(
-    scheduler: str, batch_size: int, block_tiles: int, threads_per_worker: int, max_nodata: float
+    batch_size: int, block_tiles: int, threads_per_worker: int, max_nodata: float
 ) -> None:
     """InputError for a bad argument, before any model is loaded or store exists."""
     if batch_size < 1 or block_tiles < 1 or threads_per_worker < 1:
         raise InputError("need batch_size, block_tiles and threads_per_worker >= 1")
     if not 0.0 <= max_nodata <= 1.0:
         raise InputError(f"max_nodata must be within 0..1, got {max_nodata}")
-    local_workers(scheduler)  # a bad address fails before any store exists
+
+
+def _check_scheduler(
+    scheduler: str, dashboard_address: str | None, security: Any, insecure: bool
+) -> None:
+    """InputError for a refused address or unusable credentials, before any store exists."""
+    if check_address(scheduler, insecure):
+        local_dashboard(dashboard_address)
+    else:
+        client_security(scheduler, security)  # loads the credentials; connects nowhere
 
 
 def _execute(
     job: BlockJob,
     store: ZarrEmbeddingStore,
     scheduler: str,
-    dashboard_address: str | None,
+    connect: dict[str, Any],
     progress: bool | Callable[[float], None],
 ) -> dict[str, Any]:
     """Compute the store's remaining blocks on a cluster; return the figures for its ``meta``."""
@@ -167,7 +191,7 @@ def _execute(
     t0 = time.perf_counter()
     compute = 0.0
     if todo:
-        cluster = DaskCluster(scheduler, dashboard_address)
+        cluster = DaskCluster(scheduler, **connect)
         stats["startup_s"] = round(time.perf_counter() - t0, 3)
         try:
             t1 = time.perf_counter()
@@ -218,6 +242,7 @@ def _run(
         "workers": cluster.n_workers(),
         "worker_processes_used": len(pids),
         "warmup_s": round(warmup, 3),
+        "tls": cluster.address.startswith("tls://"),
         "dashboard": cluster.client.dashboard_link if cluster.cluster is None else None,
     }
 
