@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import staging_folder
 from .class_prompts import (
     DEFAULT_TEMPERATURE,
     GAP_BIN,
@@ -44,13 +44,12 @@ from .class_prompts import (
 )
 from .contract import Modality
 from .errors import InputError
-from .geo_io import hex_to_rgba, write_grid_raster
+from .geo_io import hex_to_rgba, publish_tiff, write_grid_raster
+from .geometry import GeometryLike
 from .query import tiles_in_polygon
 from .similarity import chunked_dot
 
 if TYPE_CHECKING:
-    from shapely.geometry.base import BaseGeometry
-
     from .model import UniGeoModel
     from .store import EmbeddingStore
 
@@ -212,7 +211,7 @@ def zero_shot(
 
 def gather_examples(
     store: EmbeddingStore,
-    polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
+    polygons_with_labels: Iterable[tuple[GeometryLike, str]],
     crs: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Tile embeddings under labelled polygons: ``(X [n, D] float32, y [n] int, classes)``."""
@@ -271,7 +270,7 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, n: int, method: str, l2: float 
 
 def from_examples(
     store: EmbeddingStore,
-    polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
+    polygons_with_labels: Iterable[tuple[GeometryLike, str]],
     method: str = "prototype",
     crs: str | None = None,
     min_tiles_per_class: int = 2,
@@ -285,8 +284,8 @@ def from_examples(
 
     Args:
         store: The embedding store.
-        polygons_with_labels: ``(polygon, label)`` pairs; the valid tiles whose centre lies
-            inside a polygon are that label's examples.
+        polygons_with_labels: ``(polygon, label)`` pairs, polygons as WKT, WKB or GeoJSON;
+            the valid tiles whose centre lies inside a polygon are that label's examples.
         method: ``"prototype"`` (nearest class mean, cosine) or ``"logreg"``.
         crs: CRS of the polygons (default: the store's).
         min_tiles_per_class: Fewest example tiles a class needs.
@@ -344,8 +343,10 @@ def write_classification(
         **(provenance or {}),
     }
     class_path, conf_path = Path(class_path), Path(conf_path)
-    # Write both to temporaries first: a failure in either leaves both targets untouched.
-    with atomic_path(class_path, suffix=".tif") as tmp_cls, atomic_path(conf_path, ".tif") as tmp_c:
+    # Write and check both in staging folders first: a failure in either leaves both targets
+    # untouched (the staged files carry the final names, so errors name them).
+    with staging_folder(class_path) as cdir, staging_folder(conf_path) as fdir:
+        tmp_cls, tmp_c = cdir / class_path.name, fdir / conf_path.name
         write_grid_raster(
             tmp_cls,
             store.grid,
@@ -366,4 +367,6 @@ def write_classification(
             descriptions=[f"confidence ({result.method})"],
             provenance=prov,
         )
+        publish_tiff(tmp_cls, class_path)
+        publish_tiff(tmp_c, conf_path)
     return class_path, conf_path

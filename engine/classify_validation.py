@@ -32,11 +32,10 @@ from .classify import (
     fit_classifier,
 )
 from .errors import CancelledError, InputError
+from .geometry import GeometryLike
 from .query import tiles_in_polygon
 
 if TYPE_CHECKING:
-    from shapely.geometry.base import BaseGeometry
-
     from .store import EmbeddingStore
 
 UNCERTAIN = "uncertain"  # name of the class given to tiles below min_confidence
@@ -114,7 +113,7 @@ def _components(tiles: np.ndarray, poly: np.ndarray, n: int) -> np.ndarray:
     return np.unique([find(i) for i in range(n)], return_inverse=True)[1].reshape(-1)
 
 
-def _gather(store: EmbeddingStore, pairs: Iterable[tuple[BaseGeometry, str]], crs: str | None):
+def _gather(store: EmbeddingStore, pairs: Iterable[tuple[GeometryLike, str]], crs: str | None):
     """Example tiles with their class and polygon group; a tile is kept once per label."""
     vecs, flat, labels, empty = [], [], [], 0
     for geom, label in pairs:
@@ -196,7 +195,7 @@ def _metrics(cm: np.ndarray, classes: list[str], tested: np.ndarray) -> dict[str
 
 def cross_validate(
     store: EmbeddingStore,
-    polygons_with_labels: Iterable[tuple[BaseGeometry, str]],
+    polygons_with_labels: Iterable[tuple[GeometryLike, str]],
     method: str = "prototype",
     crs: str | None = None,
     folds: int = 5,

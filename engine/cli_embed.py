@@ -263,11 +263,11 @@ def _embed_dask(
 
 def _crs_name(crs: str) -> str:
     """A short display name for a CRS (``EPSG:n`` when it has one)."""
-    try:
-        from pyproj import CRS
+    from . import crs as C
+    from .errors import EngineError
 
-        c = CRS.from_user_input(crs)
-        epsg = c.to_epsg()
-        return f"EPSG:{epsg}" if epsg else c.name
-    except Exception:  # noqa: BLE001 - only for display
+    try:
+        epsg = C.epsg_code(crs)
+        return f"EPSG:{epsg}" if epsg else str(C.srs(crs).GetName() or crs[:40])
+    except EngineError:  # only for display
         return crs[:40]

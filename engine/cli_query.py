@@ -67,20 +67,15 @@ def _query_parts(args: argparse.Namespace, store: Any, model: Any) -> list[tuple
 
 def _region(path: str, store: Any) -> Any:
     """A region query: the mean of the store's tiles inside the polygons of ``path``."""
-    import pyogrio
-    import shapely
-    from shapely.ops import unary_union
-
     from . import query as Q
+    from .geometry import union
+    from .vector_io import read_features
 
-    try:
-        meta, _, geoms, _ = pyogrio.raw.read(path)
-    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for unreadable files
-        raise InputError(f"cannot read polygons from {path}: {e}") from None
-    polys = [g for g in shapely.from_wkb(geoms) if g is not None and not g.is_empty]
-    if not polys:
+    feats, crs = read_features(path)
+    if not feats:
         raise InputError(f"{path} holds no polygon")
-    return Q.region_query(store, unary_union(polys), crs=meta.get("crs"))
+    region = union((wkb for wkb, _ in feats), what=f"the polygons of {path}")
+    return Q.region_query(store, region, crs=crs)
 
 
 def _provenance(args: argparse.Namespace, model: Any, query: Any) -> dict:
@@ -238,34 +233,18 @@ def add_classify_parser(sub: Any) -> None:
 
 
 def read_examples(path: str, field: str) -> tuple[list[tuple[Any, str]], str | None]:
-    """``([(polygon, label), ...], crs)`` of the labelled polygons in ``path``.
+    """``([(polygon WKB, label), ...], crs)`` of the labelled polygons in ``path``.
 
     Raises:
         InputError: Unreadable file, missing field, or no labelled polygon.
     """
-    import pyogrio
-    import shapely
+    from .vector_io import read_features
 
-    try:
-        info = pyogrio.read_info(path)
-        if field not in list(info["fields"]):
-            raise InputError(
-                f"{path} has no field '{field}' (fields: {', '.join(info['fields'])}); "
-                "pick the label field with --class-field"
-            )
-        meta, _, geoms, data = pyogrio.raw.read(path, columns=[field])
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pyogrio raises many types for unreadable files
-        raise InputError(f"cannot read polygons from {path}: {e}") from None
-    pairs = [
-        (g, str(v).strip())
-        for g, v in zip(shapely.from_wkb(geoms), data[0], strict=True)
-        if g is not None and not g.is_empty and v is not None and str(v).strip()
-    ]
+    feats, crs = read_features(path, field)
+    pairs = [(g, str(v).strip()) for g, v in feats if v is not None and str(v).strip()]
     if not pairs:
         raise InputError(f"no feature of {path} has a polygon and a '{field}' label")
-    return pairs, meta.get("crs")
+    return pairs, crs
 
 
 def read_classes(path: str) -> dict[str, list[str]]:

@@ -106,7 +106,9 @@ def epsg_code(text: str) -> int | None:
     return None
 
 
-def _transformation(src: str, dst: str) -> Any:
+def transformation(src: str, dst: str) -> Any:
+    """The ``osr.CoordinateTransformation`` from ``src`` to ``dst`` (x = east/lon), cached per
+    thread; InputError when PROJ has none."""
     cache = _cache("ct")
     key = (src, dst)
     if key not in cache:
@@ -132,7 +134,7 @@ def transform_xy(xs: Any, ys: Any, src: str, dst: str) -> tuple[np.ndarray, np.n
     ok = np.isfinite(pts).all(axis=1)
     out = np.full((pts.shape[0], 2), np.nan)
     if ok.any():
-        ct = _transformation(src, dst)
+        ct = transformation(src, dst)
         with gdal_errors("transforming coordinates", raise_on_failure=False):
             res = np.asarray(ct.TransformPoints(pts[ok]), dtype=np.float64)
         res = res[:, :2]
@@ -162,7 +164,7 @@ def transform_bounds(
     x0, y0, x1, y1 = (float(v) for v in bounds)
     if same_crs(src, dst):
         return x0, y0, x1, y1
-    ct = _transformation(src, dst)
+    ct = transformation(src, dst)
     with gdal_errors("transforming a bounding box", raise_on_failure=False):
         try:
             out = ct.TransformBounds(x0, y0, x1, y1, int(densify_pts))

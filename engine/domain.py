@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import crs as C
 from .contract import TrainingDomain
 from .errors import InputError
 from .grid import TileGrid
@@ -26,12 +27,8 @@ _MAX_BOXES_SHOWN = 3
 
 def _centres_lonlat(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
     """WGS84 longitude and latitude of every tile centre, ``[rows, cols]`` each."""
-    from pyproj import Transformer
-
     xs, ys = grid.centers()
-    tr = Transformer.from_crs(grid.crs, WGS84, always_xy=True)
-    lon, lat = tr.transform(xs, ys)
-    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    return C.transform_xy(xs, ys, grid.crs, WGS84)
 
 
 def in_domain_lonlat(lon: np.ndarray, lat: np.ndarray, domain: TrainingDomain) -> np.ndarray:
@@ -68,16 +65,11 @@ def gsd_out_of_range(gsd_m: float, domain: TrainingDomain) -> bool:
 
 
 def grid_gsd_m(grid: TileGrid) -> float:
-    """The grid's pixel size in metres (geodesic east-west size at the centre for degrees)."""
-    from pyproj import CRS, Geod
-
-    crs = CRS.from_user_input(grid.crs)
-    if crs.is_geographic:
-        x0, y0, x1, y1 = grid.bounds
-        lon, lat = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-        _, _, dist = Geod(ellps="WGS84").inv(lon, lat, lon + grid.gsd, lat)
-        return float(dist)
-    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    """The grid's pixel size in metres (east-west size along the centre's parallel for degrees)."""
+    if C.is_geographic(grid.crs):
+        _, y0, _, y1 = grid.bounds
+        return float(grid.gsd * C.ground_m_per_degree_lon((y0 + y1) / 2.0))
+    factor = C.linear_unit_m(grid.crs) if C.is_projected(grid.crs) else 1.0
     return float(grid.gsd * factor)
 
 

@@ -29,3 +29,8 @@ class StoreError(EngineError):
 
 class CancelledError(EngineError):
     """The caller cancelled a long job; nothing partial was left behind."""
+
+
+class OutputError(EngineError):
+    """An output file could not be written whole (full disk, no permission, ...); the previous
+    file at that path, if any, is left as it was."""

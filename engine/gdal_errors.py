@@ -53,7 +53,10 @@ class GdalErrors(list):
 
 @contextlib.contextmanager
 def gdal_errors(
-    what: str, error: Callable[[str], EngineError] = InputError, raise_on_failure: bool = True
+    what: str,
+    error: Callable[[str], EngineError] = InputError,
+    raise_on_failure: bool = True,
+    hint: str = "",
 ) -> Iterator[GdalErrors]:
     """Collect GDAL's errors in this scope and raise ``error`` naming ``what`` if one failed.
 
@@ -61,6 +64,7 @@ def gdal_errors(
         what: what the scope does, for the message (``"writing heatmap.tif"``).
         error: the exception class raised with the message.
         raise_on_failure: False only collects (the caller inspects the yielded list).
+        hint: what the user can do, appended to the message.
 
     Yields:
         The list the errors are appended to, as they happen.
@@ -78,4 +82,10 @@ def gdal_errors(
         gdal.PopErrorHandler()
     failed = seen.failures()
     if failed and raise_on_failure:
-        raise error(f"GDAL failed while {what}: {failed[-1].strip()}")
+        raise error(failure_message(what, failed[0], hint))  # the first is the cause
+
+
+def failure_message(what: str, gdal_message: str, hint: str = "") -> str:
+    """``"GDAL failed while <what>: <GDAL's message>; <hint>"`` on one line."""
+    text = " ".join(str(gdal_message).split()) or "unknown error"
+    return f"GDAL failed while {what}: {text}" + (f"; {hint}" if hint else "")

@@ -1,43 +1,39 @@
-"""GeoTIFF and vector writers shared by heatmaps, hits and classifications; all writes are atomic.
+"""GeoTIFF writing on a tile grid (heatmaps, classes, embeddings) with GDAL, checked before it lands.
 
 Rasters are written on a :class:`~.grid.TileGrid` (one pixel per tile cell, the grid's CRS and
-geotransform). Vectors go to a GeoPackage, a GeoJSON file (always WGS84 longitude/latitude, as
-RFC 7946 requires) or an ESRI Shapefile (10-character field names), chosen by the file
-extension. Provenance (model hash, query, parameters) is stored as GDAL metadata tags (rasters),
-dataset/layer metadata (GeoPackage) or the GeoJSON ``description`` member, so a layer can always
-say where it came from.
+geotransform) through GDAL's own bindings (:mod:`.gdal_errors`), into a staging folder beside the
+target. GDAL reports a failed write (a full disk, a file-size limit) through its error handler,
+not by raising, so every call runs in a :func:`~.gdal_errors.gdal_errors` scope; then the file is
+opened again and every pixel read back against a digest of what was written. Only a file that
+passes replaces the target: a failure raises :class:`~.errors.OutputError` and leaves the
+previous output as it was. Provenance (model hash, query, parameters) is stored as ``UNIGEO_*``
+GDAL metadata tags, so a layer can always say where it came from. Vectors: :mod:`.vector_io`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import InputError
+from . import crs as C
+from .atomic import publish, staging_folder
+from .errors import InputError, OutputError
+from .gdal_errors import GdalErrors, failure_message, gdal_errors, osgeo
 from .grid import TileGrid
 
 TAG_PREFIX = "UNIGEO_"
 """Prefix of every provenance tag, so they never collide with GDAL's own metadata items."""
 
-VECTOR_DRIVERS = {
-    ".gpkg": "GPKG",
-    ".geojson": "GeoJSON",
-    ".json": "GeoJSON",
-    ".shp": "ESRI Shapefile",
-}
-SHP_FIELD_CHARS = 10
-"""dBase limits field names to 10 characters; longer names are cut (and made unique)."""
-_SHP_INDEX_SIDECARS = (".qix", ".sbn", ".sbx")  # spatial indexes of an old file go stale
+WRITE_HINT = "nothing was replaced; free some disk space or choose another output folder"
+_GDAL_TYPES = ("Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64")
+_NUMPY_TYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_READ_BACK_BYTES = 1 << 20  # rows read back per call (untiled files): about 1 MiB
 
 
 def provenance_tags(provenance: Mapping[str, Any] | None) -> dict[str, str]:
@@ -63,23 +59,171 @@ def _check_band(grid: TileGrid, band: np.ndarray, name: str) -> None:
 
 
 def grid_profile(grid: TileGrid, count: int, dtype: str, nodata: float | int | None) -> dict:
-    """The GeoTIFF profile of a raster on ``grid``: deflate, 256-px tiles when it is that large."""
-    from affine import Affine
-
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
+    """The GeoTIFF layout of a raster on ``grid``: deflate, 256-px tiles when it is that large."""
+    if str(np.dtype(dtype)) not in _NUMPY_TYPES:
+        raise InputError(f"cannot write a {dtype} GeoTIFF; use one of {', '.join(_NUMPY_TYPES)}")
+    tiled = grid.rows >= 256 and grid.cols >= 256
+    options = ["COMPRESS=DEFLATE"]
+    if tiled:
+        options += ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"]
+    return {
         "width": grid.cols,
         "height": grid.rows,
-        "count": count,
-        "dtype": dtype,
-        "crs": grid.crs,
-        "transform": Affine.from_gdal(*grid.geotransform),
+        "count": int(count),
+        "dtype": str(np.dtype(dtype)),
         "nodata": nodata,
-        "compress": "deflate",
+        "tiled": tiled,
+        "options": options,
     }
-    if grid.rows >= 256 and grid.cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    return profile
+
+
+def _row_digest(block: np.ndarray, row0: int) -> np.uint64:
+    """An order-free checksum of rows ``row0..`` of one band: Σ (row + 1) x Σ bytes of the row."""
+    b = np.ascontiguousarray(block)
+    sums = b.view(np.uint8).reshape(b.shape[0], -1).sum(axis=1, dtype=np.uint64)
+    weights = np.arange(row0 + 1, row0 + 1 + b.shape[0], dtype=np.uint64)
+    return np.uint64((sums * weights).sum(dtype=np.uint64))
+
+
+class GridTiff:
+    """A GeoTIFF on a tile grid being written (see :func:`grid_tiff`): write rows of bands."""
+
+    def __init__(self, grid: TileGrid, profile: dict, errors: GdalErrors, name: str) -> None:
+        self.grid, self.profile, self.errors, self.name = grid, profile, errors, name
+        self.digest = np.zeros(profile["count"], dtype=np.uint64)
+        self.written = np.zeros(profile["count"], dtype=np.int64)  # rows written per band
+        self._ds: Any = None
+
+    def create(self, path: Path) -> None:
+        """Create the file with its georeferencing and nodata (nothing else is written yet)."""
+        gdal = osgeo()[0]
+        p = self.profile
+        gdal_type = getattr(gdal, "GDT_" + _GDAL_TYPES[_NUMPY_TYPES.index(p["dtype"])])
+        drv = gdal.GetDriverByName("GTiff")
+        ds = drv.Create(str(path), p["width"], p["height"], p["count"], gdal_type, p["options"])
+        if ds is None:
+            self._fail("creating")
+        ds.SetGeoTransform(self.grid.geotransform)
+        ds.SetProjection(C.to_wkt(self.grid.crs))
+        if p["nodata"] is not None:
+            for i in range(p["count"]):
+                ds.GetRasterBand(i + 1).SetNoDataValue(float(p["nodata"]))
+        self._ds = ds
+
+    def describe(
+        self,
+        descriptions: Sequence[str] = (),
+        band_tags: Sequence[Mapping[str, Any]] = (),
+        provenance: Mapping[str, Any] | None = None,
+        colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    ) -> None:
+        """Band names, band and dataset metadata, and a colour table for band 1."""
+        gdal = osgeo()[0]
+        for i, text in enumerate(descriptions, start=1):
+            self._ds.GetRasterBand(i).SetDescription(str(text))
+        for i, tags in enumerate(band_tags, start=1):
+            if tags:
+                self._ds.GetRasterBand(i).SetMetadata({k: str(v) for k, v in tags.items()})
+        if provenance:
+            self._ds.SetMetadata(provenance_tags(provenance))
+        if colormap is not None:
+            table = gdal.ColorTable()
+            for k, rgba in colormap.items():
+                table.SetColorEntry(int(k), tuple(int(c) for c in rgba))
+            band = self._ds.GetRasterBand(1)
+            band.SetRasterColorTable(table)
+            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+
+    def write(self, band: int, rows: np.ndarray, row0: int = 0) -> None:
+        """Write ``rows`` (``[h, cols]``) into band ``band`` (1-based) from row ``row0``."""
+        data = np.ascontiguousarray(rows, dtype=self.profile["dtype"])
+        err = self._ds.GetRasterBand(band).WriteArray(data, 0, int(row0))
+        if err:
+            self._fail(f"writing rows {row0}-{row0 + data.shape[0]} of band {band} of")
+        self.digest[band - 1] += _row_digest(data, row0)
+        self.written[band - 1] += data.shape[0]
+
+    def close(self) -> None:
+        """Flush and close the file (GDAL writes the remaining blocks now)."""
+        if self._ds is not None:
+            self._ds.FlushCache()
+            self._ds = None
+
+    def _fail(self, doing: str) -> None:
+        failed = self.errors.failures()
+        msg = failed[0] if failed else "GDAL gave no reason"
+        raise OutputError(failure_message(f"{doing} {self.name}", msg, WRITE_HINT))
+
+    def verify(self, path: Path) -> None:
+        """Open the written file again and compare every pixel with the digest of what was sent."""
+        if (self.written != self.grid.rows).any():
+            raise OutputError(f"{self.name}: not every row was written; {WRITE_HINT}")
+        gdal = osgeo()[0]
+        p, what = self.profile, f"checking the written {self.name}"
+        with gdal_errors(what, error=OutputError, hint=WRITE_HINT):
+            ds = gdal.Open(str(path))
+            shape = None if ds is None else (ds.RasterCount, ds.RasterYSize, ds.RasterXSize)
+            if shape != (p["count"], p["height"], p["width"]):
+                raise OutputError(
+                    f"{self.name} reads back as {shape}, not as written; {WRITE_HINT}"
+                )
+            # whole rows of tiles at once: each block is decoded once and memory stays bounded
+            row_bytes = max(1, p["width"] * np.dtype(p["dtype"]).itemsize)
+            step = 256 if p["tiled"] else max(1, _READ_BACK_BYTES // row_bytes)
+            for i in range(p["count"]):
+                band, got = ds.GetRasterBand(i + 1), np.uint64(0)
+                for r0 in range(0, p["height"], step):
+                    block = band.ReadAsArray(0, r0, p["width"], min(step, p["height"] - r0))
+                    if block is None:
+                        break
+                    got += _row_digest(block.astype(p["dtype"], copy=False), r0)
+                if got != self.digest[i]:
+                    raise OutputError(
+                        f"band {i + 1} of {self.name} reads back different from what was "
+                        f"written; {WRITE_HINT}"
+                    )
+            band = ds = None
+
+
+@contextlib.contextmanager
+def grid_tiff(
+    path: str | Path, grid: TileGrid, count: int, dtype: str, nodata: float | int | None
+) -> Iterator[GridTiff]:
+    """Write a GeoTIFF on ``grid``, replacing ``path`` only once it is whole and verified.
+
+    The body calls :meth:`GridTiff.describe` and :meth:`GridTiff.write` until every row of
+    every band is written. On leaving, the file is closed, GDAL's errors checked, the file read
+    back and only then moved over ``path`` (a stale ``path.aux.xml`` describing the old file is
+    removed). Any failure raises (GDAL's as :class:`~.errors.OutputError`) and leaves ``path``
+    untouched and no temporary file behind.
+    """
+    path = Path(path)
+    if grid.rows == 0 or grid.cols == 0:
+        raise InputError("the store's grid is empty; there is nothing to write")
+    profile = grid_profile(grid, count, dtype, nodata)
+    with staging_folder(path) as folder:
+        tmp = folder / path.name
+        with gdal_errors(f"writing {path.name}", error=OutputError, hint=WRITE_HINT) as errs:
+            tiff = GridTiff(grid, profile, errs, path.name)
+            try:
+                tiff.create(tmp)
+                yield tiff
+                tiff.close()
+            finally:
+                tiff._ds = None  # on failure: close before the folder is removed
+        tiff.verify(tmp)
+        publish_tiff(tmp, path)
+
+
+def publish_tiff(staged: Path, target: Path) -> None:
+    """Move a verified GeoTIFF (and the ``.aux.xml`` GDAL may have put beside it) over ``target``.
+
+    A ``target.aux.xml`` left from the old file is removed: it would describe the old pixels
+    (QGIS stores statistics there) and override the new file's metadata.
+    """
+    aux = staged.parent / f"{staged.name}.aux.xml"
+    parts = [aux, staged] if aux.exists() else [staged]
+    publish(parts, target.parent, stale=[target.parent / f"{target.name}.aux.xml"])
 
 
 def write_grid_raster(
@@ -97,7 +241,7 @@ def write_grid_raster(
     """Write ``bands`` (each ``grid.shape``) as a tiled, compressed GeoTIFF, atomically.
 
     Args:
-        path: Target ``.tif`` path; replaced only when the whole file was written.
+        path: Target ``.tif`` path; replaced only when the whole file was written and read back.
         grid: The tile grid that gives the CRS and geotransform.
         bands: 2-D arrays, one per band, all of ``grid.shape``.
         dtype: Output data type name (e.g. ``"float32"``, ``"uint8"``).
@@ -109,9 +253,11 @@ def write_grid_raster(
 
     Returns:
         The written path.
-    """
-    import rasterio
 
+    Raises:
+        InputError: No bands, or a band of another shape than the grid.
+        OutputError: GDAL could not write the file whole (``path`` is left as it was).
+    """
     if not bands:
         raise InputError("nothing to write: no raster bands were given")
     if grid.rows == 0 or grid.cols == 0:
@@ -119,178 +265,11 @@ def write_grid_raster(
     for i, band in enumerate(bands):
         _check_band(grid, band, f"band {i + 1}")
     path = Path(path)
-    profile = grid_profile(grid, len(bands), dtype, nodata)
-    with atomic_path(path, suffix=".tif") as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for i, band in enumerate(bands, start=1):
-                dst.write(np.asarray(band, dtype=dtype), i)
-            for i, text in enumerate(descriptions, start=1):
-                dst.set_band_description(i, text)
-            for i, tags in enumerate(band_tags, start=1):
-                if tags:
-                    dst.update_tags(i, **{k: str(v) for k, v in tags.items()})
-            if provenance:
-                dst.update_tags(**provenance_tags(provenance))
-            if colormap is not None:
-                dst.write_colormap(1, dict(colormap))
+    with grid_tiff(path, grid, len(bands), dtype, nodata) as tiff:
+        tiff.describe(descriptions, band_tags, provenance, colormap)
+        for i, band in enumerate(bands, start=1):
+            tiff.write(i, np.asarray(band))
     return path
-
-
-def vector_driver(path: str | Path) -> str:
-    """The OGR driver for ``path`` from its extension (GeoPackage, GeoJSON or Shapefile)."""
-    ext = Path(path).suffix.lower()
-    if ext not in VECTOR_DRIVERS:
-        raise InputError(
-            f"cannot write vectors to '{Path(path).name}': use a .gpkg, .geojson or .shp file name"
-        )
-    return VECTOR_DRIVERS[ext]
-
-
-def shapefile_field_names(names: Sequence[str]) -> list[str]:
-    """``names`` cut to dBase's 10 characters, kept unique (``unigeo_emb``, ``unigeo_e_1``)."""
-    out: list[str] = []
-    for name in names:
-        short = name[:SHP_FIELD_CHARS]
-        n = 1
-        while short.lower() in (o.lower() for o in out):  # dBase names are case-insensitive
-            tail = f"_{n}"
-            short = name[: SHP_FIELD_CHARS - len(tail)] + tail
-            n += 1
-        out.append(short)
-    return out
-
-
-def to_wgs84(geometry_wkb: Sequence[bytes | None], crs: str) -> list[bytes | None]:
-    """WKB geometries in ``crs`` reprojected to EPSG:4326 longitude/latitude (x = longitude)."""
-    import shapely
-    from pyproj import CRS, Transformer
-
-    geoms = shapely.from_wkb(np.asarray(list(geometry_wkb), dtype=object))
-    src = CRS.from_user_input(crs)
-    if not src.equals(CRS.from_epsg(4326), ignore_axis_order=True):
-        tr = Transformer.from_crs(src, "EPSG:4326", always_xy=True)
-
-        def project(xy: np.ndarray) -> np.ndarray:
-            # lists: pyproj takes a 1-element array for a scalar (a NumPy deprecation warning)
-            return np.column_stack(tr.transform(xy[:, 0].tolist(), xy[:, 1].tolist()))
-
-        geoms = shapely.transform(geoms, project)
-    coords = shapely.get_coordinates(geoms)
-    if not np.isfinite(coords).all():
-        raise InputError(
-            "some geometries have no WGS84 position, and GeoJSON is always WGS84; "
-            "write a .gpkg or .shp file instead"
-        )
-    return [None if g is None else shapely.to_wkb(g) for g in geoms]
-
-
-def write_vector(
-    path: str | Path,
-    geometry_wkb: Sequence[bytes],
-    fields: Mapping[str, np.ndarray],
-    crs: str,
-    *,
-    geometry_type: str,
-    layer: str | None = None,
-    provenance: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write features (WKB geometries + attribute columns) to a vector file, atomically.
-
-    GeoJSON is written in EPSG:4326 (RFC 7946: longitude, latitude) whatever ``crs`` is; a
-    GeoPackage or Shapefile keeps ``crs``. A Shapefile is several files (.shp, .shx, .dbf,
-    .prj, .cpg): all are written into a temporary folder first and moved next to each other
-    only when every one was written, and field names are cut to 10 characters.
-
-    Args:
-        path: Target file; ``.gpkg``, ``.geojson``/``.json`` or ``.shp`` picks the format.
-        geometry_wkb: One WKB geometry per feature.
-        fields: Column name -> 1-D array with one value per feature.
-        crs: CRS of the geometries (WKT or ``"EPSG:n"``).
-        geometry_type: OGR layer geometry type, e.g. ``"Point"`` or ``"Polygon"``.
-        layer: Layer name (GeoPackage); defaults to the file stem.
-        provenance: Stored as GeoPackage metadata, or as the GeoJSON ``description`` member.
-
-    Returns:
-        The written path.
-    """
-    path = Path(path)
-    driver = vector_driver(path)
-    n = len(geometry_wkb)
-    names = list(fields)
-    arrays = [np.asarray(fields[k]) for k in names]
-    if any(len(a) != n for a in arrays):
-        raise InputError("every attribute column needs one value per feature")
-    if driver == "GeoJSON":
-        geometry_wkb, crs = to_wgs84(geometry_wkb, crs), "EPSG:4326"
-    if driver == "ESRI Shapefile":
-        names = shapefile_field_names(names)
-    geometry = np.empty(n, dtype=object)
-    geometry[:] = list(geometry_wkb)
-    kw = _driver_options(driver, layer or path.stem, geometry_type, crs, provenance)
-    if driver == "ESRI Shapefile":
-        _write_shapefile(path, geometry, arrays, names, kw)
-        return path
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        # GDAL refuses to create a dataset over the empty placeholder that atomic_path made.
-        tmp.unlink()
-        _ogr_write(tmp, geometry, arrays, names, kw)
-    return path
-
-
-def _driver_options(
-    driver: str, layer: str, geometry_type: str, crs: str, provenance: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """Keyword arguments of ``pyogrio.raw.write`` for one of the three formats."""
-    from pyproj import CRS
-
-    kw: dict[str, Any] = {
-        "layer": layer,
-        "driver": driver,
-        "geometry_type": geometry_type,
-        "crs": CRS.from_user_input(crs).to_wkt(),
-    }
-    tags = provenance_tags(provenance)
-    if driver == "GPKG":
-        kw.update(dataset_metadata=tags or None, layer_metadata=tags or None)
-        # GeoPackage 1.3: the GDAL inside QGIS 3.22 (3.6) warns on pyogrio's default 1.4.
-        kw["dataset_options"] = {"VERSION": "1.3"}
-    elif driver == "GeoJSON":
-        # RFC7946=YES: no "crs" member, 7 decimals, right-hand polygon winding
-        kw["layer_options"] = {"RFC7946": "YES"}
-        if tags:
-            kw["layer_options"]["DESCRIPTION"] = json.dumps(tags, sort_keys=True)
-    else:
-        kw["layer_options"] = {"ENCODING": "UTF-8"}
-    return kw
-
-
-def _ogr_write(
-    target: Path, geometry: np.ndarray, arrays: list, names: list[str], kw: dict[str, Any]
-) -> None:
-    from pyogrio.raw import write as ogr_write  # looked up per call: tests patch it
-
-    ogr_write(str(target), geometry, arrays, names, **kw)
-
-
-def _write_shapefile(
-    path: Path, geometry: np.ndarray, arrays: list, names: list[str], kw: dict[str, Any]
-) -> None:
-    """Write all files of a Shapefile in a temporary folder, then move them next to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        _ogr_write(tmp / path.name, geometry, arrays, names, kw)
-        parts = sorted(tmp.iterdir(), key=lambda p: p.suffix.lower() == ".shp")  # .shp last
-        for part in parts:
-            with open(part, "rb") as f:
-                os.fsync(f.fileno())
-        for ext in _SHP_INDEX_SIDECARS:
-            with contextlib.suppress(FileNotFoundError):
-                path.with_suffix(ext).unlink()
-        for part in parts:
-            os.replace(part, path.parent / part.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def hex_to_rgba(color: str) -> tuple[int, int, int, int]:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import crs as C
 from .contract import Modality
 from .errors import InputError
+from .geometry import GeometryLike, cells_inside
 
 if TYPE_CHECKING:
-    from shapely.geometry.base import BaseGeometry
-
     from .model import UniGeoModel
     from .store import EmbeddingStore
 
@@ -107,15 +107,9 @@ class Query:
 
 
 def _transform_xy(x: float, y: float, src: str, dst: str) -> tuple[float, float]:
-    from pyproj import CRS, Transformer
-
-    if CRS.from_user_input(src) == CRS.from_user_input(dst):
+    if C.same_crs(src, dst):
         return float(x), float(y)
-    tr = Transformer.from_crs(src, dst, always_xy=True)
-    tx, ty = tr.transform(x, y)
-    if not (np.isfinite(tx) and np.isfinite(ty)):
-        raise InputError(f"point ({x}, {y}) cannot be transformed from {src} to {dst}")
-    return float(tx), float(ty)
+    return C.transform_point(x, y, src, dst)
 
 
 def _need_modality(model: UniGeoModel | None, modality: Modality) -> UniGeoModel:
@@ -176,13 +170,13 @@ def point_query(
 
 
 def region_query(
-    store: EmbeddingStore, polygon: BaseGeometry, crs: str | None = None, min_tiles: int = 1
+    store: EmbeddingStore, polygon: GeometryLike, crs: str | None = None, min_tiles: int = 1
 ) -> Query:
     """The mean embedding of the valid tiles whose centre lies inside ``polygon``.
 
     Args:
         store: The embedding store.
-        polygon: A shapely (multi)polygon.
+        polygon: A (multi)polygon as WKT, WKB or GeoJSON (see :mod:`.geometry`).
         crs: CRS of the polygon (default: the store's CRS).
         min_tiles: Fewest tiles the region must cover.
     """
@@ -197,46 +191,20 @@ def region_query(
 
 
 def tiles_in_polygon(
-    store: EmbeddingStore, polygon: BaseGeometry, crs: str | None = None
+    store: EmbeddingStore, polygon: GeometryLike, crs: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Local (rows, cols) of the valid tiles whose centre lies inside ``polygon``."""
-    import shapely
-    from pyproj import CRS, Transformer
+    """Local (rows, cols) of the valid tiles whose centre lies inside ``polygon`` (row-major).
 
-    if (
-        polygon is None
-        or polygon.is_empty
-        or polygon.geom_type
-        not in (
-            "Polygon",
-            "MultiPolygon",
-        )
-    ):
-        raise InputError("a region must be a non-empty polygon")
-    src = crs or store.crs
-    if CRS.from_user_input(src) != CRS.from_user_input(store.crs):
-        tr = Transformer.from_crs(src, store.crs, always_xy=True)
-        polygon = shapely.transform(polygon, lambda c: np.column_stack(tr.transform(*c.T)))
-    if not polygon.is_valid:
-        polygon = shapely.make_valid(polygon)
-    grid = store.grid
-    gx0, gy0, gx1, gy1 = grid.bounds
-    minx, miny, maxx, maxy = polygon.bounds
-    empty = np.empty(0, dtype=np.intp)
-    if maxx < gx0 or minx > gx1 or maxy < gy0 or miny > gy1 or grid.n_tiles == 0:
-        return empty, empty
-    # only the rows/cols under the polygon's bounding box are tested
-    s = grid.cell_size
-    c0, c1 = (int(np.clip(np.floor((v - gx0) / s), 0, grid.cols - 1)) for v in (minx, maxx))
-    r0, r1 = (int(np.clip(np.floor((gy1 - v) / s), 0, grid.rows - 1)) for v in (maxy, miny))
-    xs, ys = np.meshgrid(
-        gx0 + (np.arange(c0, c1 + 1) + 0.5) * s, gy1 - (np.arange(r0, r1 + 1) + 0.5) * s
-    )
-    sub = (slice(r0, r1 + 1), slice(c0, c1 + 1))
-    inside = shapely.contains_xy(polygon, xs, ys)
-    inside &= np.asarray(store.valid[sub], dtype=bool)
-    rr, cc = np.nonzero(inside)
-    return rr + r0, cc + c0
+    ``polygon`` is WKT, WKB or GeoJSON in ``crs`` (default: the store's); an invalid one is
+    repaired first, and a centre on its boundary is outside.
+    """
+    rows, cols = cells_inside(store.grid, polygon, crs or store.crs)
+    if rows.size == 0:
+        return rows, cols
+    r0, c0 = int(rows.min()), int(cols.min())
+    valid = np.asarray(store.valid[r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1], bool)
+    keep = valid[rows - r0, cols - c0]
+    return rows[keep], cols[keep]
 
 
 def text_query(model: UniGeoModel, text: str, templates: list[str] | None = None) -> Query:

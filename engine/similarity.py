@@ -43,8 +43,10 @@ from .calibration import (  # noqa: F401
     calibrate,
 )
 from .errors import CancelledError, InputError
-from .geo_io import write_grid_raster, write_vector
+from .geo_io import write_grid_raster
+from .geometry import box_wkb, point_wkb
 from .grid import Bounds, TileGrid
+from .vector_io import write_vector
 
 if TYPE_CHECKING:
     from .query import Query
@@ -401,12 +403,10 @@ def write_hits(
     Fields: rank, score, percentile, row, col. The CRS is set on the layer; provenance goes into
     the GeoPackage metadata. The write is atomic.
     """
-    import shapely
-
     if as_polygons:
-        geoms = [shapely.box(*h.bounds) for h in hits]
+        geoms = [box_wkb(*h.bounds) for h in hits]
     else:
-        geoms = [shapely.Point(h.x, h.y) for h in hits]
+        geoms = [point_wkb(h.x, h.y) for h in hits]
     fields = {
         "rank": np.array([h.rank for h in hits], dtype=np.int32),
         "score": np.array([h.score for h in hits], dtype=np.float64),
@@ -416,7 +416,7 @@ def write_hits(
     }
     return write_vector(
         path,
-        [shapely.to_wkb(g) for g in geoms],
+        geoms,
         fields,
         crs,
         geometry_type="Polygon" if as_polygons else "Point",

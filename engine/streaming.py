@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_path
 from .calibration import Calibration, TieRefiner
 from .errors import InputError
-from .geo_io import grid_profile, provenance_tags
+from .geo_io import grid_profile, grid_tiff
 from .similarity import (
     _BAND_NAMES,
     _BAND_TAGS,
@@ -198,9 +197,6 @@ def write_heatmap_chunked(
     (at most ``bins`` scores, ~30 bytes each while merged) and a few chunks. Progress: 0-50 %
     for pass 1, 50-100 % for the writing pass; the tie pass (if any) reports none.
     """
-    import rasterio
-    from rasterio.windows import Window
-
     vec = _query_vector(store, qvec)
     grid = store.grid
     if grid.rows == 0 or grid.cols == 0:
@@ -209,29 +205,28 @@ def write_heatmap_chunked(
     if percentiles:  # None when no tile is valid: the percentile band is all NaN then
         first = _part(progress, 0.0, 0.5)
         cal = _histogram_pass(store, vec, bins, None, first, is_canceled, workers, refine=True)
-    profile = grid_profile(grid, 2 if percentiles else 1, "float32", float("nan"))
+    count = 2 if percentiles else 1
+    tiled = grid_profile(grid, count, "float32", float("nan"))["tiled"]
     # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
-    band = 256 if profile.get("tiled") else _row_step(grid.cols, None)
+    band = 256 if tiled else _row_step(grid.cols, None)
     step = band if band != 256 else 1 << (_row_step(grid.cols, None).bit_length() - 1)
-    buf = np.empty((2 if percentiles else 1, band, grid.cols), dtype=np.float32)
+    buf = np.empty((count, band, grid.cols), dtype=np.float32)
     done = _part(progress, 0.5 if percentiles else 0.0, 1.0)
-    with atomic_path(path, suffix=".tif") as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for i in range(profile["count"]):
-                dst.set_band_description(i + 1, _BAND_NAMES[i])
-                dst.update_tags(i + 1, **_BAND_TAGS[i])
-            dst.update_tags(**provenance_tags(_heatmap_provenance(store, provenance)))
-            b0 = 0
-            for r0, r1, block in chunked_dot(store, vec[:, None], step, done, is_canceled, workers):
-                part = buf[0, r0 - b0 : r1 - b0]
-                part[...] = block[..., 0]
-                part[~np.asarray(store.valid[r0:r1], dtype=bool)] = np.nan
-                if percentiles:  # per chunk: the float64 temporaries stay chunk-sized
-                    buf[1, r0 - b0 : r1 - b0] = cal.percentiles(part) if cal else np.nan
-                if r1 - b0 < band and r1 < grid.rows:
-                    continue
-                dst.write(buf[:, : r1 - b0], window=Window(0, b0, grid.cols, r1 - b0))
-                b0 = r1
+    with grid_tiff(path, grid, count, "float32", float("nan")) as tiff:
+        prov = _heatmap_provenance(store, provenance)
+        tiff.describe(_BAND_NAMES[:count], _BAND_TAGS[:count], prov)
+        b0 = 0
+        for r0, r1, block in chunked_dot(store, vec[:, None], step, done, is_canceled, workers):
+            part = buf[0, r0 - b0 : r1 - b0]
+            part[...] = block[..., 0]
+            part[~np.asarray(store.valid[r0:r1], dtype=bool)] = np.nan
+            if percentiles:  # per chunk: the float64 temporaries stay chunk-sized
+                buf[1, r0 - b0 : r1 - b0] = cal.percentiles(part) if cal else np.nan
+            if r1 - b0 < band and r1 < grid.rows:
+                continue
+            for i in range(count):
+                tiff.write(i + 1, buf[i, : r1 - b0], b0)
+            b0 = r1
     return Path(path)
 
 

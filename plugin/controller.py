@@ -64,7 +64,7 @@ class AreaChoice:
 
 
 def crs_string(crs: Any) -> str:
-    """A QgsCoordinateReferenceSystem as a string pyproj and rasterio accept."""
+    """A QgsCoordinateReferenceSystem as a string the engine (GDAL's OSR) accepts."""
     return crs.authid() or crs.toWkt()
 
 

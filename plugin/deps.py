@@ -1,9 +1,14 @@
 """Runtime dependencies of the plugin inside QGIS: check, explain, and install them privately.
 
-QGIS runs the system Python, not the project's .venv, so onnxruntime and tokenizers are
-installed into a folder of the QGIS profile (with rasterio and pyogrio for file I/O) (``python/dependencies/unigeo``) with pip's
-``--target``, and that folder is put on ``sys.path`` before the engine is imported. numpy is
-never installed there: the system numpy (1.x) must stay, Debian's GDAL bindings need it.
+QGIS runs the system Python, not the project's .venv, so onnxruntime, tokenizers and
+threadpoolctl are installed into a folder of the QGIS profile (``python/dependencies/unigeo``)
+with pip's ``--target``, and that folder is put on ``sys.path`` before the engine is imported.
+Only self-contained wheels go there: rasters, vectors, CRSs and geometry go through GDAL's own
+bindings (``osgeo``), which come with QGIS linked against the very GDAL, PROJ and GEOS the
+application loaded. Wheels that bundle their own copies (rasterio, pyogrio, pyproj, shapely)
+crash or fail inside QGIS, whose already-loaded libraries take over their symbols
+(docs/QGIS_LIBRARIES.md). numpy is never installed there: the system numpy (1.x) must stay,
+Debian's GDAL bindings need it.
 
 Also a command-line tool (``python3 plugin/deps.py --install``) used by ``make qgis``.
 This module imports nothing from qgis at top level so it also runs outside QGIS.
@@ -18,32 +23,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Import name -> pip requirement. Kept in step with the "engine" extra in pyproject.toml.
+# Import name -> pip requirement. Kept in step with the "engine" extra in pyproject.toml. Never
+# add a wheel that bundles GDAL, PROJ or GEOS here (see the module docstring).
 REQUIREMENTS = {
     "onnxruntime": "onnxruntime>=1.17,<2",
     "tokenizers": "tokenizers>=0.15,<1",
-    # pyproj 3.7.0-3.7.2 crash QGIS: see KNOWN_BAD
-    "pyproj": "pyproj>=3.4,!=3.7.0,!=3.7.1,!=3.7.2,<4",
-    "shapely": "shapely>=2.0,<3",
-    # GeoTIFF/GeoPackage outputs and the fast path for file rasters; their wheels carry their
-    # own GDAL, separate from the one QGIS links (checked in a real QGIS 3.22 session).
-    "rasterio": "rasterio>=1.3.9,<2",
-    "pyogrio": "pyogrio>=0.9,<1",
-    # affine 3 is built on attrs and breaks against Debian's older attrs, which QGIS's Python
-    # finds first; affine 2.4 has no dependencies.
-    "affine": "affine>=2.4,<3",
     # heatmaps score on several threads with one BLAS thread each (else single-threaded)
     "threadpoolctl": "threadpoolctl>=3.1,<4",
 }
 DEPS_SUBDIR = ("python", "dependencies", "unigeo")
 
+# Installed here by earlier versions; they bundle GDAL/PROJ/GEOS and crash inside QGIS, so they
+# are removed from the private folder (never from anywhere else).
+OBSOLETE = ("rasterio", "pyogrio", "pyproj", "shapely", "affine")
+
 # Versions that import fine but crash inside QGIS: name -> (first bad, first good, why).
-KNOWN_BAD = {
-    # pyproj 3.7.0 moved PROJ contexts to thread-local storage; when a QgsTask thread runs Python
-    # a second time the old context is already freed and PROJ segfaults (pyproj issues 1509 and
-    # 1622, fixed in 3.8). Reproduced here: the second point query of a session crashed QGIS.
-    "pyproj": ((3, 7, 0), (3, 8, 0), "crashes QGIS background tasks (freed PROJ thread context)"),
-}
+KNOWN_BAD: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = {}
 
 
 def deps_dir(profile_dir: str | Path | None = None) -> Path:
@@ -137,6 +132,22 @@ def install(target: Path, names: list[str] | None = None) -> subprocess.Complete
     return proc
 
 
+def prune(target: Path) -> list[str]:
+    """Remove :data:`OBSOLETE` packages (code, ``.libs`` and ``dist-info``) from ``target``."""
+    removed = []
+    if not target.is_dir():
+        return removed
+    for p in sorted(target.iterdir()):
+        base = p.name.split("-", 1)[0].split(".", 1)[0].lower()
+        if base in OBSOLETE and (p.is_dir() or p.suffix in (".py", ".pth")):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+            removed.append(p.name)
+    return removed
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 
@@ -145,6 +156,8 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--profile-dir", required=True, help="the QGIS profile folder")
     a = ap.parse_args(argv)
     target = deps_dir(a.profile_dir)
+    if a.install and (gone := prune(target)):
+        print(f"deps: removed wheels that bundle GDAL/PROJ/GEOS from {target}: {gone}")
     activate(a.profile_dir)
     miss = missing()
     if not miss:

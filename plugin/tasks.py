@@ -104,11 +104,7 @@ def build_query(spec: QuerySpec, store: Any, model: Any) -> Any:
     parts += [(Q.point_query(store, x, y, crs=c), True) for x, y, c in spec.negative_points]
     parts += [(Q.photo_query(model, p), False) for p in spec.photos]
     parts += [(Q.gps_query(model, la, lo), False) for la, lo in spec.gps]
-    if spec.regions:
-        import shapely
-
-        for wkt, crs in spec.regions:
-            parts.append((Q.region_query(store, shapely.from_wkt(wkt), crs=crs), False))
+    parts += [(Q.region_query(store, wkt, crs=crs), False) for wkt, crs in spec.regions]
     query = Q.Query()
     for q, negative in parts:
         query.add(q.vector(), 1.0, negative=negative, description=q.description())
@@ -276,13 +272,12 @@ class HeatmapTask(EngineTask):
         if not self.mask:
             return scores
         import numpy as np
-        import shapely
 
         from ..engine.query import tiles_in_polygon
 
         keep = np.zeros(scores.shape, dtype=bool)
         for wkt, crs in self.mask:
-            rows, cols = tiles_in_polygon(store, shapely.from_wkt(wkt), crs)
+            rows, cols = tiles_in_polygon(store, wkt, crs)
             keep[rows, cols] = True
         if not keep.any():
             raise InputError("no embedded tile centre lies inside the area's polygons")
@@ -387,12 +382,9 @@ class ClassifyTask(EngineTask):
             return C.zero_shot(
                 store, self.model, lists, progress=self.report, is_canceled=self.canceled
             )
-        import shapely
-
-        examples = [(shapely.from_wkt(w), label) for w, label in self.spec.examples]
         return C.from_examples(
             store,
-            examples,
+            list(self.spec.examples),  # (WKT, label) pairs
             method=self.spec.method,
             crs=self.spec.examples_crs,
             progress=self.report,

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 STAMP="$VENV/.unigeo-setup-stamp"
-APT_PACKAGES="python3-qgis qgis-providers xvfb python3-venv python3-pip"
+APT_PACKAGES="python3-qgis python3-gdal qgis-providers xvfb python3-venv python3-pip"
 # Debian ships older copies of these in /usr/lib/python3/dist-packages; the venv sees them through
 # --system-site-packages and pip would otherwise keep the stale ones (affine broke rasterio).
 SHADOWED="affine numpy attrs click cligj certifi pyparsing packaging"
@@ -76,10 +76,11 @@ if [[ "$ORT" == onnxruntime-gpu* ]]; then
 fi
 
 $PY - <<'PYCHECK'
-import numpy, rasterio, onnxruntime, tokenizers, pyproj, shapely
+import numpy, onnxruntime, tokenizers
+from osgeo import gdal, gdal_array  # the engine's geo stack: the GDAL QGIS links
 import qgis.core
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: need <2 for Debian GDAL"
-print(f"setup: ok  numpy {numpy.__version__}  rasterio {rasterio.__version__}  "
+print(f"setup: ok  numpy {numpy.__version__}  GDAL {gdal.__version__}  "
       f"onnxruntime {onnxruntime.__version__} {onnxruntime.get_available_providers()}  "
       f"QGIS {qgis.core.Qgis.QGIS_VERSION}")
 PYCHECK

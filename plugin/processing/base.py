@@ -370,10 +370,10 @@ class QueryAlgorithm(UniGeoAlgorithm):
         parts += self._layer_points(p, c, self.NEGATIVE_POINTS, store, negative=True)
         layer = self.parameterAsVectorLayer(p, self.NEGATIVE_POLYGON, c)
         if layer is not None and (geoms := layer_geometries(layer)):
-            from shapely.ops import unary_union
+            from ...engine.geometry import union
 
             try:
-                q = Q.region_query(store, unary_union(geoms), crs=layer_wkt(layer))
+                q = Q.region_query(store, union(geoms, "the polygons"), crs=layer_wkt(layer))
             except InputError as e:
                 msg = f"NEGATIVE_POLYGON (layer '{layer.name()}'): {e}"
                 raise QgsProcessingException(msg) from None

@@ -198,16 +198,14 @@ def report_warning(feedback, text: str) -> None:
 
 
 def labelled(layer, field: str) -> list[tuple]:
-    """``(shapely geometry, label)`` for every feature of ``layer`` with a label and a geometry."""
-    import shapely
-
+    """``(WKB, label)`` for every feature of ``layer`` with a label and a geometry."""
     if layer.fields().indexOf(field) < 0:
         raise QgsProcessingException(f"layer '{layer.name()}' has no field '{field}'")
     out = []
     for f in layer.getFeatures():
         label = f[field]
         if f.hasGeometry() and label is not None and str(label).strip() and str(label) != "NULL":
-            out.append((shapely.from_wkb(bytes(f.geometry().asWkb())), str(label).strip()))
+            out.append((bytes(f.geometry().asWkb()), str(label).strip()))
     if not out:
         raise QgsProcessingException(
             f"no feature of '{layer.name()}' has a polygon and a '{field}' label"

@@ -143,7 +143,7 @@ def parse_latlon(text: str) -> tuple[float, float]:
 
 
 def layer_wkt(layer: QgsVectorLayer) -> str:
-    """The layer's CRS as GDAL-flavoured WKT (what the engine's pyproj calls accept)."""
+    """The layer's CRS as GDAL-flavoured WKT (what the engine's CRS functions accept)."""
     return layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
 
 
@@ -152,22 +152,23 @@ def _features(layer: QgsVectorLayer) -> Any:
     return layer.selectedFeatures() if layer.selectedFeatureCount() else layer.getFeatures()
 
 
-def layer_geometries(layer: QgsVectorLayer) -> list[Any]:
-    """The (selected, else all) non-empty geometries of a layer, as shapely."""
-    import shapely
-
+def layer_geometries(layer: QgsVectorLayer) -> list[bytes]:
+    """The (selected, else all) non-empty geometries of a layer, as WKB."""
     feats = (f for f in _features(layer) if f.hasGeometry() and not f.geometry().isEmpty())
-    return [shapely.from_wkb(bytes(f.geometry().asWkb())) for f in feats]
+    return [bytes(f.geometry().asWkb()) for f in feats]
 
 
-def layer_union(layer: QgsVectorLayer) -> tuple[Any, str]:
-    """The union of a layer's (selected, else all) geometries as shapely, and the layer CRS WKT."""
-    from shapely.ops import unary_union
+def layer_union(layer: QgsVectorLayer) -> tuple[bytes, str]:
+    """The union of a layer's (selected, else all) polygons as WKB, and the layer CRS WKT."""
+    from ...engine.geometry import union
 
     geoms = layer_geometries(layer)
     if not geoms:
         raise QgsProcessingException(f"layer '{layer.name()}' holds no geometry")
-    return unary_union(geoms), layer_wkt(layer)
+    try:
+        return union(geoms, what=f"the polygons of layer '{layer.name()}'"), layer_wkt(layer)
+    except EngineError as e:
+        raise QgsProcessingException(str(e)) from None
 
 
 def layer_points(layer: QgsVectorLayer) -> list[tuple[int, float, float]]:

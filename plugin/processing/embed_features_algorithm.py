@@ -115,21 +115,17 @@ def feature_embedding(
     store: EmbeddingStore, feat: QgsFeature, to_store: QgsCoordinateTransform
 ) -> tuple[np.ndarray | None, int]:
     """The unit embedding of one feature and the number of tiles behind it (0: none)."""
-    import shapely
-
     if not feat.hasGeometry():
         return None, 0
     geom = feat.geometry()
     geom.transform(to_store)
-    shape = shapely.from_wkb(bytes(geom.asWkb()))
     if geom.type() == QgsWkbTypes.PointGeometry:
-        pts = shapely.get_coordinates(shape)
-        cells = [store.grid.cell_of(x, y) for x, y in pts]
+        cells = [store.grid.cell_of(v.x(), v.y()) for v in geom.vertices()]
         cells = [c for c in cells if c is not None and store.valid[c]]
         rows = np.array([c[0] for c in cells], dtype=np.intp)
         cols = np.array([c[1] for c in cells], dtype=np.intp)
     else:
-        rows, cols = tiles_in_polygon(store, shape)
+        rows, cols = tiles_in_polygon(store, bytes(geom.asWkb()))
     if rows.size == 0:
         return None, 0
     mean = np.asarray(store.embeddings[rows, cols], dtype=np.float64).mean(axis=0)

@@ -144,12 +144,10 @@ def _round1(x: float) -> float:
 
 def grid_latlon(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
     """WGS84 latitude and longitude of every cell centre, ``[rows, cols]`` each."""
-    from pyproj import Transformer
+    from ...engine.crs import WGS84, transform_xy
 
     xs, ys = grid.centers()
-    tr = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
-    lon, lat = tr.transform(xs, ys)
-    lat, lon = np.asarray(lat), np.asarray(lon)
+    lon, lat = transform_xy(xs, ys, grid.crs, WGS84)
     if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
         raise QgsProcessingException("part of the EXTENT has no WGS84 position; shrink it")
     return lat, lon

@@ -12,7 +12,9 @@ GeoTIFFs the engine writes), so ``name_output`` styles outputs of algorithms tha
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +120,12 @@ def detect_kind(path: str) -> str | None:
 
 def class_palette(path: str) -> tuple[list[str], dict[str, str]]:
     """Class names (``CLASS_<i>`` band tags) and their ``#rrggbb`` colours (colour table)."""
-    import rasterio
-
-    with rasterio.open(path) as src:
-        tags = src.tags(1)
-        try:
-            cmap = src.colormap(1)
-        except ValueError:  # no colour table
-            cmap = {}
+    with _raster(path) as ds:
+        band = ds.GetRasterBand(1) if ds is not None else None
+        tags = dict(band.GetMetadata() or {}) if band is not None else {}
+        table = band.GetRasterColorTable() if band is not None else None
+        cmap = {i: table.GetColorEntry(i) for i in range(table.GetCount())} if table else {}
+        band = table = None
     classes = []
     while f"CLASS_{len(classes)}" in tags:
         classes.append(tags[f"CLASS_{len(classes)}"])
@@ -156,30 +156,35 @@ def _decode(text: str) -> Any:
         return text
 
 
-def _band_descriptions(path: str) -> tuple[str | None, ...]:
-    import rasterio
+@contextlib.contextmanager
+def _raster(path: str) -> Iterator[Any]:
+    """The GDAL dataset of ``path`` (read-only), or None when it is not a raster GDAL reads."""
+    from ...engine.gdal_errors import gdal_errors, osgeo
 
-    try:
-        with rasterio.open(path) as src:
-            return src.descriptions
-    except Exception:  # noqa: BLE001 - not a raster rasterio reads: no UniGeo kind
-        return ()
+    gdal = osgeo()[0]
+    with gdal_errors(f"reading {Path(path).name}", raise_on_failure=False):
+        ds = gdal.OpenEx(str(path), gdal.OF_RASTER) if Path(path).is_file() else None
+        try:
+            yield ds
+        finally:
+            ds = None
+
+
+def _band_descriptions(path: str) -> tuple[str | None, ...]:
+    with _raster(path) as ds:
+        if ds is None:  # not a raster: no UniGeo kind
+            return ()
+        return tuple(
+            ds.GetRasterBand(i + 1).GetDescription() or None for i in range(ds.RasterCount)
+        )
 
 
 def _raster_tags(path: str) -> dict[str, str]:
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            return dict(src.tags())
-    except Exception:  # noqa: BLE001 - metadata is optional
-        return {}
+    with _raster(path) as ds:  # metadata is optional
+        return dict(ds.GetMetadata() or {}) if ds is not None else {}
 
 
 def _gpkg_tags(path: str) -> dict[str, str]:
-    import pyogrio
+    from ...engine.vector_io import layer_metadata
 
-    try:
-        return dict(pyogrio.read_info(path).get("layer_metadata") or {})
-    except Exception:  # noqa: BLE001 - metadata is optional
-        return {}
+    return layer_metadata(path)  # metadata is optional: {} when unreadable

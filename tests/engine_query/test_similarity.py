@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pyproj import CRS, Transformer
 
-from engine import geo_io
 from engine.errors import CancelledError, InputError
 from engine.query import Query
 from engine.similarity import (
@@ -162,7 +161,9 @@ def test_heatmap_write_failure_leaves_no_file(fx, rng, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", boom)
+    from osgeo import gdal
+
+    monkeypatch.setattr(gdal.Band, "WriteArray", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_heatmap(target, store, s)
     assert target.read_bytes() == b"old"
@@ -253,19 +254,19 @@ def test_write_hits_failure_and_bad_extension(fx, rng, tmp_path, monkeypatch):
     hits = top_k(store, similarity(store, np.ones(16)), k=2)
     with pytest.raises(InputError, match=r"\.gpkg, \.geojson or \.shp"):
         write_hits(tmp_path / "hits.kml", hits, store.crs)
-    import pyogrio.raw as raw
+    from engine import vector_io
 
-    real = raw.write
+    real = vector_io._write_ogr
 
     def half_then_fail(path, *a, **k):
         real(path, *a, **k)  # the temporary file exists, then the writer fails
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(raw, "write", half_then_fail)
+    monkeypatch.setattr(vector_io, "_write_ogr", half_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         write_hits(tmp_path / "hits.gpkg", hits, store.crs)
     assert list(tmp_path.iterdir()) == []
-    assert geo_io.vector_driver("a.GeoJSON") == "GeoJSON"
+    assert vector_io.vector_driver("a.GeoJSON") == "GeoJSON"
 
 
 @pytest.mark.slow

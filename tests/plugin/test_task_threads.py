@@ -73,14 +73,32 @@ def test_known_bad_versions_are_reported(monkeypatch, plugin_package):
 
     from unigeo.plugin import deps
 
+    # no runtime dependency has a known-bad version now (pyproj left with its crash); the
+    # mechanism stays, checked on a stand-in entry for a real requirement
+    assert deps.known_bad() == []
+    why = "crashes QGIS background tasks (test entry)"
+    monkeypatch.setitem(deps.KNOWN_BAD, "tokenizers", ((0, 15, 0), (0, 16, 0), why))
     real = importlib.metadata.version
     monkeypatch.setattr(
-        importlib.metadata, "version", lambda n: "3.7.2" if n == "pyproj" else real(n)
+        importlib.metadata, "version", lambda n: "0.15.2" if n == "tokenizers" else real(n)
     )
     bad = deps.known_bad()
-    assert len(bad) == 1 and bad[0].startswith("pyproj 3.7.2: crashes QGIS")
-    assert "pyproj" in deps.missing()
+    assert len(bad) == 1 and bad[0].startswith("tokenizers 0.15.2: crashes QGIS")
+    assert "tokenizers" in deps.missing()
     monkeypatch.setattr(
-        importlib.metadata, "version", lambda n: "3.8.0" if n == "pyproj" else real(n)
+        importlib.metadata, "version", lambda n: "0.16.0" if n == "tokenizers" else real(n)
     )
-    assert deps.known_bad() == [] and "pyproj" not in deps.missing()
+    assert deps.known_bad() == [] and "tokenizers" not in deps.missing()
+
+
+def test_requirements_bundle_no_gdal_proj_or_geos(plugin_package, tmp_path):
+    """The private folder gets only self-contained wheels; old crash-prone ones are pruned."""
+    from unigeo.plugin import deps
+
+    assert set(deps.REQUIREMENTS) == {"onnxruntime", "tokenizers", "threadpoolctl"}
+    for name in ("shapely", "shapely.libs", "pyproj-3.6.1.dist-info", "tokenizers"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "affine.py").write_text("")
+    removed = deps.prune(tmp_path)
+    assert removed == ["affine.py", "pyproj-3.6.1.dist-info", "shapely", "shapely.libs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizers"]

@@ -127,7 +127,7 @@ def test_blocked_network_really_blocks(no_network):
 # -- temporary files --------------------------------------------------------------------------
 def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp_path, monkeypatch):
     """Every writer fails midway (the GDAL/OGR write raises): nothing but the old file remains."""
-    import pyogrio
+    from osgeo import gdal, ogr
 
     from engine import classify as C
     from engine.model import UniGeoModel
@@ -143,9 +143,8 @@ def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", boom)
-    monkeypatch.setattr(pyogrio, "write_dataframe", boom, raising=False)
-    monkeypatch.setattr(pyogrio.raw, "write", boom)
+    monkeypatch.setattr(gdal.Band, "WriteArray", boom)
+    monkeypatch.setattr(ogr.Layer, "CreateFeature", boom)
     for call in (
         lambda: write_heatmap(tmp_path / "heat.tif", store, scores),
         lambda: C.write_classification(tmp_path / "c.tif", tmp_path / "f.tif", store, result),
