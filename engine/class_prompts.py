@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPERATURE = 0.01  # only when a bundle declares no logit_scale (and few-shot prototypes)
 MIN_ZERO_SHOT_ACCURACY = 0.5  # a declared zero-shot accuracy below this gives a warning
+ABOVE_CHANCE = 0.25  # zero-shot is the default only this far above chance (1 / classes)
 LOW_MARGIN = 0.02  # best minus second-best class cosine under this is a near-tie
 NEAR_TIE_SHARE = 0.5  # warn when more than this share of the tiles are near-ties
 GAP_BIN = 0.0005  # width of the cosine-gap histogram bins (gaps lie in [0, 2])
@@ -120,6 +121,38 @@ def zero_shot_warning(
     return (
         "Zero-shot land use: " + "; ".join(parts) + ". Check the map against the imagery, or "
         "label a few example polygons and use few-shot classification instead."
+    )
+
+
+def default_classify_mode(
+    bundle: BundleSpec, min_accuracy: float = MIN_ZERO_SHOT_ACCURACY
+) -> tuple[str, str]:
+    """Which classification to offer first, "zero-shot" or "few-shot", and why, in one sentence.
+
+    Few-shot when the bundle's declared zero-shot accuracy is below ``min_accuracy`` (the level
+    below which zero-shot maps carry a warning) or less than :data:`ABOVE_CHANCE` above chance
+    for its number of classes. Zero-shot when it clears both, or when nothing was measured
+    (then the sentence says the classes are unverified).
+    """
+    acc, model = bundle.zero_shot_accuracy, f"'{bundle.name} {bundle.version}'"
+    if acc is None:
+        return "zero-shot", (
+            f"Model {model} declares no measured zero-shot accuracy, so zero-shot classes are "
+            "unverified; labelled polygons (few-shot) are the safer choice when you have them."
+        )
+    k = bundle.evaluation.get("zero_shot", {}).get("classes")
+    k = k if isinstance(k, int) and k > 1 else None
+    floor = max(min_accuracy, 1 / k + ABOVE_CHANCE) if k else min_accuracy
+    of = f" on {k} classes (chance {1 / k:.0%})" if k else ""
+    if acc < floor:
+        return "few-shot", (
+            f"Few-shot is selected: model {model} declares {acc:.1%} zero-shot land-use "
+            f"accuracy{of}, below the {floor:.0%} UniGeo asks for. Label a few polygons per "
+            "class."
+        )
+    return "zero-shot", (
+        f"Zero-shot is selected: model {model} declares {acc:.1%} zero-shot land-use "
+        f"accuracy{of}."
     )
 
 

@@ -31,8 +31,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from ..engine.errors import EngineError, InputError
+from ..engine.errors import EngineError, InputError, RasterInputError
 from . import layers as L
+from . import source_bands
 from .qgis_reader import reader_for_layer
 from .settings import Settings, reserve_output, slug  # noqa: F401 - slug: public here
 from .tasks import (
@@ -198,7 +199,7 @@ class Controller(QObject):
         from ..engine.store import StoreCache
 
         s = self.settings()
-        reader = reader_for_layer(layer)
+        reader = reader_for_layer(layer, bands=self.bands_for(layer, model).bands)
         grid = grid_for_raster(
             reader,
             model.spec(Modality.AERIAL).preprocess,
@@ -234,12 +235,34 @@ class Controller(QObject):
             self.message(f"{what} failed: {result.error}", Qgis.Critical)
         return not result.ok
 
+    def bands_for(self, layer: QgsRasterLayer, model: Any) -> Any:
+        """The band choice the dock shows for ``layer`` (remembered, else UniGeo's own).
+
+        Raises:
+            RasterInputError: UniGeo cannot tell which bands feed the model; says what to pick.
+        """
+        wanted, optional = source_bands.wanted_bands(model)
+        choice = source_bands.current_choice(layer, wanted, optional)
+        if not choice.decided:
+            raise RasterInputError(
+                f"'{layer.name()}': {choice.reason}. Pick them in the UniGeo search dock under "
+                "Where › Bands."
+            )
+        if choice.absent:  # only bundles that declare optional bands get here
+            raise RasterInputError(
+                f"'{layer.name()}' has no {', '.join(choice.absent)}; this UniGeo version cannot "
+                "feed a model with absent bands yet"
+            )
+        return choice
+
     def _provenance(self, model: Any, layer: QgsRasterLayer, area: AreaChoice) -> dict:
+        bands = self.bands_for(layer, model)
         return {
             "model": f"{model.bundle.name} {model.bundle.version}",
             "model_hash": model.model_hash,
             "source": layer.name(),
             "source_path": layer.source(),
+            "bands": f"{bands.text()} ({bands.reason})",
             "area": area.kind,
             "stride_px": self.settings().stride_px or "tile size",
         }
@@ -328,7 +351,7 @@ class Controller(QObject):
             return
         out = result.value
         classes = L.class_layer(out.class_path, name, out.classes, out.colors)
-        conf = QgsRasterLayer(str(out.conf_path), f"{name} (confidence)")
+        conf = L.confidence_layer(out.conf_path, f"{name} (confidence)")
         for lyr in (classes, conf):
             L.set_provenance(lyr, out.provenance)
         L.add_group(QgsProject.instance(), group, [classes, conf])

@@ -28,6 +28,12 @@ from qgis.PyQt.QtGui import QColor
 
 # A perceptual ramp (viridis-like), low -> high similarity.
 HEAT_RAMP = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
+# What a UniGeo output layer is: set on every layer made here, saved with the project. Earlier
+# results of the same kind in a group are hidden when a new one arrives, and outputs are never
+# offered as source rasters.
+KIND_PROPERTY = "unigeo/kind"
+HEATMAP, CLASSES, CONFIDENCE, HITS = "heatmap", "classes", "confidence", "hits"
+_TAGGED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime) -> has UNIGEO_* tags
 
 
 class LayerError(RuntimeError):
@@ -38,6 +44,52 @@ def _check(layer: QgsMapLayer, path: str | Path) -> QgsMapLayer:
     if not layer.isValid():
         raise LayerError(f"QGIS cannot open {path} as a layer")
     return layer
+
+
+def mark_output(layer: QgsMapLayer, kind: str) -> QgsMapLayer:
+    """Record that ``layer`` is a UniGeo output of ``kind`` (a custom layer property)."""
+    layer.setCustomProperty(KIND_PROPERTY, kind)
+    return layer
+
+
+def output_kind(layer: QgsMapLayer | None) -> str | None:
+    """The kind :func:`mark_output` recorded, or None for any other layer."""
+    kind = layer.customProperty(KIND_PROPERTY, "") if layer is not None else ""
+    return str(kind) or None
+
+
+def is_unigeo_output(layer: QgsMapLayer) -> bool:
+    """True for UniGeo's own heatmaps, class and confidence maps: marked, or with UNIGEO_* tags.
+
+    The tags catch outputs opened by hand or by Processing, which carry no layer property.
+    """
+    if output_kind(layer):
+        return True
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return False
+    path = Path(layer.source().split("|")[0])
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _TAGGED:
+        _TAGGED[key] = _has_unigeo_tags(path)
+    return _TAGGED[key]
+
+
+def _has_unigeo_tags(path: Path) -> bool:
+    from osgeo import gdal
+
+    from ..engine.geo_io import TAG_PREFIX
+
+    ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)
+    if ds is None:
+        return False
+    try:
+        return any(str(k).startswith(TAG_PREFIX) for k in (ds.GetMetadata() or {}))
+    finally:
+        ds = None
 
 
 def set_provenance(layer: QgsMapLayer, provenance: dict) -> None:
@@ -68,13 +120,15 @@ def heatmap_layer(
     """A similarity heatmap: band 2 (percentile 0–100) by default, band 1 is the raw cosine."""
     layer = _check(QgsRasterLayer(str(path), name), path)
     style_heatmap(layer, band, opacity)
-    return layer
+    return mark_output(layer, HEATMAP)
 
 
 def style_heatmap(layer: QgsRasterLayer, band: int = 2, opacity: float = 0.75) -> None:
     """Style a heatmap layer in place: the viridis-like ramp over the percentile (band 2).
 
-    A one-band heatmap (no percentile band) is styled over its cosine range instead.
+    The percentile ramp is fixed, 0 to 100, so every heatmap reads the same. The raw cosine
+    (band 1, or a one-band heatmap) is stretched over its own minimum and maximum instead: its
+    scale depends on the model and the query, so no fixed range fits.
     """
     band = min(band, layer.bandCount())
     stats = layer.dataProvider().bandStatistics(band)
@@ -119,13 +173,20 @@ def style_confidence(layer: QgsRasterLayer) -> None:
     layer.setRenderer(renderer)
 
 
+def confidence_layer(path: str | Path, name: str) -> QgsRasterLayer:
+    """A classification confidence map on the fixed 0–1 ramp."""
+    layer = _check(QgsRasterLayer(str(path), name), path)
+    style_confidence(layer)
+    return mark_output(layer, CONFIDENCE)
+
+
 def class_layer(
     path: str | Path, name: str, classes: list[str], colors: dict[str, str]
 ) -> QgsRasterLayer:
     """A paletted land-use map: pixel value i is ``classes[i]``."""
     layer = _check(QgsRasterLayer(str(path), name), path)
     style_classes(layer, classes, colors)
-    return layer
+    return mark_output(layer, CLASSES)
 
 
 def style_classes(layer: QgsRasterLayer, classes: list[str], colors: dict[str, str]) -> None:
@@ -151,7 +212,7 @@ def hits_layer(path: str | Path, name: str) -> QgsVectorLayer:
     """Ranked hits with their rank as label."""
     layer = _check(QgsVectorLayer(str(path), name, "ogr"), path)
     style_hits(layer)
-    return layer
+    return mark_output(layer, HITS)
 
 
 def style_hits(layer: QgsVectorLayer) -> None:
@@ -176,13 +237,33 @@ def style_hits(layer: QgsVectorLayer) -> None:
 
 
 def add_group(project: QgsProject, group_name: str, layers: list[QgsMapLayer]) -> QgsLayerTreeGroup:
-    """Add ``layers`` (top first) under a group named after their source layer."""
+    """Put ``layers`` (top first) at the top of the group named after their source layer.
+
+    The new layers and the group (with every group above it) are made visible, so a result is
+    seen even in a group the user had hidden. Earlier layers of the group with the same output
+    kind as a new one are hidden (unchecked), never removed.
+    """
     root = project.layerTreeRoot()
     group = root.findGroup(group_name) or root.insertGroup(0, group_name)
-    for layer in layers:
+    kinds = {output_kind(layer) for layer in layers} - {None}
+    for node in group.findLayers():
+        if output_kind(node.layer()) in kinds:
+            node.setItemVisibilityChecked(False)
+            node.setExpanded(False)  # its legend no longer describes the map
+    for i, layer in enumerate(layers):
         project.addMapLayer(layer, False)
-        group.addLayer(layer)
+        node = group.insertLayer(i, layer)
+        node.setItemVisibilityChecked(True)
+        _expand(node)
+    group.setItemVisibilityCheckedParentRecursive(True)
+    _expand(group)
     return group
+
+
+def _expand(node) -> None:
+    """Expand ``node`` in the layer tree view too (the view follows changes, not the state)."""
+    node.setExpanded(False)
+    node.setExpanded(True)
 
 
 def render_png(

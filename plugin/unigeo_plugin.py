@@ -92,6 +92,9 @@ class UniGeoPlugin:
         c.deviceChanged.connect(d.set_device)
         c.domainChecked.connect(d.set_warning)
         c.modelChanged.connect(lambda model: d.set_templates(model.bundle.prompt_templates))
+        c.modelChanged.connect(self.refresh_bands)
+        d.layer_combo.layerChanged.connect(self.refresh_bands)
+        d.visibilityChanged.connect(self.refresh_bands)
         self.point_tool.pointClicked.connect(self._point_clicked)
         self.polygon_tool.polygonDrawn.connect(self._polygon_drawn)
 
@@ -145,6 +148,20 @@ class UniGeoPlugin:
             text, tip = "—", str(e)
         self.dock.set_device(text, tip)
 
+    def refresh_bands(self, *_: object) -> None:
+        """Show the source layer's band choice for the model (only while the dock is open)."""
+        from ..engine.errors import EngineError
+        from . import source_bands
+
+        if self.dock is None or self.dock.isHidden():
+            return  # loading the model for a closed dock would only slow QGIS down
+        try:
+            wanted, optional = source_bands.wanted_bands(self.controller.model())
+        except EngineError as e:
+            self.dock.band_panel.set_unavailable(str(e))
+            return
+        self.dock.band_panel.set_source(self.dock.source_layer(), wanted, optional)
+
     # -- map tools and searches -------------------------------------------------------------
     def activate_point_tool(self, on: bool = True) -> None:
         self._set_tool(self.point_tool, on)
@@ -184,11 +201,11 @@ class UniGeoPlugin:
         from .dialogs.classify_dialog import ClassifyDialog
 
         try:
-            prompts = self.controller.model().bundle.class_prompts
+            bundle = self.controller.model().bundle
         except EngineError as e:
             self.controller.message(str(e), Qgis.Critical)
             return
-        dlg = ClassifyDialog(prompts, self.iface.mainWindow())
+        dlg = ClassifyDialog(bundle.class_prompts, self.iface.mainWindow(), bundle=bundle)
         if dlg.exec_() and dlg.result_spec is not None:
             self.controller.classify(
                 dlg.result_spec, self.dock.source_layer(), self.dock.area_choice()
@@ -232,6 +249,7 @@ class UniGeoPlugin:
         self.point_tool = self.polygon_tool = None
         self.tool_actions = {}
         if self.dock is not None:
+            self.dock.teardown()
             self.iface.removeDockWidget(self.dock)
             self.dock.setParent(None)
             self.dock.deleteLater()

@@ -1,8 +1,13 @@
-"""The land-use classification dialog: zero-shot with editable class prompts, or labelled polygons."""
+"""The land-use classification dialog: zero-shot with editable class prompts, or labelled polygons.
+
+Which of the two is selected first follows the model bundle's declared zero-shot accuracy
+(:func:`engine.class_prompts.default_classify_mode`), and the dialog says why above the choice.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from qgis.core import QgsFeatureRequest, QgsMapLayerProxyModel, QgsVectorLayer
 from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
@@ -28,21 +33,36 @@ from ...engine.errors import InputError
 from ..tasks import ClassifySpec
 
 PROMPT_SEP = ";"  # prompts of one class are typed in one cell, separated by this
+ADVICE_STYLE = "background:#fff3cd;color:#7a4f01;border:1px solid #e0b84c;padding:4px"
 
 
 class ClassifyDialog(QDialog):
     """Builds a :class:`~..tasks.ClassifySpec`; ``spec()`` raises InputError on bad input."""
 
     def __init__(
-        self, class_prompts: Mapping[str, Sequence[str]], parent: QWidget | None = None
+        self,
+        class_prompts: Mapping[str, Sequence[str]],
+        parent: QWidget | None = None,
+        bundle: Any = None,
     ) -> None:
+        """``bundle`` (the model's BundleSpec) picks the first mode; None: zero-shot."""
         super().__init__(parent)
         self.setWindowTitle("UniGeo: classify land use")
         self.setObjectName("UniGeoClassifyDialog")
         self.result_spec: ClassifySpec | None = None
         lay = QVBoxLayout(self)
+        mode, why = "zero-shot", ""
+        if bundle is not None:
+            from ...engine.class_prompts import default_classify_mode
+
+            mode, why = default_classify_mode(bundle)
+        self.advice = QLabel(why)
+        self.advice.setWordWrap(True)
+        self.advice.setObjectName("UniGeoClassifyAdvice")
+        self.advice.setStyleSheet(ADVICE_STYLE if mode == "few-shot" else "")
+        self.advice.setVisible(bool(why))
+        lay.addWidget(self.advice)
         self.zero = QRadioButton("Zero-shot from class prompts")
-        self.zero.setChecked(True)
         lay.addWidget(self.zero)
         lay.addWidget(self._prompt_table(class_prompts))
         self.few = QRadioButton("From labelled polygons")
@@ -52,6 +72,12 @@ class ClassifyDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
+        (self.few if mode == "few-shot" else self.zero).setChecked(True)
+        if mode == "few-shot" and self.layer_combo.count() == 0:
+            self.advice.setText(
+                why + " No polygon layer is open yet: add one with a class field, then "
+                "classify again."
+            )
         self.zero.toggled.connect(self._mode_changed)
         self._mode_changed()
 

@@ -2,7 +2,10 @@
 
 The dock only gathers what to search for and where; it emits a :class:`~..tasks.QuerySpec`
 through ``searchRequested`` and the plugin hands it to the controller with the chosen raster
-layer and area. Recent text queries are kept in QgsSettings under ``unigeo/gui/``.
+layer and area. Recent text queries are kept in QgsSettings under ``unigeo/gui/``. UniGeo's own
+outputs (heatmaps, class and confidence maps) are never offered as source rasters; the bands
+of the source are shown and picked in a :class:`~.band_panel.BandPanel`; clicked example places
+are marked on the map until *Clear*.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsMapLayerProxyModel,
     QgsPointXY,
+    QgsProject,
     QgsRasterLayer,
     QgsSettings,
 )
@@ -21,19 +25,24 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from ..controller import AreaChoice, crs_string
+from ..layers import is_unigeo_output
 from ..tasks import QuerySpec
+from ..tools.example_markers import ExampleMarkers
+from .band_panel import BandPanel
 
 RECENT_KEY = "unigeo/gui/recent_queries"
 MAX_RECENT = 12
@@ -60,6 +69,7 @@ class SearchDock(QgsDockWidget):
         self.setObjectName("UniGeoSearchDock")
         self.canvas = canvas
         self.examples: list[tuple[float, float, str, bool]] = []  # x, y, CRS, negative
+        self.markers = ExampleMarkers(canvas)
         self.photo_gps: tuple[float, float] | None = None
         body = QWidget(self)
         lay = QVBoxLayout(body)
@@ -69,8 +79,27 @@ class SearchDock(QgsDockWidget):
         lay.addWidget(self._examples_box())
         lay.addStretch(1)
         lay.addLayout(self._status_row())
-        self.setWidget(body)
+        # scrolling, not squeezing, when the dock is shorter than its content
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
         self._load_recent()
+        project = QgsProject.instance()
+        project.layersAdded.connect(self.hide_outputs)
+        project.layersRemoved.connect(self.hide_outputs)
+        self.hide_outputs()
+
+    def teardown(self) -> None:
+        """Disconnect from the project and take the markers off the canvas (plugin unload)."""
+        project = QgsProject.instance()
+        for signal in (project.layersAdded, project.layersRemoved):
+            try:
+                signal.disconnect(self.hide_outputs)
+            except TypeError:
+                pass  # never connected
+        self.markers.remove()
 
     # -- building ---------------------------------------------------------------------------
     def _source_box(self) -> QGroupBox:
@@ -79,6 +108,8 @@ class SearchDock(QgsDockWidget):
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         form.addRow("Source raster", self.layer_combo)
+        self.band_panel = BandPanel()
+        form.addRow("Bands", self.band_panel)
         self.area_combo = QComboBox()
         for key, label in AREAS:
             self.area_combo.addItem(label, key)
@@ -191,6 +222,11 @@ class SearchDock(QgsDockWidget):
     def _area_changed(self) -> None:
         self.polygon_combo.setEnabled(self.area_combo.currentData() == "polygons")
 
+    def hide_outputs(self, *_: object) -> None:
+        """Offer every raster layer as a source except UniGeo's own outputs."""
+        layers = QgsProject.instance().mapLayers().values()
+        self.layer_combo.setExceptedLayerList([lyr for lyr in layers if is_unigeo_output(lyr)])
+
     # -- what the user chose ----------------------------------------------------------------
     def source_layer(self) -> QgsRasterLayer | None:
         layer = self.layer_combo.currentLayer()
@@ -267,6 +303,7 @@ class SearchDock(QgsDockWidget):
             self.clear_examples()
         negative = mode == "negative"
         self.examples.append((point.x(), point.y(), crs_string(crs), negative))
+        self.markers.add(point, crs, negative)
         sign = "−" if negative else "+"
         item = QListWidgetItem(f"{sign} {wgs84.y():.5f}, {wgs84.x():.5f}")
         item.setForeground(Qt.darkRed if negative else Qt.darkGreen)
@@ -274,8 +311,10 @@ class SearchDock(QgsDockWidget):
         self.search_examples()
 
     def clear_examples(self) -> None:
+        """Forget the example places and take their markers off the map."""
         self.examples = []
         self.example_list.clear()
+        self.markers.clear()
 
     def examples_spec(self) -> QuerySpec:
         pos = tuple((x, y, c) for x, y, c, neg in self.examples if not neg)

@@ -133,9 +133,11 @@ def test_unload_cancels_running_query(plugin, qgis_iface, qgis_app, tmp_path, qg
 
     with rasterio.open(big) as src:
         profile, data = src.profile, src.read()
-    profile.update(width=1024, height=1024)
+    # MINISBLACK and the names again: GDAL would tag band 4 of a new 4-band uint8 file alpha
+    profile.update(width=1024, height=1024, photometric="MINISBLACK")
     with rasterio.open(big, "w", **profile) as dst:
         dst.write(np.tile(data, (1, 16, 16)))
+        dst.descriptions = ("red", "green", "blue", "nir")
     layer = QgsRasterLayer(str(big), "big")
     QgsProject.instance().addMapLayer(layer)
     plugin.dock.layer_combo.setLayer(layer)

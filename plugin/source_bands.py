@@ -1,0 +1,108 @@
+"""Which bands of a source raster layer feed the model: read from the layer, chosen, remembered.
+
+The band descriptions and colour interpretations come from the layer's data provider and go to
+:func:`engine.band_choice.choose_bands`. A choice the user makes in the dock is remembered per
+layer source twice: as a custom property of the layer (saved in the project, so it travels
+with it) and in QgsSettings under ``unigeo/bands/`` keyed by the source (so the same file
+added to another project gets it too). A remembered choice that no longer fits the raster or
+the model is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qgis.core import Qgis, QgsRasterLayer, QgsSettings
+
+from ..engine.band_choice import BandChoice, choose_bands, user_choice
+from ..engine.errors import RasterInputError
+
+LAYER_PROPERTY = "unigeo/bands"
+SETTINGS_PREFIX = "unigeo/bands/"
+# QGIS names bands "Band 3" or, with a GDAL description, "Band 3: B3" ("Band" is translated)
+_BAND_NAME = re.compile(r"^\S+ \d+\s*:\s*(.*)$")
+_ARGB = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+
+
+def provider_bands(layer: QgsRasterLayer) -> tuple[int, list[str], list[str]]:
+    """(band count, descriptions, colour interpretation names) from the layer's data provider.
+
+    A web layer (XYZ, WMS) delivers colour as ARGB, read as red, green, blue and alpha.
+    """
+    prov = layer.dataProvider()
+    if prov.dataType(1) in _ARGB:
+        return 4, ["", "", "", ""], ["Red", "Green", "Blue", "Alpha"]
+    count = prov.bandCount()
+    names, interps = [], []
+    for b in range(1, count + 1):
+        m = _BAND_NAME.match(prov.generateBandName(b) or "")
+        names.append(m.group(1).strip() if m else "")
+        interps.append(prov.colorInterpretationName(b) or "")
+    return count, names, interps
+
+
+def hints(layer: QgsRasterLayer) -> tuple[str, ...]:
+    """Texts that may name the sensor: the file name and the layer name (``LC08_…``)."""
+    path = layer.source().split("|")[0]
+    return (Path(path).name, layer.name())
+
+
+def wanted_bands(model: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The model's aerial band names and those it can do without (masked when absent).
+
+    Bundles whose aerial tower masks absent bands list them as ``optional_bands`` in the aerial
+    preprocessing; older ones have none, so every band is required.
+    """
+    from ..engine.contract import Modality
+
+    prep = model.spec(Modality.AERIAL).preprocess
+    return tuple(prep.bands), tuple(getattr(prep, "optional_bands", ()) or ())
+
+
+def auto_choice(
+    layer: QgsRasterLayer, wanted: Sequence[str], optional: Sequence[str] = ()
+) -> BandChoice:
+    """UniGeo's own choice for ``layer`` (names, colour interpretation, sensor layouts)."""
+    count, names, interps = provider_bands(layer)
+    return choose_bands(count, names, interps, wanted, optional, hints(layer))
+
+
+def _key(layer: QgsRasterLayer) -> str:
+    return SETTINGS_PREFIX + hashlib.sha1(layer.source().encode()).hexdigest()[:16]  # noqa: S324
+
+
+def remembered(
+    layer: QgsRasterLayer, wanted: Sequence[str], optional: Sequence[str] = ()
+) -> BandChoice | None:
+    """The user's remembered choice for ``layer`` if it still fits the raster and the model."""
+    text = layer.customProperty(LAYER_PROPERTY, "") or QgsSettings().value(_key(layer), "")
+    if not text:
+        return None
+    try:
+        mapping = [int(x) for x in str(text).split(",")]
+        return user_choice(layer.bandCount(), wanted, mapping, optional)
+    except (ValueError, RasterInputError):
+        return None  # made for another model or an older version of the file
+
+
+def remember(layer: QgsRasterLayer, choice: BandChoice) -> None:
+    """Keep the user's ``choice`` for ``layer`` (in the project and in the settings)."""
+    layer.setCustomProperty(LAYER_PROPERTY, choice.text())
+    QgsSettings().setValue(_key(layer), choice.text())
+
+
+def forget(layer: QgsRasterLayer) -> None:
+    """Drop the remembered choice: UniGeo chooses again."""
+    layer.removeCustomProperty(LAYER_PROPERTY)
+    QgsSettings().remove(_key(layer))
+
+
+def current_choice(
+    layer: QgsRasterLayer, wanted: Sequence[str], optional: Sequence[str] = ()
+) -> BandChoice:
+    """The remembered choice, else UniGeo's own."""
+    return remembered(layer, wanted, optional) or auto_choice(layer, wanted, optional)
