@@ -39,6 +39,7 @@ from .similarity import (
     _query_vector,
     _row_step,
     _widen_f16_bits,
+    check_scores,
 )
 
 if TYPE_CHECKING:
@@ -121,7 +122,13 @@ def _valid_chunks(
                 vecs = _widen_f16_bits(src, buf[: len(src)]) * _F16_RESCALE  # exact: 2^112
             else:
                 vecs = src.astype(np.float32)
-            yield keep.astype(np.int64) + r0 * cols, _normalised(vecs)
+            ids = keep.astype(np.int64) + r0 * cols
+            # stored rows are unit vectors: NaN, Inf or huge values mean a damaged store
+            bad = ~(np.linalg.norm(vecs, axis=1) <= 1.01)
+            if bad.any():
+                r, c = divmod(int(ids[np.argmax(bad)]), cols)
+                check_scores(store, r, np.full((1, c + 1, 1), np.nan), np.ones(1))
+            yield ids, _normalised(vecs)
         if progress is not None:
             progress(r1 / rows)
 

@@ -97,9 +97,8 @@ class DaskCluster:
 
     def _start_local(self, n: int, dashboard_address: str | None, security: Any) -> Any:
         """A client of a new LocalCluster of ``n`` single-threaded worker processes."""
-        from distributed import Client, LocalCluster
-
         import dask
+        from distributed import Client, LocalCluster
 
         security = local_security(security)
         tls = security is not None and bool(security.tls_scheduler_cert)

@@ -42,7 +42,7 @@ from .calibration import (  # noqa: F401
     _calibrate_exact,
     calibrate,
 )
-from .errors import CancelledError, InputError
+from .errors import CancelledError, InputError, StoreError
 from .geo_io import write_grid_raster
 from .geometry import box_wkb, point_wkb
 from .grid import Bounds, TileGrid
@@ -212,10 +212,27 @@ def chunked_dot(
             f"{dim}-d embeddings; was the store made with another model?"
         )
     scorer = _Scorer(emb, mat, _row_step(cols, chunk_rows))
+    # stored rows are unit vectors (or zero): |row . w| <= |w| (Cauchy-Schwarz), up to float16
+    # rounding; anything else is a damaged store (NaN/Inf or huge values gave "cosines" of 10^5)
+    limit = 1.01 * np.linalg.norm(mat, axis=0) + 1e-6
     for r0, r1, block in _scored_chunks(scorer, workers or SCORE_WORKERS, is_canceled):
+        check_scores(store, r0, block, limit)
         yield r0, r1, block
         if progress is not None:
             progress(r1 / rows)
+
+
+def check_scores(store: Any, r0: int, block: np.ndarray, limit: np.ndarray) -> None:
+    """StoreError when a scored block ``[rows, cols, K]`` (from row ``r0``) exceeds ``limit``."""
+    ok = np.abs(block) <= limit  # NaN compares False
+    if ok.all():
+        return
+    r, c = np.argwhere(~ok.all(axis=-1))[0]
+    raise StoreError(
+        f"the embedding store {getattr(store, 'folder', '')} is damaged: the tile at row "
+        f"{r0 + int(r)}, column {int(c)} holds values that no embedding can have (NaN, Inf or "
+        "too large); delete the store and embed the raster again"
+    )
 
 
 def _query_vector(store: EmbeddingStore, qvec: np.ndarray | Query) -> np.ndarray:

@@ -376,3 +376,26 @@ def test_meaningless_text_query_writes_nothing(run_cli, good_store, analytic_bun
     # the analytic bundle's word-level tokenizer reads it as one unknown token
     assert rc != 0 and ("holds no word" in err or "knows none" in err) and "\\u200b" in err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 60000.0])
+@pytest.mark.parametrize("command", ["heatmap", "hits", "classify"])
+def test_non_finite_store_values_are_refused_not_scored(
+    bad, command, run_cli, good_store, analytic_bundle, tmp_path
+):
+    """Issue 16 item 7: a store holding NaN/Inf gave "cosines" of 143,833 with exit 0."""
+    import shutil
+
+    store = Path(shutil.copytree(good_store, tmp_path / "s.store"))
+    emb = np.load(store / "embeddings.npy", mmap_mode="r+")
+    emb[1, 2, :] = bad  # a damaged tile (a component the query weighs 0 cannot change a score)
+    emb.flush()
+    del emb
+    out = tmp_path / ("o.gpkg" if command == "hits" else "o.tif")
+    out.write_bytes(b"an earlier good output")
+    argv = [command, store, "--model", analytic_bundle, "--out", out]
+    argv += ["--text", "blue"] if command != "classify" else []
+    rc, err = run_cli(argv)
+    assert rc != 0 and "damaged" in err and "row 1, column 2" in err, err
+    assert out.read_bytes() == b"an earlier good output"
+    assert leftovers(tmp_path) == []
