@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsProject
 from qgis.PyQt.QtCore import QEventLoop, QTimer
 
 
@@ -184,6 +184,10 @@ class Runner:
             self.report.data["finished"] = True
             self.report.save()
             failed = [c["name"] for c in self.report.data["checks"] if not c["ok"]]
+            # Close the project while the window is whole, as File > Exit does: QGIS 3.22 can
+            # crash in ~QgisApp when it still holds layers (layer tree -> styling dock).
+            QgsProject.instance().clear()
+            pause(0.5)
             QgsApplication.exit(3 if failed else 0)
             return
         name, fn = self.todo.pop(0)

@@ -6,6 +6,7 @@ Environment (set by tests/qgis_app/test_real_qgis.py):
   UNIGEO_APP_SESSION  1, 2, ...: the QGIS start (a crash ends one; the next skips checks done)
   UNIGEO_APP_TIMEOUT  seconds before the watchdog dumps every thread's stack and exits QGIS
   UNIGEO_APP_ONLY     optional comma-separated check names to run (others are skipped)
+  UNIGEO_APP_SELFTEST "crash" adds a check that crashes QGIS on purpose (tests the reporting)
 """
 
 from __future__ import annotations
@@ -162,12 +163,27 @@ def check_single_geo_stack(ctx: Context) -> dict:
     return {"loaded": sorted(geo_libraries())}
 
 
+def check_selftest_crash(ctx: Context) -> dict:
+    """Crash QGIS on purpose in a task thread, as the GEOS clash did: tests the crash report."""
+    import ctypes
+
+    from qgis.core import QgsTask
+
+    task = QgsTask.fromFunction("qgis_app self-test: crash", lambda task: ctypes.string_at(0))
+    QgsApplication.taskManager().addTask(task)
+    wait_until(lambda: False, 30, "the deliberate crash")  # QGIS dies before this ends
+    return {}
+
+
 def all_checks() -> list:
     checks = [("plugin_loaded", check_plugin_loaded)]
+    if os.environ.get("UNIGEO_APP_SELFTEST") == "crash":
+        checks.append(("selftest_crash", check_selftest_crash))
     checks += gui_checks.CHECKS + processing_checks.CHECKS
     checks += [("single_geo_stack", check_single_geo_stack)]
     only = [n for n in os.environ.get("UNIGEO_APP_ONLY", "").split(",") if n]
-    return [c for c in checks if not only or c[0] in only or c[0] == "plugin_loaded"]
+    keep = {*only, "plugin_loaded", "selftest_crash"}
+    return [c for c in checks if not only or c[0] in keep]
 
 
 def begin(out: Path, session: int) -> None:

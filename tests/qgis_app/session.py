@@ -8,6 +8,7 @@ and QGIS is started again to run the checks after it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -65,7 +66,22 @@ def command(qgis: str, root: Path, out: Path, use_gdb: bool) -> list[str]:
     return ["xvfb-run", "-a", "-s", SCREEN, *gdb, *args]
 
 
-def run_session(qgis: str, root: Path, out: Path, data: Path, n: int, timeout: float) -> int:
+@functools.cache
+def gdb_usable() -> bool:
+    """gdb is installed, not switched off (UNIGEO_QGIS_GDB=0), and may trace (containers)."""
+    if shutil.which("gdb") is None or os.environ.get("UNIGEO_QGIS_GDB", "1") == "0":
+        return False
+    try:
+        cmd = ["gdb", "-q", "-batch", "-ex", "run", "--args", "/bin/true"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and "exited normally" in proc.stdout + proc.stderr
+
+
+def run_session(
+    qgis: str, root: Path, out: Path, data: Path, n: int, timeout: float, env_extra: dict
+) -> int:
     """One QGIS start; its exit status (-1 when it had to be killed)."""
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     runtime = root / "xdg-runtime"
@@ -78,9 +94,9 @@ def run_session(qgis: str, root: Path, out: Path, data: Path, n: int, timeout: f
         UNIGEO_APP_ROOT=str(ROOT),
         UNIGEO_APP_SESSION=str(n),
         UNIGEO_APP_TIMEOUT=str(int(timeout - 30)),  # the driver's watchdog dumps stacks first
+        **env_extra,
     )
-    use_gdb = shutil.which("gdb") is not None and os.environ.get("UNIGEO_QGIS_GDB", "1") != "0"
-    cmd = command(qgis, root, out, use_gdb)
+    cmd = command(qgis, root, out, gdb_usable())
     with open(out / f"qgis.{n}.log", "wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -97,15 +113,29 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_all(qgis: str, root: Path, out: Path, data: Path, budget: float, timeout: float) -> dict:
-    """Sessions until the driver finishes, QGIS fails to start, or ``budget`` seconds pass."""
+def run_all(
+    qgis: str,
+    root: Path,
+    out: Path,
+    data: Path,
+    budget: float,
+    timeout: float,
+    env_extra: dict | None = None,
+) -> dict:
+    """Sessions until the driver finishes, QGIS fails to start, or ``budget`` seconds pass.
+
+    ``env_extra`` goes to the driver (e.g. UNIGEO_APP_ONLY, UNIGEO_APP_SELFTEST).
+    """
     t0 = time.monotonic()
     report: dict = {}
     for n in range(1, 30):
         left = budget - (time.monotonic() - t0)
-        rc = run_session(qgis, root, out, data, n, min(timeout, max(left, 60)))
+        limit = min(timeout, max(left, 60))
+        rc = run_session(qgis, root, out, data, n, limit, env_extra or {})
         report = _load(out / "report.json")
         report.setdefault("exit_status", []).append(rc)
+        if report.get("finished") and rc not in (0, 3):  # all checks done, then QGIS died
+            report["checks"].append(crash_entry("quit_qgis", rc, out, n))
         if report.get("finished") or not report.get("running"):
             if not report.get("finished"):
                 report["startup_failure"] = startup_failure(rc, out, n)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qgis_app.session import ROOT, run_all
+from tests.qgis_app.session import ROOT, gdb_usable, run_all
 
 pytestmark = pytest.mark.qgis
 
@@ -52,26 +52,37 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def app_report(tmp_path_factory) -> dict:
-    if (reason := _skip_reason()) is not None:
-        pytest.skip(reason)
-    out = Path(os.environ.get("UNIGEO_QGIS_APP_OUT", ROOT / "out" / "qgis-app")).resolve()
+def _out(name: str) -> Path:
+    base = Path(os.environ.get("UNIGEO_QGIS_APP_OUT", ROOT / "out" / "qgis-app")).resolve()
+    out = base if name == "" else base.with_name(f"{base.name}-{name}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qgis_home(tmp_path_factory) -> Path:
+    """A throw-away HOME whose QGIS profile 'default' has UniGeo installed the README's way."""
+    if (reason := _skip_reason()) is not None:
+        pytest.skip(reason)
     root = tmp_path_factory.mktemp("qgis_home")
-    with open(out / "install.log", "w") as log:
+    log = root / "install.log"
+    with open(log, "w") as f:
         proc = subprocess.run(
             ["bash", "scripts/qgis_profile.sh", str(root), "default"],
             cwd=ROOT,
-            stdout=log,
+            stdout=f,
             stderr=subprocess.STDOUT,
             timeout=INSTALL_TIMEOUT,
         )
     if proc.returncode != 0:
-        tail = (out / "install.log").read_text()[-4000:]
-        pytest.fail(f"installing the plugin the README's way failed:\n{tail}")
-    report = run_all(shutil.which("qgis"), root, out, shared_data(), BUDGET, SESSION_TIMEOUT)
+        pytest.fail(f"installing the plugin the README's way failed:\n{log.read_text()[-4000:]}")
+    return root
+
+
+def run_driver(qgis_home: Path, out: Path, budget: float, **env: str) -> dict:
+    qgis = shutil.which("qgis")
+    report = run_all(qgis, qgis_home, out, shared_data(), budget, SESSION_TIMEOUT, env)
     report["out"] = str(out)
     (out / "summary.txt").write_text(summary(report))
     return report
@@ -111,12 +122,13 @@ def summary(report: dict) -> str:
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT + BUDGET + 120)
-def test_every_algorithm_and_tool_in_the_real_qgis(app_report):
-    out = app_report["out"]
-    assert not app_report.get("startup_failure"), app_report["startup_failure"]
-    names = [c["name"] for c in app_report["checks"]]
-    missing = [n for n in app_report.get("planned", []) if n not in names]
-    failed = [c for c in app_report["checks"] if not c["ok"]]
+def test_every_algorithm_and_tool_in_the_real_qgis(qgis_home):
+    report = run_driver(qgis_home, _out(""), BUDGET)
+    out = report["out"]
+    assert not report.get("startup_failure"), report["startup_failure"]
+    names = [c["name"] for c in report["checks"]]
+    missing = [n for n in report.get("planned", []) if n not in names]
+    failed = [c for c in report["checks"] if not c["ok"]]
     assert not failed and not missing, (
         f"{len(failed)} of {len(names)} checks failed in the real QGIS"
         + (f", {len(missing)} did not run ({', '.join(missing)})" if missing else "")
@@ -124,3 +136,28 @@ def test_every_algorithm_and_tool_in_the_real_qgis(app_report):
         + "\n".join(f"- {c['name']}:\n{_details(c)}" for c in failed)
     )
     assert len(names) >= 28, names  # every algorithm and tool ran
+
+
+@pytest.mark.timeout(INSTALL_TIMEOUT + 300)
+def test_a_qgis_crash_fails_its_check_with_backtraces_and_the_rest_still_runs(qgis_home):
+    """A deliberate segfault in a QgsTask thread (as the GEOS clash): reported, QGIS restarted."""
+    only = "alg_heatmap_text"
+    report = run_driver(
+        qgis_home, _out("selftest"), 240, UNIGEO_APP_SELFTEST="crash", UNIGEO_APP_ONLY=only
+    )
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert list(by_name) == ["plugin_loaded", "selftest_crash", only], summary(report)
+    crash = by_name["selftest_crash"]
+    assert not crash["ok"] and crash["crashed"] and crash["session"] == 1
+    d = crash["details"]
+    assert d["crash"].startswith("QGIS crashed: Segmentation fault"), d["crash"]
+    # the Python stack of the thread that crashed: the task's function, in this driver
+    thread = d["python_stack"].split("\n\n")[1]
+    assert "string_at" in thread and "main.py" in thread, d["python_stack"]
+    if gdb_usable():
+        assert "received the signal" in d["native_backtrace"], d["native_backtrace"]
+        assert "QgsTask" in d["native_backtrace"] or "start_thread" in d["native_backtrace"]
+    # session 1 died; session 2 ran the rest and quit cleanly, with 3: a check (the crash) failed
+    assert report["exit_status"][0] >= 128 and report["exit_status"][1] == 3, report["exit_status"]
+    after = by_name[only]
+    assert after["ok"] and after["session"] == 2, summary(report)
