@@ -163,6 +163,18 @@ def check_single_geo_stack(ctx: Context) -> dict:
     return {"loaded": sorted(geo_libraries())}
 
 
+def check_outputs_complete(ctx: Context) -> dict:
+    """Every file the tools left in the outputs folder is whole: no empty reserved name remains."""
+    from osgeo import gdal
+
+    files = sorted(p for p in ctx.default_outputs.glob("*") if p.is_file())
+    empty = [p.name for p in files if p.stat().st_size == 0]
+    ensure(not empty, f"empty files left in {ctx.default_outputs}: {empty}")
+    bad = [p.name for p in files if p.suffix == ".tif" and gdal.Open(str(p)) is None]
+    ensure(not bad, f"GeoTIFFs GDAL cannot open in {ctx.default_outputs}: {bad}")
+    return {"files": len(files)}
+
+
 def check_selftest_crash(ctx: Context) -> dict:
     """Crash QGIS on purpose in a task thread, as the GEOS clash did: tests the crash report."""
     import ctypes
@@ -180,6 +192,7 @@ def all_checks() -> list:
     if os.environ.get("UNIGEO_APP_SELFTEST") == "crash":
         checks.append(("selftest_crash", check_selftest_crash))
     checks += gui_checks.CHECKS + processing_checks.CHECKS
+    checks += [("outputs_complete", check_outputs_complete)]
     checks += [("single_geo_stack", check_single_geo_stack)]
     only = [n for n in os.environ.get("UNIGEO_APP_ONLY", "").split(",") if n]
     keep = {*only, "plugin_loaded", "selftest_crash"}
