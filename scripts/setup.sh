@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 STAMP="$VENV/.unigeo-setup-stamp"
-APT_PACKAGES="python3-qgis python3-gdal qgis-providers xvfb python3-venv python3-pip"
+# qgis: the application itself, and unzip: tests/qgis_app installs the plugin zip and starts
+# QGIS under Xvfb (with gdb installed too, a crash there also comes with a native backtrace);
+# python3-gdal: GDAL's own bindings, the engine's geo stack (docs/QGIS_LIBRARIES.md)
+APT_PACKAGES="qgis python3-qgis python3-gdal qgis-providers xvfb python3-venv python3-pip unzip"
 # Debian ships older copies of these in /usr/lib/python3/dist-packages; the venv sees them through
 # --system-site-packages and pip would otherwise keep the stale ones (affine broke rasterio).
 SHADOWED="affine numpy attrs click cligj certifi pyparsing packaging"

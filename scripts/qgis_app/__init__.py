@@ -1,0 +1,1 @@
+"""The real-QGIS check of UniGeo: code that runs inside ``qgis --code`` (scripts/qgis_app_check.py)."""
