@@ -125,10 +125,10 @@ def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
 
 def class_names(path: Path) -> list[str]:
     """Class names of a UniGeo class raster, from its band tags ``CLASS_<i>``."""
-    import rasterio
+    from osgeo import gdal
 
-    with rasterio.open(path) as ds:
-        tags = ds.tags(1)
+    ds = gdal.Open(str(path))
+    tags = ds.GetRasterBand(1).GetMetadata() if ds is not None else {}
     keys = sorted((k for k in tags if k.startswith("CLASS_")), key=lambda k: int(k.split("_")[1]))
     return [tags[k] for k in keys]
 
