@@ -10,7 +10,8 @@ import pytest
 from scripts.plugin_loader import load_plugin_package
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# a git worktree elsewhere points here with UNIGEO_SHARED_DATA=/path/to/shared/data
+SHARED_DATA = Path(os.environ.get("UNIGEO_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
