@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,12 +55,24 @@ __all__ = [
     "GdalReader",
     "canonical_band",
     "choose_grid_crs",
+    "close_all_readers",
     "grid_for_raster",
     "raster_gsd_m",
     "resolve_bands",
 ]
 
 _REOPEN_PIXELS = 64 * 256 * 256  # pixels a thread reads before reopening its datasets
+_LIVE: weakref.WeakSet[GdalReader] = weakref.WeakSet()  # for close_all_readers
+
+
+def close_all_readers() -> None:
+    """Close the GDAL datasets of every live :class:`GdalReader` (they stay usable).
+
+    A host that shuts GDAL down while Python keeps running (QGIS's ``exitQgis`` in a script or
+    a test session) calls this first: a GDAL dataset freed after that crashes the process.
+    """
+    for reader in list(_LIVE):
+        reader.close()
 
 
 class RasterReader(Protocol):
@@ -146,6 +159,7 @@ class GdalReader:
         # per-thread datasets (GDAL handles are not safe to share): dropping this object
         # drops every thread's handles at once, and GDAL closes each when no read holds it
         self._local = threading.local()
+        _LIVE.add(self)
 
     def _describe(self, ds: Any) -> None:
         """The raster's CRS, extent, pixel size, bands and data type, from the open ``ds``."""
@@ -309,7 +323,10 @@ class GdalReader:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
     def close(self) -> None:
-        """Drop every dataset opened by any thread (GDAL closes each once no read holds it)."""
+        """Close every dataset any thread opened (each once no read in flight holds it).
+
+        The reader stays usable: a later read reopens what it needs.
+        """
         self._local = threading.local()
 
     def __enter__(self) -> GdalReader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +17,7 @@ from engine.grid import TileGrid
 from engine.raster_io import (
     GdalReader,
     choose_grid_crs,
+    close_all_readers,
     grid_for_raster,
     raster_gsd_m,
     resolve_bands,
@@ -221,6 +223,21 @@ def test_threads_read_the_same_pixels(geo_tif):
             parallel = list(pool.map(read, cells))
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_close_all_readers_closes_every_thread_s_datasets(utm_tif, geo_tif):
+    """What a host calls before it shuts GDAL down; the readers stay usable afterwards."""
+    box = utm_region_box(1, 2)
+    native, warped = GdalReader(utm_tif), GdalReader(geo_tif)
+    want = native.read_tile(box, UTM_CRS, 1.0, 16, RGBN)
+    warped.read_tile(box, UTM_CRS, 1.0, 16, RGB)
+    with ThreadPoolExecutor(2) as pool:  # datasets opened on other threads too
+        list(pool.map(lambda _: native.read_tile(box, UTM_CRS, 1.0, 16, RGBN), range(4)))
+    held = [weakref.ref(d) for r in (native, warped) for d in r._local.cache.values()]
+    assert len(held) == 2  # the native path's file, the warper's VRT
+    close_all_readers()
+    assert all(ref() is None for ref in held)  # freed, so GDAL has closed them
+    np.testing.assert_array_equal(native.read_tile(box, UTM_CRS, 1.0, 16, RGBN), want)
 
 
 def test_grid_for_raster(utm_tif, geo_tif):
