@@ -36,7 +36,7 @@ from engine.contract import Modality  # noqa: E402
 from engine.distributed import embed_distributed  # noqa: E402
 from engine.embed import embed_raster  # noqa: E402
 from engine.model import UniGeoModel  # noqa: E402
-from engine.raster_io import RasterioReader, grid_for_raster  # noqa: E402
+from engine.raster_io import GdalReader, grid_for_raster  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
 NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"
@@ -90,7 +90,7 @@ def _km2(grid: Any) -> float:
 def _single(model: UniGeoModel, raster: Path, grid: Any, work: Path, bt: int) -> float:
     out = work / "single.store"
     shutil.rmtree(out, ignore_errors=True)
-    with RasterioReader(raster) as reader:
+    with GdalReader(raster) as reader:
         t0 = time.perf_counter()
         embed_raster(model, reader, grid, out, block_tiles=bt, resume=False)
         return time.perf_counter() - t0
@@ -112,7 +112,7 @@ def bench_scene(raster: Path, work: Path, workers: list[int], repeats: int, bt: 
 
     cores = os.cpu_count() or 1
     model = UniGeoModel.load(DEFAULT_BUNDLE, threads=cores)
-    with RasterioReader(raster) as reader:
+    with GdalReader(raster) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
     km2, n = _km2(grid), grid.n_tiles
     _single(model, raster, grid, work, bt)  # warm-up

@@ -29,7 +29,7 @@ except ImportError:  # run as a script
 from engine.contract import Modality
 from engine.embed import _read_batch, embed_raster
 from engine.model import UniGeoModel
-from engine.raster_io import RasterioReader, grid_for_raster
+from engine.raster_io import GdalReader, grid_for_raster
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
 NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"
@@ -85,7 +85,7 @@ class TileOnlyReader:
     """
 
     def __init__(self, path: Path) -> None:
-        self._r = RasterioReader(path, fast=False)
+        self._r = GdalReader(path, fast=False)
 
     def __getattr__(self, name: str) -> Any:
         if name == "read_window":
@@ -109,12 +109,12 @@ def bench_raster(
     """
     spec = model.spec(Modality.AERIAL)
     bands = spec.preprocess.bands
-    with RasterioReader(raster) as reader:
+    with GdalReader(raster) as reader:
         grid = grid_for_raster(reader, spec.preprocess)
         chips = preload_chips(reader, grid, bands)
 
     def read() -> None:
-        with RasterioReader(raster) as fresh:
+        with GdalReader(raster) as fresh:
             preload_chips(fresh, grid, bands)
 
     t_read = time_fn(read, 0, 1)
@@ -123,14 +123,14 @@ def bench_raster(
     store_path = workdir / "store"
     meta: dict[str, Any] = {}
 
-    def e2e(make: Any = RasterioReader, n: int | None = workers) -> None:
+    def e2e(make: Any = GdalReader, n: int | None = workers) -> None:
         shutil.rmtree(store_path, ignore_errors=True)
         rd = make(raster)
         st = embed_raster(
             model, rd, grid, store_path, batch_size=batch_size, workers=n, resume=False
         )
         rd.close()
-        if make is RasterioReader:  # the figures (readers chosen, io wait) of the new path
+        if make is GdalReader:  # the figures (readers chosen, io wait) of the new path
             meta.update(st.meta)
 
     def infer() -> None:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.contract import EncoderSpec, Modality, Preprocess  # noqa: E402
 from engine.embed import embed_raster  # noqa: E402
-from engine.raster_io import RasterioReader, grid_for_raster  # noqa: E402
+from engine.raster_io import GdalReader, grid_for_raster  # noqa: E402
 
 BANDS = ("red", "green", "blue")
 
@@ -119,7 +119,7 @@ def main() -> None:
     store_path = args.workdir / "store"
     shutil.rmtree(store_path, ignore_errors=True)
     t0 = time.perf_counter()
-    with RasterioReader(tif) as reader:
+    with GdalReader(tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         store = embed_raster(
             model, reader, grid, store_path, workers=args.workers or None, resume=False

@@ -138,14 +138,14 @@ def _e2e_profile() -> list[dict[str, Any]]:
 
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import RasterioReader, grid_for_raster
+    from engine.raster_io import GdalReader, grid_for_raster
 
     model = UniGeoModel.load(embed_e2e.DEFAULT_BUNDLE, providers="cpu", threads=2)
     src = embed_e2e.NAIP
     with tempfile.TemporaryDirectory(prefix="unigeo-bench-prof-") as tmp:
         if not src.is_file():
             src = embed_e2e.mosaic_raster(None, Path(tmp) / "gen.tif", 1)
-        with RasterioReader(src) as reader:
+        with GdalReader(src) as reader:
             grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
             store = Path(tmp) / "store"
             embed_raster(model, reader, grid, store, resume=False)  # warm-up

@@ -1,9 +1,9 @@
 """UniGeo engine: runs the five ONNX encoders, tiles rasters, stores embeddings, answers queries.
 
-It depends on numpy, onnxruntime, tokenizers and GDAL's own Python bindings (``osgeo``: rasters,
-vectors, CRSs, geometry) only; never on torch or qgis (a test enforces this), nor on wheels that
-bundle their own GDAL, PROJ or GEOS (they clash with the libraries QGIS loads). Imports inside the package are relative, so the same code works
-as the top-level ``engine`` package and as ``<plugin>.engine`` inside QGIS.
+It depends on numpy, onnxruntime, tokenizers and GDAL's own Python bindings (``osgeo``, the ones
+QGIS ships) for everything geographic; never on torch or qgis (a test enforces this). Imports
+inside the package are relative, so the same code works as the top-level ``engine`` package and
+as ``<plugin>.engine`` inside QGIS.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Band naming and resolution: which bands of a raster feed which of the model's bands.
 
-Shared by every raster reader (the rasterio one in :mod:`.raster_io` and the plugin's QGIS-layer
+Shared by every raster reader (the GDAL one in :mod:`.raster_io` and the plugin's QGIS-layer
 reader), so a raster's bands are matched the same way whichever reader opens it.
 """
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import RasterInputError
+from .gdal_errors import osgeo
 
 _ALIASES = {
     "red": ("red", "r"),
@@ -112,30 +113,33 @@ def _how(bands: Sequence[int]) -> str:
     )
 
 
-def alpha_bands(src: Any) -> tuple[int, ...]:
-    """1-based numbers of the bands of an open rasterio dataset ``src`` that are masks."""
-    from rasterio.enums import ColorInterp
+def _bands(ds: Any) -> list[Any]:
+    return [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
 
+
+def alpha_bands(ds: Any) -> tuple[int, ...]:
+    """1-based numbers of the bands of an open ``gdal.Dataset`` ``ds`` that are masks."""
+    gdal = osgeo()[0]
     # an alpha colour interpretation on a band described as e.g. "nir" is a writer's
     # default (GDAL tags the 4th band of any RGB-like uint8 file alpha), not a mask
     return tuple(
         i + 1
-        for i, (c, d) in enumerate(zip(src.colorinterp, src.descriptions, strict=True))
-        if c == ColorInterp.alpha and canonical_band(d or "alpha") == "alpha"
+        for i, b in enumerate(_bands(ds))
+        if b.GetColorInterpretation() == gdal.GCI_AlphaBand
+        and canonical_band(b.GetDescription() or "alpha") == "alpha"
     )
 
 
-def band_names(src: Any) -> tuple[str, ...]:
-    """One name per band of an open rasterio dataset: description, else colour, else ``bandN``."""
+def band_names(ds: Any) -> tuple[str, ...]:
+    """One name per band of an open ``gdal.Dataset``: description, else colour, else ``bandN``."""
+    gdal = osgeo()[0]
+    colours = {
+        gdal.GCI_RedBand: "red",
+        gdal.GCI_GreenBand: "green",
+        gdal.GCI_BlueBand: "blue",
+        gdal.GCI_AlphaBand: "alpha",
+    }
     return tuple(
-        _band_name(i, d, c)
-        for i, (d, c) in enumerate(zip(src.descriptions, src.colorinterp, strict=False))
+        b.GetDescription() or colours.get(b.GetColorInterpretation(), f"band{i + 1}")
+        for i, b in enumerate(_bands(ds))
     )
-
-
-def _band_name(i: int, description: str | None, colorinterp: Any) -> str:
-    if description:
-        return description
-    if colorinterp.name in ("red", "green", "blue", "alpha"):
-        return colorinterp.name
-    return f"band{i + 1}"

@@ -294,22 +294,37 @@ def embed_raster(
         if progress:
             progress(1.0)
         return done
-    # one probe read fails fast (bands, CRS) before anything is written
-    reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
-    info = dict(meta or {}, modality=modality.value, max_nodata=max_nodata)
-    info.update(model_name=spec.model_name, model_version=spec.model_version)
-    info.update(bands=list(bands), scaling=reader.scaling)
-    store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
     try:
-        pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)
-        stats = _run(pipe, workers or reader_threads(model), progress, is_canceled)
-        store.update_meta(**stats)
-        final = store.finalize()
+        # one probe read fails fast (bands, CRS) before anything is written
+        reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
+        info = dict(meta or {}, modality=modality.value, max_nodata=max_nodata)
+        info.update(model_name=spec.model_name, model_version=spec.model_version)
+        info.update(bands=list(bands), scaling=reader.scaling)
+        store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
+        try:
+            pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)
+            stats = _run(pipe, workers or reader_threads(model), progress, is_canceled)
+            store.update_meta(**stats)
+            final = store.finalize()
+        finally:
+            store.close()
     finally:
-        store.close()
+        _release(reader)
     if progress:
         progress(1.0)
     return final
+
+
+def _release(reader: RasterReader) -> None:
+    """Close the GDAL datasets ``reader`` holds (it reopens them if it is used again).
+
+    Now, not whenever the reader is collected: an exception's traceback can keep the reader
+    alive until after the host application (QGIS's ``exitQgis``) has shut GDAL down, and a
+    dataset closed after that crashes the process.
+    """
+    close = getattr(reader, "close", None)
+    if callable(close):
+        close()
 
 
 def reader_threads(model: TileEncoder, cores: int | None = None) -> int:

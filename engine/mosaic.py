@@ -1,7 +1,7 @@
 """Several rasters read as one: ``MosaicReader``, STAC-like collections and their tile grid.
 
 A mosaic is a list of rasters, possibly in different CRSs (a national orthophoto delivered per
-UTM zone, a STAC search result). Each member is a :class:`~.raster_io.RasterioReader`, so every
+UTM zone, a STAC search result). Each member is a :class:`~.raster_io.GdalReader`, so every
 tile is warped onto the grid by the same code as a single raster. A tile is filled from the
 members in order: pixels that are no data (NaN) in one member are taken from the next one
 (first valid wins). :class:`SourceSpec` is the small picklable description of the inputs that a
@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from . import crs as crs_mod
 from .contract import Preprocess
-from .errors import RasterInputError
+from .errors import InputError, RasterInputError
 from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
-from .raster_io import RasterioReader, RasterReader, choose_grid_crs, grid_for_raster, raster_gsd_m
+from .raster_io import GdalReader, RasterReader, choose_grid_crs, grid_for_raster, raster_gsd_m
 
 ASSET_KEYS = ("image", "visual", "data")
 _COLLECTION_SUFFIXES = (".json", ".geojson")
@@ -86,7 +87,7 @@ class SourceSpec:
     Attributes:
         paths: the raster files, in priority order (first valid pixel wins).
         bands: explicit 1-based band numbers in the model's order (None: match by name).
-        scale: ``"dtype"``, ``"percentile"`` or a number (see RasterioReader).
+        scale: ``"dtype"``, ``"percentile"`` or a number (see GdalReader).
         nodata: value that marks no data, overriding the files' own.
         resampling: GDAL resampling name.
     """
@@ -98,10 +99,10 @@ class SourceSpec:
     resampling: str = "bilinear"
 
     def open(self) -> RasterReader:
-        """A RasterioReader for one file (a ``.vrt`` included), else a MosaicReader."""
+        """A GdalReader for one file (a ``.vrt`` included), else a MosaicReader."""
         kw = dict(bands=self.bands, scale=self.scale, nodata=self.nodata)
         if len(self.paths) == 1:
-            return RasterioReader(self.paths[0], resampling=self.resampling, **kw)
+            return GdalReader(self.paths[0], resampling=self.resampling, **kw)
         return MosaicReader(self.paths, resampling=self.resampling, **kw)
 
 
@@ -138,7 +139,7 @@ class MosaicReader:
 
     Args:
         paths_or_collection: raster paths, or one STAC-like JSON collection file.
-        bands, scale, nodata, resampling: passed to every member's RasterioReader.
+        bands, scale, nodata, resampling: passed to every member's GdalReader.
         asset: asset key for a collection (default: image, visual or data).
 
     ``crs``, ``res`` and the band layout are the first member's; ``bounds`` is the union of the
@@ -155,13 +156,11 @@ class MosaicReader:
         asset: str | None = None,
     ) -> None:
         spec = source_spec(paths_or_collection, asset, bands, scale, nodata, resampling)
-        self.members: list[RasterioReader] = []
+        self.members: list[GdalReader] = []
         try:
             for p in spec.paths:
                 self.members.append(
-                    RasterioReader(
-                        p, bands=bands, scale=scale, nodata=nodata, resampling=resampling
-                    )
+                    GdalReader(p, bands=bands, scale=scale, nodata=nodata, resampling=resampling)
                 )
             self._check_layout()
         except RasterInputError:
@@ -188,10 +187,8 @@ class MosaicReader:
                 )
 
     @staticmethod
-    def _in_crs(member: RasterioReader, crs: str) -> Bounds:
-        from rasterio.warp import transform_bounds
-
-        return tuple(transform_bounds(member.crs, crs, *member.bounds, densify_pts=21))
+    def _in_crs(member: Any, crs: str) -> Bounds:
+        return _box_in(member, crs)
 
     def member_boxes(self, grid_crs: str) -> list[Bounds]:
         """Each member's bounds in ``grid_crs`` (cached: the cheap test before any read)."""
@@ -240,6 +237,14 @@ class MosaicReader:
         self.close()
 
 
+def _box_in(member: Any, crs: str) -> Bounds:
+    """``member``'s bounds in ``crs``; NaNs when they have no position there (never overlaps)."""
+    try:
+        return crs_mod.transform_bounds(member.crs, crs, member.bounds, 21)
+    except InputError:
+        return (math.nan,) * 4
+
+
 def _overlaps(a: Bounds, b: Bounds) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
@@ -272,16 +277,14 @@ def grid_for_sources(
     first member, and the GSD the encoder's (or the first member's own). ``extent`` is in
     ``extent_crs`` (default: the grid CRS) and is clipped to the union.
     """
-    from rasterio.warp import transform_bounds
-
     members: list[Any] = list(getattr(reader, "members", [reader]))
     if grid_crs is None and len(members) == 1:
         return grid_for_raster(reader, preprocess, stride_px, extent, extent_crs, max_tiles)
     crs = grid_crs or choose_grid_crs(members[0])
     gsd = preprocess.gsd_m if preprocess.gsd_m > 0 else raster_gsd_m(members[0], crs)
-    box = _union([tuple(transform_bounds(m.crs, crs, *m.bounds, densify_pts=21)) for m in members])
+    box = _union([_box_in(m, crs) for m in members])
     if extent is not None:
-        e = transform_bounds(extent_crs or crs, crs, *extent, densify_pts=21)
+        e = crs_mod.transform_bounds(extent_crs or crs, crs, extent, 21)
         box = (max(e[0], box[0]), max(e[1], box[1]), min(e[2], box[2]), min(e[3], box[3]))
         if not (box[2] > box[0] and box[3] > box[1]):
             raise RasterInputError(f"the extent {tuple(extent)} does not overlap the rasters")

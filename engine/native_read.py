@@ -4,7 +4,7 @@ When a file is in the grid CRS at the grid's pixel size, a tile is a plain windo
 possibly shifted by a constant sub-pixel offset. :func:`_native_read` copies it (lattices
 aligned) or redoes GDAL's bilinear / nearest arithmetic in numpy, including its no-data rules,
 so the result equals the warper's (bitwise on every raster tested) at a fraction of its cost.
-Used by :class:`engine.raster_io.RasterioReader`; private to the engine.
+Used by :class:`engine.raster_io.GdalReader`; private to the engine.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .gdal_errors import osgeo
 from .grid import Bounds
+from .warped_read import read_pixels
 
 
 class _Native(NamedTuple):
-    """A lattice read straight from the file: see :meth:`RasterioReader._native_plan`."""
+    """A lattice read straight from the file: see :meth:`GdalReader._native_plan`."""
 
     px: float  # a lattice point (px, py) in the grid CRS
     py: float
@@ -50,24 +52,34 @@ def _pixels(bounds: Bounds, gsd: float) -> tuple[float, float]:
     return tuple(float(round(v)) if abs(v - round(v)) < 1e-6 else v for v in (h, w))
 
 
-def _native_source(src: Any, alpha: tuple[int, ...], nodata: float | None) -> dict[str, Any]:
-    """What a native read needs to know about the file; ``masks`` None: always warp.
+def _native_source(
+    ds: Any, alpha: tuple[int, ...], nodata: float | None, dtype: np.dtype
+) -> dict[str, Any]:
+    """What a native read needs to know about the open ``gdal.Dataset``; ``masks`` None: warp.
 
     Only no-data values are replicated: alpha bands and mask bands (GDAL weighs them as
     densities) and float files without a no-data value are left to GDAL's warper.
     """
-    from rasterio.enums import ColorInterp, MaskFlags
-
-    info = {"crs": src.crs, "transform": src.transform, "shape": (src.height, src.width)}
-    flags = {tuple(f) for f in src.mask_flag_enums}
+    gdal = osgeo()[0]
+    bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
+    info = {
+        "wkt": ds.GetProjection(),
+        "gt": tuple(ds.GetGeoTransform()),
+        "shape": (ds.RasterYSize, ds.RasterXSize),
+        "count": ds.RasterCount,
+        "dtype": dtype,
+    }
+    flags = {b.GetMaskFlags() for b in bands}
+    values = [b.GetNoDataValue() for b in bands]
+    interp = {b.GetColorInterpretation() for b in bands}
     masks: tuple | None = None
-    if alpha or ColorInterp.alpha in src.colorinterp or len(flags) != 1:
+    if alpha or gdal.GCI_AlphaBand in interp or len(flags) != 1:
         pass
-    elif nodata is not None and flags <= {(MaskFlags.all_valid,), (MaskFlags.nodata,)}:
-        masks = (float(nodata),) * src.count
-    elif flags == {(MaskFlags.nodata,)} and None not in src.nodatavals:
-        masks = tuple(float(v) for v in src.nodatavals)
-    elif flags == {(MaskFlags.all_valid,)} and np.dtype(src.dtypes[0]).kind in "ui":
+    elif nodata is not None and flags <= {gdal.GMF_ALL_VALID, gdal.GMF_NODATA}:
+        masks = (float(nodata),) * ds.RasterCount
+    elif flags == {gdal.GMF_NODATA} and None not in values:
+        masks = tuple(float(v) for v in values)
+    elif flags == {gdal.GMF_ALL_VALID} and dtype.kind in "ui":
         masks = ()
     info["masks"] = masks
     return info
@@ -79,22 +91,21 @@ def _source_block(
     """All bands' raw values ``[count, h, w]`` from source pixel (row, col), and where valid.
 
     Pixels outside the file are invalid, and so are those where every band holds its no-data
-    value (GDAL's warper default, UNIFIED_SRC_NODATA=PARTIAL).
-    """
-    from rasterio.windows import Window
+    value (GDAL's warper with UNIFIED_SRC_NODATA).
 
+    Raises:
+        ReadFailure: GDAL failed to read the file there.
+    """
     sh, sw = source["shape"]
     r0, r1, c0, c1 = max(row, 0), min(row + h, sh), max(col, 0), min(col + w, sw)
-    raw = np.zeros((src.count, h, w), dtype=src.dtypes[0])
+    raw = np.zeros((source["count"], h, w), dtype=source["dtype"])
     valid = np.zeros((h, w), dtype=bool)
     if r1 <= r0 or c1 <= c0:
         return raw, valid
     inner = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
-    data = src.read(window=Window(c0, r0, c1 - c0, r1 - r0))
-    if data.shape == raw.shape:  # inside the file: no padding copy
-        raw = data
-    else:
-        raw[(slice(None), *inner)] = data
+    bands = range(1, source["count"] + 1)
+    # straight into the padded block: no second copy when the window crosses the file's edge
+    data = read_pixels(src, (c0, r0, c1 - c0, r1 - r0), raw[(slice(None), *inner)], bands)
     ok = np.ones(data.shape[1:], dtype=bool)
     if source["masks"]:
         nd = np.ones_like(ok)
@@ -114,7 +125,7 @@ def _native_read(
     h: int,
     w: int,
     plan: _Native,
-    resampling: Any,
+    resampling: str,
 ) -> np.ndarray:
     """Float32 ``[len(idx), h, w]`` raw values, NaN = no data, as GDAL's warper computes them.
 
@@ -132,7 +143,7 @@ def _native_read(
     raw, valid = _source_block(src, source, row, col, h + 1, w + 1)
     ay, ax = int(plan.fy >= 0.5), int(plan.fx >= 0.5)
     ok = valid[ay : ay + h, ax : ax + w]
-    if resampling.name == "nearest":
+    if resampling == "nearest":
         out = raw[b, ay : ay + h, ax : ax + w].astype(np.float32)
     else:
         out = _bilinear(raw[b], valid, ok, plan.fx, plan.fy)

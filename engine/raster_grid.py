@@ -8,9 +8,11 @@ Works on any :class:`~.raster_io.RasterReader` (a file, a mosaic, a QGIS layer).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import crs as crs_mod
 from .contract import Preprocess
+from .crs import WGS84
 from .errors import RasterInputError
 from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
 
@@ -20,42 +22,31 @@ if TYPE_CHECKING:  # raster_io re-exports this module's names: a runtime import 
 
 def choose_grid_crs(reader: RasterReader) -> str:
     """The raster's CRS when it is projected in metres, else the UTM zone of its centre."""
-    from pyproj import CRS, Transformer
-
-    crs = CRS.from_wkt(reader.crs)
     x0, y0, x1, y1 = reader.bounds
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_ll.transform((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+    lon, lat = crs_mod.transform_xy([(x0 + x1) / 2.0], [(y0 + y1) / 2.0], reader.crs, WGS84)
+    lon, lat = float(lon[0]), float(lat[0])
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise RasterInputError("cannot locate the raster's centre on the globe to pick a UTM zone")
-    if crs.is_projected and crs.axis_info and crs.axis_info[0].unit_name in ("metre", "meter"):
+    if crs_mod.is_projected(reader.crs) and crs_mod.linear_unit_m(reader.crs) == 1.0:
         # A "metre" CRS is only a true-scale grid when its scale factor is ~1 here: Web Mercator
         # (XYZ/WMS layers) is 1/cos(lat) off, so such rasters are tiled in their UTM zone instead.
-        if _true_scale(crs, lon, lat):
-            code = crs.to_epsg(min_confidence=100)
+        if _true_scale(reader.crs, lon, lat):
+            code = crs_mod.epsg_code(reader.crs)
             return f"EPSG:{code}" if code else reader.crs
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
-def _true_scale(crs: Any, lon: float, lat: float, tolerance: float = 0.01) -> bool:
-    """Whether ``crs`` (a pyproj CRS) scales distances by 1 within ``tolerance`` at lon/lat."""
-    from pyproj import Proj
-
-    try:
-        f = Proj(crs).get_factors(lon, lat)
-    except Exception:  # noqa: BLE001 - pyproj raises several types for odd CRSs; assume true scale
-        return True
-    scale = max(abs(f.meridional_scale - 1.0), abs(f.parallel_scale - 1.0))
+def _true_scale(crs: str, lon: float, lat: float, tolerance: float = 0.01) -> bool:
+    """Whether ``crs`` scales distances by 1 within ``tolerance`` at lon/lat (unknown: True)."""
+    scale = crs_mod.scale_error(crs, lon, lat)
     return not math.isfinite(scale) or scale <= tolerance
 
 
 def raster_gsd_m(reader: RasterReader, grid_crs: str) -> float:
     """The raster's own pixel size expressed in the grid CRS (metres), rounded to 4 digits."""
-    from rasterio.warp import transform_bounds
-
     x0, y0, x1, y1 = reader.bounds
-    gx0, gy0, gx1, gy1 = transform_bounds(reader.crs, grid_crs, x0, y0, x1, y1, densify_pts=21)
+    gx0, gy0, gx1, gy1 = crs_mod.transform_bounds(reader.crs, grid_crs, reader.bounds, 21)
     nx, ny = (x1 - x0) / reader.res[0], (y1 - y0) / reader.res[1]
     gsd = min((gx1 - gx0) / nx, (gy1 - gy0) / ny)
     if not (gsd > 0 and math.isfinite(gsd)):
@@ -81,14 +72,12 @@ def grid_for_raster(
         extent_crs: CRS of ``extent`` (default: the raster's CRS).
         max_tiles: refuse grids with more tiles than this.
     """
-    from rasterio.warp import transform_bounds
-
     crs = choose_grid_crs(reader)
     gsd = preprocess.gsd_m if preprocess.gsd_m > 0 else raster_gsd_m(reader, crs)
-    full = transform_bounds(reader.crs, crs, *reader.bounds, densify_pts=21)
+    full = crs_mod.transform_bounds(reader.crs, crs, reader.bounds, 21)
     box = full
     if extent is not None:
-        e = transform_bounds(extent_crs or reader.crs, crs, *extent, densify_pts=21)
+        e = crs_mod.transform_bounds(extent_crs or reader.crs, crs, extent, 21)
         box = (max(e[0], full[0]), max(e[1], full[1]), min(e[2], full[2]), min(e[3], full[3]))
         if not (box[2] > box[0] and box[3] > box[1]):
             raise RasterInputError(

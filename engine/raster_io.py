@@ -1,60 +1,85 @@
-"""Raster input: the small reader protocol and its rasterio implementation.
+"""Raster input: the small reader protocol and its implementation over GDAL's own bindings.
 
 A reader hands out chips of a raster, resampled onto the tile grid: ``read_tile`` returns
 float32 ``[C, size, size]`` scaled to [0, 1] (or metres for a DSM read with ``scale=1.0``), NaN
 where the source has no data or does not reach; ``read_window`` returns a block of neighbouring
-tiles in one read. Reads are windowed through a ``rasterio.vrt.WarpedVRT`` in the grid CRS at
-the grid GSD, so a chip costs the pixels of its own window and never a whole raster. The VRT's
-pixel lattice is snapped to the tile lattice, so every tile is an integer window, read the same
-way whatever extent it belongs to (extent invariance). When the file already is in the grid CRS
-at the grid GSD, the warper is skipped: pixels are copied (lattices aligned) or shifted by a
-constant sub-pixel offset with GDAL's own bilinear arithmetic, several times faster and equal to
-the warper's output (bitwise on every raster tested).
+tiles in one read. Reads are windowed through a warped VRT in the grid CRS at the grid GSD, so a
+chip costs the pixels of its own window and never a whole raster. The VRT's pixel lattice is
+snapped to the tile lattice, so every tile is an integer window, read the same way whatever
+extent it belongs to (extent invariance). When the file already is in the grid CRS at the grid
+GSD, the warper is skipped: pixels are copied (lattices aligned) or shifted by a constant
+sub-pixel offset with GDAL's own bilinear arithmetic, several times faster and equal to the
+warper's output (bitwise on every raster tested, except a shift of exactly half a pixel, where the
+warper's own float rounding decides which neighbour a nearest sample or an edge pixel takes).
 
 Band naming (:mod:`.bands`), value scaling (:mod:`.raster_scaling`), the two read paths
 (:mod:`.warped_read`, :mod:`.native_read`) and grid choice (:mod:`.raster_grid`) live beside it;
-the names other code imports from here are re-exported.
+the names other code imports from here are re-exported. Everything goes through ``osgeo.gdal``,
+so inside QGIS the engine reads with the very GDAL/PROJ the application loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from . import crs as crs_mod
 from .bands import alpha_bands, band_names, canonical_band, resolve_bands
 from .errors import RasterInputError
+from .gdal_errors import gdal_errors
 from .grid import Bounds
 from .native_read import _Native, _native_read, _native_source, _phase, _pixels, _split
 from .raster_grid import choose_grid_crs, grid_for_raster, raster_gsd_m
 from .raster_scaling import apply_scaling, scaling_for
-from .warped_read import open_warped_vrt, read_warped
+from .raster_source import (
+    affine,
+    band_dtype,
+    bounds_of,
+    check_source,
+    file_ident,
+    open_raster,
+    pixel_size,
+)
+from .warped_read import ReadFailure, open_warped_vrt, read_warped, source_of
+from .warped_read import resampling as resampling_method
 
 __all__ = [
     "RasterReader",
-    "RasterioReader",
+    "GdalReader",
     "canonical_band",
     "choose_grid_crs",
+    "close_all_readers",
     "grid_for_raster",
     "raster_gsd_m",
     "resolve_bands",
 ]
 
 _REOPEN_PIXELS = 64 * 256 * 256  # pixels a thread reads before reopening its datasets
+_LIVE: weakref.WeakSet[GdalReader] = weakref.WeakSet()  # for close_all_readers
+
+
+def close_all_readers() -> None:
+    """Close the GDAL datasets of every live :class:`GdalReader` (they stay usable).
+
+    A host that shuts GDAL down while Python keeps running (QGIS's ``exitQgis`` in a script or
+    a test session) calls this first: a GDAL dataset freed after that crashes the process.
+    """
+    for reader in list(_LIVE):
+        reader.close()
 
 
 class RasterReader(Protocol):
     """What the engine needs from a raster. The plugin implements it over a QGIS data provider.
 
     A reader may also offer ``read_window(bounds, grid_crs, gsd, bands)``: the pixels of a
-    block of neighbouring tiles at once (see :meth:`RasterioReader.read_window`); the embedding
+    block of neighbouring tiles at once (see :meth:`GdalReader.read_window`); the embedding
     pipeline uses it when present and ``read_tile`` otherwise.
 
     Attributes:
@@ -87,7 +112,7 @@ class RasterReader(Protocol):
         ...
 
 
-class RasterioReader:
+class GdalReader:
     """A :class:`RasterReader` over any file GDAL can open (GeoTIFF, VRT, JPEG2000, ...).
 
     Args:
@@ -117,30 +142,35 @@ class RasterioReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise RasterInputError(f"raster file {self.path} does not exist")
-        self._resampling = _resampling(resampling)
-        with _open_raster(self.path) as src:
-            _check_source(src, self.path.name)
-            self._describe(src)
+        self._resampling = resampling_method(resampling)
+        ds = open_raster(self.path)
+        with gdal_errors(f"reading {self.path.name}", error=RasterInputError):
+            check_source(ds, self.path.name)
+            self._describe(ds)
             self._explicit = self._check_explicit(bands)
             self._nodata = nodata
-            self._lo, self._span, self.scaling = scaling_for(src, scale, nodata, self.path.name)
-            self._ident = _file_ident(self.path, src)
-            self._source = _native_source(src, self._alpha, nodata)
+            self._lo, self._span, self.scaling = scaling_for(ds, scale, nodata, self.path.name)
+            self._ident = file_ident(self.path, ds)
+            self._source = _native_source(ds, self._alpha, nodata, np.dtype(self.dtype))
+            self._warp_source = source_of(self.path, ds)
+        del ds  # the last reference: GDAL closes the file
         self.fast = bool(fast)
         self._plans: dict[tuple, _Native | None] = {}
+        # per-thread datasets (GDAL handles are not safe to share): dropping this object
+        # drops every thread's handles at once, and GDAL closes each when no read holds it
         self._local = threading.local()
-        self._handles: list[Any] = []
-        self._lock = threading.Lock()
+        _LIVE.add(self)
 
-    def _describe(self, src: Any) -> None:
-        """The raster's CRS, extent, pixel size, bands and data type, from the open ``src``."""
-        self.crs: str = src.crs.to_wkt()
-        self.bounds: Bounds = tuple(src.bounds)
-        self.res: tuple[float, float] = (abs(src.res[0]), abs(src.res[1]))
-        self.band_count: int = src.count
-        self.dtype: str = src.dtypes[0]
-        self._alpha = alpha_bands(src)
-        self.band_names: tuple[str, ...] = band_names(src)
+    def _describe(self, ds: Any) -> None:
+        """The raster's CRS, extent, pixel size, bands and data type, from the open ``ds``."""
+        t = affine(ds)
+        self.crs: str = ds.GetProjection()
+        self.bounds: Bounds = bounds_of(t, ds.RasterXSize, ds.RasterYSize)
+        self.res: tuple[float, float] = pixel_size(t)
+        self.band_count: int = ds.RasterCount
+        self.dtype: str = band_dtype(ds)
+        self._alpha = alpha_bands(ds)
+        self.band_names: tuple[str, ...] = band_names(ds)
 
     # -- validation -------------------------------------------------------------------------
     def _check_explicit(self, bands: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -167,36 +197,22 @@ class RasterioReader:
         if cache is None or read > _REOPEN_PIXELS:
             # closing the datasets frees the GDAL blocks they cached: memory stays bounded
             # whatever the raster size and whatever GDAL_CACHEMAX the host application set
-            self._release(cache or {})
             cache, read = {}, cost
             self._local.cache = cache
         self._local.read = read
         return cache
 
     def _vrt(self, grid_crs: str, gsd: float, bounds: Bounds, cost: int) -> Any:
-        """This thread's WarpedVRT whose pixel lattice matches the tile lattice of ``bounds``."""
+        """This thread's warped VRT whose pixel lattice matches the tile lattice of ``bounds``."""
         key = (grid_crs, gsd, _phase(bounds, gsd))
         cache = self._datasets(cost)
         if key not in cache:
-            px, py = (p * gsd / 1e6 for p in key[2])
-            cache[key] = self._open_vrt(grid_crs, gsd, px, py)
+            phase = tuple(p * gsd / 1e6 for p in key[2])
+            cache[key] = open_warped_vrt(
+                self._warp_source, grid_crs, gsd, phase, self._alpha, self._nodata,
+                self._resampling,
+            )  # fmt: skip
         return cache[key]
-
-    def _release(self, cache: dict) -> None:
-        for ds in cache.values():
-            src = getattr(ds, "src_dataset", ds)
-            with self._lock:
-                self._handles = [h for h in self._handles if h is not ds and h is not src]
-            ds.close()
-            src.close()
-
-    def _open_vrt(self, grid_crs: str, gsd: float, px: float, py: float) -> Any:
-        vrt, src = open_warped_vrt(
-            self.path, grid_crs, gsd, (px, py), self._alpha, self._nodata, self._resampling
-        )
-        with self._lock:
-            self._handles += [vrt, src]
-        return vrt
 
     def _native_plan(self, grid_crs: str, gsd: float, bounds: Bounds) -> _Native | None:
         """How to read the lattice of ``bounds`` straight from the file, or None to warp.
@@ -211,23 +227,22 @@ class RasterioReader:
         return self._plans[key]
 
     def _make_plan(self, grid_crs: str, gsd: float, phase: tuple[int, int]) -> _Native | None:
-        from rasterio.crs import CRS
-
         s = self._source
-        t = s["transform"]
-        if s["masks"] is None or t.b != 0 or t.d != 0 or CRS.from_user_input(grid_crs) != s["crs"]:
+        c, a, b, f, d, e = s["gt"]
+        if s["masks"] is None or b != 0 or d != 0 or not crs_mod.same_crs(grid_crs, s["wkt"]):
             return None
-        if abs(t.a - gsd) > 1e-9 * gsd or abs(-t.e - gsd) > 1e-9 * gsd:
+        if abs(a - gsd) > 1e-9 * gsd or abs(-e - gsd) > 1e-9 * gsd:
             return None
         # source pixel coordinates of the lattice point (px, py): the same for every window
-        ax = (phase[0] * gsd / 1e6 - t.c) / gsd
-        ay = (t.f - phase[1] * gsd / 1e6) / gsd
+        ax = (phase[0] * gsd / 1e6 - c) / gsd
+        ay = (f - phase[1] * gsd / 1e6) / gsd
         ix, fx = _split(ax)
         iy, fy = _split(ay)
         shifted = fx != 0.0 or fy != 0.0
-        if shifted and self._resampling.name not in ("bilinear", "nearest"):
+        name = self._resampling.name
+        if shifted and name not in ("bilinear", "nearest"):
             return None
-        if not shifted and self._resampling.name not in ("bilinear", "nearest", "average"):
+        if not shifted and name not in ("bilinear", "nearest", "average"):
             return None
         return _Native(phase[0] * gsd / 1e6, phase[1] * gsd / 1e6, ix, iy, fx, fy)
 
@@ -265,45 +280,34 @@ class RasterioReader:
         plan = self._native_plan(grid_crs, gsd, bounds)
         if plan is None:
             return self._read_warped(bounds, grid_crs, gsd, idx, h, w)
-        src = self._datasets(h * w).get("src")
-        if src is None:
-            src = self._open_source()
+        cache = self._datasets(h * w)
+        if "src" not in cache:
+            cache["src"] = open_raster(self.path)
         # the window's top-left pixel in lattice steps from (px, py), then in source pixels
         col = round((bounds[0] - plan.px) / gsd) + plan.ix
         row = plan.iy - round((bounds[3] - plan.py) / gsd)
-        from rasterio.errors import RasterioIOError
-
         try:
-            return _native_read(src, self._source, idx, row, col, h, w, plan, self._resampling)
-        except RasterioIOError as e:
+            return _native_read(
+                cache["src"], self._source, idx, row, col, h, w, plan, self._resampling.name
+            )
+        except ReadFailure as e:
             raise self._read_error(bounds, e) from None
-
-    def _open_source(self) -> Any:
-        import rasterio
-
-        src = rasterio.open(self.path)
-        self._datasets(0)["src"] = src
-        with self._lock:
-            self._handles.append(src)
-        return src
 
     def _read_warped(
         self, bounds: Bounds, grid_crs: str, gsd: float, idx: list[int], h: int, w: int
     ) -> np.ndarray:
-        """Raw values of ``bounds`` through this thread's WarpedVRT, resampled to ``h`` x ``w``."""
-        from rasterio.errors import RasterioIOError
-
+        """Raw values of ``bounds`` through this thread's warped VRT, resampled to ``h`` x ``w``."""
         vrt = self._vrt(grid_crs, gsd, bounds, h * w)
         try:
             return read_warped(vrt, bounds, gsd, idx, h, w, self._resampling)
-        except RasterioIOError as e:
+        except ReadFailure as e:
             raise self._read_error(bounds, e) from None
 
     def _read_error(self, bounds: Bounds, e: Exception) -> RasterInputError:
         """A truncated or damaged file fails only when read: say where, and what to suspect."""
         return RasterInputError(
             f"{self.path.name} cannot be read at {tuple(round(v, 2) for v in bounds)} "
-            f"(truncated or corrupt file?): {e.__cause__ or e}"
+            f"(truncated or corrupt file?): {e}"
         )
 
     def _scale(self, out: np.ndarray, idx: list[int]) -> np.ndarray:
@@ -319,82 +323,14 @@ class RasterioReader:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
     def close(self) -> None:
-        """Close every dataset opened by any thread."""
-        with self._lock:
-            handles, self._handles = self._handles, []
-        for h in handles:
-            h.close()
+        """Close every dataset any thread opened (each once no read in flight holds it).
+
+        The reader stays usable: a later read reopens what it needs.
+        """
         self._local = threading.local()
 
-    def __enter__(self) -> RasterioReader:
+    def __enter__(self) -> GdalReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _resampling(name: str) -> Any:
-    """The ``rasterio.enums.Resampling`` called ``name``; RasterInputError if there is none."""
-    from rasterio.enums import Resampling
-
-    try:
-        return Resampling[name]
-    except KeyError:
-        raise RasterInputError(f"unknown resampling '{name}'") from None
-
-
-def _open_raster(path: Path) -> Any:
-    """``rasterio.open(path)``, with a readable error when GDAL cannot read the file."""
-    import rasterio
-
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterInputError(
-            f"{path.name} is not a raster GDAL can read (corrupt or another format): {e}"
-        ) from None
-
-
-def _check_source(src: Any, name: str) -> None:
-    """Refuse a raster the reader cannot place or scale: no CRS, no pixels, odd types, extent."""
-    if src.crs is None:
-        raise RasterInputError(
-            f"{name} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:xxxx) and retry"
-        )
-    if src.count < 1 or src.width < 1 or src.height < 1:
-        raise RasterInputError(f"{name} has no pixels ({src.width}x{src.height}x{src.count})")
-    kinds = {np.dtype(d).kind for d in src.dtypes}
-    if not kinds <= {"u", "i", "f"} or "complex" in src.dtypes[0]:
-        raise RasterInputError(
-            f"{name} has unsupported data type {src.dtypes[0]}; convert it to an integer or "
-            "float type (e.g. gdal_translate -ot Float32)"
-        )
-    _check_extent(src, name)
-
-
-def _check_extent(src: Any, name: str) -> None:
-    t = src.transform
-    x0, y0, x1, y1 = src.bounds
-    if abs(t.determinant) == 0 or not all(map(math.isfinite, (x0, y0, x1, y1))):
-        raise RasterInputError(f"{name} has a degenerate geotransform {tuple(t)[:6]}")
-    if not (x1 > x0 and y1 > y0):
-        raise RasterInputError(f"{name} has an empty extent {tuple(src.bounds)}")
-    if src.crs.is_geographic and (x0 < -180.0 - 1e-9 or x1 > 180.0 + 1e-9):
-        # GDAL's warper wraps longitudes into [-180, 180], so pixels past the antimeridian
-        # would silently read as no data
-        raise RasterInputError(
-            f"{name} extends past the antimeridian (longitudes {x0:g}..{x1:g}); reproject it "
-            "to a projected CRS (e.g. its UTM zone with gdalwarp -t_srs) or split it at 180°"
-        )
-
-
-def _file_ident(path: Path, src: Any) -> dict[str, Any]:
-    st = os.stat(path)
-    return {
-        "path": str(path.resolve()),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "crs": src.crs.to_wkt(),
-        "transform": list(src.transform)[:6],
-        "shape": [src.count, src.height, src.width],
-    }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RasterInputError
+from .gdal_errors import gdal_errors, osgeo
 
 PERCENTILES = (2.0, 98.0)
 STATS_MAX_SIDE = 1024  # long side of the decimated read that gives the percentile stretch
@@ -25,7 +26,7 @@ def scaling_for(
     """Per-band (offset, span) so that ``(raw - offset) / span`` is the model value.
 
     Args:
-        src: the open rasterio dataset.
+        src: the open ``gdal.Dataset``.
         scale: ``"dtype"`` (uint8 / 255, other types by percentile stretch), ``"percentile"`` or
             a positive number to divide by.
         nodata: value that marks no data, overriding the file's own (ignored by the stretch).
@@ -34,13 +35,13 @@ def scaling_for(
     Returns:
         ``(offset, span, description)``.
     """
-    n = src.count
+    n = src.RasterCount
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not (scale > 0 and math.isfinite(scale)):
             raise RasterInputError(f"scale must be a positive number, got {scale}")
         _decimated_valid(src, nodata, name)  # e.g. a DSM in metres: refuse one of only no data
         return np.zeros(n), np.full(n, float(scale)), f"divide:{float(scale):g}"
-    if scale == "dtype" and src.dtypes[0] == "uint8":
+    if scale == "dtype" and src.GetRasterBand(1).DataType == osgeo()[0].GDT_Byte:
         return np.zeros(n), np.full(n, 255.0), "uint8/255"
     if scale not in ("dtype", "percentile"):
         raise RasterInputError(f"scale must be 'dtype', 'percentile' or a number, got {scale!r}")
@@ -50,32 +51,46 @@ def scaling_for(
 
 
 def _decimated_valid(src: Any, nodata: float | None, name: str) -> list[np.ndarray]:
-    """Each band's finite, non-nodata values of one decimated read of the whole raster.
+    """Each band's finite, valid values of one decimated read of the whole raster.
+
+    Valid means GDAL's mask band says so (no data, alpha or a mask file) and the value is not
+    ``nodata``; the read is GDAL's nearest-neighbour decimation (from overviews when the file
+    has them).
 
     Raises:
-        RasterInputError: no band holds a single valid pixel.
+        RasterInputError: no band holds a single valid pixel, or GDAL cannot read the file.
     """
-    f = max(src.width, src.height) / STATS_MAX_SIDE
-    shape = (
-        src.count,
-        max(1, round(src.height / max(f, 1))),
-        max(1, round(src.width / max(f, 1))),
-    )
-    data = src.read(out_shape=shape, masked=True)
-    if nodata is not None:
-        data = np.ma.masked_equal(data, nodata)
+    gdal = osgeo()[0]
+    f = max(src.RasterXSize, src.RasterYSize) / STATS_MAX_SIDE
+    h = max(1, round(src.RasterYSize / max(f, 1)))
+    w = max(1, round(src.RasterXSize / max(f, 1)))
     values = []
-    for b in range(src.count):
-        v = data[b].compressed().astype(np.float64)
-        values.append(v[np.isfinite(v)])
+    with gdal_errors(f"reading {name} for its value statistics", error=RasterInputError):
+        for b in range(1, src.RasterCount + 1):
+            band = src.GetRasterBand(b)
+            v = _decimated(band, w, h)
+            if not band.GetMaskFlags() & gdal.GMF_ALL_VALID:
+                v = v[_decimated(band.GetMaskBand(), w, h) != 0]
+            v = v.reshape(-1).astype(np.float64)
+            if nodata is not None:
+                v = v[v != nodata]
+            values.append(v[np.isfinite(v)])
     if all(v.size == 0 for v in values):
         raise RasterInputError(f"{name} holds no valid pixels (all no data)")
     return values
 
 
+def _decimated(band: Any, w: int, h: int) -> np.ndarray:
+    """The whole ``band`` read into ``w`` x ``h`` pixels; RasterInputError if GDAL cannot."""
+    out = band.ReadAsArray(buf_xsize=w, buf_ysize=h)
+    if out is None:
+        raise RasterInputError("GDAL returned no pixels for the value statistics")
+    return out
+
+
 def band_percentiles(src: Any, nodata: float | None, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-band 2 and 98 % percentiles from one decimated read of the whole raster."""
-    lo, hi = np.zeros(src.count), np.ones(src.count)
+    lo, hi = np.zeros(src.RasterCount), np.ones(src.RasterCount)
     for b, v in enumerate(_decimated_valid(src, nodata, name)):
         if v.size == 0:
             continue

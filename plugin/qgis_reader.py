@@ -3,7 +3,7 @@
 A tile is read in three steps: its bounds (grid CRS) are transformed to the layer CRS, the
 covering block is fetched from the layer's data provider (snapped to the native pixel lattice
 when the layer has one, so no pixel is resampled twice), and the block is warped onto the tile
-with GDAL's warper in memory, bilinear, the same resampling ``engine.raster_io.RasterioReader``
+with GDAL's warper in memory, bilinear, the same resampling ``engine.raster_io.GdalReader``
 uses. Each thread reads through its own clone of the data provider, because a provider is not
 safe to share between threads.
 """
@@ -30,7 +30,7 @@ from qgis.core import (
 )
 
 from ..engine.errors import RasterInputError
-from ..engine.raster_io import RasterioReader, canonical_band, resolve_bands
+from ..engine.raster_io import GdalReader, canonical_band, resolve_bands
 
 _FILL = -3.0e38  # warper nodata: NaN as nodata makes GDAL's warper return NaN everywhere
 _MAX_OVERSAMPLE = 4  # read at most 4x the tile's pixel density, whatever the native resolution
@@ -126,7 +126,7 @@ class QgsLayerReader:
         n = self.band_count
         if self._dtype == np.uint8:
             return np.zeros(n), np.full(n, 255.0), "uint8/255"
-        # other types: a 2-98 % stretch from one decimated read, as RasterioReader does
+        # other types: a 2-98 % stretch from one decimated read, as GdalReader does
         ext = self._template.extent()
         nx, ny = (
             (ext.width() / self.res[0], ext.height() / self.res[1])
@@ -309,10 +309,10 @@ def _warp(
 
 
 def reader_for_layer(layer: QgsRasterLayer, bands: Sequence[int] | None = None):
-    """The fastest reader for ``layer``: rasterio for a plain GDAL file, else QgsLayerReader."""
+    """The fastest reader for ``layer``: GdalReader for a plain GDAL file, else QgsLayerReader."""
     if layer is None or not layer.isValid():
         raise RasterInputError("the raster layer is not valid; check its source")
     path = Path(layer.source().split("|")[0])
     if layer.providerType() == "gdal" and path.is_file():
-        return RasterioReader(path, bands=bands)
+        return GdalReader(path, bands=bands)
     return QgsLayerReader(layer, bands=bands)

@@ -128,7 +128,7 @@ def class_names(path: Path) -> list[str]:
     from osgeo import gdal
 
     ds = gdal.Open(str(path))
-    tags = dict(ds.GetRasterBand(1).GetMetadata() or {})
+    tags = dict(ds.GetRasterBand(1).GetMetadata() or {}) if ds is not None else {}
     ds = None
     keys = sorted((k for k in tags if k.startswith("CLASS_")), key=lambda k: int(k.split("_")[1]))
     return [tags[k] for k in keys]
@@ -190,6 +190,9 @@ def main() -> int:
     app, _provider = start_qgis()
     info = run_algorithms(Path(a.model).resolve(), scene, out)
     pngs = build_project(scene, out, info)
+    from unigeo.engine.raster_io import close_all_readers
+
+    close_all_readers()  # before exitQgis shuts GDAL down: a dataset freed later crashes
     app.exitQgis()
     rep = info["model"].provider_report()
     print("\nUniGeo demo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from scripts.plugin_loader import load_plugin_package
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# a git worktree elsewhere points here with UNIGEO_SHARED_DATA=/path/to/shared/data
+SHARED_DATA = Path(os.environ.get("UNIGEO_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -21,6 +23,16 @@ from hypothesis import settings as _hyp_settings  # noqa: E402
 _hyp_settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     _hyp_settings.load_profile("ci")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Before the session's fixtures go (pytest-qgis's ``exitQgis`` shuts GDAL down), close the
+    datasets raster readers still hold: one freed after that crashes the test run at exit."""
+    if nextitem is None:
+        for name in ("engine.raster_io", "unigeo.engine.raster_io"):
+            if (mod := sys.modules.get(name)) is not None:
+                mod.close_all_readers()
 
 
 @pytest.fixture(scope="session")

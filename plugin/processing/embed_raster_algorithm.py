@@ -21,7 +21,7 @@ from ...engine.embed import embed_raster
 from ...engine.errors import RasterInputError
 from ...engine.geo_io import write_grid_raster
 from ...engine.model import UniGeoModel
-from ...engine.raster_io import RasterioReader, grid_for_raster
+from ...engine.raster_io import GdalReader, grid_for_raster
 from ...engine.store import EmbeddingStore, StoreCache
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
@@ -154,7 +154,7 @@ def modality_reader(layer, bands: list[int] | None, modality: Modality, model: U
                 f"MODALITY=dsm reads heights from a raster file; '{layer.name()}' is not one "
                 "(save it as a GeoTIFF first)"
             )
-        return RasterioReader(path, bands=bands, scale=1.0, resampling="average")
+        return GdalReader(path, bands=bands, scale=1.0, resampling="average")
     reader = reader_for_layer(layer, bands=bands)
     if bands is None and reader.band_count == 1 and model.has(Modality.DSM):
         wanted = model.spec(Modality.AERIAL).preprocess.bands

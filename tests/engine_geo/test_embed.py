@@ -9,7 +9,7 @@ from engine.contract import Modality
 from engine.embed import embed_raster
 from engine.errors import CancelledError, InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
-from engine.raster_io import RasterioReader, grid_for_raster
+from engine.raster_io import GdalReader, grid_for_raster
 from engine.store import EmbeddingStore, partial_path
 from tests.engine_geo.conftest import UTM_ORIGIN, FakeModel, fake_embed
 
@@ -26,7 +26,7 @@ def direct(reader, grid: TileGrid, r: int, c: int, bands) -> np.ndarray:
 def test_embedding_a_raster(utm_tif, tmp_path):
     model = FakeModel(RGBN, 16, 1.0)
     seen: list[float] = []
-    with RasterioReader(utm_tif) as reader:
+    with GdalReader(utm_tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         assert grid.shape == (12, 16)
         store = embed_raster(
@@ -44,13 +44,13 @@ def test_embedding_a_raster(utm_tif, tmp_path):
     assert m["tiles_per_s"] > 0 and m["valid_tiles"] == 192 - 24 and m["tiles_this_run"] == 192
     assert m["modality"] == "aerial" and store.info["bands"] == list(RGBN)
     assert store.info["scaling"] == "uint8/255" and store.info["model_name"] == "fake"
-    assert store.source_fingerprint == RasterioReader(utm_tif).fingerprint()
+    assert store.source_fingerprint == GdalReader(utm_tif).fingerprint()
 
 
 def test_nodata_threshold(utm_tif, tmp_path):
     model = FakeModel(RGBN, 16, 1.0)
     y0 = UTM_ORIGIN[1] - 192  # region row 2: its left 32 px are nodata
-    with RasterioReader(utm_tif) as reader:
+    with GdalReader(utm_tif) as reader:
         grid = TileGrid.for_extent("EPSG:32633", 1.0, 16, 8, (500_000, y0, 500_064, y0 + 64))
         frac = np.array(
             [
@@ -75,14 +75,14 @@ def test_nodata_threshold(utm_tif, tmp_path):
 
 def test_extent_invariance_on_a_reprojected_raster(geo_tif, tmp_path):
     model = FakeModel(RGB, 16, 2.0)
-    with RasterioReader(geo_tif) as reader:
+    with GdalReader(geo_tif) as reader:
         pre = model.spec(Modality.AERIAL).preprocess
         full_grid = grid_for_raster(reader, pre)
         sub_grid = grid_for_raster(
             reader, pre, extent=(15.0007, 44.9983, 15.0021, 44.9995), extent_crs="EPSG:4326"
         )
         full = embed_raster(model, reader, full_grid, tmp_path / "full", block_tiles=5, workers=2)
-    with RasterioReader(geo_tif) as reader:  # a fresh reader: fresh VRTs and statistics
+    with GdalReader(geo_tif) as reader:  # a fresh reader: fresh VRTs and statistics
         sub = embed_raster(
             model, reader, sub_grid, tmp_path / "sub", block_tiles=3, workers=1, batch_size=7
         )
@@ -105,7 +105,7 @@ def test_extent_invariance_with_percentile_stretch_and_overlap(geo_dir, tmp_path
     t = Affine(1.0, 0, UTM_ORIGIN[0] + 3, 0, -1.0, UTM_ORIGIN[1] - 5)
     path = write_tif(geo_dir / "u16.tif", data, "EPSG:32633", t)
     model = FakeModel(RGB, 16, 1.5)
-    with RasterioReader(path) as reader:
+    with GdalReader(path) as reader:
         assert reader.scaling.startswith("percentile")
         pre = model.spec(Modality.AERIAL).preprocess
         full_grid = grid_for_raster(reader, pre, stride_px=8)
@@ -121,7 +121,7 @@ def test_extent_invariance_with_percentile_stretch_and_overlap(geo_dir, tmp_path
 
 
 def test_cancel_then_resume_is_identical(utm_tif, tmp_path):
-    with RasterioReader(utm_tif) as reader:
+    with GdalReader(utm_tif) as reader:
         grid = grid_for_raster(reader, FakeModel(RGBN, 16, 1.0).spec(Modality.AERIAL).preprocess)
         fresh = embed_raster(
             FakeModel(RGBN, 16, 1.0), reader, grid, tmp_path / "fresh", block_tiles=4
@@ -145,7 +145,7 @@ def test_cancel_then_resume_is_identical(utm_tif, tmp_path):
 
 
 def test_finished_store_is_reused_and_resume_false_restarts(utm_tif, tmp_path):
-    with RasterioReader(utm_tif) as reader:
+    with GdalReader(utm_tif) as reader:
         model = FakeModel(RGBN, 16, 1.0)
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         embed_raster(model, reader, grid, tmp_path / "s")
@@ -160,12 +160,12 @@ def test_finished_store_is_reused_and_resume_false_restarts(utm_tif, tmp_path):
 
 def test_bad_inputs_leave_no_store(utm_tif, geo_tif, tmp_path):
     model = FakeModel(RGBN, 16, 1.0)
-    with RasterioReader(geo_tif) as reader:
+    with GdalReader(geo_tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         with pytest.raises(RasterInputError, match="bands="):
             embed_raster(model, reader, grid, tmp_path / "s")
     assert list(tmp_path.iterdir()) == []
-    with RasterioReader(utm_tif) as reader:
+    with GdalReader(utm_tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         with pytest.raises(InputError, match="32-px"):
             embed_raster(FakeModel(RGBN, 32, 1.0), reader, grid, tmp_path / "s")
@@ -182,7 +182,7 @@ def test_bad_inputs_leave_no_store(utm_tif, geo_tif, tmp_path):
 
 def test_dsm_modality(dsm_tif, tmp_path):
     model = FakeModel(("height",), 16, 2.0)
-    with RasterioReader(dsm_tif, scale=1.0, resampling="average") as reader:
+    with GdalReader(dsm_tif, scale=1.0, resampling="average") as reader:
         grid = grid_for_raster(reader, model.spec(Modality.DSM).preprocess)
         store = embed_raster(model, reader, grid, tmp_path / "d", modality=Modality.DSM)
         assert grid.shape == (6, 6)
@@ -196,7 +196,7 @@ def test_dsm_modality(dsm_tif, tmp_path):
 def test_real_naip(shared_data, tmp_path):
     tif = shared_data / "naip_north_dakota" / "m_4709963_se_14_1_20200831.tif"
     model = FakeModel(RGBN, 64, 0.0)
-    with RasterioReader(tif) as reader:
+    with GdalReader(tif) as reader:
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         assert grid.crs == "EPSG:26914" and grid.gsd == 5.0
         store = embed_raster(model, reader, grid, tmp_path / "naip", block_tiles=4)
@@ -210,7 +210,7 @@ def test_real_naip(shared_data, tmp_path):
 def test_real_swellendam_rgba_in_epsg4326(shared_data, tmp_path):
     tif = shared_data / "swellendam" / "3320D_2010_315_RGB_LATLNG.tif"
     model = FakeModel(RGB, 64, 0.0)
-    with RasterioReader(tif) as reader:
+    with GdalReader(tif) as reader:
         assert reader.check_bands(RGB) == [1, 2, 3]  # alpha is a mask, not a data band
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         assert grid.crs == "EPSG:32734" and 2.2 < grid.gsd < 2.5

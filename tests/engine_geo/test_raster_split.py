@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from affine import Affine
+from osgeo import gdal
 
 from engine import bands, raster_grid, raster_io, raster_scaling, warped_read
 from engine.errors import RasterInputError
-from tests.engine_geo.conftest import UTM_CRS, UTM_ORIGIN
+from tests.engine_geo.conftest import UTM_CRS, UTM_ORIGIN, write_tif
 
 ROOT = Path(__file__).resolve().parents[2]
 MOVED = {
@@ -33,7 +34,7 @@ def test_moved_names_are_reexported_as_the_same_objects():
     for name, home in MOVED.items():
         assert getattr(raster_io, name) is getattr(home, name), name
         assert name in raster_io.__all__
-    assert raster_io.RasterioReader.__module__ == "engine.raster_io"
+    assert raster_io.GdalReader.__module__ == "engine.raster_io"
     assert raster_io.RasterReader.__module__ == "engine.raster_io"
 
 
@@ -51,19 +52,19 @@ def _names_imported_from_raster_io() -> set[str]:
 def test_every_name_the_code_imports_from_raster_io_is_there():
     names = _names_imported_from_raster_io()
     # the known importers (mosaic, embed, the QGIS reader, tests, benchmarks) use these
-    assert {"RasterioReader", "RasterReader", "grid_for_raster", "resolve_bands"} <= names
+    assert {"GdalReader", "RasterReader", "grid_for_raster", "resolve_bands"} <= names
     missing = sorted(n for n in names if not hasattr(raster_io, n))
     assert missing == []
 
 
 def test_band_helpers_read_names_and_masks(utm_tif, geo_tif):
-    with rasterio.open(utm_tif) as src:
-        # band 4 is tagged alpha by GDAL but described "nir": data, not a mask
-        assert bands.band_names(src) == ("red", "green", "blue", "nir")
-        assert bands.alpha_bands(src) == ()
-    with rasterio.open(geo_tif) as src:
-        assert bands.band_names(src) == ("red", "green", "blue", "alpha")
-        assert bands.alpha_bands(src) == (4,)
+    src = gdal.Open(str(utm_tif))
+    # band 4 is tagged alpha by GDAL but described "nir": data, not a mask
+    assert bands.band_names(src) == ("red", "green", "blue", "nir")
+    assert bands.alpha_bands(src) == ()
+    src = gdal.Open(str(geo_tif))
+    assert bands.band_names(src) == ("red", "green", "blue", "alpha")
+    assert bands.alpha_bands(src) == (4,)
     assert bands.canonical_band(" Near-Infrared ") == "nir"
     assert bands.resolve_bands(("nir", "red"), ("R", "G", "B", "NIR1")) == [4, 1]
 
@@ -76,57 +77,55 @@ def test_snap_puts_the_vrt_on_the_lattice_with_a_margin():
 
 
 def test_warped_vrt_lattice_and_read(utm_tif):
-    res = rasterio.enums.Resampling.bilinear
+    res = warped_read.resampling("bilinear")
     px, py = UTM_ORIGIN[0] + 0.5, UTM_ORIGIN[1]  # a lattice shifted half a pixel in x
-    vrt, src = warped_read.open_warped_vrt(utm_tif, UTM_CRS, 1.0, (px, py), (), 0.0, res)
-    try:
-        t = vrt.transform
-        assert (t.a, t.e) == (1.0, -1.0)
-        assert math.isclose((t.c - px) % 1.0, 0.0, abs_tol=1e-9)
-        assert t.c < src.bounds.left and t.f > src.bounds.top
-        x0, y1 = UTM_ORIGIN[0] + 10.5, UTM_ORIGIN[1] - 10.0  # on the lattice, in region (0, 0)
-        out = warped_read.read_warped(vrt, (x0, y1 - 8, x0 + 8, y1), 1.0, [1, 2], 8, 8, res)
-        assert out.shape == (2, 8, 8) and out.dtype == np.float32
-        with rasterio.open(utm_tif) as f:
-            want = f.read([1, 2], window=((10, 18), (10, 18))).astype(np.float32)
-        np.testing.assert_array_equal(out, want)  # constant region: shift changes nothing
-        # a box wholly outside the raster is all no data
-        far = warped_read.read_warped(vrt, (0.0, 0.0, 4.0, 4.0), 1.0, [1], 4, 4, res)
-        assert np.isnan(far).all()
-    finally:
-        vrt.close()
-        src.close()
+    f = gdal.Open(str(utm_tif))
+    src = warped_read.source_of(utm_tif, f)
+    vrt = warped_read.open_warped_vrt(src, UTM_CRS, 1.0, (px, py), (), 0.0, res)
+    left, a, _, top, _, e = vrt.GetGeoTransform()
+    assert (a, e) == (1.0, -1.0)
+    assert math.isclose((left - px) % 1.0, 0.0, abs_tol=1e-9)
+    assert left < src.bounds[0] and top > src.bounds[3]
+    assert vrt.RasterCount == 4 and vrt.GetRasterBand(1).DataType == gdal.GDT_Float32
+    x0, y1 = UTM_ORIGIN[0] + 10.5, UTM_ORIGIN[1] - 10.0  # on the lattice, in region (0, 0)
+    out = warped_read.read_warped(vrt, (x0, y1 - 8, x0 + 8, y1), 1.0, [1, 2], 8, 8, res)
+    assert out.shape == (2, 8, 8) and out.dtype == np.float32
+    want = f.ReadAsArray(10, 10, 8, 8, band_list=[1, 2]).astype(np.float32)
+    np.testing.assert_array_equal(out, want)  # constant region: shift changes nothing
+    # a box wholly outside the raster is all no data
+    far = warped_read.read_warped(vrt, (0.0, 0.0, 4.0, 4.0), 1.0, [1], 4, 4, res)
+    assert np.isnan(far).all()
 
 
-def test_scaling_for_each_mode(utm_tif, dsm_tif):
-    with rasterio.open(utm_tif) as src:
-        lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "utm.tif")
-        assert desc == "uint8/255" and span.tolist() == [255.0] * 4 and lo.tolist() == [0.0] * 4
-        _, span, desc = raster_scaling.scaling_for(src, 2, None, "utm.tif")
-        assert desc == "divide:2" and span.tolist() == [2.0] * 4
-        with pytest.raises(RasterInputError, match="positive number"):
-            raster_scaling.scaling_for(src, float("nan"), None, "utm.tif")
-        with pytest.raises(RasterInputError, match="'dtype', 'percentile' or a number"):
-            raster_scaling.scaling_for(src, "minmax", None, "utm.tif")
-    with rasterio.open(dsm_tif) as src:  # float32 h = 100 + col, 96 columns
-        lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "dsm.tif")
-        assert desc.startswith("percentile2-98:")
-        # rows 32-95 are valid: each height 100..195 occurs 64 times
-        want = np.percentile(np.repeat(np.arange(100.0, 196.0), 64), [2.0, 98.0])
-        assert lo[0] == pytest.approx(want[0]) and lo[0] + span[0] == pytest.approx(want[1])
-        assert desc == f"percentile2-98:{want[0]:.6g}..{want[1]:.6g}"
-        with pytest.raises(RasterInputError, match="dsm.tif holds no valid pixels"):
-            raster_scaling.scaling_for(_AllNoData(src), "percentile", None, "dsm.tif")
+def test_unknown_resampling_is_refused_by_name():
+    with pytest.raises(RasterInputError, match="unknown resampling 'gauss'.*bilinear"):
+        warped_read.resampling("gauss")
 
 
-class _AllNoData:
-    """A dataset stand-in whose every pixel is masked, to reach the all-no-data refusal."""
-
-    def __init__(self, src: rasterio.io.DatasetReader) -> None:
-        self.count, self.width, self.height, self.dtypes = src.count, 8, 8, src.dtypes
-
-    def read(self, out_shape: tuple[int, int, int], masked: bool) -> np.ma.MaskedArray:
-        return np.ma.masked_all(out_shape, dtype=np.float32)
+def test_scaling_for_each_mode(utm_tif, dsm_tif, geo_dir):
+    src = gdal.Open(str(utm_tif))
+    lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "utm.tif")
+    assert desc == "uint8/255" and span.tolist() == [255.0] * 4 and lo.tolist() == [0.0] * 4
+    _, span, desc = raster_scaling.scaling_for(src, 2, None, "utm.tif")
+    assert desc == "divide:2" and span.tolist() == [2.0] * 4
+    with pytest.raises(RasterInputError, match="positive number"):
+        raster_scaling.scaling_for(src, float("nan"), None, "utm.tif")
+    with pytest.raises(RasterInputError, match="'dtype', 'percentile' or a number"):
+        raster_scaling.scaling_for(src, "minmax", None, "utm.tif")
+    src = gdal.Open(str(dsm_tif))  # float32 h = 100 + col, 96 columns
+    lo, span, desc = raster_scaling.scaling_for(src, "dtype", None, "dsm.tif")
+    assert desc.startswith("percentile2-98:")
+    # rows 32-95 are valid: each height 100..195 occurs 64 times
+    want = np.percentile(np.repeat(np.arange(100.0, 196.0), 64), [2.0, 98.0])
+    assert lo[0] == pytest.approx(want[0]) and lo[0] + span[0] == pytest.approx(want[1])
+    assert desc == f"percentile2-98:{want[0]:.6g}..{want[1]:.6g}"
+    empty = np.full((2, 8, 8), -9999.0, np.float32)
+    t = Affine(2.0, 0, UTM_ORIGIN[0], 0, -2.0, UTM_ORIGIN[1])
+    none = gdal.Open(str(write_tif(geo_dir / "all_nodata.tif", empty, UTM_CRS, t, nodata=-9999.0)))
+    with pytest.raises(RasterInputError, match="dsm.tif holds no valid pixels"):
+        raster_scaling.scaling_for(none, "percentile", None, "dsm.tif")
+    with pytest.raises(RasterInputError, match="dsm.tif holds no valid pixels"):
+        raster_scaling.scaling_for(none, 1.0, None, "dsm.tif")  # a DSM of only no data
 
 
 def test_apply_scaling_in_place_clips_only_when_asked():

@@ -1,7 +1,7 @@
 """Tests of the windowed read path: one read per block of tiles, native reads that skip the warper.
 
-Every comparison is against the reference: ``RasterioReader(fast=False).read_tile``, one
-tile at a time through GDAL's WarpedVRT, which is what the engine did before windows.
+Every comparison is against the reference: ``GdalReader(fast=False).read_tile``, one
+tile at a time through GDAL's warped VRT, which is what the engine did before windows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from engine.contract import Preprocess
 from engine.embed import _WINDOW_MAX_VALUES, _read_batch, _rectangles, reader_threads
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
-from engine.raster_io import RasterioReader, grid_for_raster
+from engine.raster_io import GdalReader, grid_for_raster
 from tests.engine_geo.conftest import UTM_CRS, UTM_ORIGIN, write_tif
 
 RGBN = ("red", "green", "blue", "nir")
@@ -35,7 +35,7 @@ def cells_of(grid: TileGrid) -> list[tuple[int, int]]:
 
 def reference(path, grid: TileGrid, bands, cells, **kw) -> np.ndarray:
     """The old path: one warped read per tile."""
-    with RasterioReader(path, fast=False, **kw) as r:
+    with GdalReader(path, fast=False, **kw) as r:
         return np.stack(
             [
                 r.read_tile(grid.tile_bounds(*c), grid.crs, grid.gsd, grid.tile_px, bands)
@@ -46,7 +46,7 @@ def reference(path, grid: TileGrid, bands, cells, **kw) -> np.ndarray:
 
 def windowed(path, grid: TileGrid, bands, cells, batch: int = 32, **kw) -> np.ndarray:
     """The new path, batch by batch as embed_raster reads."""
-    with RasterioReader(path, **kw) as r:
+    with GdalReader(path, **kw) as r:
         parts = [
             _read_batch(r, grid, bands, cells[k : k + batch])[0]
             for k in range(0, len(cells), batch)
@@ -55,7 +55,7 @@ def windowed(path, grid: TileGrid, bands, cells, batch: int = 32, **kw) -> np.nd
 
 
 def plan(path, grid: TileGrid, **kw):
-    with RasterioReader(path, **kw) as r:
+    with GdalReader(path, **kw) as r:
         return r._native_plan(grid.crs, grid.gsd, grid.tile_bounds(0, 0))
 
 
@@ -76,7 +76,7 @@ def test_aligned_dsm_skips_the_warp_bitwise(shared_data, resampling):
     tif = shared_data / "alexandria_dsm" / "dsm.tif"
     kw = dict(scale=1.0, resampling=resampling)
     for stride in (16, 11):
-        with RasterioReader(tif, **kw) as r:
+        with GdalReader(tif, **kw) as r:
             grid = grid_for_raster(r, pre(("height",), 16, 2.0), stride_px=stride)
         p = plan(tif, grid, **kw)
         assert p is not None and (p.fx, p.fy) == (0.0, 0.0)
@@ -97,7 +97,7 @@ def test_shifted_naip_matches_the_warper(shared_data):
     """
     tif = shared_data.joinpath(*NAIP)
     for stride in (64, 40):
-        with RasterioReader(tif) as r:
+        with GdalReader(tif) as r:
             grid = grid_for_raster(r, pre(RGBN, 64, 5.0), stride_px=stride)
         p = plan(tif, grid)
         assert p is not None and abs(p.fx - 0.2) < 1e-6 and abs(p.fy - 0.2) < 1e-6
@@ -111,7 +111,7 @@ def test_shifted_naip_matches_the_warper(shared_data):
 def test_other_crs_goes_through_the_warper(shared_data):
     """A grid in another CRS than the raster: no native read; windows equal per-tile reads."""
     tif = shared_data.joinpath(*NAIP)
-    with RasterioReader(tif) as r:
+    with GdalReader(tif) as r:
         box = grid_for_raster(r, pre(RGBN, 64, 5.0)).bounds
     from rasterio.warp import transform_bounds
 
@@ -127,7 +127,7 @@ def test_other_crs_goes_through_the_warper(shared_data):
 def test_epsg4326_rgba_warped_windows_equal_tiles(shared_data):
     """Swellendam RGBA in EPSG:4326 on its UTM grid: alpha masks, warped either way."""
     tif = shared_data / "swellendam" / "3320D_2010_315_RGB_LATLNG.tif"
-    with RasterioReader(tif) as r:
+    with GdalReader(tif) as r:
         grid = grid_for_raster(r, pre(RGB, 32, 0.0), stride_px=20)
     assert plan(tif, grid) is None
     cells = cells_of(grid)[::2]
@@ -150,7 +150,7 @@ def test_native_nodata_semantics_match_gdal(tmp_path, shift, resampling):
     data[:, 45, 50] = 0
     x0, y0 = UTM_ORIGIN[0] + shift[0], UTM_ORIGIN[1] - shift[1]
     tif = write_tif(tmp_path / "s.tif", data, UTM_CRS, Affine(1, 0, x0, 0, -1, y0), nodata=0)
-    with RasterioReader(tif, resampling=resampling) as r:
+    with GdalReader(tif, resampling=resampling) as r:
         grid = grid_for_raster(r, pre(RGB, 16, 1.0), stride_px=12)
     assert grid.n_tiles >= 30
     cells = cells_of(grid)
@@ -165,7 +165,7 @@ def test_float_raster_with_nan_nodata(tmp_path):
     h[:, 5:12, 5:12] = np.nan
     t = Affine(2, 0, UTM_ORIGIN[0] + 0.5, 0, -2, UTM_ORIGIN[1])
     tif = write_tif(tmp_path / "f.tif", h, UTM_CRS, t, nodata=float("nan"))
-    with RasterioReader(tif, scale=1.0) as r:
+    with GdalReader(tif, scale=1.0) as r:
         grid = grid_for_raster(r, pre(("height",), 8, 2.0))
     assert plan(tif, grid, scale=1.0) is not None
     cells = cells_of(grid)
@@ -177,7 +177,7 @@ def test_float_raster_with_nan_nodata(tmp_path):
 def test_tile_only_readers_still_work(utm_tif, geo_tif):
     """A reader without read_window (the plugin's QGIS-layer reader) is read tile by tile."""
     for path, bands, gsd in ((utm_tif, RGBN, 1.0), (geo_tif, RGB, 2.0)):
-        with RasterioReader(path) as r:
+        with GdalReader(path) as r:
             grid = grid_for_raster(r, pre(bands, 16, gsd), stride_px=10)
             cells = cells_of(grid)[:50]
             tile_only = SimpleNamespace(read_tile=r.read_tile)
@@ -188,7 +188,7 @@ def test_tile_only_readers_still_work(utm_tif, geo_tif):
 
 
 def test_read_window_refuses_partial_pixels(utm_tif):
-    with RasterioReader(utm_tif) as r:
+    with GdalReader(utm_tif) as r:
         box = (UTM_ORIGIN[0], UTM_ORIGIN[1] - 16, UTM_ORIGIN[0] + 16.5, UTM_ORIGIN[1])
         with pytest.raises(RasterInputError, match="whole number"):
             r.read_window(box, UTM_CRS, 1.0, RGBN)
@@ -231,10 +231,10 @@ def test_embedding_through_windows_equals_the_old_path(shared_data, tmp_path):
 
     tif = shared_data.joinpath(*NAIP)
     model = FakeModel(RGBN, 64, 5.0)
-    with RasterioReader(tif) as r:
+    with GdalReader(tif) as r:
         grid = grid_for_raster(r, model.spec(Modality.AERIAL).preprocess, stride_px=48)
         new = embed_raster(model, r, grid, tmp_path / "new", block_tiles=5, batch_size=9)
-    with RasterioReader(tif, fast=False) as r:
+    with GdalReader(tif, fast=False) as r:
         old_reader = SimpleNamespace(
             read_tile=r.read_tile, fingerprint=r.fingerprint, scaling=r.scaling
         )

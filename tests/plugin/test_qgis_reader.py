@@ -1,4 +1,4 @@
-"""QgsLayerReader reads the same tiles as the engine's RasterioReader, in UTM and EPSG:4326."""
+"""QgsLayerReader reads the same tiles as the engine's GdalReader, in UTM and EPSG:4326."""
 
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def _tiles(reader, grid, cells, bands=BANDS):
 
 
 def test_layer_reader_matches_rasterio_in_utm(qgis_app, plugin_package, smooth_utm_tif):
-    from unigeo.engine.raster_io import RasterioReader, grid_for_raster
+    from unigeo.engine.raster_io import GdalReader, grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
-    rio = RasterioReader(smooth_utm_tif)
+    rio = GdalReader(smooth_utm_tif)
     qr = QgsLayerReader(_layer(smooth_utm_tif))
     assert qr.band_names == ("band1", "band2", "band3", "band4") or qr.band_count == 4
     assert qr.scaling == "uint8/255" and qr.res == pytest.approx((3.0, 3.0))
@@ -58,11 +58,11 @@ def test_layer_reader_matches_rasterio_in_utm(qgis_app, plugin_package, smooth_u
 
 
 def test_layer_reader_matches_rasterio_on_real_epsg4326(qgis_app, plugin_package, shared_data):
-    from unigeo.engine.raster_io import RasterioReader, choose_grid_crs, grid_for_raster
+    from unigeo.engine.raster_io import GdalReader, choose_grid_crs, grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     path = shared_data / SWELLENDAM
-    rio = RasterioReader(path)
+    rio = GdalReader(path)
     qr = QgsLayerReader(_layer(path))
     assert qr.band_names == ("red", "green", "blue", "alpha") and qr._alpha == (4,)
     assert choose_grid_crs(qr) == choose_grid_crs(rio) == "EPSG:32734"
@@ -133,10 +133,10 @@ def test_band_selection_fingerprint_and_errors(qgis_app, plugin_package, smooth_
 
 def test_reader_for_layer_picks_rasterio_for_files(qgis_app, plugin_package, smooth_utm_tif):
     from osgeo import gdal
-    from unigeo.engine.raster_io import RasterioReader
+    from unigeo.engine.raster_io import GdalReader
     from unigeo.plugin.qgis_reader import QgsLayerReader, reader_for_layer
 
-    assert isinstance(reader_for_layer(_layer(smooth_utm_tif)), RasterioReader)
+    assert isinstance(reader_for_layer(_layer(smooth_utm_tif)), GdalReader)
     mem = "/vsimem/unigeo_reader_test.tif"
     gdal.Translate(mem, str(smooth_utm_tif))
     try:
@@ -199,7 +199,7 @@ def _xyz_tiles(src_tif, folder, zoom: int) -> str:
 
 def test_xyz_web_layer_reads_like_the_file(qgis_app, plugin_package, smooth_utm_tif, tmp_path):
     from qgis.core import QgsRasterLayer
-    from unigeo.engine.raster_io import RasterioReader, grid_for_raster
+    from unigeo.engine.raster_io import GdalReader, grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader, reader_for_layer
 
     url = _xyz_tiles(smooth_utm_tif, tmp_path, 16)
@@ -207,7 +207,7 @@ def test_xyz_web_layer_reads_like_the_file(qgis_app, plugin_package, smooth_utm_
     assert layer.isValid()
     qr = reader_for_layer(layer)
     assert isinstance(qr, QgsLayerReader) and qr.band_names == ("red", "green", "blue", "alpha")
-    rio = RasterioReader(smooth_utm_tif)
+    rio = GdalReader(smooth_utm_tif)
     grid = grid_for_raster(rio, _preprocess())
     cells = [(r, c) for r in range(1, 6) for c in range(1, 5)]
     rgb = ("red", "green", "blue")
@@ -247,7 +247,7 @@ def test_settings_roundtrip_and_defaults(qgis_app, plugin_package, monkeypatch):
 def test_uint16_layer_gets_the_same_percentile_stretch(qgis_app, plugin_package, tmp_path):
     from affine import Affine
     from osgeo import gdal
-    from unigeo.engine.raster_io import RasterioReader
+    from unigeo.engine.raster_io import GdalReader
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     from .conftest import smooth_array
@@ -262,7 +262,7 @@ def test_uint16_layer_gets_the_same_percentile_stretch(qgis_app, plugin_package,
     gdal.Translate(mem, str(path))
     try:
         qr = QgsLayerReader(_layer(mem))
-        rio = RasterioReader(path)
+        rio = GdalReader(path)
         assert qr.scaling == rio.scaling and qr.scaling.startswith("percentile2-98:")
         bounds = (500_320.0, 5_000_360.0, 500_480.0, 5_000_520.0)
         a = qr.read_tile(bounds, "EPSG:32633", 10.0, 16, BANDS)

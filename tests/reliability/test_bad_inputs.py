@@ -80,12 +80,12 @@ def test_bad_raster_via_cli(case, extra, fragment, analytic_bundle, tmp_path, ru
 
 
 def test_bad_bands_selection_via_api(good_raster):
-    from engine.raster_io import RasterioReader
+    from engine.raster_io import GdalReader
 
     with pytest.raises(RasterInputError, match=r"bands=\[0, 9\] is invalid; the raster has bands"):
-        RasterioReader(good_raster, bands=[0, 9])
+        GdalReader(good_raster, bands=[0, 9])
     with pytest.raises(RasterInputError, match="scale must be a positive number"):
-        RasterioReader(good_raster, scale=-1.0)
+        GdalReader(good_raster, scale=-1.0)
 
 
 def test_extent_outside_raster(analytic_bundle, good_raster, tmp_path, run_cli):

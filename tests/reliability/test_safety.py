@@ -93,13 +93,13 @@ def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster
     from engine import query as Q
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import RasterioReader, grid_for_raster
+    from engine.raster_io import GdalReader, grid_for_raster
     from engine.similarity import calibrate, similarity, top_k, write_heatmap, write_hits
 
     out = tmp_path / "out"
     out.mkdir()
     with UniGeoModel.load(analytic_bundle, providers="cpu") as model:
-        with RasterioReader(good_raster) as reader:
+        with GdalReader(good_raster) as reader:
             grid = grid_for_raster(reader, model.spec("aerial").preprocess)
             store = embed_raster(model, reader, grid, out / "s.store")
         scores = similarity(store, Q.text_query(model, "water").vector())

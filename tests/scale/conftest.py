@@ -12,7 +12,7 @@ from engine.contract import Modality
 from engine.embed import embed_raster
 from engine.grid import TileGrid
 from engine.model import UniGeoModel
-from engine.raster_io import RasterioReader, grid_for_raster
+from engine.raster_io import GdalReader, grid_for_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "resources" / "models" / "default"
@@ -31,7 +31,7 @@ def naip(shared_data) -> Path:
 def naip_grid(naip) -> TileGrid:
     """The default bundle's grid over EXTENT: tiles of 320 m."""
     model = UniGeoModel.load(BUNDLE)
-    with RasterioReader(naip) as reader:
+    with GdalReader(naip) as reader:
         return grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess, extent=EXTENT)
 
 
@@ -40,7 +40,7 @@ def reference_store(tmp_path_factory, naip, naip_grid):
     """The single-process npy store of the scene (the distributed stores must equal it)."""
     model = UniGeoModel.load(BUNDLE, threads=1)
     out = tmp_path_factory.mktemp("ref") / "naip.store"
-    with RasterioReader(naip) as reader:
+    with GdalReader(naip) as reader:
         return embed_raster(model, reader, naip_grid, out, block_tiles=BLOCK, resume=False)
 
 

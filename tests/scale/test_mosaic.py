@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from engine.contract import Preprocess
 from engine.errors import RasterInputError
 from engine.mosaic import MosaicReader, collection_paths, grid_for_sources, source_spec
-from engine.raster_io import RasterioReader, grid_for_raster
+from engine.raster_io import GdalReader, grid_for_raster
 
 PRE = Preprocess(size=16, bands=("red", "green", "blue", "nir"), mean=(0.35,) * 4,
                  std=(0.2,) * 4, gsd_m=10.0)  # fmt: skip
@@ -70,7 +70,7 @@ def _tiles(reader, grid) -> np.ndarray:
 
 def test_two_crs_mosaic_reads_like_the_original(halves):
     crop, a, b = halves
-    with RasterioReader(crop) as single, MosaicReader([a, b]) as mosaic:
+    with GdalReader(crop) as single, MosaicReader([a, b]) as mosaic:
         assert {rasterio.crs.CRS.from_wkt(m.crs).to_epsg() for m in mosaic.members} == {4326, 3857}
         grid = grid_for_raster(single, PRE)
         assert grid_for_sources(mosaic, PRE, grid_crs=grid.crs) == grid  # same tiles
@@ -88,7 +88,7 @@ def test_two_crs_mosaic_reads_like_the_original(halves):
 
 def test_mosaic_grid_is_the_union_in_the_chosen_crs(halves):
     _, a, b = halves
-    with MosaicReader([a, b]) as m, RasterioReader(a) as ra:
+    with MosaicReader([a, b]) as m, GdalReader(a) as ra:
         g = grid_for_sources(m, PRE)  # CRS from the first member (EPSG:4326 -> its UTM zone)
         assert g.crs == "EPSG:32614"
         ga = grid_for_sources(ra, PRE, grid_crs="EPSG:32614")

@@ -12,7 +12,7 @@ from engine import distributed as D
 from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
 from engine.mosaic import source_spec
-from engine.raster_io import RasterioReader
+from engine.raster_io import GdalReader
 from engine.zarr_store import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE
@@ -25,7 +25,7 @@ def job(tmp_path, naip, naip_grid):
     from engine.model import UniGeoModel
 
     model = UniGeoModel.load(BUNDLE, threads=1)
-    with RasterioReader(naip) as r:
+    with GdalReader(naip) as r:
         fp = r.fingerprint()
     store = ZarrEmbeddingStore.create(tmp_path / "w.zarr", naip_grid, model.dim,
                                       model.model_hash, fp, None, BLOCK)  # fmt: skip
