@@ -57,3 +57,36 @@ def test_plugin_never_creates_onnx_sessions_itself():
         if "InferenceSession(" in p.read_text() or "import onnxruntime as" in p.read_text()
     ]
     assert hits == []
+
+
+# Wheels that bundle their own GDAL, PROJ or GEOS: inside QGIS they clash with the libraries the
+# application already loaded (docs/QGIS_LIBRARIES.md). Neither the engine nor the plugin may use them.
+BUNDLING_WHEELS = ("rasterio", "shapely", "pyproj", "pyogrio", "fiona", "affine")
+
+
+def test_engine_imports_without_wheels_that_bundle_geo_libraries():
+    blocked = BUNDLING_WHEELS
+    code = (
+        "import sys, importlib\n"
+        f"for b in {blocked!r}: sys.modules[b] = None\n"
+        f"for m in {engine_modules()!r}:\n"
+        "    if m.endswith('__main__'): continue\n"
+        "    importlib.import_module(m)\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_engine_and_plugin_source_never_import_those_wheels():
+    import re
+
+    names = "|".join(BUNDLING_WHEELS)
+    pat = re.compile(rf"^\s*(import|from)\s+({names})\b", re.M)
+    hits = [
+        str(p.relative_to(ROOT))
+        for d in ("engine", "plugin")
+        for p in (ROOT / d).rglob("*.py")
+        if pat.search(p.read_text(encoding="utf-8"))
+    ]
+    assert hits == []
