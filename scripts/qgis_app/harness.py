@@ -155,8 +155,11 @@ class MessageCapture:
         self.lines.append(f"[{tag}] {names.get(level, level)}: {message}"[:2000])
 
     def _excepthook(self, kind, value, tb) -> None:
-        self.errors.append("".join(traceback.format_exception(kind, value, tb))[-4000:])
-        self._hook(kind, value, tb)
+        # recorded, printed, and never passed on: QGIS's own hook opens a modal stack-trace
+        # dialog, which would block the event loop until the watchdog kills the session
+        text = "".join(traceback.format_exception(kind, value, tb))
+        self.errors.append(text[-4000:])
+        sys.stderr.write(text)
 
     def critical(self, tag: str = "UniGeo") -> list[str]:
         """The critical messages of ``tag`` since the last ``take()``."""
