@@ -9,13 +9,14 @@ export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
 PHONY_EXTRA := qgis-smoke
-.PHONY: setup test test-slow test-gpu lint format demo package qgis model data bench clean help $(PHONY_EXTRA)
+.PHONY: setup test test-slow test-gpu lint format demo package package-offline qgis model data bench clean help $(PHONY_EXTRA)
 
 help:
 	@echo "make demo     run the main job headless on a real raster (writes $(OUT)/demo)"
 	@echo "make test     lint + test suite (excludes slow and gpu tests)"
 	@echo "make setup    install Debian packages and the .venv (done by the other targets)"
-	@echo "make package  build the installable plugin zip in dist/"
+	@echo "make package  the plugin zip for the QGIS repository (no model) and the model zip, in dist/"
+	@echo "make package-offline  also the plugin zip with the default model inside (Install from ZIP)"
 	@echo "make qgis     install the plugin into your QGIS profile and start QGIS"
 	@echo "make model / make data / make bench   rebuild the model, the dataset, the benchmarks"
 
@@ -50,8 +51,11 @@ bench: setup
 model: setup
 	bash scripts/make_model.sh
 
-package:
-	@bash scripts/package.sh $(SLUG)
+package: setup
+	@PY=$(PY) bash scripts/package.sh $(SLUG)
+
+package-offline: setup
+	@PY=$(PY) bash scripts/package.sh $(SLUG) --offline
 
 qgis: setup
 	@bash scripts/qgis.sh $(SLUG)

@@ -1,8 +1,8 @@
-"""The command-line interface: ``python -m engine info|embed|heatmap|hits|index|classify``.
+"""The command-line interface: ``python -m engine info|embed|heatmap|hits|index|classify|models``.
 
 This module holds the entry point and the top-level parser; each command's arguments and
-implementation live in ``cli_embed`` (info, embed) and ``cli_query`` (heatmap, hits, index,
-classify), with shared helpers in ``cli_common``.
+implementation live in ``cli_embed`` (info, embed), ``cli_query`` (heatmap, hits, index,
+classify) and ``cli_models`` (the model manager), with shared helpers in ``cli_common``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 
 from .cli_common import EPILOG
 from .cli_embed import add_embed_parser, add_info_parser, cmd_embed, cmd_info
+from .cli_models import add_models_parser
 from .cli_query import (
     add_classify_parser,
     add_heatmap_parser,
@@ -61,6 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
         add_hits_parser,
         add_index_parser,
         add_classify_parser,
+        add_models_parser,
     ):
         add(sub)
     return ap

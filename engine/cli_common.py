@@ -19,6 +19,7 @@ EPILOG = """examples:
   python -m engine classify out/scene.store --model M --out out/classes.tif
   python -m engine index out/ab.zarr && python -m engine hits out/ab.zarr --model M --ann \
       --text "gravel pit" --k 50 --out out/pits.gpkg
+  python -m engine models install --default     # the default model into the QGIS profile
 """
 
 

@@ -34,3 +34,11 @@ class CancelledError(EngineError):
 class OutputError(EngineError):
     """An output file could not be written whole (full disk, no permission, ...); the previous
     file at that path, if any, is left as it was."""
+
+
+class ModelInstallError(EngineError):
+    """A model bundle could not be downloaded, verified or installed; nothing was installed."""
+
+
+class ModelNotInstalledError(ModelContractError):
+    """No model bundle is installed or configured yet (first run of a plugin without a model)."""

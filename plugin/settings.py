@@ -1,5 +1,10 @@
 """User settings of the plugin (QgsSettings under ``unigeo/``) as one typed dataclass.
 
+It also says which model bundle to load (:meth:`Settings.resolve_bundle`): the folder set in
+Settings, else the active bundle of the model manager (``<QGIS profile>/unigeo/models``), else the
+bundle shipped inside the plugin folder (the checkout and the offline zip); with none of them,
+:meth:`Settings.bundle_path` raises the first-run message that says how to install the default.
+
 It also says where outputs go: :meth:`Settings.output_path` picks the folder (never inside the
 store cache, which deletes old stores when full) and :func:`reserve_output` claims a unique
 file name in it.
@@ -20,7 +25,9 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProject, QgsSettings
 
-from ..engine.errors import InputError
+from ..engine.errors import InputError, ModelNotInstalledError
+from ..engine.model_catalog import DEFAULT_BUNDLE, MODEL_URL_ENV, MODELS_DIR_ENV
+from ..engine.model_library import active_bundle
 
 PREFIX = "unigeo/"
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -28,8 +35,27 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
 
 def default_bundle() -> str:
-    """The model bundle shipped with the plugin: ``<plugin>/resources/models/default``."""
+    """The bundle shipped inside the plugin folder: ``<plugin>/resources/models/default``.
+
+    The checkout and the offline zip have it; the zip from the QGIS repository does not.
+    """
     return str(PLUGIN_DIR / "resources" / "models" / "default")
+
+
+def default_models_folder() -> str:
+    """``$UNIGEO_MODELS_DIR``, else ``<QGIS settings dir>/unigeo/models`` of the running profile."""
+    env = os.environ.get(MODELS_DIR_ENV, "").strip()
+    return env or str(Path(QgsApplication.qgisSettingsDirPath()) / "unigeo" / "models")
+
+
+def first_run_message(models_folder: str | Path) -> str:
+    """What to do when no model is installed: the one click, or the one command."""
+    return (
+        f"UniGeo has no model yet. Install the default model ({DEFAULT_BUNDLE.size_label()} "
+        "download) with one click: UniGeo toolbar > Model manager > Install default model "
+        "(or Processing: UniGeo > Models > Install model bundle). From a shell: python -m "
+        f'engine models install --default --models-dir "{models_folder}"'
+    )
 
 
 def default_cache_folder() -> str:
@@ -59,6 +85,8 @@ class Settings:
     # where outputs go; "" = the project folder, else <QGIS settings dir>/unigeo/outputs (never
     # inside the cache: the cache deletes old stores when it is full)
     output_folder: str = ""
+    models_folder: str = ""  # installed model bundles; "" = <QGIS settings dir>/unigeo/models
+    model_url: str = ""  # where "Install default model" downloads; "" = the pinned release URL
 
     @classmethod
     def load(cls) -> Settings:
@@ -80,9 +108,34 @@ class Settings:
             s.setValue(PREFIX + f.name, getattr(self, f.name))
 
     # -- resolved values (defaults applied) -------------------------------------------------
+    def resolve_bundle(self) -> str | None:
+        """The bundle folder to load: the setting, the active installed one, the shipped one."""
+        if self.bundle:
+            return self.bundle
+        active = active_bundle(self.models_path())
+        if active is not None:
+            return str(active)
+        shipped = default_bundle()
+        return shipped if (Path(shipped) / "bundle.json").is_file() else None
+
     def bundle_path(self) -> str:
-        """The model bundle folder to load."""
-        return self.bundle or default_bundle()
+        """The model bundle folder to load.
+
+        Raises:
+            ModelNotInstalledError: no bundle is set, installed or shipped (first run).
+        """
+        found = self.resolve_bundle()
+        if found is None:
+            raise ModelNotInstalledError(first_run_message(self.models_path()))
+        return found
+
+    def models_path(self) -> Path:
+        """The folder of installed model bundles (the model manager's)."""
+        return Path(self.models_folder or default_models_folder())
+
+    def default_model_url(self) -> str:
+        """The default bundle's URL: the setting, else ``$UNIGEO_MODEL_URL``, else the pin."""
+        return self.model_url or os.environ.get(MODEL_URL_ENV, "").strip() or DEFAULT_BUNDLE.url
 
     def provider_arg(self) -> str | None:
         """The ``providers`` argument of ``UniGeoModel.load`` (None = auto)."""

@@ -1,7 +1,8 @@
 """The plugin object QGIS loads: toolbar, menu, map tools, search dock, dialogs, Processing provider.
 
 Every GUI object added in ``initGui`` is removed in ``unload``, which also cancels running tasks
-and releases the loaded models.
+and releases the loaded models. On a first run without any model bundle (the plugin zip from the
+QGIS repository carries none) it shows a message with a button that installs the default model.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QMessageBox
+from qgis.PyQt.QtWidgets import QAction, QMessageBox, QPushButton
 
 from . import deps
 
@@ -42,6 +43,8 @@ class UniGeoPlugin:
         self.point_tool = None
         self.polygon_tool = None
         self.tool_actions: dict[object, QAction] = {}
+        self.first_run_item = None  # the "no model yet" message bar item
+        self.model_manager = None  # the Model manager dialog, once opened
         deps.activate()
 
     def icon(self, name: str = "unigeo.svg") -> QIcon:
@@ -58,6 +61,7 @@ class UniGeoPlugin:
             return  # the engine cannot run: offer only the about box and Processing
         self._init_tools()
         self._add_action("About UniGeo and device check", self.show_about)
+        self.check_first_run()
 
     def _init_tools(self) -> None:
         from .controller import Controller
@@ -83,6 +87,7 @@ class UniGeoPlugin:
         self._add_action("Photo → map", self.show_photo_search)
         self._add_action("Classify land use", self.show_classify)
         self._add_action("Settings", self.show_settings)
+        self._add_action("Model manager", self.show_model_manager)
         self.update_badge()
 
     def _connect(self) -> None:
@@ -220,6 +225,58 @@ class UniGeoPlugin:
             release_all()  # the next query loads the model with the new settings
             self.update_badge()
 
+    # -- models ----------------------------------------------------------------------------
+    def check_first_run(self) -> bool:
+        """Without any model bundle, show the message with the one-click install; True if shown."""
+        from .settings import Settings, first_run_message
+
+        s = Settings.load()
+        if s.resolve_bundle() is not None:
+            return False
+        bar = self.iface.messageBar()
+        item = bar.createMessage("UniGeo", first_run_message(s.models_path()))
+        button = QPushButton("Install default model", item)
+        button.setObjectName("UniGeoInstallDefaultModel")
+        button.clicked.connect(lambda: self.show_model_manager(install_default=True))
+        item.layout().addWidget(button)
+        self.first_run_item = bar.pushWidget(item, Qgis.Warning, 0)
+        QgsMessageLog.logMessage(first_run_message(s.models_path()), LOG_TAG, Qgis.Warning)
+        return True
+
+    def _pop_first_run(self) -> None:
+        if self.first_run_item is not None:
+            try:
+                self.iface.messageBar().popWidget(self.first_run_item)
+            except RuntimeError:  # the user closed the message: Qt deleted it already
+                pass
+            self.first_run_item = None
+
+    def show_model_manager(self, install_default: bool = False):
+        """Open the Model manager (and start the default install when asked); returns it."""
+        from .dialogs.model_manager_dialog import ModelManagerDialog
+
+        if self.model_manager is None:
+            self.model_manager = ModelManagerDialog(parent=self.iface.mainWindow())
+            self.model_manager.activeChanged.connect(self._model_changed)
+        dlg = self.model_manager
+        dlg.refresh()
+        if install_default:
+            dlg.install_default()
+        dlg.open()
+        dlg.raise_()
+        return dlg
+
+    def _model_changed(self, _folder: str = "") -> None:
+        from .model_cache import release_all
+        from .settings import Settings
+
+        release_all()
+        if Settings.load().resolve_bundle() is not None:
+            self._pop_first_run()
+        if self.dock is not None:
+            self.update_badge()
+            self.refresh_bands()
+
     def show_about(self) -> None:
         missing = deps.missing()
         if missing:
@@ -259,6 +316,11 @@ class UniGeoPlugin:
         release_all()
 
     def unload(self) -> None:
+        self._pop_first_run()
+        if self.model_manager is not None:
+            self.model_manager.reject()  # cancels an install in progress
+            self.model_manager.deleteLater()
+            self.model_manager = None
         self._unload_tools()
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)

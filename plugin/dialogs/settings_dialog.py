@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -9,6 +11,7 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QLabel,
+    QPushButton,
     QSpinBox,
     QWidget,
 )
@@ -54,8 +57,12 @@ class SettingsDialog(QDialog):
         s = settings or Settings.load()
         self.original = s
         form = QFormLayout(self)
-        self.bundle = _folder_widget(s.bundle, "the bundled default model")
+        self.bundle = _folder_widget(s.bundle, "the active model of the Model manager")
         form.addRow("Model bundle", self.bundle)
+        models = QPushButton("Model manager…")
+        models.setToolTip("Install, choose or remove model bundles")
+        models.clicked.connect(self.show_model_manager)
+        form.addRow("", models)
         self.provider = QComboBox()
         self.provider.addItems(PROVIDERS)
         self.provider.setCurrentText(s.provider)
@@ -78,8 +85,9 @@ class SettingsDialog(QDialog):
         form.addRow(buttons)
 
     def settings(self) -> Settings:
-        """The settings as edited (not saved yet)."""
-        return Settings(
+        """The settings as edited (not saved yet); those not shown here are kept."""
+        return dataclasses.replace(
+            self.original,
             bundle=self.bundle.filePath().strip(),
             provider=self.provider.currentText(),
             threads=self.threads.value(),
@@ -88,6 +96,13 @@ class SettingsDialog(QDialog):
             cache_mb=self.cache_mb.value(),
             output_folder=self.output.filePath().strip(),
         )
+
+    def show_model_manager(self) -> None:
+        """Open the Model manager over this dialog (it saves its own choices)."""
+        from .model_manager_dialog import ModelManagerDialog
+
+        ModelManagerDialog(parent=self).exec_()
+        self.bundle.setFilePath(Settings.load().bundle)  # "Use" may have cleared the folder
 
     def accept(self) -> None:
         self.settings().save()

@@ -40,7 +40,7 @@ from ...engine.store_window import store_window
 from ...engine.zarr_store import open_store
 from .. import model_cache
 from ..qgis_reader import qgs_crs
-from ..settings import PROVIDERS, Settings
+from ..settings import PROVIDERS, Settings, first_run_message
 from . import help as texts
 from .common import (  # noqa: F401 - re-exported: algorithms import these from .base
     BLOCK_TILES,
@@ -100,7 +100,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
                 self.MODEL,
                 self.tr("Model bundle folder"),
                 behavior=QgsProcessingParameterFile.Folder,
-                defaultValue=s.bundle_path(),
+                defaultValue=s.resolve_bundle(),
                 optional=True,
             )
         )
@@ -116,7 +116,10 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
     def load_model(self, parameters: dict, context: QgsProcessingContext) -> UniGeoModel:
         """The shared model of MODEL/PROVIDER; a clear error when the folder holds none."""
         folder = self.parameterAsFile(parameters, self.MODEL, context)
-        folder = folder or Settings.load().bundle_path()
+        settings = Settings.load()
+        folder = folder or settings.resolve_bundle()
+        if not folder:  # first run of the plugin zip from the repository: no model yet
+            raise QgsProcessingException(self.tr(first_run_message(settings.models_path())))
         if not (Path(folder) / "bundle.json").is_file():
             raise QgsProcessingException(
                 self.tr(

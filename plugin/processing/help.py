@@ -6,6 +6,7 @@ GROUPS = {
     "embeddings": "Embeddings",
     "search": "Search",
     "classification": "Classification",
+    "models": "Models",
 }
 
 _QUERY_HELP = (
@@ -39,7 +40,8 @@ _LOAD_HELP = (
     "and parameters in the layer metadata (Properties &gt; Metadata).</p>"
 )
 _MODEL_HELP = (
-    "<p>MODEL is a model bundle folder (default: the one in UniGeo settings); PROVIDER picks "
+    "<p>MODEL is a model bundle folder (default: the one in UniGeo settings, else the active "
+    "model of the Model manager, else the model shipped in the plugin); PROVIDER picks "
     "the inference device (auto: TensorRT, CUDA, then CPU).</p>"
 )
 
@@ -133,6 +135,31 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "EPSG:4326 (0.01 is about 1 km), metres for a projected CRS such as UTM. Without a query the output has "
         "one band per embedding dimension; with QUERY_TEXT and/or QUERY_GPS ('lat,lon') it is "
         "a similarity heatmap (band 1 cosine, band 2 percentile).</p>" + _MODEL_HELP,
+    ),
+    "installmodel": (
+        "Install model bundle",
+        "models",
+        "<p>Installs a UniGeo model bundle into the models folder of this QGIS profile "
+        "(&lt;profile&gt;/unigeo/models, kept when the plugin is updated). SOURCE is a bundle "
+        ".zip file, an unpacked bundle folder or an https URL of a zip; leave it empty to "
+        "download the default model. SHA256 is the zip's published checksum: required for a "
+        "URL (the default model's is built in); for a local zip the .sha256 file beside it is "
+        "used when present.</p><p>The checksum is verified before anything is unpacked, the "
+        "zip is unpacked safely (no absolute paths, '..' or links; size limits), and every "
+        "tower is loaded and run once by onnxruntime before the bundle appears in the models "
+        "folder. A failed, truncated or cancelled install leaves nothing behind; a dropped "
+        "download resumes where it stopped.</p><p>ACTIVATE makes it the model UniGeo uses "
+        "(default: only when none is active yet). MODELS_FOLDER overrides the models folder."
+        "</p>",
+    ),
+    "models": (
+        "Installed models",
+        "models",
+        "<p>Lists the installed model bundles with their model card summary (modalities, "
+        "training domain, declared accuracy, size, licence) in the log and as JSON (output "
+        "MODELS). ACTION 'use' makes the bundle NAME the active model; 'remove' deletes it. "
+        "NAME is the folder name shown in the list (or the bundle name when only one version "
+        "is installed). Output ACTIVE is the active bundle's folder.</p>",
     ),
 }
 

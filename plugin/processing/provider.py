@@ -18,6 +18,7 @@ def algorithm_classes() -> list[type]:
     from .encode_table_algorithm import EncodeTableAlgorithm
     from .gps_field_algorithm import GpsFieldAlgorithm
     from .heatmap_algorithm import HeatmapAlgorithm
+    from .models_algorithm import InstallModelAlgorithm, ModelsAlgorithm
     from .top_hits_algorithm import TopHitsAlgorithm
 
     return [
@@ -28,6 +29,8 @@ def algorithm_classes() -> list[type]:
         EmbedFeaturesAlgorithm,
         EncodeTableAlgorithm,
         GpsFieldAlgorithm,
+        InstallModelAlgorithm,
+        ModelsAlgorithm,
     ]
 
 

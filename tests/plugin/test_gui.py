@@ -19,6 +19,7 @@ ACTIONS = [
     "Photo → map",
     "Classify land use",
     "Settings",
+    "Model manager",
     "About UniGeo and device check",
 ]
 
