@@ -10,7 +10,15 @@ import pytest
 from scripts.plugin_loader import load_plugin_package
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data next to the checkout; a worktree one level deeper (wt/<name>) finds it too.
+SHARED_DATA = next(
+    (
+        p / "shared" / "data"
+        for p in (ROOT.parent, ROOT.parent.parent)
+        if (p / "shared" / "data").is_dir()
+    ),
+    ROOT.parent / "shared" / "data",
+)
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
