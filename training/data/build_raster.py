@@ -30,14 +30,15 @@ from .chip_record import ChipFacts, ChipViews, make_record
 from .dsm import osm_heights, rasterize_heights, read_vector
 from .polygon_labels import LabelLayer, PolygonLabels
 from .scenes import (
+    BandFile,
     Grid,
     LoadedView,
     View,
     load_height,
     load_view,
     target_grid,
-    view_files,
     view_of_file,
+    wgs84_bounds,
 )
 from .sensors import Sensor, custom_sensor, get_sensor
 from .writer import SampleRecord
@@ -95,7 +96,18 @@ class RasterSource:
         ] + list(self.views)
 
     def get_sensor(self) -> Sensor:
+        """The sensor whose rule scales this area's pixels."""
         return get_sensor(self.sensor) if self.sensor else custom_sensor(self.value_max)
+
+    def files(self) -> list[BandFile]:
+        """The files that set the area's extent: the imagery, else the height model."""
+        views = self.all_views()
+        out = [b for v in views for b in next(iter(v.bands.values()))]
+        return out or [BandFile(Path(p)) for p in (self.dsm, self.dem) if p][:1]
+
+    def wgs84_bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) of the area's extent, from the file headers."""
+        return wgs84_bounds(self.files())
 
 
 class _Buildings:
@@ -144,40 +156,37 @@ class _Area:
     to_geo: Transformer
     rng: np.random.Generator
 
-    @property
-    def k(self) -> int:
-        return self.src.chip_px
-
-    def bounds(self, y: int, x: int) -> tuple[float, float, float, float]:
+    def bounds(self, y: int, x: int, k: int) -> tuple[float, float, float, float]:
         """Map bounds of the k x k chip whose top-left pixel is (y, x)."""
-        t, k = self.g.transform, self.k
+        t = self.g.transform
         return (t.c + x * t.a, t.f + (y + k) * t.e, t.c + (x + k) * t.a, t.f + y * t.e)
 
 
 def _load_area(src: RasterSource) -> _Area:
     views = src.all_views()
     heights = [p for p in (src.dsm, src.dem) if p]
-    files = [f for v in views for f in view_files(v)] or heights
-    if not files:
+    if not views and not heights:
         raise RasterInputError(f"area {src.area_id}: give at least one image, DSM or DEM")
     stride = src.stride_px or src.chip_px
     if not 1 <= stride <= src.chip_px:
         raise RasterInputError(f"area {src.area_id}: need 1 <= stride_px <= chip_px")
     # The imagery (else the height model) sets the extent: a DEM often covers far more.
-    g = target_grid([b.path for v in views for b in next(iter(v.bands.values()))] or heights,
-                    src.gsd_m, src.chip_px, stride)  # fmt: skip
+    g = target_grid(src.files(), src.gsd_m, src.chip_px, stride)
     sensor = src.get_sensor()
     objects = None
     if src.objects is not None:
         tf = Transformer.from_crs(src.objects.crs, g.crs, always_xy=True)
         x, y = tf.transform(src.objects.xy[:, 0], src.objects.xy[:, 1])
-        col, row = ~g.transform * (np.asarray(x), np.asarray(y))
+        col, row = ~g.transform @ (np.asarray(x), np.asarray(y))
         objects = np.stack([np.floor(row), np.floor(col)], 1)
+    loaded = [load_view(v, g, sensor) for v in views]
+    # Dates with a QA mask: the clearest, snow-free one first (the view evaluation reads).
+    loaded.sort(key=lambda lv: -lv.quality)
     return _Area(
         src=src,
         g=g,
         sensor=sensor,
-        views=[load_view(v, g, sensor) for v in views],
+        views=loaded,
         height=load_height(src.dsm or src.dem, g) if heights else None,
         labels=[PolygonLabels(spec, g) for spec in src.labels],
         bld=_Buildings(src, g) if src.buildings else None,
@@ -191,9 +200,9 @@ def _window_ok(a: np.ndarray, max_nodata: float) -> bool:
     return a.size > 0 and float(np.isnan(a).any(axis=0).mean()) <= max_nodata
 
 
-def _chip_views(area: _Area, y: int, x: int) -> ChipViews | None:
+def _chip_views(area: _Area, y: int, x: int, k: int) -> ChipViews | None:
     """Valid date views of the chip, then shifted crops (random offsets), or None."""
-    k, src = area.k, area.src
+    src = area.src
     good = [
         lv for lv in area.views
         if lv.data.shape[1] >= y + k and lv.data.shape[2] >= x + k
@@ -222,9 +231,9 @@ def _chip_views(area: _Area, y: int, x: int) -> ChipViews | None:
     return ChipViews(chips, good[0].bands, dates)
 
 
-def _heights(area: _Area, y: int, x: int, facts: ChipFacts) -> None:
+def _heights(area: _Area, y: int, x: int, k: int, facts: ChipFacts) -> None:
     """The chip's DSM (real, DEM + buildings, or a DEM on its own) and building facts."""
-    src, k = area.src, area.k
+    src = area.src
     dsm = None
     if area.height is not None:
         dsm = area.height[y : y + k, x : x + k].copy()
@@ -232,7 +241,7 @@ def _heights(area: _Area, y: int, x: int, facts: ChipFacts) -> None:
             dsm = None
     bheights = None
     if area.bld is not None:
-        b = area.bounds(y, x)
+        b = area.bounds(y, x, k)
         idx, facts.pois = area.bld.in_box(b)
         facts.n_buildings = len(idx)
         tr = Affine(src.gsd_m, 0, b[0], 0, -src.gsd_m, b[3])
@@ -247,46 +256,54 @@ def _heights(area: _Area, y: int, x: int, facts: ChipFacts) -> None:
     # else: a DEM alone is terrain, not a surface model
 
 
-def _chip_facts(area: _Area, y: int, x: int, sample_id: str, labels=None) -> ChipFacts | None:
-    views = _chip_views(area, y, x) if area.views else None
+def _chip_facts(area: _Area, pos: tuple) -> ChipFacts | None:
+    sample_id, y, x, k, labels = pos
+    views = _chip_views(area, y, x, k) if area.views else None
     if area.views and views is None:
         return None  # an area given by imagery keeps only chips that have imagery
-    b = area.bounds(y, x)
+    b = area.bounds(y, x, k)
     lon, lat = area.to_geo.transform((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
     facts = ChipFacts(sample_id, float(lat), float(lon), views=views)
-    _heights(area, y, x, facts)
+    _heights(area, y, x, k, facts)
     if views is None and facts.dsm is None:
         return None
     if labels is None and area.labels:
-        found = [pl.at(y, x, area.k) for pl in area.labels]
+        found = [pl.at(y, x, k) for pl in area.labels]
         labels = next((lab for lab in found if lab.label >= 0), found[0])
     facts.labels = labels
     if area.objects is not None and area.src.objects is not None:
         r, c = area.objects[:, 0], area.objects[:, 1]
-        n = int(((r >= y) & (r < y + area.k) & (c >= x) & (c < x + area.k)).sum())
+        n = int(((r >= y) & (r < y + k) & (c >= x) & (c < x + k)).sum())
         if n:
             facts.objects = [f"{n} {area.src.objects.noun}{'s' if n != 1 else ''}"]
     return facts
 
 
-def _tile_order(g: Grid, max_chips: int) -> list[tuple[int, int]]:
+def _tile_order(g: Grid, max_chips: int, seed: int) -> list[tuple[int, int]]:
+    """Every lattice tile, or a seeded random ``max_chips`` of them in row-major order.
+
+    Tiles outside the imagery are dropped later, so a large area with empty corners gives
+    fewer than ``max_chips`` samples.
+    """
     tiles = [(r, c) for r in range(g.grid.rows) for c in range(g.grid.cols)]
     if max_chips and len(tiles) > max_chips:
-        keep = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
+        keep = np.sort(np.random.default_rng(seed).choice(len(tiles), max_chips, replace=False))
         tiles = [tiles[i] for i in keep]
     return tiles
 
 
-def _positions(area: _Area) -> Iterator[tuple[str, int, int, object]]:
-    """(sample id, y, x, labels or None): lattice chips, then polygon-centred chips."""
-    step = area.src.stride_px or area.src.chip_px
-    for r, c in _tile_order(area.g, area.src.max_chips):
-        yield f"{area.src.area_id}-r{r:04d}c{c:04d}", r * step, c * step, None
+def _positions(area: _Area) -> Iterator[tuple[str, int, int, int, object]]:
+    """(sample id, y, x, chip side, labels or None): lattice chips, then polygon-centred ones."""
+    src = area.src
+    step = src.stride_px or src.chip_px
+    for r, c in _tile_order(area.g, src.max_chips, zlib.crc32(src.area_id.encode())):
+        yield f"{src.area_id}-r{r:04d}c{c:04d}", r * step, c * step, src.chip_px, None
     for pl in area.labels:
         if pl.spec.centred:
-            for poly, y, x in pl.centred_chips(area.k):
+            k = pl.spec.centred_px or src.chip_px
+            for poly, y, x in pl.centred_chips(k):
                 gid = pl.ids[poly].split(":", 1)[1].replace("#", "-")
-                yield f"{area.src.area_id}-p{gid}", y, x, pl.centred_labels(poly, y, x, area.k)
+                yield f"{src.area_id}-p{gid}", y, x, k, pl.centred_labels(poly, y, x, k)
 
 
 def build_area(
@@ -309,14 +326,14 @@ def build_area(
     """
     area = _load_area(src)
     seen: set[str] = set()
-    for sample_id, y, x, labels in _positions(area):
-        if sample_id in seen:
+    for pos in _positions(area):
+        if pos[0] in seen:
             continue
-        seen.add(sample_id)
-        facts = _chip_facts(area, y, x, sample_id, labels)
+        seen.add(pos[0])
+        facts = _chip_facts(area, pos)
         if facts is None:
             continue
-        split = "holdout" if src.holdout else split_of(facts.lat, facts.lon, src.gsd_m, area.k)
+        split = "holdout" if src.holdout else split_of(facts.lat, facts.lon, src.gsd_m, pos[3])
         yield make_record(
             facts,
             area_id=src.area_id,
@@ -327,5 +344,5 @@ def build_area(
             climate=climate(facts.lat, facts.lon) if climate else {},
             label_from_cover=src.label_from_cover,
             pseudo_street=src.pseudo_street,
-            seed=(y, x, len(src.area_id)),
+            seed=(pos[1], pos[2], len(src.area_id)),
         )

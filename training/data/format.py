@@ -140,6 +140,8 @@ class DatasetInfo:
     chip_sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # modality -> [[H, W]]
     gsd_m: dict[str, float] = field(default_factory=dict)  # area_id -> aerial/DSM GSD (m)
     area_info: dict[str, dict] = field(default_factory=dict)  # area_id -> place, sensor, dates..
+    reserved: dict[str, list[float]] = field(default_factory=dict)  # name -> WGS84 box no chip
+    # of another split meets (held-out areas, the demo scene)
     class_names: list[str] = field(default_factory=list)  # landuse index -> name
     provenance: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> counts
     areas: dict[str, int] = field(default_factory=dict)  # area_id -> sample count

@@ -51,7 +51,9 @@ def _band(x: np.ndarray, bands: Sequence[str], name: str) -> np.ndarray | None:
 def spectral_indices(
     x: np.ndarray, bands: Sequence[str] = ("red", "green", "blue", "nir")
 ) -> dict[str, np.ndarray]:
-    """NDVI, NDWI (green vs NIR, McFeeters) and MNDWI (green vs SWIR1), where the bands exist.
+    """NDVI, NDWI (green vs NIR, McFeeters), MNDWI (green vs SWIR1) and a snow index (NDSI with
+    green, else red, against SWIR1: snow is bright in the visible and dark in SWIR), where the
+    bands exist.
 
     Args:
         x: [C, H, W] reflectance-like values (reflectance, or an 8-bit render / 255).
@@ -66,6 +68,10 @@ def spectral_indices(
             out["ndwi"] = (g - n) / (g + n + 1e-6)
         if g is not None and s1 is not None:
             out["mndwi"] = (g - s1) / (g + s1 + 1e-6)
+        vis = g if g is not None else r
+        if vis is not None and s1 is not None:
+            snow = (vis - s1) / (vis + s1 + 1e-6)
+            out["ndsi"] = np.where(vis > 0.1, snow, -1.0)  # dark water is no snow
     return out
 
 
@@ -75,8 +81,9 @@ def cover_fractions(
     """Water / dense vegetation / sparse vegetation / bare fractions from spectral indices.
 
     Water is NDWI > 0 (green and NIR; MNDWI > 0 also counts when SWIR1 exists), or NDVI < 0
-    without a green band; dense vegetation NDVI > 0.4, sparse 0.15..0.4. Needs red and NIR
-    (empty otherwise); NaN pixels are ignored.
+    without a green band; dense vegetation NDVI > 0.4, sparse 0.15..0.4. With SWIR1, snow or
+    ice (NDSI > 0.4) is a fifth fraction, taken first. Needs red and NIR (empty otherwise);
+    NaN pixels are ignored.
     """
     idx = spectral_indices(x, bands)
     if "ndvi" not in idx:
@@ -94,14 +101,19 @@ def cover_fractions(
     if not ok.any():
         return {}
     ndvi, water = ndvi[ok], water[ok]
-    dense = ~water & (ndvi > 0.4)
-    sparse = ~water & (ndvi > 0.15) & ~dense
-    return {
+    snow = idx["ndsi"][ok] > 0.4 if "ndsi" in idx else np.zeros_like(water)
+    water &= ~snow
+    dense = ~water & ~snow & (ndvi > 0.4)
+    sparse = ~water & ~snow & (ndvi > 0.15) & ~dense
+    out = {
         "water": float(water.mean()),
         "dense vegetation": float(dense.mean()),
         "sparse vegetation": float(sparse.mean()),
-        "bare or built": float((~water & ~dense & ~sparse).mean()),
+        "bare or built": float((~water & ~snow & ~dense & ~sparse).mean()),
     }
+    if "ndsi" in idx:
+        out["snow or ice"] = float(snow.mean())
+    return out
 
 
 def derive_label(fractions: dict[str, float], building_cover: float | None) -> int:
@@ -113,8 +125,8 @@ def derive_label(fractions: dict[str, float], building_cover: float | None) -> i
     """
     if building_cover is not None and building_cover > 0.12:
         return RESIDENTIAL
-    if not fractions:
-        return -1
+    if not fractions or fractions.get("snow or ice", 0.0) > 0.3:
+        return -1  # snow hides the land use
     if fractions["water"] > 0.5:
         return WATER
     if fractions["dense vegetation"] > 0.6:

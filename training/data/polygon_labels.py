@@ -37,6 +37,7 @@ class LabelLayer:
     prefix: str = "poly"  # group ids are '<prefix>:<id>'
     min_share: float = 0.5  # a chip is labelled when one class covers this share of it
     centred: bool = False  # also one chip centred inside every polygon
+    centred_px: int = 0  # ... of this side in pixels (0: the area's chip side)
     centred_min_share: float = 0.25  # ... kept when its own polygon covers this share
     licence: str = ""
 
@@ -108,11 +109,17 @@ class PolygonLabels:
             if geom is None or geom.is_empty:
                 continue
             p = shapely.point_on_surface(geom)
-            col, row = inv * (p.x, p.y)
+            col, row = inv @ (p.x, p.y)
             y, x = int(round(row - k / 2)), int(round(col - k / 2))
             if 0 <= y <= g.height - k and 0 <= x <= g.width - k:
-                share = float((self.index[y : y + k, x : x + k] == i).mean())
-                if share >= self.spec.centred_min_share:
+                win = self.index[y : y + k, x : x + k]
+                share = float((win == i).mean())
+                if share < self.spec.centred_min_share:
+                    continue
+                # The polygon's class must be the chip's largest mapped class.
+                inside = win[win >= 0]
+                by_class = np.bincount(self.cls[inside], minlength=len(CLASS_NAMES))
+                if by_class[self.cls[i]] >= by_class.max():
                     yield i, y, x
 
     def centred_labels(self, poly: int, y: int, x: int, k: int) -> ChipLabels:

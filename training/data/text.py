@@ -54,10 +54,17 @@ def _where(c: TextContext) -> str:
 def _mix(c: TextContext, variant: int) -> str:
     if not c.classes:
         return ""
-    top = [(n, s) for n, s in c.classes if s >= 0.1][:3] or c.classes[:1]
+    mapped = sum(s for _, s in c.classes)
+    top = [(n, s) for n, s in c.classes if s >= 0.1][:3]
+    if not top and mapped >= 0.9:  # a full class mix: name its largest class anyway
+        top = c.classes[:1]
+    if not top:
+        return ""  # mapped classes cover under a tenth of the place each: say nothing
     nouns = [CLASS_PHRASES.get(n, (n,) * 3)[variant % 3] for n, _ in top]
     if variant == 0:
-        return f"mostly {nouns[0]}" + (f" with some {nouns[1]}" if len(nouns) > 1 else "")
+        # Polygons may map only part of a chip: "partly" unless the class really dominates.
+        lead = "mostly" if top[0][1] >= 0.5 or mapped >= 0.9 else "partly"
+        return f"{lead} {nouns[0]}" + (f" with some {nouns[1]}" if len(nouns) > 1 else "")
     if variant == 1:
         return " and ".join(nouns)
     return ", ".join(f"{round(s * 100)}% {n}" for n, s in top)
