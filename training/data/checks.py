@@ -91,7 +91,7 @@ def holdout_intrusions(
 def holdout_classes(root: str | Path) -> Counter:
     """Land-use class name -> count over the held-out samples."""
     info = DatasetInfo.read(root)
-    t = read_manifest(root, columns=["split", "landuse"]).to_pydict()
+    t = read_manifest(root, columns=["sample_id", "split", "landuse"]).to_pydict()
     return Counter(
         info.class_names[lab]
         for s, lab in zip(t["split"], t["landuse"], strict=True)
