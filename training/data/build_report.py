@@ -25,6 +25,14 @@ CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe",
               "NA": "North America", "OC": "Oceania", "SA": "South America"}  # fmt: skip
 
 
+_OTHER_INFO = {  # sources that are not raster areas: Blue Marble chips, street photos
+    "global": {"source": f"{BLUE_MARBLE.package} {BLUE_MARBLE.version} (pip)",
+               "files": BLUE_MARBLE.member, "licence": BLUE_MARBLE.licence},
+    "street": {"source": "../shared/data/street_photos",
+               "licence": "Mapillary images shipped in mapillary/OpenSfM (BSD-2-Clause)"},
+}  # fmt: skip
+
+
 @dataclass
 class AreaTally:
     """Per area: extent of its samples, counts per split, modality provenance and dates."""
@@ -80,7 +88,7 @@ def area_info(cfg: BuildConfig, tally: AreaTally, ctx: PlaceContext | None) -> d
             "modalities": dict(tally.modalities[a]),
             "labels": {str(k): v for k, v in sorted(tally.labels[a].items())},
             "views_per_sample": round(tally.views[a] / n, 2) if n else 0.0,
-            **(src.info if src else {}),
+            **(src.info if src else _OTHER_INFO.get(a.split("_")[0], {})),
         }
     return out
 

@@ -52,8 +52,8 @@ def spectral_indices(
     x: np.ndarray, bands: Sequence[str] = ("red", "green", "blue", "nir")
 ) -> dict[str, np.ndarray]:
     """NDVI, NDWI (green vs NIR, McFeeters), MNDWI (green vs SWIR1) and a snow index (NDSI with
-    green, else red, against SWIR1: snow is bright in the visible and dark in SWIR), where the
-    bands exist.
+    green, else red, against SWIR1, where the visible and NIR are bright: snow is dark only in
+    SWIR), where the bands exist.
 
     Args:
         x: [C, H, W] reflectance-like values (reflectance, or an 8-bit render / 255).
@@ -71,7 +71,9 @@ def spectral_indices(
         vis = g if g is not None else r
         if vis is not None and s1 is not None:
             snow = (vis - s1) / (vis + s1 + 1e-6)
-            out["ndsi"] = np.where(vis > 0.1, snow, -1.0)  # dark water is no snow
+            # Snow is bright in the visible and NIR too; water (turbid or not) is dark in NIR.
+            bright = (vis > 0.25) & (n > 0.2) if n is not None else vis > 0.25
+            out["ndsi"] = np.where(bright, snow, -1.0)
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_path, atomic_write_text
+from engine.atomic import atomic_write_text
 from engine.contract import Modality
 
 from .format import DatasetInfo, read_manifest
@@ -125,9 +125,9 @@ def contact_sheet(root: str | Path, out_png: str | Path, n: int = 8) -> Path:
         text = "\n".join((r["text"] or ["(no text)"])[:3])
         ax_row[3].text(0, 0.5, text, fontsize=7, va="center", wrap=True)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+    from .report_docs import save_png
+
+    out_png = save_png(fig, Path(out_png), 80)  # a 256-colour PNG: a third of the size
     plt.close(fig)
     return out_png
 

@@ -26,6 +26,20 @@ KIND_COLOUR = {"sentinel2": "#1f77b4", "landsat": "#2ca02c", "display8": "#ff7f0
                "worldview2": "#9467bd", "dsm": "#8c564b", "photo": "#e377c2"}  # fmt: skip
 
 
+def save_png(fig, out_png: Path, dpi: int) -> Path:
+    """Save a figure as a 256-colour PNG (a third of the size; these live in docs/)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    im = Image.open(buf).convert("RGB").quantize(256)
+    with atomic_path(out_png, suffix=".png") as tmp:
+        im.save(tmp, format="PNG", optimize=True)
+    return out_png
+
+
 def render_rgb(chip: np.ndarray, bands: list[str] | tuple[str, ...]) -> np.ndarray:
     """An H x W x 3 picture of a chip: true colour, else false colour (NIR, red, green).
 
@@ -136,8 +150,7 @@ def world_map(info: DatasetInfo, out_png: Path, cache: Path | None = None) -> Pa
     key.axis("off")
     key.text(0, 1, "\n".join(lines), fontsize=6.5, va="top", family="monospace")
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+    save_png(fig, out_png, 80)
     plt.close(fig)
     return out_png
 
@@ -194,8 +207,7 @@ def area_sheet(root: Path, area: str, rows: list[dict], out_png: Path, n: int = 
                        va="center", wrap=True)  # fmt: skip
     fig.suptitle(f"{area}: {info.area_info.get(area, {}).get('place', area)}", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=48, format="png")
+    save_png(fig, out_png, 48)
     plt.close(fig)
     return out_png
 
@@ -206,11 +218,12 @@ def _fmt_splits(d: dict[str, int]) -> str:
 
 
 def _fmt_modalities(m: dict[str, int]) -> str:
+    """'A 36 real · D - · S - · T 36 derived · G 36 real' (aerial, DSM, street, text, GPS)."""
     out = []
     for mod in ("aerial", "dsm", "streetview", "text", "gps"):
         parts = [f"{n} {k.split(':')[1]}" for k, n in sorted(m.items()) if k.startswith(mod + ":")]
-        out.append(", ".join(parts) or "-")
-    return " | ".join(out)
+        out.append(f"{mod[0].upper()} {', '.join(parts) or '-'}")
+    return " · ".join(out)
 
 
 def _sensor_rows() -> list[str]:
@@ -246,8 +259,8 @@ def report_markdown(info: DatasetInfo, stats: dict[str, Any], extra: str = "") -
         "![world map](world_map.png)",
         "",
         "Samples per split are train / val / test / holdout / dropped (null: the split buffer "
-        "or a chip of another split nearby). Modalities: aerial | DSM | street | text | GPS, "
-        "with provenance (real, derived, synthetic).",
+        "or a chip of another split nearby). Modalities: A aerial, D DSM, S street level, "
+        "T text, G GPS, with provenance (real, derived, synthetic).",
         "",
         "| area | place | continent | sensor | GSD m | dates | samples | modalities | labels "
         "| views/sample | licence | sheet |",
