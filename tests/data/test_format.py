@@ -120,7 +120,7 @@ def test_overwrite_replaces_the_dataset(tiny_dataset: Path, records):
     [
         ({"provenance": {"gps": "made-up"}}, "provenance"),
         ({"lat": 95.0}, "WGS84"),
-        ({"split": "holdout"}, "split"),
+        ({"split": "bogus"}, "split"),  # "holdout" is a split now
         ({"dsm": np.zeros((2, 4, 4), np.float32)}, "1 band"),
         ({"aerial": [np.full((4, 4, 4), 2.0, np.float32)]}, r"\[0, 1\]"),
         ({"streetview": [np.zeros((4, 8, 8), np.uint8)]}, "3 bands"),

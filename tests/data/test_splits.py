@@ -189,5 +189,5 @@ def test_guard_is_validated():
     with pytest.raises(InputError, match="divide 360"):
         LeakGuard(10, cell_deg=0.7)
     with pytest.raises(InputError, match="split must be"):
-        LeakGuard(10).admit(0.0, 0.0, 100.0, "holdout")
+        LeakGuard(10).admit(0.0, 0.0, 100.0, "bogus")  # "holdout" is a split now
     assert LeakGuard(10).admit(0.0, 0.0, 100.0, None) is None

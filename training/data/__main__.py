@@ -1,4 +1,4 @@
-"""Command line: ``python -m training.data build | synth | stats | dsm-check``."""
+"""Command line: ``python -m training.data build | synth | stats | report | dsm-check``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .build import BuildConfig, build_dataset, default_config
 from .build_raster import RasterSource
 from .dsm import validate_on_alexandria
 from .report import format_stats, write_report
+from .report_docs import write_data_report
 from .sources import shared_data_dir
 from .synth import SynthConfig, generate
 
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("stats", help="write stats.json/txt and contact_sheet.png")
     t.add_argument("dataset", type=Path)
     t.add_argument("--out", type=Path, help="report folder (default: the dataset folder)")
+    r = sub.add_parser("report", help="data report: README.md, world map, sheet per area")
+    r.add_argument("dataset", type=Path)
+    r.add_argument("--out", type=Path, required=True, help="report folder (e.g. docs/data)")
+    r.add_argument("--cache", type=Path, default=Path("data-cache/pip"), help="for the map")
+    r.add_argument("--notes", type=Path, help="Markdown appended to the report")
     d = sub.add_parser("dsm-check", help="derived vs real DSM on Old Town Alexandria")
     d.add_argument("--shared", type=Path)
     d.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -58,6 +64,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--area-id", default="area")
     b.add_argument("--bands", default="red,green,blue,nir", help="source band names, in order")
     b.add_argument("--value-max", type=float, default=255.0, help="source value for 1.0")
+    b.add_argument("--sensor", default="", help="sensor of --raster (engine/sensors.json key)")
     b.add_argument("--gsd", type=float, default=5.0, help="target metres per pixel")
     b.add_argument("--chip-px", type=int, default=64)
     b.add_argument("--dem", type=Path)
@@ -66,7 +73,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--buildings-layer")
     b.add_argument("--photos", type=Path, help="custom folder of geotagged street photos")
     b.add_argument("--global-samples", type=int, default=None, help="Blue Marble chips")
-    b.add_argument("--no-gazetteer", action="store_true", help="no place names in text")
+    b.add_argument(
+        "--no-gazetteer",
+        action="store_true",
+        help="no registry lookups for text (place names, elevation, precipitation)",
+    )
+    b.add_argument("--no-climate", action="store_true", help="no elevation/precipitation text")
+    b.add_argument("--no-registry-areas", action="store_true", help="skip the registry areas")
+    b.add_argument("--areas", help="keep only these area ids (comma-separated)")
     b.add_argument("--block-m", type=float, default=2000.0)
     b.add_argument("--buffer-m", type=float, default=50.0)
     b.add_argument("--seed", type=int, default=0)
@@ -85,6 +99,7 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
                     gsd_m=a.gsd,
                     chip_px=a.chip_px,
                     value_max=a.value_max,
+                    sensor=a.sensor,
                     dsm=a.dsm,
                     dem=a.dem,
                     buildings=a.buildings,
@@ -98,8 +113,16 @@ def _build_config(a: argparse.Namespace) -> BuildConfig:
         if shared is not None and not shared.is_dir():
             raise EngineError(f"shared data folder {shared} does not exist")
         n = 3000 if a.global_samples is None else a.global_samples
-        cfg = default_config(shared, a.cache, n)
+        cfg = default_config(shared, a.cache, n, registry=not a.no_registry_areas)
+    if a.areas:
+        keep = {x.strip() for x in a.areas.split(",")}
+        unknown = keep - {s.area_id for s in cfg.areas} - set(cfg.photo_dirs)
+        if unknown:
+            raise EngineError(f"--areas: unknown area ids {sorted(unknown)}")
+        cfg.areas = [s for s in cfg.areas if s.area_id in keep]
+        cfg.photo_dirs = {k: v for k, v in cfg.photo_dirs.items() if k in keep}
     cfg.gazetteer = not a.no_gazetteer
+    cfg.climate = not (a.no_climate or a.no_gazetteer)
     cfg.block_m, cfg.buffer_m, cfg.seed = a.block_m, a.buffer_m, a.seed
     return cfg
 
@@ -121,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {info['n_samples']} samples to {a.out}: areas {info['areas']}")
         elif a.cmd == "stats":
             print(format_stats(write_report(a.dataset, a.out)), end="")
+        elif a.cmd == "report":
+            notes = a.notes.read_text(encoding="utf-8") if a.notes else ""
+            print(write_data_report(a.dataset, a.out, a.cache, notes))
         else:
             shared = a.shared or shared_data_dir()
             if shared is None:

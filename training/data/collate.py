@@ -29,8 +29,22 @@ def _resize(x: np.ndarray, size: int, mode: str) -> np.ndarray:
     return out[0].numpy()
 
 
+def select_bands(x: np.ndarray, have: Sequence[str], want: Sequence[str]) -> np.ndarray:
+    """The tower's bands ``want`` out of a chip holding ``have``, matched by name.
+
+    A wanted band the chip's dataset does not know is refused by the caller's shape check;
+    the chip keeps its NaN for a known band its sensor lacks.
+    """
+    if list(have) == list(want) or not all(b in have for b in want):
+        return x
+    return x[[list(have).index(b) for b in want]]
+
+
 def _stack(
-    samples: Sequence[Mapping[str, Any]], key: str, shape: tuple[int, int, int]
+    samples: Sequence[Mapping[str, Any]],
+    key: str,
+    shape: tuple[int, int, int],
+    bands: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stack one modality across the batch: zeros and mask False where a sample lacks it."""
     c, h, _ = shape
@@ -40,6 +54,8 @@ def _stack(
         if key not in s:
             continue
         x = np.asarray(s[key], dtype=np.float32)
+        if key == "aerial" and bands and s.get("aerial_bands"):
+            x = select_bands(x, s["aerial_bands"], bands)
         if x.ndim != 3 or x.shape[0] != c:
             raise InputError(
                 f"sample {s.get('sample_id')!r}: {key} has shape {x.shape}, the tower "
@@ -106,7 +122,7 @@ def _collate_modality(
 ) -> tuple[Any, np.ndarray]:
     """One modality's batch tensor(s) and presence mask."""
     if m in (Modality.AERIAL, Modality.STREETVIEW):
-        x, mask = _stack(samples, m.value, (len(pre.bands), pre.size, pre.size))
+        x, mask = _stack(samples, m.value, (len(pre.bands), pre.size, pre.size), pre.bands)
         x = normalize_image(x, pre.mean, pre.std)
         x[~mask] = 0.0  # absent chips are zeros after normalisation, not -mean/std
         return torch.from_numpy(x), mask

@@ -13,11 +13,20 @@ chip without ``#row`` is accepted too). Stacked shards keep the file count small
 memory-mapped, so datasets larger than memory read fine. Every reference is checked to stay
 inside the dataset folder: absolute paths and ``..`` are refused.
 
-Columns of ``samples.parquet``: ``sample_id``, ``lat``, ``lon``, ``area_id``, ``split``,
-``gsd_m``, ``landuse`` (-1 unknown), ``landuse_provenance``, ``aerial`` / ``streetview``
-(lists of chip references: several entries are extra positive views, e.g. other dates),
-``dsm`` (one reference or null), ``text`` (list of phrasings) and ``<modality>_provenance``
-('real' | 'derived' | 'synthetic', null when absent) for the five modalities.
+Columns of ``samples.parquet``: ``sample_id``, ``lat``, ``lon``, ``area_id``, ``split``
+('train' | 'val' | 'test' | 'holdout' | null), ``gsd_m``, ``landuse`` (-1 unknown),
+``landuse_provenance``, ``aerial`` / ``streetview`` (lists of chip references: several entries
+are extra positive views, e.g. other dates or shifted crops), ``dsm`` (one reference or null),
+``text`` (list of phrasings) and ``<modality>_provenance`` ('real' | 'derived' | 'synthetic',
+null when absent) for the five modalities.
+
+Format version 2 adds (absent from version 1 manifests, which stay readable): ``sensor`` (key
+in ``engine/sensors.json`` of the aerial chips), ``aerial_bands`` (the model bands stored in
+this sample's aerial chips, in model order; the reader expands chips to the dataset's band list
+with NaN for the others; null: the chips hold the dataset's bands), ``aerial_dates`` (one
+acquisition date per aerial view, "" unknown) and ``groups`` (ids of the labelled polygons a
+chip touches: no group spans two splits). Split 'holdout' marks an area kept out of training
+and validation entirely (for zero- and few-shot evaluation).
 """
 
 from __future__ import annotations
@@ -34,12 +43,12 @@ import pyarrow.parquet as pq
 from engine.contract import PROVENANCES, Modality
 from engine.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "samples.parquet"
 INFO_FILE = "dataset.json"
 IMAGE_MODALITIES = (Modality.AERIAL, Modality.STREETVIEW)
 CHIP_MODALITIES = (Modality.AERIAL, Modality.STREETVIEW, Modality.DSM)
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "holdout")
 
 SCHEMA = pa.schema(
     [
@@ -60,8 +69,13 @@ SCHEMA = pa.schema(
         ("text", pa.list_(pa.string())),
         ("text_provenance", pa.string()),
         ("gps_provenance", pa.string()),
+        ("sensor", pa.string()),
+        ("aerial_bands", pa.list_(pa.string())),
+        ("aerial_dates", pa.list_(pa.string())),
+        ("groups", pa.list_(pa.string())),
     ]
 )
+V2_COLUMNS = ("sensor", "aerial_bands", "aerial_dates", "groups")  # optional in version 1 data
 REF_COLUMNS = ("aerial", "streetview", "dsm")
 _REF_RE = re.compile(r"^(?P<path>[^#]+?)(?:#(?P<row>\d+))?$")
 
@@ -125,6 +139,9 @@ class DatasetInfo:
     bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> band names
     chip_sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # modality -> [[H, W]]
     gsd_m: dict[str, float] = field(default_factory=dict)  # area_id -> aerial/DSM GSD (m)
+    area_info: dict[str, dict] = field(default_factory=dict)  # area_id -> place, sensor, dates..
+    reserved: dict[str, list[float]] = field(default_factory=dict)  # name -> WGS84 box no chip
+    # of another split meets (held-out areas, the demo scene)
     class_names: list[str] = field(default_factory=list)  # landuse index -> name
     provenance: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> counts
     areas: dict[str, int] = field(default_factory=dict)  # area_id -> sample count
@@ -218,7 +235,7 @@ def check_table(table: pa.Table, where: str, require_all: bool = True) -> None:
         require_all: every column of :data:`SCHEMA` must be there (False for column subsets).
     """
     have = set(table.column_names)
-    missing = [n for n in SCHEMA.names if n not in have]
+    missing = [n for n in SCHEMA.names if n not in have and n not in V2_COLUMNS]
     if "sample_id" not in have or (require_all and missing):
         raise DatasetFormatError(
             f"{where}: missing columns {missing or ['sample_id']}; rebuild the dataset"

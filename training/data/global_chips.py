@@ -60,7 +60,10 @@ def build_blue_marble(
     describe_place: Callable[[float, float], dict] | None = None,
     split_of: Callable[[float, float, float, int], str | None] = lambda *a: "train",
 ) -> Iterator[SampleRecord]:
-    """Yield ``n`` global samples: a Blue Marble chip (R, G, B; no NIR), GPS and text."""
+    """Yield ``n`` global samples: a Blue Marble chip (R, G, B; no NIR), GPS and text.
+
+    ``describe_place`` may return any :class:`TextContext` fields (place, elevation, climate).
+    """
     img = load_blue_marble(cache)
     _, h, w = img.shape
     lat, lon = random_land_points(cache, n, seed)
@@ -69,8 +72,7 @@ def build_blue_marble(
         r = int((90 - lat[k]) * DEG_PX)
         cols = (np.arange(-half, chip_px - half) + int((lon[k] + 180) * DEG_PX)) % w  # wraps
         rows = np.clip(np.arange(-half, chip_px - half) + r, 0, h - 1)
-        chip = img[:, rows][:, :, cols].astype(np.float32) / 255.0
-        aerial = np.concatenate([chip, np.full((1, chip_px, chip_px), np.nan, np.float32)])
+        chip = img[:, rows][:, :, cols]  # 8-bit true colour: stored as it is (display8)
         place = describe_place(float(lat[k]), float(lon[k])) if describe_place else {}
         text = describe(TextContext(**place))
         yield SampleRecord(
@@ -80,7 +82,9 @@ def build_blue_marble(
             area_id="global_bluemarble",
             split=split_of(float(lat[k]), float(lon[k]), GSD_EQUATOR_M, chip_px),
             gsd_m=GSD_EQUATOR_M,
-            aerial=[aerial.astype(np.float16)],
+            aerial=[np.ascontiguousarray(chip)],
             text=text,
             provenance={"aerial": "real", "gps": "real", "text": "derived"},
+            sensor="display8",
+            aerial_bands=("red", "green", "blue"),  # no NIR: the reader adds it as NaN
         )

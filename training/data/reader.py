@@ -2,7 +2,8 @@
 
 Both yield the *sample dicts* of the shared training format (only the modalities present)::
 
-    {"sample_id", "lat", "lon", "area_id", "aerial" [C,H,W] float32 in [0,1] (NaN nodata),
+    {"sample_id", "lat", "lon", "area_id", "aerial" [C,H,W] float32 in [0,1] (NaN nodata, and
+     NaN for a band the sample's sensor lacks), "aerial_bands" (the C band names),
      "streetview" [3,H,W], "dsm" [1,H,W] metres, "text" str, "gps" [2] float32, "landuse" int}
 
 Chips are read from memory-mapped shards, so only the pages a sample touches are loaded.
@@ -11,7 +12,7 @@ Chips are read from memory-mapped shards, so only the pages a sample touches are
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,36 @@ class ChipStore:
         return {"root": self.root, "max_open": self.max_open, "_open": OrderedDict()}
 
 
+def expand_bands(
+    chip: np.ndarray, have: Sequence[str] | None, bands: Sequence[str] | None
+) -> np.ndarray:
+    """A chip holding bands ``have`` as the dataset's ``bands``, NaN for the ones it lacks."""
+    if not have or not bands or list(have) == list(bands):
+        return chip
+    out = np.full((len(bands), *chip.shape[1:]), np.nan, np.float32)
+    for k, b in enumerate(have):
+        if b not in bands:
+            raise DatasetFormatError(f"chip band {b!r} is not among the dataset bands {bands}")
+        out[list(bands).index(b)] = chip[k]
+    return out
+
+
+def dihedral(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Rotate by a random multiple of 90 degrees and maybe flip, the same for every chip."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    for key, a in arrays.items():
+        a = np.rot90(a, k, axes=(-2, -1))
+        arrays[key] = np.ascontiguousarray(a[..., ::-1] if flip else a)
+
+
 def row_to_sample(
     row: dict[str, Any],
     store: ChipStore,
     modalities: Iterable[Modality],
     rng: np.random.Generator | None,
+    *,
+    bands: Sequence[str] | None = None,
+    augment: bool = False,
 ) -> dict[str, Any]:
     """Turn one manifest row into a sample dict.
 
@@ -80,6 +106,11 @@ def row_to_sample(
         store: where chips are read from.
         modalities: which modalities to load (others are left out).
         rng: picks one of several views / phrasings; None takes the first (evaluation).
+        bands: the dataset's aerial bands (``dataset.json``); a chip holding fewer (its row's
+            ``aerial_bands``) is expanded to them with NaN, and the sample carries them as
+            ``"aerial_bands"`` so collation can match the tower's bands by name.
+        augment: with ``rng``, rotate/flip the aerial and DSM chips alike (a random one of the
+            8 symmetries of the square: more views of each place at no storage cost).
     """
     mods = set(modalities)
     s: dict[str, Any] = {
@@ -94,8 +125,16 @@ def row_to_sample(
         if m in mods and views:
             ref = views[0] if rng is None else views[int(rng.integers(len(views)))]
             s[m.value] = chip_to_float(np.array(store.load(ref)))
+    if "aerial" in s:
+        s["aerial"] = expand_bands(s["aerial"], row.get("aerial_bands"), bands)
+        if bands:
+            s["aerial_bands"] = tuple(bands)
     if Modality.DSM in mods and row.get("dsm"):
         s["dsm"] = np.array(store.load(row["dsm"]), dtype=np.float32)
+    if augment and rng is not None:
+        chips = {k: s[k] for k in ("aerial", "dsm") if k in s}
+        dihedral(chips, rng)
+        s.update(chips)
     texts = row.get("text") or []
     if Modality.TEXT in mods and texts:
         s["text"] = texts[0] if rng is None else texts[int(rng.integers(len(texts)))]
@@ -117,6 +156,8 @@ class ChipDataset(Dataset):
         modalities: modalities to load (default all five).
         train: pick a random view/phrasing per access (seeded by ``seed``, index and epoch).
         seed: base seed for the random picks.
+        augment: in train mode, also rotate/flip aerial and DSM chips (see
+            :func:`row_to_sample`); off by default so existing runs stay bit-identical.
     """
 
     def __init__(
@@ -127,9 +168,12 @@ class ChipDataset(Dataset):
         *,
         train: bool = False,
         seed: int = 0,
+        augment: bool = False,
     ) -> None:
         self.root = Path(root)
         self.info = DatasetInfo.read(self.root)
+        self.bands = tuple(self.info.bands.get("aerial") or ())
+        self.augment = augment
         table = read_manifest(self.root)
         if split is not None:
             keep = np.asarray(table.column("split").to_pylist(), dtype=object) == split
@@ -161,7 +205,9 @@ class ChipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
-        return row_to_sample(self.row(i), self.store, self.modalities, rng)
+        return row_to_sample(
+            self.row(i), self.store, self.modalities, rng, bands=self.bands, augment=self.augment
+        )
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -192,6 +238,7 @@ class ShardedChipDataset(IterableDataset):
         seed: base seed (identical on every rank).
         rank, world_size: explicit DDP position; default from ``torch.distributed``.
         drop_last_groups: equalise the number of row groups per reader.
+        augment: with shuffle, rotate/flip aerial and DSM chips (see :func:`row_to_sample`).
     """
 
     def __init__(
@@ -205,9 +252,12 @@ class ShardedChipDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         drop_last_groups: bool = False,
+        augment: bool = False,
     ) -> None:
         self.root = Path(root)
         self.info = DatasetInfo.read(self.root)
+        self.bands = tuple(self.info.bands.get("aerial") or ())
+        self.augment = augment
         path = self.root / MANIFEST
         if not path.is_file():
             raise DatasetFormatError(f"no {MANIFEST} in {root}: is this a UniGeo dataset?")
@@ -255,4 +305,5 @@ class ShardedChipDataset(IterableDataset):
             rng = np.random.default_rng((self.seed, self.epoch, g)) if self.shuffle else None
             order = rng.permutation(len(rows)) if rng is not None else range(len(rows))
             for i in order:
-                yield row_to_sample(rows[int(i)], store, self.modalities, rng)
+                yield row_to_sample(rows[int(i)], store, self.modalities, rng,
+                                    bands=self.bands, augment=self.augment)  # fmt: skip

@@ -12,13 +12,15 @@ import numpy as np
 
 from .landuse import (
     BARE,
-    CLASS_NAMES,
     CROPLAND,
     FOREST,
     GRASSLAND,
     INDUSTRIAL,
     RESIDENTIAL,
     WATER,
+)
+from .landuse import (
+    SYNTH_CLASS_NAMES as CLASS_NAMES,
 )
 
 GROUND_RGB = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_path, atomic_write_text
+from engine.atomic import atomic_write_text
 from engine.contract import Modality
 
 from .format import DatasetInfo, read_manifest
@@ -65,8 +65,12 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rgb(chip: np.ndarray) -> np.ndarray:
-    """First three bands as an H×W×3 image, contrast-stretched, NaN shown as black."""
+def _rgb(chip: np.ndarray, bands: list[str] | None = None) -> np.ndarray:
+    """An H×W×3 image of a chip (true colour, else false colour), contrast-stretched."""
+    from .report_docs import render_rgb
+
+    if bands and len(bands) == chip.shape[0]:
+        return render_rgb(chip, bands)
     x = np.asarray(chip[:3], dtype=np.float32)
     if x.shape[0] < 3:
         x = np.repeat(x[:1], 3, axis=0)
@@ -100,9 +104,10 @@ def contact_sheet(root: str | Path, out_png: str | Path, n: int = 8) -> Path:
     root = Path(root)
     rows = _pick_rows(read_manifest(root).to_pylist(), n)
     store = ChipStore(root)
+    bands = DatasetInfo.read(root).bands.get("aerial")
     fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.6 * len(rows)), squeeze=False)
     for ax_row, r in zip(axes, rows, strict=True):
-        s = row_to_sample(r, store, tuple(Modality), None)
+        s = row_to_sample(r, store, tuple(Modality), None, bands=bands)
         for ax, key in zip(ax_row[:3], CHIP_KEYS, strict=True):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -113,16 +118,16 @@ def contact_sheet(root: str | Path, out_png: str | Path, n: int = 8) -> Path:
                 im = ax.imshow(s["dsm"][0], cmap="terrain")
                 fig.colorbar(im, ax=ax, fraction=0.046, label="m")
             else:
-                ax.imshow(_rgb(s[key]))
+                ax.imshow(_rgb(s[key], bands if key == "aerial" else None))
             ax.set_title(f"{key} ({r[key + '_provenance']})", fontsize=8)
         ax_row[0].set_ylabel(f"{r['area_id']}\n{r['lat']:.4f}, {r['lon']:.4f}", fontsize=7)
         ax_row[3].axis("off")
         text = "\n".join((r["text"] or ["(no text)"])[:3])
         ax_row[3].text(0, 0.5, text, fontsize=7, va="center", wrap=True)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+    from .report_docs import save_png
+
+    out_png = save_png(fig, Path(out_png), 80)  # a 256-colour PNG: a third of the size
     plt.close(fig)
     return out_png
 

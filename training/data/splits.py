@@ -31,7 +31,7 @@ from engine.errors import InputError
 
 EARTH_M_PER_DEG = 111_320.0  # metres per degree of latitude (mean); used for chip footprints
 BLOCK_CRS = "EPSG:6933"
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = ("train", "val", "test", "holdout")  # block splits draw the first three
 WRAP_SHIFTS = (0.0, -360.0, 360.0)  # longitude shifts that compare boxes across 180 degrees
 
 
@@ -208,6 +208,21 @@ class LeakGuard:
         self._cells: dict[tuple[int, int], tuple[list[int], ...]] = {}  # cell -> ids per split
         self.moved: Counter[str] = Counter()  # split -> samples moved to None
 
+    def reserve(self, box: tuple[float, float, float, float], split: str) -> None:
+        """Treat WGS84 ``box`` (west, south, east, north) as kept by ``split``.
+
+        A held-out area reserved before any sample arrives keeps every chip of the other
+        splits off it, whatever order the sources come in (a 237 km Blue Marble training chip
+        over it is moved to None, and so would be a local chip).
+        """
+        if split not in SPLIT_NAMES:
+            raise InputError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        w, s, e, n = (float(v) for v in box)
+        dlat = self.buffer_m / EARTH_M_PER_DEG
+        dlon = self.buffer_m / (EARTH_M_PER_DEG * max(math.cos(math.radians((s + n) / 2)), 1e-6))
+        fp = (w - dlon, s - dlat, e + dlon, n + dlat)
+        self._keep(fp, SPLIT_NAMES.index(split), self._cells_of(fp))
+
     def admit(self, lat: float, lon: float, side_m: float, split: str | None) -> str | None:
         """The split the sample keeps: ``split``, or None when it would leak.
 
@@ -271,4 +286,40 @@ class LeakGuard:
         self._boxes[n] = fp
         self._box_list.append(fp)
         for c in cells:
-            self._cells.setdefault(c, ([], [], []))[code].append(n)
+            self._cells.setdefault(c, tuple([] for _ in SPLIT_NAMES))[code].append(n)
+
+
+class GroupGuard:
+    """Keeps every sample of a group (a labelled polygon) in one split: the first one's.
+
+    Fed samples in turn, :meth:`admit` fixes each new group's split to the sample's own; a
+    later sample of that group with another split (or whose groups were fixed to different
+    splits) gives way: split None. Samples without groups pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.split_of: dict[str, str] = {}
+        self.moved: Counter[str] = Counter()
+
+    def admit(self, groups: Sequence[str], split: str | None) -> str | None:
+        """The split the sample keeps: ``split``, or None when a group of it is elsewhere."""
+        if split is None or not groups:
+            return split
+        fixed = {self.split_of[g] for g in groups if g in self.split_of}
+        if fixed - {split}:
+            self.moved[split] += 1
+            return None
+        for g in groups:
+            self.split_of.setdefault(g, split)
+        return split
+
+
+def groups_in_one_split(groups: Sequence[Sequence[str] | None], splits: Sequence) -> list[str]:
+    """The groups that occur in more than one split (None excluded): empty when none leak."""
+    seen: dict[str, set] = {}
+    for gs, sp in zip(groups, splits, strict=True):
+        if sp is None:
+            continue
+        for g in gs or ():
+            seen.setdefault(g, set()).add(sp)
+    return sorted(g for g, sps in seen.items() if len(sps) > 1)

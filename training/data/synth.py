@@ -23,12 +23,14 @@ from engine.contract import Modality
 from engine.errors import InputError
 
 from .landuse import (
-    CLASS_NAMES,
     CROPLAND,
     FOREST,
     INDUSTRIAL,
     RESIDENTIAL,
     WATER,
+)
+from .landuse import (
+    SYNTH_CLASS_NAMES as CLASS_NAMES,
 )
 from .render_street import render_street
 from .splits import block_splits

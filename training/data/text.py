@@ -28,6 +28,8 @@ class TextContext:
     country: str | None = None  # country name or code
     position: str | None = None  # e.g. "north-west of the study area"
     kind: str = "aerial"  # "aerial" (seen from above) or "street" (seen from the ground)
+    precip_mm: float | None = None  # annual precipitation at the place (a 1 degree grid)
+    objects: list[str] = field(default_factory=list)  # counted objects, e.g. "12 tree crowns"
 
 
 def _relief_word(r: float) -> str:
@@ -52,10 +54,17 @@ def _where(c: TextContext) -> str:
 def _mix(c: TextContext, variant: int) -> str:
     if not c.classes:
         return ""
-    top = [(n, s) for n, s in c.classes if s >= 0.1][:3] or c.classes[:1]
+    mapped = sum(s for _, s in c.classes)
+    top = [(n, s) for n, s in c.classes if s >= 0.1][:3]
+    if not top and mapped >= 0.9:  # a full class mix: name its largest class anyway
+        top = c.classes[:1]
+    if not top:
+        return ""  # mapped classes cover under a tenth of the place each: say nothing
     nouns = [CLASS_PHRASES.get(n, (n,) * 3)[variant % 3] for n, _ in top]
     if variant == 0:
-        return f"mostly {nouns[0]}" + (f" with some {nouns[1]}" if len(nouns) > 1 else "")
+        # Polygons may map only part of a chip: "partly" unless the class really dominates.
+        lead = "mostly" if top[0][1] >= 0.5 or mapped >= 0.9 else "partly"
+        return f"{lead} {nouns[0]}" + (f" with some {nouns[1]}" if len(nouns) > 1 else "")
     if variant == 1:
         return " and ".join(nouns)
     return ", ".join(f"{round(s * 100)}% {n}" for n, s in top)
@@ -66,8 +75,18 @@ def _cover(c: TextContext) -> str:
     return ", ".join(f"{round(v * 100)}% {k}" for k, v in items)
 
 
+def _climate(c: TextContext) -> str:
+    """'a wet climate (about 1200 mm of precipitation a year)' from the annual total."""
+    p = c.precip_mm
+    if p is None:
+        return ""
+    word = "an arid" if p < 250 else "a dry" if p < 500 else "a moderately wet" if p < 1000 else (
+        "a wet" if p < 2000 else "a very wet")  # fmt: skip
+    return f"{word} climate (about {round(p, -1):.0f} mm of precipitation a year)"
+
+
 def _structures(c: TextContext) -> list[str]:
-    out = []
+    out = list(c.objects)
     if c.n_buildings:
         out.append(f"{c.n_buildings} building{'s' if c.n_buildings != 1 else ''}")
     if c.max_height_m is not None and c.max_height_m > 3:
@@ -81,7 +100,7 @@ def _structures(c: TextContext) -> list[str]:
 
 
 def describe(c: TextContext) -> list[str]:
-    """Return up to three distinct phrasings (empty when nothing is known)."""
+    """Return up to four distinct phrasings (empty when nothing is known)."""
     where = _where(c)
     relief = _relief_word(c.relief_m) if c.relief_m is not None else ""
     s1 = ", ".join(
@@ -102,8 +121,13 @@ def describe(c: TextContext) -> list[str]:
     s3 = "; ".join(
         p for p in (_mix(c, 2) or _cover(c), ", ".join(_structures(c)), elev, where) if p
     )
+    climate = _climate(c)
+    s4 = ""
+    if climate:
+        at = f" at about {round(c.elevation_m)} m elevation" if c.elevation_m is not None else ""
+        s4 = " ".join(p for p in (f"a place with {climate}{at}", where) if p)
     out = []
-    for s in (s1, s2, s3):
+    for s in (s1, s2, s3, s4):
         s = s.strip()
         s = s[:1].upper() + s[1:]
         if s and s not in out:

@@ -46,6 +46,10 @@ class SampleRecord:
     provenance: dict[str, str] = field(default_factory=dict)  # modality value -> provenance
     landuse: int = -1  # land-use class index, -1 unknown
     landuse_provenance: str | None = None  # provenance of the label
+    sensor: str | None = None  # key in engine/sensors.json of the aerial chips
+    aerial_bands: tuple[str, ...] | None = None  # model bands in each aerial chip (None: all)
+    aerial_dates: list[str] = field(default_factory=list)  # acquisition date per aerial view
+    groups: list[str] = field(default_factory=list)  # labelled polygons the chip touches
 
 
 class DatasetWriter:
@@ -80,6 +84,7 @@ class DatasetWriter:
         self._prov: dict[str, Counter] = {m.value: Counter() for m in Modality}
         self._shapes: dict[str, set[tuple[int, int]]] = {}
         self._gsd: dict[str, float] = {}
+        self.aerial_bands_seen: set[str] = set()  # union of the samples' aerial_bands
         self.closed = False
 
     def __enter__(self) -> DatasetWriter:
@@ -104,7 +109,13 @@ class DatasetWriter:
             "landuse": int(s.landuse),
             "landuse_provenance": s.landuse_provenance if s.landuse >= 0 else None,
             "text": [t for t in s.text if t.strip()],
+            "sensor": s.sensor if s.aerial else None,
+            "aerial_bands": list(s.aerial_bands) if s.aerial and s.aerial_bands else None,
+            "aerial_dates": list(s.aerial_dates) if s.aerial and s.aerial_dates else None,
+            "groups": list(s.groups) or None,
         }
+        if row["aerial_bands"]:
+            self.aerial_bands_seen.update(row["aerial_bands"])
         for m in CHIP_MODALITIES:
             views = getattr(s, m.value)
             views = [] if views is None else [views] if isinstance(views, np.ndarray) else views
@@ -143,6 +154,14 @@ class DatasetWriter:
                 )
         if s.landuse >= 0 and s.landuse_provenance not in PROVENANCES:
             raise DatasetFormatError(f"{where}: a land-use label needs its provenance")
+        views = [s.aerial] if isinstance(s.aerial, np.ndarray) else s.aerial
+        if s.aerial_bands and any(len(s.aerial_bands) != v.shape[0] for v in views):
+            raise DatasetFormatError(
+                f"{where}: aerial_bands names {len(s.aerial_bands)} band(s) but a chip has "
+                f"{[v.shape[0] for v in views]}"
+            )
+        if s.aerial_dates and len(s.aerial_dates) != len(views):
+            raise DatasetFormatError(f"{where}: give one aerial date per aerial view (or none)")
 
     def _queue_chip(self, m: Modality, arr: np.ndarray) -> str:
         key = (m.value, arr.dtype.str, arr.shape)
