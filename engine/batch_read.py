@@ -58,6 +58,92 @@ def read_batch(
     return chips, nan / (len(bands) * size * size)
 
 
+def read_chips(
+    reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_batch`, with the tiles that overhang the raster's edge read shifted inside.
+
+    What the embedding pipeline and the Dask task read, so their stores agree.
+    """
+    chips, frac = read_batch(reader, grid, bands, cells)
+    shift_edge_tiles(reader, grid, bands, cells, chips, frac)
+    return chips, frac
+
+
+def shift_edge_tiles(
+    reader: RasterReader,
+    grid: TileGrid,
+    bands: Sequence[str],
+    cells: Sequence[Cell],
+    chips: np.ndarray,
+    frac: np.ndarray,
+) -> None:
+    """Tiles that reach past the raster's edge are read shifted inwards, whole pixels at a time.
+
+    The tile lattice is anchored far away, so the tiles along a raster's edges hang over it:
+    read where they are, they are part empty (and were skipped past half empty, leaving the
+    raster's last strip uncovered, or embedded as half-blank chips that won queries). Read
+    shifted just inside the raster's extent instead, each edge cell gets a full chip of the
+    ground next to it. The shift depends on the raster and the cell only, so a cell gets the
+    same chip whatever extent is embedded. ``chips`` and ``frac`` are updated in place.
+    """
+    todo = np.flatnonzero(frac > 0)
+    box = _raster_box(reader, grid.crs) if todo.size else None
+    if box is None:
+        return
+    size, pixels = grid.tile_px, len(bands) * grid.tile_px * grid.tile_px
+    for i in todo:
+        tb = grid.tile_bounds(*cells[i])
+        moved = edge_shift(tb, box, grid.gsd)
+        if moved == tb:
+            continue
+        tile = reader.read_tile(moved, grid.crs, grid.gsd, size, bands)
+        if tile.shape != chips.shape[1:]:
+            continue
+        f = np.count_nonzero(np.isnan(tile)) / pixels
+        if f < frac[i]:
+            chips[i], frac[i] = tile, f
+
+
+def edge_shift(
+    tile: tuple[float, float, float, float], box: tuple[float, float, float, float], gsd: float
+) -> tuple[float, float, float, float]:
+    """``tile`` moved by whole ``gsd`` pixels so it lies inside ``box`` where it overhangs an edge.
+
+    An axis along which the box is narrower than the tile is left as it is.
+    """
+
+    def delta(lo: float, hi: float, blo: float, bhi: float) -> float:
+        if hi - lo > bhi - blo:
+            return 0.0
+        if lo < blo:
+            return np.ceil((blo - lo) / gsd - 1e-9) * gsd
+        if hi > bhi:
+            return -np.ceil((hi - bhi) / gsd - 1e-9) * gsd
+        return 0.0
+
+    dx = delta(tile[0], tile[2], box[0], box[2])
+    dy = delta(tile[1], tile[3], box[1], box[3])
+    if dx == 0.0 and dy == 0.0:
+        return tile
+    return (tile[0] + dx, tile[1] + dy, tile[2] + dx, tile[3] + dy)
+
+
+def _raster_box(reader: RasterReader, grid_crs: str) -> tuple[float, float, float, float] | None:
+    """The raster's extent in the grid CRS, or None when the reader has no extent or CRS."""
+    bounds, crs = getattr(reader, "bounds", None), getattr(reader, "crs", None)
+    if bounds is None or not crs:
+        return None
+    from .crs import transform_bounds
+    from .errors import InputError
+
+    try:
+        box = transform_bounds(crs, grid_crs, tuple(bounds), densify_pts=21)
+    except InputError:
+        return None
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+
 def _put(chips: np.ndarray, i: int, tile: np.ndarray) -> None:
     if tile.shape != chips.shape[1:]:
         raise RasterInputError(

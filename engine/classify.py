@@ -47,6 +47,7 @@ from .errors import InputError
 from .geo_io import hex_to_rgba, publish_tiff, write_grid_raster
 from .geometry import GeometryLike
 from .query import tiles_in_polygon
+from .render import render_for
 from .similarity import chunked_dot
 
 if TYPE_CHECKING:
@@ -343,6 +344,7 @@ def write_classification(
         **(provenance or {}),
     }
     class_path, conf_path = Path(class_path), Path(conf_path)
+    render = render_for(store)
     # Write and check both in staging folders first: a failure in either leaves both targets
     # untouched (the staged files carry the final names, so errors name them).
     with staging_folder(class_path) as cdir, staging_folder(conf_path) as fdir:
@@ -357,6 +359,7 @@ def write_classification(
             band_tags=[names],
             provenance=prov,
             colormap=cmap,
+            render=render,
         )
         write_grid_raster(
             tmp_c,
@@ -366,6 +369,7 @@ def write_classification(
             nodata=float("nan"),
             descriptions=[f"confidence ({result.method})"],
             provenance=prov,
+            render=render,
         )
         publish_tiff(tmp_cls, class_path)
         publish_tiff(tmp_c, conf_path)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import InputError, StoreError
+from .store_window import DEFAULT_MAX_NODATA, restrict_nodata
 
 EPILOG = """examples:
   python -m engine info resources/models/default
@@ -52,6 +53,13 @@ def add_model_args(p: argparse.ArgumentParser, store: bool = True) -> None:
     """
     if store:
         p.add_argument("store", help="embedding store folder (from 'embed')")
+        p.add_argument(
+            "--max-nodata",
+            type=float,
+            default=DEFAULT_MAX_NODATA,
+            metavar="F",
+            help=f"skip tiles with a larger fraction of no data (default {DEFAULT_MAX_NODATA})",
+        )
     p.add_argument("--model", required=True, help="model bundle folder")
     p.add_argument("--provider", default=None, help="auto (default), cpu, cuda or tensorrt")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
@@ -105,7 +113,7 @@ def open_store(args: argparse.Namespace, model: Any) -> Any:
     """
     from .zarr_store import open_store as _open
 
-    store = _open(args.store)
+    store = restrict_nodata(_open(args.store), getattr(args, "max_nodata", None))
     if model is not None and store.model_hash != model.model_hash:
         raise StoreError(
             f"{args.store} was embedded with another model (hash {store.model_hash[:12]}, this model "

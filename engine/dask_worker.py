@@ -2,7 +2,7 @@
 
 Each worker process keeps its models (one onnxruntime session each, warmed once) and readers in
 module-level LRU caches, so a task costs only its own reads and inference. A task
-(:func:`run_block`) reads its block's batches with :func:`~.embed.read_batch` in a small thread
+(:func:`run_block`) reads its block's batches with :func:`~.batch_read.read_chips` in a small thread
 pool, encodes them with :func:`~.embed.encode_into`, writes the block's chunks and only then
 its ``done`` marker. The client side is :mod:`.distributed`, which re-exports these names.
 """
@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from .batch_read import read_chips
 from .contract import Modality
-from .embed import encode_into, read_batch
+from .embed import encode_into
 from .errors import InputError, ModelContractError, RasterInputError
 from .grid import TileGrid
 from .mosaic import SourceSpec
@@ -128,8 +129,8 @@ def block_of(grid: TileGrid, block_tiles: int, bid: int) -> tuple[int, int, int,
 
 def encode_block(
     model: Any, reader: Any, job: BlockJob, grid: TileGrid, block: tuple[int, int, int, int]
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Embeddings ``[nr, nc, D]`` (float32), validity ``[nr, nc]`` and the encoded count.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Embeddings ``[nr, nc, D]`` (float32), validity, no-data fractions and the encoded count.
 
     Batches are those of :func:`~.embed.embed_raster` (same cells per batch) and each is encoded by the
     same :func:`~.embed.encode_into`, so the result matches the single-process store.
@@ -137,20 +138,21 @@ def encode_block(
     r0, c0, nr, nc = block
     cells = [(r0 + i, c0 + j) for i in range(nr) for j in range(nc)]
     emb, valid = np.zeros((nr, nc, model.dim), np.float32), np.zeros((nr, nc), bool)
+    fraction = np.ones((nr, nc), np.float32)
     modality, encoded = Modality(job.modality), 0
     batches = [cells[k : k + job.batch_size] for k in range(0, len(cells), job.batch_size)]
     queue: deque = deque()
     todo = iter(batches)
     while True:
         while len(queue) < 2 * _READERS_PER_WORKER and (b := next(todo, None)) is not None:
-            queue.append((b, _pool.submit(read_batch, reader, grid, job.bands, b)))
+            queue.append((b, _pool.submit(read_chips, reader, grid, job.bands, b)))
         if not queue:
-            return emb, valid, encoded
+            return emb, valid, fraction, encoded
         batch, fut = queue.popleft()
         chips, nodata = fut.result()
         encoded += encode_into(
             model, modality, batch, chips, nodata, (r0, c0), emb, valid,
-            job.max_nodata, job.batch_size,
+            job.max_nodata, job.batch_size, fraction,
         )  # fmt: skip
 
 
@@ -160,11 +162,11 @@ def run_block(job: BlockJob, bid: int) -> dict[str, Any]:
     model, reader = worker_state(job)
     grid = TileGrid.from_dict(job.grid)
     r0, c0, nr, nc = block = block_of(grid, job.block_tiles, bid)
-    emb, valid, encoded = encode_block(model, reader, job, grid, block)
+    emb, valid, fraction, encoded = encode_block(model, reader, job, grid, block)
     # chunk-aligned blocks: no two tasks write the same chunk file, so no locks; the done marker
     # goes last, so a worker killed at any point leaves a marked, complete block or an unmarked
     # one that the next run recomputes
-    write_block_at(Path(job.folder), r0, c0, emb, valid)
+    write_block_at(Path(job.folder), r0, c0, emb, valid, fraction)
     mark_done_at(Path(job.folder), bid)
     return {
         "block": bid,

@@ -38,6 +38,7 @@ from .embed import check_model
 from .errors import CancelledError, InputError, StoreError
 from .grid import TileGrid
 from .mosaic import SourceSpec, source_spec
+from .render import footprint_meta
 from .store_guard import check_target
 from .zarr_store import ZarrEmbeddingStore, is_zarr_store
 
@@ -62,10 +63,11 @@ def _prepare(
         # one probe read fails fast (bands, CRS) before anything is written
         reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
         fp, scaling = reader.fingerprint(), reader.scaling
+        outline = footprint_meta(reader, grid)
     finally:
         reader.close()
     info = {"model_name": spec.model_name, "model_version": spec.model_version}
-    info.update(bands=list(bands), scaling=scaling)
+    info.update(bands=list(bands), scaling=scaling, **outline)
     return model, src, fp, info, bands
 
 

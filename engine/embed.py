@@ -1,7 +1,7 @@
 """The embedding pipeline: raster tiles -> encoder -> embedding store, resumable and cancellable.
 
 Reader threads fetch and preprocess batches of tiles while the calling thread runs inference, so
-reading overlaps inference. A batch is read (:func:`~.batch_read.read_batch`) as a few windows
+reading overlaps inference. A batch is read (:func:`~.batch_read.read_chips`) as a few windows
 when the reader has ``read_window``, tile by tile otherwise. At most ``2 * workers`` batches are
 in flight, so memory stays bounded whatever the raster size; how many readers run beside
 onnxruntime's threads is :func:`reader_threads`'s measured rule. Blocks of ``block_tiles`` ×
@@ -24,12 +24,13 @@ import numpy as np
 
 # _WINDOW_MAX_VALUES, _rectangles and _read_batch: names that tests/engine_geo and
 # bench/embed_e2e.py have always imported from this module
-from .batch_read import _WINDOW_MAX_VALUES, Cell, _rectangles, read_batch  # noqa: F401
+from .batch_read import _WINDOW_MAX_VALUES, Cell, _rectangles, read_batch, read_chips  # noqa: F401
 from .batch_read import read_batch as _read_batch  # noqa: F401
 from .contract import EncoderSpec, Modality
 from .errors import CancelledError, InputError, ModelContractError, StoreError
 from .grid import TileGrid
 from .raster_io import RasterReader
+from .render import footprint_meta
 from .store import EmbeddingStore
 from .store_guard import check_target, input_files
 
@@ -137,14 +138,20 @@ def encode_into(
     valid: np.ndarray,
     max_nodata: float,
     batch_size: int,
+    fraction: np.ndarray | None = None,
 ) -> int:
     """Encode the usable chips of one batch into a block's buffers; return how many were encoded.
 
     A chip with more than ``max_nodata`` (or all) of its values missing is skipped and stays
     invalid. ``cells`` are grid cells, ``origin`` the block's first cell, ``emb`` ``[nr, nc, D]``
     and ``valid`` ``[nr, nc]``. The single-process pipeline and the Dask task both use this, so
-    their stores agree.
+    their stores agree. ``fraction`` (``[nr, nc]``), when given, receives every chip's no-data
+    fraction, encoded or not.
     """
+    if fraction is not None and len(cells):
+        rr = np.array([c[0] - origin[0] for c in cells])
+        cc = np.array([c[1] - origin[1] for c in cells])
+        fraction[rr, cc] = nodata
     keep = (nodata <= max_nodata) & (nodata < 1.0)
     if not keep.any():
         return 0
@@ -176,7 +183,7 @@ class _Pipeline:
         self.model, self.modality, self.reader, self.store = model, modality, reader, store
         self.bands, self.batch_size, self.max_nodata = bands, batch_size, max_nodata
         self.blocks = store.blocks()
-        self.buf: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.buf: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.tiles = self.encoded = 0
         self.io_wait = self.infer = 0.0
 
@@ -187,21 +194,22 @@ class _Pipeline:
             self.buf[bid] = (
                 np.zeros((nr, nc, self.model.dim), np.float32),
                 np.zeros((nr, nc), bool),
+                np.ones((nr, nc), np.float32),
             )
-        emb, valid = self.buf[bid]
+        emb, valid, fraction = self.buf[bid]
         self.tiles += len(cells)
         t = time.perf_counter()
         self.encoded += encode_into(
             self.model, self.modality, cells, chips, nodata, (r0, c0), emb, valid,
-            self.max_nodata, self.batch_size,
+            self.max_nodata, self.batch_size, fraction,
         )  # fmt: skip
         self.infer += time.perf_counter() - t
 
     def flush_block(self, bid: int) -> int:
         """Write a finished block and mark it done; return its tile count."""
         r0, c0, nr, nc = self.blocks[bid]
-        emb, valid = self.buf.pop(bid)
-        self.store.write_block(r0, c0, emb, valid)
+        emb, valid, fraction = self.buf.pop(bid)
+        self.store.write_block(r0, c0, emb, valid, fraction)
         self.store.mark_done(bid)
         return nr * nc
 
@@ -221,7 +229,7 @@ class _Pipeline:
             try:
                 while True:
                     while len(queue) < 2 * workers and (job := next(jobs, None)) is not None:
-                        fut = pool.submit(read_batch, self.reader, grid, self.bands, job[1])
+                        fut = pool.submit(read_chips, self.reader, grid, self.bands, job[1])
                         queue.append((*job, fut))
                     if not queue:
                         return
@@ -300,6 +308,7 @@ def embed_raster(
         info = dict(meta or {}, modality=modality.value, max_nodata=max_nodata)
         info.update(model_name=spec.model_name, model_version=spec.model_version)
         info.update(bands=list(bands), scaling=reader.scaling)
+        info.update(footprint_meta(reader, grid))  # outputs are drawn inside the outline
         store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
         try:
             pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .atomic import publish, staging_folder
 from .errors import InputError, OutputError
 from .gdal_errors import GdalErrors, failure_message, gdal_errors, osgeo
 from .grid import TileGrid
+
+if TYPE_CHECKING:
+    from .render import Render
 
 TAG_PREFIX = "UNIGEO_"
 """Prefix of every provenance tag, so they never collide with GDAL's own metadata items."""
@@ -237,6 +240,7 @@ def write_grid_raster(
     band_tags: Sequence[Mapping[str, str]] = (),
     provenance: Mapping[str, Any] | None = None,
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    render: Render | None = None,
 ) -> Path:
     """Write ``bands`` (each ``grid.shape``) as a tiled, compressed GeoTIFF, atomically.
 
@@ -250,6 +254,8 @@ def write_grid_raster(
         band_tags: Extra metadata items per band.
         provenance: Dataset-level provenance, written as ``UNIGEO_*`` tags.
         colormap: A GDAL colour table for band 1 (index -> RGBA); byte/uint16 rasters only.
+        render: Draw the cells on this finer grid, inside the source raster's outline
+            (:func:`engine.render.render_for`); needs a ``nodata`` value.
 
     Returns:
         The written path.
@@ -265,6 +271,9 @@ def write_grid_raster(
     for i, band in enumerate(bands):
         _check_band(grid, band, f"band {i + 1}")
     path = Path(path)
+    if render is not None and nodata is not None:
+        bands = [render.expand(np.asarray(b), 0, nodata)[0] for b in bands]
+        grid = render.out
     with grid_tiff(path, grid, len(bands), dtype, nodata) as tiff:
         tiff.describe(descriptions, band_tags, provenance, colormap)
         for i, band in enumerate(bands, start=1):

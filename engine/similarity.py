@@ -46,6 +46,7 @@ from .errors import CancelledError, InputError, StoreError
 from .geo_io import write_grid_raster
 from .geometry import box_wkb, point_wkb
 from .grid import Bounds, TileGrid
+from .render import render_for
 from .vector_io import write_vector
 
 if TYPE_CHECKING:
@@ -303,6 +304,7 @@ def write_heatmap(
         descriptions=_BAND_NAMES[: len(bands)],
         band_tags=_BAND_TAGS[: len(bands)],
         provenance=_heatmap_provenance(store, provenance),
+        render=render_for(store),
     )
 
 

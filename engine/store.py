@@ -9,6 +9,8 @@ A store is a folder:
   modality, ...).
 - ``embeddings.npy``: float16 ``[rows, cols, D]``; rows of skipped tiles stay 0.
 - ``valid.npy``: bool ``[rows, cols]``; False where a tile was skipped (no data).
+- ``nodata.npy``: float16 ``[rows, cols]``: the fraction of each tile's values that had no data
+  (stores written before it existed have none: every valid tile then counts as complete).
 - ``done.npy``: bool ``[n_blocks]``; block ``i`` of ``grid.iter_blocks(block_tiles)`` is written.
 
 A store is written in ``<path>.partial/`` and renamed to ``<path>`` by :meth:`finalize`, so a
@@ -52,7 +54,7 @@ from .store_guard import mark_partial, no_space_message, remove_partial, reserve
 log = logging.getLogger(__name__)
 
 META_FILE = "store.json"
-_ARRAYS = ("embeddings.npy", "valid.npy", "done.npy")
+_ARRAYS = ("embeddings.npy", "valid.npy", "done.npy", "nodata.npy")
 
 
 class EmbeddingStore(StoreBase):
@@ -70,6 +72,8 @@ class EmbeddingStore(StoreBase):
             self.embeddings = np.load(folder / "embeddings.npy", mmap_mode=mode)
             self.valid = np.load(folder / "valid.npy", mmap_mode=mode)
             self.done = np.load(folder / "done.npy", mmap_mode=mode)
+            frac = folder / "nodata.npy"
+            self.nodata = np.load(frac, mmap_mode=mode) if frac.is_file() else None
         except (OSError, ValueError) as e:
             raise StoreError(
                 f"the embedding store {folder} is damaged ({e}); embed again"
@@ -80,6 +84,7 @@ class EmbeddingStore(StoreBase):
             or self.embeddings.dtype != np.float16
             or self.valid.shape != (rows, cols)
             or self.done.shape != (len(self.blocks()),)
+            or (self.nodata is not None and self.nodata.shape != (rows, cols))
         ):
             raise StoreError(
                 f"the embedding store {folder} does not match its store.json; embed again"
@@ -109,6 +114,7 @@ class EmbeddingStore(StoreBase):
             ("embeddings.npy", np.float16, (grid.rows, grid.cols, dim)),
             ("valid.npy", np.bool_, (grid.rows, grid.cols)),
             ("done.npy", np.bool_, (info["n_blocks"],)),
+            ("nodata.npy", np.float16, (grid.rows, grid.cols)),
         )
         need = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for _, dt, shape in arrays)
         free = shutil.disk_usage(_existing_parent(folder)).free
@@ -133,8 +139,15 @@ class EmbeddingStore(StoreBase):
         return cls(folder, info, "r+")
 
     # -- writing ----------------------------------------------------------------------------
-    def write_block(self, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
-        """Write embeddings ``[nr, nc, D]`` and validity ``[nr, nc]`` at local tile (r0, c0)."""
+    def write_block(
+        self,
+        r0: int,
+        c0: int,
+        emb: np.ndarray,
+        valid: np.ndarray,
+        nodata: np.ndarray | None = None,
+    ) -> None:
+        """Write embeddings ``[nr, nc, D]``, validity and no-data fractions at tile (r0, c0)."""
         self._need_writable()
         nr, nc = valid.shape
         if emb.shape != (nr, nc, self.dim):
@@ -145,12 +158,16 @@ class EmbeddingStore(StoreBase):
             raise InputError(f"block at ({r0}, {c0}) of {nr}x{nc} tiles lies outside the grid")
         self.embeddings[r0 : r0 + nr, c0 : c0 + nc] = emb.astype(np.float16)
         self.valid[r0 : r0 + nr, c0 : c0 + nc] = valid
+        if nodata is not None and self.nodata is not None:
+            self.nodata[r0 : r0 + nr, c0 : c0 + nc] = nodata
 
     def mark_done(self, block_id: int) -> None:
         """Record block ``block_id`` as written (its data is flushed first)."""
         self._need_writable()
         self.embeddings.flush()
         self.valid.flush()
+        if self.nodata is not None:
+            self.nodata.flush()
         self.done[block_id] = True
         self.done.flush()
 
@@ -162,7 +179,7 @@ class EmbeddingStore(StoreBase):
 
     def _close_data(self) -> None:
         """Flush and release the memory maps."""
-        for name in ("embeddings", "valid", "done"):
+        for name in ("embeddings", "valid", "done", "nodata"):
             arr = getattr(self, name, None)
             if arr is not None and self._writable:
                 arr.flush()

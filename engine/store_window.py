@@ -78,6 +78,8 @@ class StoreWindow:
         else:
             self.embeddings = WindowedArray(store.embeddings, r0, c0, rows, cols)
         self.valid = np.asarray(store.valid[r0 : r0 + rows, c0 : c0 + cols], dtype=bool)
+        frac = getattr(store, "nodata", None)
+        self.nodata = None if frac is None else np.asarray(frac[r0 : r0 + rows, c0 : c0 + cols])
 
     @property
     def crs(self) -> str:
@@ -100,3 +102,34 @@ def store_window(store: Any, bounds: Bounds) -> StoreWindow | None:
     if sub.rows == 0 or sub.cols == 0:
         return None
     return StoreWindow(store, sub)
+
+
+DEFAULT_MAX_NODATA = 0.25
+"""Queries skip tiles with more than this fraction of no data (raster edges, nodata collars).
+
+Such tiles are embedded (up to the store's own ``max_nodata``, 0.5 by default) but their
+embeddings describe a part-empty chip: they won too often as top hits along raster edges.
+"""
+
+
+def restrict_nodata(store: Any, max_nodata: float | None = DEFAULT_MAX_NODATA) -> Any:
+    """``store`` with tiles whose no-data fraction exceeds ``max_nodata`` marked invalid.
+
+    Returns the store itself when there is nothing to restrict (``None`` or ``>= 1``, or a
+    store written before per-tile fractions were recorded), else a :class:`StoreWindow` over the
+    whole grid whose ``valid`` leaves those tiles out: heatmaps show them as no data, and hits
+    and classifications never pick them.
+
+    Raises:
+        InputError: ``max_nodata`` is not a number in [0, 1].
+    """
+    if max_nodata is None:
+        return store
+    t = float(max_nodata)
+    if not 0.0 <= t <= 1.0:
+        raise InputError(f"max_nodata must be a fraction in [0, 1], got {max_nodata}")
+    if t >= 1.0 or getattr(store, "nodata", None) is None:
+        return store
+    view = StoreWindow(store, store.grid)
+    view.valid = view.valid & (np.asarray(view.nodata, dtype=np.float32) <= t)
+    return view

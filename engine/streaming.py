@@ -24,6 +24,7 @@ import numpy as np
 from .calibration import Calibration, TieRefiner
 from .errors import InputError
 from .geo_io import grid_profile, grid_tiff
+from .render import render_for
 from .similarity import (
     _BAND_NAMES,
     _BAND_TAGS,
@@ -105,6 +106,17 @@ def _valid_scores(store: Any, r0: int, r1: int, block: np.ndarray) -> tuple[np.n
     keep = np.asarray(store.valid[r0:r1], dtype=bool).reshape(-1) & np.isfinite(scores)
     local = np.flatnonzero(keep)
     return local, scores[local]
+
+
+def _chunk_bands(
+    store: Any, r0: int, r1: int, block: np.ndarray, cal: Any, count: int
+) -> list[np.ndarray]:
+    """The cosine (and percentile) rows of one scored chunk, NaN where a tile is invalid."""
+    cos = np.array(block[..., 0], dtype=np.float32)
+    cos[~np.asarray(store.valid[r0:r1], dtype=bool)] = np.nan
+    if count == 1:
+        return [cos]
+    return [cos, cal.percentiles(cos) if cal else np.full_like(cos, np.nan)]
 
 
 def _part(
@@ -206,6 +218,20 @@ def write_heatmap_chunked(
         first = _part(progress, 0.0, 0.5)
         cal = _histogram_pass(store, vec, bins, None, first, is_canceled, workers, refine=True)
     count = 2 if percentiles else 1
+    render = render_for(store)
+    if render is not None:  # drawn finer, inside the raster's outline: one write per chunk
+        done = _part(progress, 0.5 if percentiles else 0.0, 1.0)
+        with grid_tiff(path, render.out, count, "float32", float("nan")) as tiff:
+            tiff.describe(
+                _BAND_NAMES[:count], _BAND_TAGS[:count], _heatmap_provenance(store, provenance)
+            )
+            for r0, r1, block in chunked_dot(store, vec[:, None], None, done, is_canceled, workers):
+                rows = _chunk_bands(store, r0, r1, block, cal if percentiles else None, count)
+                for i in range(count):
+                    pixels, f0 = render.expand(rows[i], r0, np.nan)
+                    if pixels.size:
+                        tiff.write(i + 1, pixels, f0)
+        return Path(path)
     tiled = grid_profile(grid, count, "float32", float("nan"))["tiled"]
     # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
     band = 256 if tiled else _row_step(grid.cols, None)

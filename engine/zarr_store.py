@@ -117,6 +117,9 @@ class ZarrEmbeddingStore(StoreBase):
         self._valid_arr, self._done_arr = valid, done
         # 10^8 tiles is 100 MB of bools: loaded once, queries then mask at memory speed
         self.valid: np.ndarray = np.asarray(valid[...], dtype=bool)
+        # per-tile no-data fraction (float16); stores written before it existed have none
+        frac = self._group.get("nodata")
+        self.nodata: np.ndarray | None = None if frac is None else np.asarray(frac[...])
 
     KIND = "Zarr embedding store"
 
@@ -155,16 +158,24 @@ class ZarrEmbeddingStore(StoreBase):
         )
         group.create_array("valid", shape=shape, chunks=(bt, bt), dtype="bool", **kw)
         group.create_array("done", shape=(info["n_blocks"],), chunks=(1,), dtype="u1", **kw)
+        group.create_array("nodata", shape=shape, chunks=(bt, bt), dtype="f2", **kw)
         # the description last: a .partial without it is never resumed
         group.attrs[ATTR_KEY] = info
         unmark_partial(folder)  # the description now says whose folder it is
         return cls(folder, info, "r+")
 
     # -- writing ----------------------------------------------------------------------------
-    def write_block(self, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
-        """Write embeddings ``[nr, nc, D]`` and validity ``[nr, nc]`` at local tile (r0, c0)."""
+    def write_block(
+        self,
+        r0: int,
+        c0: int,
+        emb: np.ndarray,
+        valid: np.ndarray,
+        nodata: np.ndarray | None = None,
+    ) -> None:
+        """Write embeddings ``[nr, nc, D]``, validity and no-data fractions at tile (r0, c0)."""
         self._need_writable()
-        write_block_at(self.folder, r0, c0, emb, valid)
+        write_block_at(self.folder, r0, c0, emb, valid, nodata)
 
     def mark_done(self, block_id: int) -> None:
         """Record block ``block_id`` as written (call after :meth:`write_block`)."""
@@ -199,7 +210,14 @@ def is_zarr_store(path: str | Path) -> bool:
     return (p / ZARR_META).is_file() or (partial_path(p) / ZARR_META).is_file()
 
 
-def write_block_at(folder: Path, r0: int, c0: int, emb: np.ndarray, valid: np.ndarray) -> None:
+def write_block_at(
+    folder: Path,
+    r0: int,
+    c0: int,
+    emb: np.ndarray,
+    valid: np.ndarray,
+    nodata: np.ndarray | None = None,
+) -> None:
     """Write one block into the unfinished Zarr store at ``folder`` (what a Dask worker does).
 
     Blocks are aligned to the chunk grid (chunk = block_tiles x block_tiles), so no two blocks
@@ -214,6 +232,8 @@ def write_block_at(folder: Path, r0: int, c0: int, emb: np.ndarray, valid: np.nd
         np.float16
     )
     zarr.open_array(folder / "valid", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = valid
+    if nodata is not None and (folder / "nodata").is_dir():
+        zarr.open_array(folder / "nodata", mode="r+")[r0 : r0 + nr, c0 : c0 + nc] = nodata
 
 
 def mark_done_at(folder: Path, block_id: int) -> None:

@@ -290,7 +290,10 @@ class Controller(QObject):
                 if out is None:
                     return
                 done = partial(self._heatmap_done, name=spec.label(), group=layer.name())
-                task = HeatmapTask(model, store_folder, spec, out, done, token, prov, area.mask())
+                task = HeatmapTask(
+                    model, store_folder, spec, out, done, token, prov, area.mask(),
+                    max_nodata=self.settings().max_nodata(),
+                )  # fmt: skip
                 self._start(task)
 
             self.with_store(layer, area, model, heatmap)
@@ -337,7 +340,10 @@ class Controller(QObject):
                 conf_path = class_path.with_name(class_path.stem + CONFIDENCE_SUFFIX)
                 done = partial(self._classify_done, name=label, group=layer.name())
                 self._start(
-                    ClassifyTask(model, store_folder, spec, class_path, conf_path, done, prov)
+                    ClassifyTask(
+                        model, store_folder, spec, class_path, conf_path, done, prov,
+                        max_nodata=self.settings().max_nodata(),
+                    )  # fmt: skip
                 )
 
             self.with_store(layer, area, model, run)

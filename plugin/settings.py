@@ -85,6 +85,8 @@ class Settings:
     # where outputs go; "" = the project folder, else <QGIS settings dir>/unigeo/outputs (never
     # inside the cache: the cache deletes old stores when it is full)
     output_folder: str = ""
+    # queries skip tiles with more no data than this (percent): edges of skewed rasters, collars
+    max_nodata_pct: int = 25
     models_folder: str = ""  # installed model bundles; "" = <QGIS settings dir>/unigeo/models
     model_url: str = ""  # where "Install default model" downloads; "" = the pinned release URL
 
@@ -144,6 +146,10 @@ class Settings:
     def threads_arg(self) -> int | None:
         """The ``threads`` argument of ``UniGeoModel.load`` (None = auto)."""
         return self.threads if self.threads > 0 else None
+
+    def max_nodata(self) -> float:
+        """The no-data fraction above which queries skip a tile (``engine.store_window``)."""
+        return min(max(self.max_nodata_pct, 0), 100) / 100.0
 
     def stride_arg(self) -> int | None:
         """The ``stride_px`` argument of ``grid_for_raster`` (None = the tile size)."""

@@ -260,8 +260,10 @@ class HeatmapTask(EngineTask):
         token: int | None = None,
         provenance: dict[str, Any] | None = None,
         mask: tuple[tuple[str, str], ...] = (),
+        max_nodata: float | None = None,
     ) -> None:
         super().__init__(f"UniGeo: heatmap for {spec.label()}", on_done, token, (out_path,))
+        self.max_nodata = max_nodata  # skip tiles with more no data (None: the engine default)
         self.model, self.spec = model, spec
         self.store_path, self.out_path = Path(store_path), Path(out_path)
         self.provenance = dict(provenance or {})
@@ -285,10 +287,12 @@ class HeatmapTask(EngineTask):
 
     def work(self) -> HeatmapOutput:
         from ..engine.domain import domain_warning
+        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
         from ..engine.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
         from ..engine.zarr_store import open_store
 
-        store = open_store(self.store_path)
+        limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
+        store = restrict_nodata(open_store(self.store_path), limit)
         query = build_query(self.spec, store, self.model)
         self.report(0.1)
         prov = {**self.provenance, "query": query.description(), "model_hash": store.model_hash}
@@ -366,8 +370,10 @@ class ClassifyTask(EngineTask):
         conf_path: str | Path,
         on_done: Callable[[TaskResult], None] | None = None,
         provenance: dict[str, Any] | None = None,
+        max_nodata: float | None = None,
     ) -> None:
         super().__init__("UniGeo: land-use classification", on_done, None, (class_path, conf_path))
+        self.max_nodata = max_nodata  # skip tiles with more no data (None: the engine default)
         self.model, self.spec = model, spec
         self.store_path = Path(store_path)
         self.class_path, self.conf_path = Path(class_path), Path(conf_path)
@@ -396,9 +402,11 @@ class ClassifyTask(EngineTask):
 
         from ..engine.classify import write_classification
         from ..engine.domain import domain_warning
+        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
         from ..engine.zarr_store import open_store
 
-        store = open_store(self.store_path)
+        limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
+        store = restrict_nodata(open_store(self.store_path), limit)
         result = self._classify(store)
         self.report(0.8)
         if self.isCanceled():

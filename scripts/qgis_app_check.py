@@ -4,7 +4,7 @@ Every Processing algorithm with every kind of query, and every toolbar tool driv
 mouse events; writes ``report.json`` (one entry per check) into UNIGEO_APP_OUT and exits QGIS with
 0 (all passed) or 3 (some failed). Started by tests/qgis_app/test_real_qgis.py, which installs
 the plugin into a throw-away profile first (scripts/qgis_profile.sh); the environment it reads is
-described in scripts/qgis_app/main.py. QGIS runs this file with exec(), so ``__file__`` is not
+described in scripts/qgis_app/main.py. QGIS runs this file through Python's exec builtin, so ``__file__`` is not
 set: the scripts folder is found from UNIGEO_APP_ROOT (default: the working directory).
 """
 

@@ -73,6 +73,12 @@ class SettingsDialog(QDialog):
         form.addRow("CPU threads", self.threads)
         self.stride = _spin(s.stride_px, 0, 4096, "tile size (no overlap)", " px")
         form.addRow("Tile stride", self.stride)
+        self.max_nodata = _spin(s.max_nodata_pct, 0, 100, None, " %")
+        self.max_nodata.setToolTip(
+            "Queries skip tiles with more no data than this (raster edges, no-data collars): "
+            "their heatmap pixels stay empty and they are never top hits"
+        )
+        form.addRow("Skip tiles with no data above", self.max_nodata)
         self.cache = _folder_widget(s.cache_folder, "<QGIS settings>/unigeo/cache")
         form.addRow("Cache folder", self.cache)
         self.cache_mb = _spin(s.cache_mb, 16, 10_000_000, None, " MB")
@@ -92,6 +98,7 @@ class SettingsDialog(QDialog):
             provider=self.provider.currentText(),
             threads=self.threads.value(),
             stride_px=self.stride.value(),
+            max_nodata_pct=self.max_nodata.value(),
             cache_folder=self.cache.filePath().strip(),
             cache_mb=self.cache_mb.value(),
             output_folder=self.output.filePath().strip(),

@@ -36,7 +36,7 @@ from ...engine.errors import InputError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
 from ...engine.store import EmbeddingStore
-from ...engine.store_window import store_window
+from ...engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata, store_window
 from ...engine.zarr_store import open_store
 from .. import model_cache
 from ..qgis_reader import qgs_crs
@@ -68,6 +68,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
     BANDS = "BANDS"
     STORE = "STORE"
     EXTENT = "EXTENT"
+    MAX_NODATA = "MAX_NODATA"
 
     # -- QGIS boilerplate -------------------------------------------------------------------
     def tr(self, text: str) -> str:
@@ -132,8 +133,11 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             return model_cache.get_model(folder, provider=provider)
 
     # -- source: an existing store, or a raster embedded through the cache -------------------
-    def add_source_params(self, raster_name: str = INPUT, with_extent: bool = True) -> None:
-        """INPUT raster, BANDS, EXTENT (what to embed) and STORE folder; all optional."""
+    def add_source_params(
+        self, raster_name: str = INPUT, with_extent: bool = True, query: bool = True
+    ) -> None:
+        """INPUT raster, BANDS, EXTENT (what to embed), STORE folder and, for queries over the
+        tiles (``query``), MAX_NODATA; all optional."""
         self.addParameter(
             QgsProcessingParameterRasterLayer(
                 raster_name, self.tr("Raster layer (embedded on demand)"), optional=True
@@ -164,6 +168,18 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
                 optional=True,
             )
         )
+        if query:
+            nodata = QgsProcessingParameterNumber(
+                self.MAX_NODATA,
+                self.tr("Skip tiles with more no data than (%)"),
+                QgsProcessingParameterNumber.Double,
+                DEFAULT_MAX_NODATA * 100.0,
+                optional=True,
+                minValue=0.0,
+                maxValue=100.0,
+            )
+            nodata.setFlags(nodata.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(nodata)
 
     def source_store(
         self,
@@ -174,7 +190,24 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
         raster_name: str = INPUT,
         extent: tuple[tuple[float, float, float, float], str] | None = None,
     ) -> EmbeddingStore:
-        """The store of STORE, else of the INPUT raster (embedded into the cache if needed)."""
+        """The store of STORE, else of the INPUT raster (embedded into the cache if needed);
+        with MAX_NODATA, its tiles with more no data than that are left out."""
+        store = self._source_store(parameters, context, feedback, model, raster_name, extent)
+        if self.parameterDefinition(self.MAX_NODATA) is None:
+            return store
+        pct = self.parameterAsDouble(parameters, self.MAX_NODATA, context)
+        with engine_errors():
+            return restrict_nodata(store, pct / 100.0)
+
+    def _source_store(
+        self,
+        parameters: dict,
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+        model: UniGeoModel,
+        raster_name: str = INPUT,
+        extent: tuple[tuple[float, float, float, float], str] | None = None,
+    ) -> EmbeddingStore:
         folder = self.parameterAsFile(parameters, self.STORE, context)
         layer = self.parameterAsRasterLayer(parameters, raster_name, context)
         if folder:

@@ -56,7 +56,7 @@ class EmbedFeaturesAlgorithm(UniGeoAlgorithm):
                 [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon],
             )
         )
-        self.add_source_params(self.RASTER, with_extent=False)
+        self.add_source_params(self.RASTER, with_extent=False, query=False)
         self.add_model_params()
         self.addParameter(
             QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Features with embeddings"))

@@ -74,6 +74,7 @@ def test_round_trip(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == [
         "done.npy",
         "embeddings.npy",
+        "nodata.npy",  # per-tile no-data fraction
         "store.json",
         "valid.npy",
     ]

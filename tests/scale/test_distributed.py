@@ -52,7 +52,8 @@ def test_two_workers_equal_single_process(
     assert z.meta["blocks_this_run"] == z.info["n_blocks"] == naip_grid.n_tiles
     assert z.meta["workers"] == 2 and z.meta["worker_processes_used"] == 2
     assert z.meta["tiles_this_run"] == naip_grid.n_tiles and z.meta["tiles_per_s"] > 0
-    assert naip_grid.n_tiles > z.meta["valid_tiles"] == int(z.valid.sum()) > 30
+    # edge tiles are read shifted inside the raster: every cell of the NAIP grid is embedded
+    assert naip_grid.n_tiles >= z.meta["valid_tiles"] == int(z.valid.sum()) > 30
     assert isinstance(open_store(out), ZarrEmbeddingStore)
     # one model per worker process, although each ran several blocks
     loads = dict(client.run(model_loads).values())
