@@ -58,6 +58,12 @@ def first_run_message(models_folder: str | Path) -> str:
     )
 
 
+def first_run_short() -> str:
+    """The first-run message for the message bar, beside its *Install default model* button."""
+    size = DEFAULT_BUNDLE.size_label()
+    return f"UniGeo has no model yet. Install the default model ({size} download) with one click:"
+
+
 def default_cache_folder() -> str:
     """``<QGIS settings dir>/unigeo/cache`` of the running profile."""
     return str(Path(QgsApplication.qgisSettingsDirPath()) / "unigeo" / "cache")

@@ -98,6 +98,8 @@ class UniGeoPlugin:
         c.domainChecked.connect(d.set_warning)
         c.modelChanged.connect(lambda model: d.set_templates(model.bundle.prompt_templates))
         c.modelChanged.connect(self.refresh_bands)
+        # a model loads, so one was installed (Processing, the shell): the first-run message goes
+        c.modelChanged.connect(lambda _model: self._pop_first_run())
         d.layer_combo.layerChanged.connect(self.refresh_bands)
         d.visibilityChanged.connect(self.refresh_bands)
         self.point_tool.pointClicked.connect(self._point_clicked)
@@ -228,13 +230,14 @@ class UniGeoPlugin:
     # -- models ----------------------------------------------------------------------------
     def check_first_run(self) -> bool:
         """Without any model bundle, show the message with the one-click install; True if shown."""
-        from .settings import Settings, first_run_message
+        from .settings import Settings, first_run_message, first_run_short
 
         s = Settings.load()
         if s.resolve_bundle() is not None:
             return False
         bar = self.iface.messageBar()
-        item = bar.createMessage("UniGeo", first_run_message(s.models_path()))
+        # the bar has room for about one line: the short form; the log keeps the shell command
+        item = bar.createMessage("UniGeo", first_run_short())
         button = QPushButton("Install default model", item)
         button.setObjectName("UniGeoInstallDefaultModel")
         button.clicked.connect(lambda: self.show_model_manager(install_default=True))

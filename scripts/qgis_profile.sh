@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A throw-away QGIS profile with UniGeo installed the README's way, for tests in the real QGIS:
-#   ROOT/profiles/PROFILE/python/plugins/unigeo   the zip of `make package`, unzipped
+#   ROOT/profiles/PROFILE/python/plugins/unigeo   the zip of `make package`, unzipped: the slim
+#       zip of the QGIS repository, without a model (the model zip is dist/model/<name>-<v>.zip;
+#       tests/qgis_app installs it through the model manager, as a user does)
 #   ROOT/profiles/PROFILE/python/dependencies/unigeo   runtime dependencies, installed by
 #       /usr/bin/python3 plugin/deps.py --install --profile-dir ROOT/profiles/PROFILE
 #   ROOT/profiles/PROFILE/QGIS/QGIS3.ini          the plugin enabled
@@ -19,8 +21,13 @@ mkdir -p "$prof/python/plugins" "$prof/QGIS"
 
 bash scripts/package.sh unigeo >&2
 version=$(sed -n 's/^version=//p' metadata.txt)
+zip="dist/unigeo-${version}.zip"
+if unzip -Z1 "$zip" | grep '^unigeo/resources/models/' > /dev/null; then  # no -q: no SIGPIPE
+  echo "qgis_profile: $zip holds a model; expected the slim plugin zip of make package" >&2
+  exit 1
+fi
 rm -rf "$prof/python/plugins/unigeo"
-unzip -q "dist/unigeo-${version}.zip" -d "$prof/python/plugins/"
+unzip -q "$zip" -d "$prof/python/plugins/"
 
 # The cache key: the requirements deps.py installs, and the interpreter and numpy they go with.
 key=$(/usr/bin/python3 - <<'PY'

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make qgis-smoke`: install the plugin zip (make package) into a throw-away QGIS profile with its
 # runtime dependencies (scripts/qgis_profile.sh), start the real QGIS under Xvfb, and run
-# scripts/qgis_smoke.py in it: plugin loaded, 7 Processing algorithms, a text heatmap on a raster,
+# scripts/qgis_smoke.py in it: plugin loaded, its Processing algorithms, a text heatmap on a raster,
 # the dock, a screenshot. Fails on any error of a step, a QGIS exit status other than 0, or a
 # Python traceback in the QGIS log. The full check of every algorithm and tool is
 # tests/qgis_app (part of `make test`).

@@ -72,6 +72,7 @@ class BandPanel(QWidget):
         """No model to ask which bands it needs: say why, offer nothing to pick."""
         self.layer, self.wanted, self.choice = None, (), None
         self._build([])
+        self.auto_button.setEnabled(False)  # nothing was picked by hand to forget
         self._show_reason(why, ok=False)
 
     def refresh(self) -> None:

@@ -21,7 +21,7 @@ from qgis.core import (
     QgsSettings,
 )
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapCanvas, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import QEvent, QObject, QSize, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -58,6 +58,39 @@ BADGE_STYLE = {
 WARN_STYLE = "background:#fff3cd;color:#7a4f01;border:1px solid #e0b84c;padding:4px"
 
 
+class VerticalScroll(QScrollArea):
+    """Scrolls its content vertically only, and is never narrower than the content needs.
+
+    A plain QScrollArea hints a small width, so QGIS opened the dock narrower than its rows (the
+    band drop-downs, the source combo) and cut them off behind a horizontal scroll bar.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def _content_width(self) -> int:
+        body = self.widget()
+        need = body.minimumSizeHint().width() if body is not None else 0
+        return need + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        hint = super().minimumSizeHint()
+        return QSize(max(hint.width(), self._content_width()), hint.height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self._content_width()), hint.height())
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        # the content's layout changed (e.g. more band drop-downs): the dock re-reads our hints
+        if obj is self.widget() and event.type() == QEvent.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+
 class SearchDock(QgsDockWidget):
     """Gathers queries; ``searchRequested(QuerySpec)`` when the user asks for a heatmap."""
 
@@ -80,9 +113,7 @@ class SearchDock(QgsDockWidget):
         lay.addStretch(1)
         lay.addLayout(self._status_row())
         # scrolling, not squeezing, when the dock is shorter than its content
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
+        scroll = VerticalScroll(self)
         scroll.setWidget(body)
         self.setWidget(scroll)
         self._load_recent()

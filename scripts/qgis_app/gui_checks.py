@@ -96,6 +96,10 @@ def _dock(ctx, area: str, polygon_layer=None):
 
 def gui_text_search(ctx) -> dict:
     dock = _dock(ctx, "extent")
+    body = dock.widget().widget()  # the dock's rows, in a scroll area
+    wait_until(
+        lambda: body.width() >= body.minimumSizeHint().width(), 5, "the dock to fit its rows"
+    )
     dock.prompt.setEditText("open water")
     (layer,) = expect_layers(
         ctx, lambda: QTest.mouseClick(dock.text_button, Qt.LeftButton), "the text heatmap"
@@ -134,6 +138,13 @@ def gui_point_clicks(ctx) -> dict:
             cos = V.value_at(layer.source(), *ctx.inputs.map_xy(px, py))
             ensure(cos > 0.999, f"cosine {cos} at the clicked tile, expected 1")
     ctx.screenshot("point_clicks", (layer,), ("extra", "negative"))
+    markers = dock.markers.markers  # a symbol and its white halo per place
+    ensure(len(markers) == 6, f"{len(markers)} example-place markers on the map, expected 3 x 2")
+    clear = [b for b in dock.findChildren(QPushButton) if b.text() == "Clear"]
+    ensure(len(clear) == 1, "no 'Clear' button in the dock")
+    QTest.mouseClick(clear[0], Qt.LeftButton)
+    ensure(dock.example_list.count() == 0, "'Clear' left examples in the list")
+    ensure(not dock.markers.markers, "'Clear' left example places marked on the map")
     find.trigger()  # back off
     return out
 
@@ -257,6 +268,18 @@ def gui_classify_zero_shot(ctx) -> dict:
     names = list(ctx.class_names)
 
     def configure(dlg) -> None:
+        dlg.grab().save(str(ctx.screens / "classify_dialog_opened.png"))
+        if not dlg.zero.isChecked():  # the bundle's figures chose few-shot: the dialog says why
+            advice = dlg.advice.text() if dlg.advice.isVisible() else ""
+            ensure("zero-shot" in advice, f"few-shot first, with the advice '{advice}'")
+            ensure(not dlg.table.isEnabled(), "the class table is editable in few-shot mode")
+            # the user switches to zero-shot (on the indicator: the middle may not toggle it)
+            mid = QPoint(8, dlg.zero.height() // 2)
+            QTest.mouseClick(dlg.zero, Qt.LeftButton, Qt.NoModifier, mid)
+            ensure(
+                dlg.zero.isChecked(), "the 'Zero-shot from class prompts' option did not switch on"
+            )
+        ensure(dlg.table.isEnabled(), "the class table stays disabled in zero-shot mode")
         ensure(dlg.table.rowCount() == len(names), f"{dlg.table.rowCount()} class rows")
         dlg.table.selectRow(len(names) - 1)
         remove = [b for b in dlg.findChildren(QPushButton) if b.text() == "Remove class"]

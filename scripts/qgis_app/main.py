@@ -7,21 +7,34 @@ Environment (set by tests/qgis_app/test_real_qgis.py):
   UNIGEO_APP_TIMEOUT  seconds before the watchdog dumps every thread's stack and exits QGIS
   UNIGEO_APP_ONLY     optional comma-separated check names to run (others are skipped)
   UNIGEO_APP_SELFTEST "crash" adds a check that crashes QGIS on purpose (tests the reporting)
+  UNIGEO_APP_MODEL_ZIP the default model bundle zip of `make package` (with its .sha256), which
+                      the first session installs through the model manager (model_checks.py)
 """
 
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.PyQt.QtCore import QTimer
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsFillSymbol,
+    QgsMarkerSymbol,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QPoint, QTimer
 
-from . import gui_checks, inputs, processing_checks
+from . import dialog_checks, gui_checks, inputs, model_checks, processing_checks
 from .harness import (
     MessageCapture,
     Report,
@@ -77,20 +90,66 @@ class Context:
         self.canvas.setExtent(self.window_layer.extent())
         self.canvas.refresh()
 
-    def screenshot(self, name: str, show: tuple = (), vectors: tuple[str, ...] = ()) -> None:
+    def load_model_facts(self, folder: Path) -> None:
+        """Load the model UniGeo uses now (it must be ``folder``) and keep its geometry."""
+        from unigeo.engine.contract import Modality
+
+        model = self.plugin.controller.model()
+        ensure(
+            Path(model.folder).resolve() == Path(folder).resolve(),
+            f"UniGeo loaded the model in {model.folder}, expected {folder}",
+        )
+        spec = model.spec(Modality.AERIAL).preprocess
+        self.dim, self.tile_m = int(model.dim), float(spec.size * spec.gsd_m)
+        self.class_names = list(model.bundle.class_prompts)
+
+    def screenshot(
+        self, name: str, show: tuple = (), vectors: tuple[str, ...] = (), messages: bool = False
+    ) -> None:
         """The main window as screens/<name>.png once the canvas has rendered.
 
         Only the source raster, the layers in ``show`` and the input vector layers named in
-        ``vectors`` are visible, so each picture shows the result it is about.
+        ``vectors`` are visible, so each picture shows the result it is about; the message bar
+        is cleared first unless ``messages``. The map canvas and the search dock (when shown)
+        are also saved alone (<name>.canvas.png, <name>.dock.png), and where the canvas, the
+        dock and the message bar lie in the window goes to <name>.json, so that
+        scripts/refresh_screenshots.py can cut the README's pictures out of them.
         """
         keep = {self.window_layer.id(), *(lyr.id() for lyr in show)}
         keep |= {self.vectors[v].id() for v in vectors}
         for node in QgsProject.instance().layerTreeRoot().findLayers():
             node.setItemVisibilityChecked(node.layerId() in keep)
+        if not messages:
+            self.iface.messageBar().clearWidgets()
         self.canvas.refresh()
         pause(0.3)
         wait_until(lambda: not self.canvas.isDrawing(), 30, "the canvas to render")
-        self.iface.mainWindow().grab().save(str(self.screens / f"{name}.png"))
+        window = self.iface.mainWindow()
+        window.grab().save(str(self.screens / f"{name}.png"))
+        self.canvas.grab().save(str(self.screens / f"{name}.canvas.png"))
+        dock = self.plugin.dock
+        parts = {"canvas": self.canvas, "messagebar": self.iface.messageBar()}
+        if dock is not None and dock.isVisible():
+            dock.grab().save(str(self.screens / f"{name}.dock.png"))
+            parts["dock"] = dock
+        boxes = {}
+        for key, widget in parts.items():
+            if widget.isVisible():
+                p = widget.mapTo(window, QPoint(0, 0))
+                boxes[key] = [p.x(), p.y(), widget.width(), widget.height()]
+        (self.screens / f"{name}.json").write_text(json.dumps(boxes))
+
+
+# the input layers as outlines and dots, so that screenshots show the results under them
+INPUT_COLORS = {"labels": "#ffffff", "area": "#00e5ff", "region": "#ff00ff", "avoid": "#ff3030",
+                "extra": "#00c853", "negative": "#ff3030"}  # fmt: skip
+
+
+def _symbol(layer: QgsVectorLayer, color: str) -> Any:
+    if layer.geometryType() == QgsWkbTypes.PolygonGeometry:
+        props = {"color": "0,0,0,0", "outline_color": color, "outline_width": "0.8"}
+        return QgsFillSymbol.createSimple(props)
+    return QgsMarkerSymbol.createSimple({"name": "circle", "color": color, "size": "2.5"})
 
 
 def setup_project(ctx: Context) -> None:
@@ -104,21 +163,13 @@ def setup_project(ctx: Context) -> None:
     for name in ("labels", "area", "region", "avoid", "extra", "negative"):
         layer = QgsVectorLayer(ctx.inputs.layer(name), name, "ogr")
         ensure(layer.isValid(), f"QGIS cannot open {ctx.inputs.layer(name)}")
+        layer.setRenderer(QgsSingleSymbolRenderer(_symbol(layer, INPUT_COLORS[name])))
         project.addMapLayer(layer)
         ctx.vectors[name] = layer
     window = ctx.iface.mainWindow()  # the whole Xvfb screen (no window manager maximises)
     window.move(0, 0)
     window.resize(1600, 1000)
     ctx.reset_canvas()
-
-
-def model_facts(ctx: Context) -> None:
-    from unigeo.engine.contract import Modality
-
-    model = ctx.plugin.controller.model()
-    spec = model.spec(Modality.AERIAL).preprocess
-    ctx.dim, ctx.tile_m = int(model.dim), float(spec.size * spec.gsd_m)
-    ctx.class_names = list(model.bundle.class_prompts)
 
 
 def check_plugin_loaded(ctx: Context) -> dict:
@@ -130,7 +181,7 @@ def check_plugin_loaded(ctx: Context) -> dict:
         for a in QgsApplication.processingRegistry().algorithms()
         if a.provider() is not None and a.provider().id() == "unigeo"
     )
-    ensure(len(algs) == 7, f"{len(algs)} UniGeo algorithms: {algs}")
+    ensure(len(algs) == 9, f"{len(algs)} UniGeo algorithms: {algs}")
     texts = [a.text() for a in ctx.plugin.actions]
     for t in (
         "Find similar places",
@@ -139,6 +190,7 @@ def check_plugin_loaded(ctx: Context) -> dict:
         "Photo → map",
         "Classify land use",
         "Settings",
+        "Model manager",
     ):
         ensure(t in texts, f"no toolbar action '{t}' (actions: {texts})")
     import onnxruntime
@@ -191,11 +243,12 @@ def all_checks() -> list:
     checks = [("plugin_loaded", check_plugin_loaded)]
     if os.environ.get("UNIGEO_APP_SELFTEST") == "crash":
         checks.append(("selftest_crash", check_selftest_crash))
-    checks += gui_checks.CHECKS + processing_checks.CHECKS
+    checks = checks[:1] + model_checks.CHECKS + checks[1:]
+    checks += gui_checks.CHECKS + processing_checks.CHECKS + dialog_checks.CHECKS
     checks += [("outputs_complete", check_outputs_complete)]
     checks += [("single_geo_stack", check_single_geo_stack)]
     only = [n for n in os.environ.get("UNIGEO_APP_ONLY", "").split(",") if n]
-    keep = {*only, "plugin_loaded", "selftest_crash"}
+    keep = {*only, "plugin_loaded", "selftest_crash", *model_checks.SETUP}
     return [c for c in checks if not only or c[0] in keep]
 
 
@@ -211,7 +264,11 @@ def begin(out: Path, session: int) -> None:
     for d in (ctx.outputs, ctx.screens):
         d.mkdir(parents=True, exist_ok=True)
     setup_project(ctx)
-    model_facts(ctx)
+    from unigeo.plugin.settings import Settings
+
+    installed = Settings.load().resolve_bundle()
+    if installed is not None:  # a later session: the first one installed the bundle
+        ctx.load_model_facts(Path(installed))
     report.note_libraries(after="QGIS start")
     checks = all_checks()
     report.data["planned"] = [name for name, _ in checks]
@@ -229,6 +286,7 @@ def begin_or_exit(out: Path, session: int) -> None:
         import traceback
 
         (out / "setup_error.json").write_text(json.dumps({"error": traceback.format_exc()}))
+        QgsProject.instance().clear()  # QGIS 3.22 can crash in ~QgisApp while it holds layers
         QgsApplication.exit(4)
 
 

@@ -87,28 +87,57 @@ def alg_embedraster(ctx) -> dict:
     return {**out, "log": [m for m in fb.messages if "tiles" in m]}
 
 
-def alg_heatmap_text(ctx) -> dict:
-    """Main thread, as a script does; the output is loaded into the project and styled."""
-    import processing
-
-    out = ctx.outputs / "heatmap_text.tif"
-    fb, context = Feedback(), QgsProcessingContext()
-    context.setProject(QgsProject.instance())
-    params = {"INPUT": str(ctx.inputs.raster), "QUERY_TEXT": "open water", "OUTPUT": str(out)}
-    processing.runAndLoadResults("unigeo:heatmap", params, feedback=fb, context=context)
-    got = V.heatmap(out, ctx.inputs.srs_wkt, ctx.tile_m)
-    loaded = [
+def _loaded(path: Path) -> list:
+    return [
         lyr
         for lyr in QgsProject.instance().mapLayers().values()
-        if Path(lyr.source().split("|")[0]) == out
+        if Path(lyr.source().split("|")[0]) == path
     ]
+
+
+def _run_and_load(params: dict) -> tuple[Path, Any]:
+    """``processing.runAndLoadResults`` of unigeo:heatmap; its output and the layer loaded."""
+    import processing
+
+    fb, context = Feedback(), QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    res = processing.runAndLoadResults("unigeo:heatmap", params, feedback=fb, context=context)
+    out = Path(res["OUTPUT"])
+    loaded = _loaded(out)
     ensure(len(loaded) == 1, f"{len(loaded)} project layers show {out}, expected 1")
-    lyr = loaded[0]
-    ensure(lyr.name().startswith("similarity:"), f"loaded layer named '{lyr.name()}'")
-    kind = lyr.renderer().type()
+    kind = loaded[0].renderer().type()
     ensure(kind == "singlebandpseudocolor", f"loaded heatmap rendered as '{kind}'")
+    return out, loaded[0]
+
+
+def prefer_filename() -> bool:
+    """QGIS's Processing option 'Prefer output filename for layer names' (default on)."""
+    from qgis.core import QgsSettings
+
+    key = "Processing/Configuration/PREFER_FILENAME_AS_LAYER_NAME"
+    return QgsSettings().value(key, True, type=bool)
+
+
+def alg_heatmap_text(ctx) -> dict:
+    """Main thread, as a script does; the output is loaded into the project and styled.
+
+    A temporary output (the toolbox's default) is named after the query; an output file the
+    user named is named as QGIS's option 'Prefer output filename for layer names' says (on by
+    default: the file's name, as for every other algorithm).
+    """
+    params = {"INPUT": str(ctx.inputs.raster), "QUERY_TEXT": "open water"}
+    out, lyr = _run_and_load({**params, "OUTPUT": "TEMPORARY_OUTPUT"})
+    name = lyr.name()
+    ensure(name.startswith("similarity:") and "open water" in name, f"loaded layer named '{name}'")
+    got = V.heatmap(out, ctx.inputs.srs_wkt, ctx.tile_m)
     ensure("open water" in (got["query"] or ""), f"UNIGEO_QUERY is {got['query']!r}")
-    return {**got, "layer": lyr.name()}
+    named = ctx.outputs / "heatmap_text.tif"
+    out2, lyr2 = _run_and_load({**params, "OUTPUT": str(named)})
+    ensure(out2 == named, f"OUTPUT {out2}, expected {named}")
+    want = named.stem if prefer_filename() else lyr.name()
+    ensure(lyr2.name() == want, f"layer of {named.name} named '{lyr2.name()}', expected '{want}'")
+    V.heatmap(named, ctx.inputs.srs_wkt, ctx.tile_m)
+    return {**got, "layer": lyr.name(), "named_output_layer": lyr2.name()}
 
 
 def alg_heatmap_point(ctx) -> dict:

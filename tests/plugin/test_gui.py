@@ -315,3 +315,35 @@ def test_every_toolbar_action_has_its_own_existing_icon(plugin_package):
     assert len(set(files)) == len(files) == 6
     for name in files:
         assert (PLUGIN_DIR / "resources" / "icons" / name).is_file(), name
+
+
+def test_dock_opens_wide_enough_for_its_rows(plugin, scene, qgis_app):
+    """In a main window the dock is as wide as its widest row: nothing cut off, no side scroll.
+
+    The real QGIS opened it at the narrow width a plain QScrollArea hints, with the band
+    drop-downs and the source combo cut off behind a horizontal scroll bar.
+    """
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtWidgets import QMainWindow, QTextEdit
+
+    window = QMainWindow()
+    window.setCentralWidget(QTextEdit())  # the map canvas takes whatever the dock leaves
+    window.resize(1600, 1000)
+    dock = plugin.dock
+    window.addDockWidget(Qt.RightDockWidgetArea, dock)
+    dock.layer_combo.setLayer(scene)
+    dock.show()
+    window.show()
+    window.resizeDocks([dock], [200], Qt.Horizontal)  # as narrow as QGIS opened it
+    for _ in range(5):
+        _flush(qgis_app)
+    scroll, body = dock.widget(), dock.widget().widget()
+    assert len(dock.band_panel.combos) == 4  # the widest row: the band drop-downs
+    need = body.minimumSizeHint().width()
+    assert need > 250
+    assert body.width() >= need, (body.width(), need)
+    assert not scroll.horizontalScrollBar().isVisible()
+    assert dock.width() >= need
+    window.removeDockWidget(dock)
+    dock.setParent(None)  # the plugin's again: unload() removes it
+    window.close()

@@ -229,3 +229,31 @@ def test_first_run_message_installs_the_default_in_one_click(
         assert plugin.controller.model().folder == Path(settings.resolve_bundle())
     finally:
         plugin.unload()
+
+
+def test_first_run_message_goes_once_a_model_installed_elsewhere_loads(
+    settings, bundle_zip, qgis_iface, plugin_package
+):
+    """Installed through Processing or the shell, not the dialog: the first use drops the message.
+
+    The real QGIS kept offering 'Install default model' after unigeo:installmodel had installed
+    it, because only the dialog told the plugin.
+    """
+    from qgis.PyQt.QtWidgets import QPushButton
+    from unigeo.engine.model_install import install_bundle
+    from unigeo.plugin.settings import first_run_short
+
+    plugin = plugin_package.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        item = plugin.first_run_item
+        assert item is not None and item.text() == first_run_short()
+        assert "38.7 MB download" in item.text() and len(item.text()) < 100  # one line in the bar
+        assert item.findChild(QPushButton, "UniGeoInstallDefaultModel") is not None
+        install_bundle(bundle_zip[0], settings.models_path())  # what unigeo:installmodel runs
+        assert plugin.first_run_item is not None  # nothing has told the plugin yet
+        model = plugin.controller.model()  # the next tool used
+        assert model.folder == settings.models_path() / "analytic-1"
+        assert plugin.first_run_item is None
+    finally:
+        plugin.unload()

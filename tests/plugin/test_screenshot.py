@@ -1,21 +1,17 @@
 """Render the search dock offscreen (widget.grab) and check the image has real content.
 
-With ``UNIGEO_UPDATE_DOCS=1`` the image is written to docs/img/dock.png (the README's screenshot);
-otherwise to a temporary folder, so ``make test`` never modifies tracked files.
+The image goes to a temporary folder, so ``make test`` never modifies tracked files. The README's
+docs/img/dock.png comes from the real QGIS instead: scripts/refresh_screenshots.py cuts it out of
+the screens of tests/qgis_app.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 
 from tests.plugin.test_tasks import patch_settings
 
 pytestmark = pytest.mark.qgis
-
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img" / "dock.png"
 
 
 def test_dock_screenshot(
@@ -63,8 +59,7 @@ def test_dock_screenshot(
     dock.show()
     qgis_app.processEvents()
     pix = dock.grab()
-    out = DOCS_IMG if os.environ.get("UNIGEO_UPDATE_DOCS") == "1" else tmp_path / "dock.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "dock.png"
     assert pix.save(str(out), "PNG")
     dock.close()
     dock.deleteLater()

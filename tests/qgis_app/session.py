@@ -45,6 +45,8 @@ end
 quit 1
 """
 UNSET = ("QT_QPA_PLATFORM", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+# the plugin must find its models where a user's QGIS does: <profile>/unigeo/models, the pin
+UNSET += ("UNIGEO_MODELS_DIR", "UNIGEO_MODEL_URL")
 
 
 def _program(qgis: str) -> list[str]:

@@ -1,9 +1,12 @@
 """UniGeo in the real QGIS application: installed the README's way, every algorithm and tool.
 
-The plugin zip is installed into a throw-away profile with its private dependency folder
-(scripts/qgis_profile.sh: `make package`, unzip, ``plugin/deps.py --install``), the real ``qgis``
-starts under Xvfb and runs scripts/qgis_app_check.py inside its own process: every Processing
-algorithm with every kind of query, and every toolbar tool driven with real mouse events. A
+The slim plugin zip (no model, as the QGIS repository serves it) is installed into a throw-away
+profile with its private dependency folder (scripts/qgis_profile.sh: `make package`, unzip,
+``plugin/deps.py --install``), the real ``qgis`` starts under Xvfb and runs
+scripts/qgis_app_check.py inside its own process: the first-run message without a model, the
+default bundle installed from dist/model/<name>-<version>.zip through ``unigeo:installmodel`` and
+the Model manager, then every Processing algorithm with every kind of query, and every toolbar
+tool driven with real mouse events, all on that installed bundle. A
 crash of QGIS fails the check that was running, with the crashing thread's Python stack and
 native backtrace; QGIS is then started again for the remaining checks. Artefacts (report.json,
 screenshots, the outputs, the QGIS logs) go to out/qgis-app (UNIGEO_QGIS_APP_OUT).
@@ -80,8 +83,17 @@ def qgis_home(tmp_path_factory) -> Path:
     return root
 
 
+def model_zip() -> Path:
+    """The default bundle zip `make package` wrote (scripts/qgis_profile.sh runs it)."""
+    bundle = json.loads((ROOT / "resources" / "models" / "default" / "bundle.json").read_text())
+    return ROOT / "dist" / "model" / f"{bundle['name']}-{bundle['version']}.zip"
+
+
 def run_driver(qgis_home: Path, out: Path, budget: float, **env: str) -> dict:
+    """Run the checks; each run starts as a first run, with no model bundle installed."""
     qgis = shutil.which("qgis")
+    shutil.rmtree(qgis_home / "profiles" / "default" / "unigeo" / "models", ignore_errors=True)
+    env = {"UNIGEO_APP_MODEL_ZIP": str(model_zip()), **env}
     report = run_all(qgis, qgis_home, out, shared_data(), budget, SESSION_TIMEOUT, env)
     report["out"] = str(out)
     (out / "summary.txt").write_text(summary(report))
@@ -135,7 +147,7 @@ def test_every_algorithm_and_tool_in_the_real_qgis(qgis_home):
         + f" (report {out}/report.json, logs and screenshots in {out}):\n"
         + "\n".join(f"- {c['name']}:\n{_details(c)}" for c in failed)
     )
-    assert len(names) >= 29, names  # every algorithm and tool ran
+    assert len(names) >= 33, names  # every algorithm and tool ran
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT + 300)
@@ -146,7 +158,8 @@ def test_a_qgis_crash_fails_its_check_with_backtraces_and_the_rest_still_runs(qg
         qgis_home, _out("selftest"), 240, UNIGEO_APP_SELFTEST="crash", UNIGEO_APP_ONLY=only
     )
     by_name = {c["name"]: c for c in report["checks"]}
-    assert list(by_name) == ["plugin_loaded", "selftest_crash", only], summary(report)
+    setup = ["plugin_loaded", "model_first_run", "model_install_processing"]  # every run needs
+    assert list(by_name) == [*setup, "selftest_crash", only], summary(report)
     crash = by_name["selftest_crash"]
     assert not crash["ok"] and crash["crashed"] and crash["session"] == 1
     d = crash["details"]
