@@ -293,7 +293,7 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise StoreError(f"no ANN index in {folder}; build one with AnnIndex.build(store)")
     try:
         info = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise StoreError(f"{f} is unreadable ({e}); build the ANN index again") from None
     if not isinstance(info, dict) or info.get("format_version") != ANN_FORMAT_VERSION:
         raise StoreError(f"{f} is not an ANN index description of this UniGeo; build it again")

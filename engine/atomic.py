@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .errors import OutputError
+from .os_errors import output_errors
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
@@ -18,20 +21,23 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     left exactly as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix or ".part", dir=target.parent
-    )
-    os.close(fd)
+    check_file_target(target)
+    with output_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix or ".part", dir=target.parent
+        )
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.is_file():
-            with open(tmp_path, "rb") as f:
-                os.fsync(f.fileno())
-            # mkstemp creates 0600 files; outputs get the usual umask-based mode instead.
-            os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, target)
+        with output_errors(target):
+            if tmp_path.is_file():
+                with open(tmp_path, "rb") as f:
+                    os.fsync(f.fileno())
+                # mkstemp creates 0600 files; outputs get the usual umask-based mode instead.
+                os.chmod(tmp_path, 0o666 & ~_UMASK)
+            os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -69,8 +75,10 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
     contents behind for removal and every published path as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    check_output_target(target)
+    with output_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield folder
     finally:
@@ -85,10 +93,46 @@ def publish(parts: Sequence[Path], dest: str | Path, stale: Sequence[str | Path]
     (a Shapefile's ``.shp``) last.
     """
     for part in parts:
-        with open(part, "rb") as f:
+        with output_errors(Path(dest) / part.name), open(part, "rb") as f:
             os.fsync(f.fileno())
+    for part in parts:  # nothing is moved unless every part can be: a folder in the way fails here
+        check_file_target(Path(dest) / part.name)
     for old in stale:
-        with contextlib.suppress(FileNotFoundError):
+        with output_errors(old, "remove the stale"), contextlib.suppress(FileNotFoundError):
             Path(old).unlink()
     for part in parts:
-        os.replace(part, Path(dest) / part.name)
+        with output_errors(Path(dest) / part.name):
+            os.replace(part, Path(dest) / part.name)
+
+
+def check_file_target(target: Path) -> None:
+    """Refuse an output file path that is a folder, before any work.
+
+    ``os.replace`` would fail on a folder only at the very end (or, for an empty folder on some
+    systems, replace it): the user named a folder where a file was expected.
+    """
+    with output_errors(target):  # a name too long for the system fails here already
+        if target.is_dir():
+            raise OutputError(
+                f"{target} is a folder, not a file: give the output a file name (e.g. one inside "
+                "that folder); nothing was written"
+            )
+
+
+def check_output_target(target: Path) -> None:
+    """:func:`check_file_target`, and refuse a path inside an embedding store folder.
+
+    For results the user names (heatmaps, hits, classes, reports): ``--out scene.store/valid.npy``
+    replaced a store's array with a GeoTIFF, and a file inside a Zarr store's chunk folders would
+    be read as embeddings. The store writes its own files through :func:`atomic_path`.
+    """
+    from .store_guard import enclosing_store  # stores build on this module: import on use
+
+    check_file_target(target)
+    with output_errors(target):
+        store = enclosing_store(target)
+    if store is not None:
+        raise OutputError(
+            f"{target} lies inside the embedding store {store}; UniGeo never writes results "
+            "into a store (that would damage it): choose a path outside it (nothing was written)"
+        )

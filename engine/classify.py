@@ -344,6 +344,11 @@ def write_classification(
         **(provenance or {}),
     }
     class_path, conf_path = Path(class_path), Path(conf_path)
+    if class_path.absolute() == conf_path.absolute():
+        raise InputError(
+            f"the classes and the confidence would both be written to {class_path}, the second "
+            "replacing the first: give the confidence raster another file name"
+        )
     render = render_for(store)
     # Write and check both in staging folders first: a failure in either leaves both targets
     # untouched (the staged files carry the final names, so errors name them).

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_target
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -117,8 +117,11 @@ def write_validation_report(
         ".md": render_markdown(report),
     }
     p = paths
+    for target in p.values():
+        check_output_target(target)  # never a folder, never inside a store
     # Nested temporaries: a failure in any write leaves all three targets untouched.
     with atomic_path(p[".json"]) as tj, atomic_path(p[".html"]) as th, atomic_path(p[".md"]) as tm:
         for tmp, suffix in ((tj, ".json"), (th, ".html"), (tm, ".md")):
-            tmp.write_text(texts[suffix], encoding="utf-8")
+            # a path that is not UTF-8 (in the provenance) is written as \udcxx escapes
+            tmp.write_text(texts[suffix], encoding="utf-8", errors="backslashreplace")
     return paths

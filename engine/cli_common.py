@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from .atomic import check_output_target
 from .errors import InputError, StoreError
 from .store_window import DEFAULT_MAX_NODATA, restrict_nodata
 
@@ -78,6 +80,56 @@ def floats(text: str, n: int, what: str) -> list[float]:
     if len(vals) != n:
         raise InputError(f"{what} must be {n} comma-separated numbers, got '{text}'")
     return vals
+
+
+def ints(text: str, what: str) -> list[int]:
+    """Parse comma-separated whole numbers given to option ``what`` (e.g. ``--bands 1,2,3``).
+
+    Raises:
+        InputError: The text is not a list of whole numbers.
+    """
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(
+            f"{what} must be comma-separated whole numbers (e.g. 1,2,3,4), got '{text}'"
+        ) from None
+
+
+def check_paths(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse two outputs on one path, an output that is one of the inputs, and output paths
+    that cannot be written (a folder, a path inside a store): before any work is done.
+
+    Args:
+        outputs: option name -> output path (None: not given).
+        inputs: option name -> input path or list of paths (None: not given).
+
+    Raises:
+        InputError: naming both options; nothing has been read or written yet.
+    """
+    seen: dict[Path, str] = {}
+    for name, value in inputs.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None:
+                seen.setdefault(_key(v), name)
+    for name, value in outputs.items():
+        if value is None:
+            continue
+        check_output_target(Path(value))
+        other = seen.get(_key(value))
+        if other is not None:
+            raise InputError(
+                f"{name} {value} is also {other}: it would replace it; write to another path"
+            )
+        seen[_key(value)] = name
+
+
+def _key(path: Any) -> Path:
+    """One identity per file: the resolved path (symbolic links followed where they exist)."""
+    try:
+        return Path(path).resolve()
+    except OSError:  # an unresolvable path (a loop, too long): compare as given
+        return Path(path).absolute()
 
 
 def progress_bar(total_label: str) -> tuple[Any, Callable[[float], None]]:

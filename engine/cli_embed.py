@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from .cli_common import add_command, add_model_args, floats, load_model, progress_bar
+from .cli_common import add_command, add_model_args, floats, ints, load_model, progress_bar
 from .errors import InputError
 
 
@@ -128,7 +128,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     modality = Modality(args.modality)
     if not model.has(modality):
         raise InputError(f"the model has no {modality.value} encoder")
-    bands = [int(b) for b in args.bands.split(",")] if args.bands else None
+    bands = ints(args.bands, "--bands") if args.bands else None
     dsm = modality is Modality.DSM
     # A DSM is read in metres with area-average resampling, as its encoder was trained (and as
     # Processing reads it); imagery is scaled to [0, 1] and resampled bilinearly.
@@ -141,6 +141,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(
             f"grid     {grid.rows}×{grid.cols} tiles at {grid.gsd:g} m, CRS {_crs_name(grid.crs)}"
         )
+        _print_plan(args, model, reader, grid, modality)
         t0 = time.perf_counter()
         if args.scheduler:
             store = _embed_dask(args, model, src, grid, modality, dask_args)
@@ -154,6 +155,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
         f"{grid.n_tiles / max(dt, 1e-9):.1f} tiles/s, {where})"
     )
     return 0
+
+
+def _print_plan(
+    args: argparse.Namespace, model: Any, reader: Any, grid: Any, modality: Any
+) -> None:
+    """The estimate line, and the pixel-size or job-size warning (:mod:`.embed_plan`)."""
+    from pathlib import Path
+
+    from .contract import Modality
+    from .embed_plan import plan_embedding, recorded_tiles_per_s
+
+    out = Path(args.out)
+    # rates recorded by earlier stores of this model beside the output (and a store it replaces)
+    rate = recorded_tiles_per_s([out, out.parent], model.model_hash)
+    plan = plan_embedding(
+        reader,
+        grid,
+        model.bundle.training_domain,
+        aerial=modality is Modality.AERIAL,
+        tiles_per_s=rate,
+    )
+    print(f"estimate {plan.summary()}")
+    if (warning := plan.warning()) is not None:
+        print(f"warning  {warning}")
 
 
 def _embed_grid(

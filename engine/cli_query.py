@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cli_common import add_command, add_model_args, floats, load_model, open_store, progress_bar
+from .cli_common import (
+    add_command,
+    add_model_args,
+    check_paths,
+    floats,
+    load_model,
+    open_store,
+    progress_bar,
+)
 from .errors import InputError
 
 
@@ -78,6 +86,11 @@ def _region(path: str, store: Any) -> Any:
     return Q.region_query(store, region, crs=crs)
 
 
+def _query_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The files a query command reads, by option, for :func:`~.cli_common.check_paths`."""
+    return {"the store": args.store, "--region": args.region, "--photo": args.photo}
+
+
 def _provenance(args: argparse.Namespace, model: Any, query: Any) -> dict:
     """Metadata written into every output: which model, store and query made it."""
     return {
@@ -104,6 +117,7 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     from .domain import domain_warning
     from .streaming import heatmap_auto
 
+    check_paths({"--out": args.out}, _query_inputs(args))
     model = load_model(args)
     store = open_store(args, model)
     query = build_query(args, store, model)
@@ -145,6 +159,7 @@ def cmd_hits(args: argparse.Namespace) -> int:
     from .similarity import write_hits
     from .streaming import hits_auto
 
+    check_paths({"--out": args.out}, _query_inputs(args))
     model = load_model(args)
     store = open_store(args, model)
     query = build_query(args, store, model)
@@ -255,7 +270,7 @@ def read_classes(path: str) -> dict[str, list[str]]:
     """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise InputError(f"--classes must be a JSON file {{class: [prompts]}}: {e}") from None
     if isinstance(data, list) and all(isinstance(c, str) and c.strip() for c in data):
         return {c.strip(): [c.strip()] for c in data}  # bare names: templated by the engine
@@ -274,6 +289,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if args.report and not args.examples:
         raise InputError("--report validates few-shot classification: give --examples too")
+    conf = _classify_outputs(args)
     model = load_model(args)
     store = open_store(args, model)
     report = paths = None
@@ -289,7 +305,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
         prompts = read_classes(args.classes) if args.classes else None
         result = C.zero_shot(store, model, class_prompts=prompts)
     result = V.apply_min_confidence(result, args.min_confidence)
-    conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
     prov = {
         "model": f"{model.bundle.name} {model.bundle.version}",
         "model_hash": model.model_hash,
@@ -306,6 +321,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"report   {paths['.json']} (+ .html, .md)\n         {report.summary()}")
     _print_notes(result, report)
     return 0
+
+
+def _classify_outputs(args: argparse.Namespace) -> str:
+    """Check every path ``classify`` will write (before any work); returns the confidence path."""
+    from . import classify_validation as V
+
+    conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
+    outputs = {"--out": args.out, "--confidence": conf}
+    if args.examples:
+        rep = V.report_paths(args.report or V.default_report_path(args.out))
+        outputs.update({f"the {k} report": v for k, v in rep.items()})
+    inputs = {"the store": args.store, "--examples": args.examples, "--classes": args.classes}
+    check_paths(outputs, inputs)
+    return conf
 
 
 def _print_notes(result: Any, report: Any) -> None:

@@ -14,8 +14,10 @@ behaviour of QGIS and of every other plugin.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 from .errors import EngineError, InputError
@@ -89,3 +91,35 @@ def failure_message(what: str, gdal_message: str, hint: str = "") -> str:
     """``"GDAL failed while <what>: <GDAL's message>; <hint>"`` on one line."""
     text = " ".join(str(gdal_message).split()) or "unknown error"
     return f"GDAL failed while {what}: {text}" + (f"; {hint}" if hint else "")
+
+
+def gdal_path(path: str | Path) -> str | bytes:
+    """``path`` as GDAL's Python API takes it: the text, or for a file name that is not valid
+    UTF-8 (surrogate-escaped by Python) its raw bytes, which GDAL hands to the system as they are.
+
+    GDAL's bindings refuse such a ``str`` with a bare ``RuntimeError: not a string``.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def gdal_text(text: object) -> str:
+    """``text`` as a string GDAL can store (names, metadata): valid UTF-8, with the bytes of a
+    surrogate-escaped file name (or a lone surrogate from JSON) written as ``\\xff`` escapes."""
+    s = str(text)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    handler = "surrogateescape" if _escaped(s) else "backslashreplace"
+    return s.encode("utf-8", handler).decode("utf-8", "backslashreplace")
+
+
+def _escaped(s: str) -> bool:
+    """True when every surrogate in ``s`` is one Python's file-system decoding made (U+DC80-FF)."""
+    return all(0xDC80 <= ord(c) <= 0xDCFF for c in s if 0xD800 <= ord(c) <= 0xDFFF)

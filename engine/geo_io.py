@@ -24,7 +24,7 @@ import numpy as np
 from . import crs as C
 from .atomic import publish, staging_folder
 from .errors import InputError, OutputError
-from .gdal_errors import GdalErrors, failure_message, gdal_errors, osgeo
+from .gdal_errors import GdalErrors, failure_message, gdal_errors, gdal_path, gdal_text, osgeo
 from .grid import TileGrid
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def provenance_tags(provenance: Mapping[str, Any] | None) -> dict[str, str]:
     for key, value in (provenance or {}).items():
         safe = re.sub(r"[^A-Za-z0-9_]", "_", str(key)).upper()
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-        tags[TAG_PREFIX + safe] = text
+        tags[TAG_PREFIX + safe] = gdal_text(text)  # a path that is not UTF-8 stays readable
     return tags
 
 
@@ -103,7 +103,9 @@ class GridTiff:
         p = self.profile
         gdal_type = getattr(gdal, "GDT_" + _GDAL_TYPES[_NUMPY_TYPES.index(p["dtype"])])
         drv = gdal.GetDriverByName("GTiff")
-        ds = drv.Create(str(path), p["width"], p["height"], p["count"], gdal_type, p["options"])
+        ds = drv.Create(
+            gdal_path(path), p["width"], p["height"], p["count"], gdal_type, p["options"]
+        )
         if ds is None:
             self._fail("creating")
         ds.SetGeoTransform(self.grid.geotransform)
@@ -123,10 +125,11 @@ class GridTiff:
         """Band names, band and dataset metadata, and a colour table for band 1."""
         gdal = osgeo()[0]
         for i, text in enumerate(descriptions, start=1):
-            self._ds.GetRasterBand(i).SetDescription(str(text))
+            self._ds.GetRasterBand(i).SetDescription(gdal_text(text))
         for i, tags in enumerate(band_tags, start=1):
             if tags:
-                self._ds.GetRasterBand(i).SetMetadata({k: str(v) for k, v in tags.items()})
+                meta = {gdal_text(k): gdal_text(v) for k, v in tags.items()}
+                self._ds.GetRasterBand(i).SetMetadata(meta)
         if provenance:
             self._ds.SetMetadata(provenance_tags(provenance))
         if colormap is not None:
@@ -164,7 +167,7 @@ class GridTiff:
         gdal = osgeo()[0]
         p, what = self.profile, f"checking the written {self.name}"
         with gdal_errors(what, error=OutputError, hint=WRITE_HINT):
-            ds = gdal.Open(str(path))
+            ds = gdal.Open(gdal_path(path))
             shape = None if ds is None else (ds.RasterCount, ds.RasterYSize, ds.RasterXSize)
             if shape != (p["count"], p["height"], p["width"]):
                 raise OutputError(

@@ -49,7 +49,7 @@ def _ogr_from_text(text: str) -> Any:
     if t.startswith("{"):
         try:
             doc = json.loads(t)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if isinstance(doc, dict) and doc.get("type") == "Feature":
             doc = doc.get("geometry") or {}

@@ -25,6 +25,7 @@ from .contract import Preprocess
 from .errors import InputError, RasterInputError
 from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
 from .raster_io import GdalReader, RasterReader, choose_grid_crs, grid_for_raster, raster_gsd_m
+from .raster_source import gdal_name, is_virtual
 
 ASSET_KEYS = ("image", "visual", "data")
 _COLLECTION_SUFFIXES = (".json", ".geojson")
@@ -48,7 +49,7 @@ def collection_paths(path: str | Path, asset: str | None = None) -> list[Path]:
     p = Path(path)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise RasterInputError(f"cannot read the collection {p} ({e})") from None
     feats = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(feats, list) or not feats:
@@ -118,15 +119,17 @@ def source_spec(
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise RasterInputError("no input raster given")
-    paths: list[Path] = []
+    paths: list[str] = []
     for item in items:
         p = Path(item)
-        paths.extend(collection_paths(p, asset) if _is_collection(p) else [p])
-    for p in paths:
-        if not p.is_file():
-            raise RasterInputError(f"raster file {p} does not exist")
+        if is_virtual(item):  # kept as given: Path would collapse /vsizip//abs/...
+            paths.append(str(item))
+        else:
+            paths.extend(str(c) for c in (collection_paths(p, asset) if _is_collection(p) else [p]))
+    # a missing file, a name GDAL cannot take: one clear error before anything runs
+    names = [gdal_name(p) for p in paths]
     return SourceSpec(
-        tuple(str(p.resolve()) for p in paths),
+        tuple(n if is_virtual(n) else str(Path(n).resolve()) for n in names),
         tuple(int(b) for b in bands) if bands else None,
         scale,
         nodata,
@@ -280,6 +283,8 @@ def grid_for_sources(
     members: list[Any] = list(getattr(reader, "members", [reader]))
     if grid_crs is None and len(members) == 1:
         return grid_for_raster(reader, preprocess, stride_px, extent, extent_crs, max_tiles)
+    if grid_crs is not None:
+        _check_grid_crs(grid_crs)
     crs = grid_crs or choose_grid_crs(members[0])
     gsd = preprocess.gsd_m if preprocess.gsd_m > 0 else raster_gsd_m(members[0], crs)
     box = _union([_box_in(m, crs) for m in members])
@@ -289,3 +294,13 @@ def grid_for_sources(
         if not (box[2] > box[0] and box[3] > box[1]):
             raise RasterInputError(f"the extent {tuple(extent)} does not overlap the rasters")
     return TileGrid.for_extent(crs, gsd, preprocess.size, stride_px, box, max_tiles=max_tiles)
+
+
+def _check_grid_crs(text: str) -> None:
+    """A grid CRS must be known and in metres: tiles are sized in metres (the encoder's GSD)."""
+    crs_mod.check_crs(text)  # InputError naming the text when GDAL/PROJ does not know it
+    if not crs_mod.is_projected(text) or crs_mod.linear_unit_m(text) != 1.0:
+        raise InputError(
+            f"the grid CRS '{text[:60]}' is not a projected CRS in metres; tiles are sized in "
+            "metres, so give one that is (e.g. the UTM zone of the area, EPSG:326xx)"
+        )

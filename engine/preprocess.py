@@ -137,6 +137,7 @@ class TextTokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"text {i} is empty: type a description of the place")
+            check_unicode(t)
             clean.append(t.lower() if self.lowercase else t)
         if not clean:
             empty = np.zeros((0, self.max_length), dtype=np.int64)
@@ -153,6 +154,7 @@ class TextTokenizer:
         vocabulary lacks come out as the unknown token.
         """
         unk = self._unknown_id()
+        check_unicode(text)
         enc = self._tok.encode(text.lower() if self.lowercase else text, add_special_tokens=False)
         ids = [i for i, m in zip(enc.ids, enc.attention_mask, strict=False) if m]
         return len(ids), sum(1 for i in ids if unk is not None and i == unk)
@@ -160,6 +162,20 @@ class TextTokenizer:
     def _unknown_id(self) -> int | None:
         name = getattr(self._tok.model, "unk_token", None)
         return self._tok.token_to_id(name) if name else None
+
+
+def check_unicode(text: str) -> None:
+    """Refuse text holding lone surrogates: bytes that were not valid UTF-8 where it came from (a
+    terminal in another encoding, a Latin-1 file), which the tokenizer cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise InputError(
+            f"the text '{shown[:60]}' holds characters that are not valid Unicode (position "
+            f"{e.start}; bytes in another encoding than UTF-8?): retype it, or save the file "
+            "it came from as UTF-8"
+        ) from None
 
 
 def check_text_meaning(tok: TextTokenizer, text: str) -> str | None:

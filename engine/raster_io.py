@@ -44,6 +44,7 @@ from .raster_source import (
     bounds_of,
     check_source,
     file_ident,
+    gdal_name,
     open_raster,
     pixel_size,
 )
@@ -139,20 +140,19 @@ class GdalReader:
         resampling: str = "bilinear",
         fast: bool = True,
     ) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise RasterInputError(f"raster file {self.path} does not exist")
+        self._name = gdal_name(path)  # a /vsi... path as given; RasterInputError when missing
+        self.path = Path(self._name)
         self._resampling = resampling_method(resampling)
-        ds = open_raster(self.path)
+        ds = open_raster(self._name)
         with gdal_errors(f"reading {self.path.name}", error=RasterInputError):
             check_source(ds, self.path.name)
             self._describe(ds)
             self._explicit = self._check_explicit(bands)
             self._nodata = nodata
             self._lo, self._span, self.scaling = scaling_for(ds, scale, nodata, self.path.name)
-            self._ident = file_ident(self.path, ds)
+            self._ident = file_ident(self._name, ds)
             self._source = _native_source(ds, self._alpha, nodata, np.dtype(self.dtype))
-            self._warp_source = source_of(self.path, ds)
+            self._warp_source = source_of(self._name, ds)
         del ds  # the last reference: GDAL closes the file
         self.fast = bool(fast)
         self._plans: dict[tuple, _Native | None] = {}
@@ -282,7 +282,7 @@ class GdalReader:
             return self._read_warped(bounds, grid_crs, gsd, idx, h, w)
         cache = self._datasets(h * w)
         if "src" not in cache:
-            cache["src"] = open_raster(self.path)
+            cache["src"] = open_raster(self._name)
         # the window's top-left pixel in lattice steps from (px, py), then in source pixels
         col = round((bounds[0] - plan.px) / gsd) + plan.ix
         row = plan.iy - round((bounds[3] - plan.py) / gsd)

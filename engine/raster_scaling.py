@@ -17,6 +17,7 @@ from .errors import RasterInputError
 from .gdal_errors import gdal_errors, osgeo
 
 PERCENTILES = (2.0, 98.0)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 STATS_MAX_SIDE = 1024  # long side of the decimated read that gives the percentile stretch
 
 
@@ -77,6 +78,14 @@ def _decimated_valid(src: Any, nodata: float | None, name: str) -> list[np.ndarr
             values.append(v[np.isfinite(v)])
     if all(v.size == 0 for v in values):
         raise RasterInputError(f"{name} holds no valid pixels (all no data)")
+    top = max(float(np.abs(v).max()) for v in values if v.size)
+    if top > _FLOAT32_MAX:
+        # tiles are read as 32-bit floats: such values became infinite and every tile no data
+        raise RasterInputError(
+            f"{name} holds values up to {top:.3g}, beyond what 32-bit floats carry "
+            f"(±{_FLOAT32_MAX:.3g}), so every tile would read as no data; rescale it first "
+            "(e.g. gdal_translate -ot Float32 -scale) and embed the result"
+        )
     return values
 
 

@@ -40,15 +40,54 @@ _COMPLEX = {
 }
 
 
-def open_raster(path: Path) -> Any:
-    """``path`` opened read-only as a ``gdal.Dataset``; RasterInputError when GDAL cannot."""
+def is_virtual(path: str | Path) -> bool:
+    """True for a path in one of GDAL's virtual file systems (``/vsizip/``, ``/vsicurl/``, ...)."""
+    return str(path).startswith("/vsi")
+
+
+def gdal_name(path: str | Path) -> str:
+    """The name GDAL opens ``path`` by, once it is known to exist.
+
+    A ``/vsi...`` path is kept exactly as given (``pathlib`` would collapse the ``//`` of
+    ``/vsizip//abs/file.zip``) and checked with GDAL's own ``VSIStatL``, since the operating
+    system does not see inside an archive or behind a URL. A local file must exist and have a
+    name GDAL can take: GDAL's Python API and the warper's XML need valid UTF-8.
+
+    Raises:
+        RasterInputError: the file does not exist, or its name is not valid UTF-8.
+    """
+    text = str(path)
+    if is_virtual(text):
+        if osgeo()[0].VSIStatL(text) is None:
+            raise RasterInputError(
+                f"GDAL finds no file at {text}; check the path inside the archive or URL (an "
+                "absolute archive path needs two slashes: /vsizip//data/scene.zip/scene.tif)"
+            )
+        return text
+    if not Path(text).is_file():
+        raise RasterInputError(f"raster file {text} does not exist")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(Path(text).name)
+        raise RasterInputError(
+            f"the raster file name {raw!r} is not valid UTF-8, which GDAL cannot open by name; "
+            "rename the file (letters, digits, '-' and '_' are safe) and try again"
+        ) from None
+    return text
+
+
+def open_raster(path: str | Path) -> Any:
+    """``path`` (see :func:`gdal_name`) opened read-only as a ``gdal.Dataset``; RasterInputError
+    when GDAL cannot."""
     gdal = osgeo()[0]
-    with gdal_errors(f"opening {path.name}", raise_on_failure=False) as errors:
+    name = Path(str(path)).name
+    with gdal_errors(f"opening {name}", raise_on_failure=False) as errors:
         ds = gdal.Open(str(path), gdal.GA_ReadOnly)
     if ds is None:
         why = (errors.failures() or ["not a raster format GDAL knows"])[-1].strip()
         raise RasterInputError(
-            f"{path.name} is not a raster GDAL can read (corrupt or another format): {why}"
+            f"{name} is not a raster GDAL can read (corrupt or another format): {why}"
         )
     return ds
 
@@ -90,6 +129,14 @@ def band_dtype(ds: Any, band: int = 1) -> str:
 
 def check_source(ds: Any, name: str) -> None:
     """Refuse a raster the reader cannot place or scale: no CRS, no pixels, odd types, extent."""
+    if ds.GetGCPCount() > 0 and ds.GetGeoTransform(can_return_null=True) is None:
+        # placed by ground control points only: a CRS alone (gdal_edit -a_srs) does not help,
+        # the pixels must be warped onto a grid first
+        raise RasterInputError(
+            f"{name} is placed by {ds.GetGCPCount()} ground control points, not by a "
+            "geotransform; warp it onto a grid first (e.g. gdalwarp -t_srs EPSG:xxxx "
+            f"{name} warped.tif) and embed the warped file"
+        )
     if ds.GetSpatialRef() is None:
         raise RasterInputError(
             f"{name} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:xxxx) and retry"
@@ -122,13 +169,18 @@ def _check_extent(ds: Any, name: str) -> None:
         )
 
 
-def file_ident(path: Path, ds: Any) -> dict[str, Any]:
+def file_ident(path: str | Path, ds: Any) -> dict[str, Any]:
     """What identifies the file's pixels: path, size, mtime, CRS, transform and shape."""
-    st = os.stat(path)
+    if is_virtual(path):  # inside an archive or behind a URL: GDAL's stat, in seconds
+        st = osgeo()[0].VSIStatL(str(path))
+        size, mtime_ns, name = st.size, int(st.mtime) * 10**9, str(path)
+    else:
+        st = os.stat(path)
+        size, mtime_ns, name = st.st_size, st.st_mtime_ns, str(Path(path).resolve())
     return {
-        "path": str(path.resolve()),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        "path": name,
+        "size": size,
+        "mtime_ns": mtime_ns,
         "crs": ds.GetProjection(),
         "transform": list(affine(ds)),
         "shape": [ds.RasterCount, ds.RasterYSize, ds.RasterXSize],

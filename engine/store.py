@@ -314,7 +314,7 @@ def _store_marker(folder: Path) -> Path | None:
         return None
     try:
         doc = json.loads(zmeta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None  # not provably ours: never evicted
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
     return zmeta if isinstance(attrs, dict) and isinstance(attrs.get(ATTR_KEY), dict) else None

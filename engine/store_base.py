@@ -23,7 +23,9 @@ import numpy as np
 
 from .errors import InputError, StoreError
 from .grid import TileGrid
+from .os_errors import output_errors
 from .store_guard import StoreLock, check_target
+from .store_schema import check_description
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,10 @@ class StoreBase:
         """
         lock = cls._lock_target(path)
         try:
-            store = cls._resume_locked(
-                path, grid, dim, model_hash, source_fingerprint, meta, block_tiles, rebuild
-            )
+            with output_errors(path, "write the store"):
+                store = cls._resume_locked(
+                    path, grid, dim, model_hash, source_fingerprint, meta, block_tiles, rebuild
+                )
         except BaseException:
             lock.release()
             raise
@@ -159,7 +162,10 @@ class StoreBase:
         """
         lock = cls._lock_target(path)
         try:
-            store = cls._create(path, grid, dim, model_hash, source_fingerprint, meta, block_tiles)
+            with output_errors(path, "write the store"):
+                store = cls._create(
+                    path, grid, dim, model_hash, source_fingerprint, meta, block_tiles
+                )
         except BaseException:
             lock.release()
             raise
@@ -318,13 +324,15 @@ def read_description(
         return None
     try:
         doc = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise StoreError(f"{f} is unreadable ({e}); delete the store and embed again") from None
     info = pick(doc)
     if not isinstance(info, dict) or not all(k in info for k in (*_MATCH_KEYS, "format_version")):
         raise StoreError(
             not_store or f"{f} is not an embedding store description; delete it and embed again"
         )
-    if info["format_version"] > STORE_FORMAT_VERSION:
+    version = info["format_version"]
+    if isinstance(version, int) and version > STORE_FORMAT_VERSION:
         raise StoreError(f"{f} was written by a newer UniGeo (format {info['format_version']})")
+    check_description(info, f)  # types and ranges: a damaged value is refused here, by name
     return info

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import StoreError
+from .os_errors import output_errors
 
 try:  # POSIX
     import fcntl
@@ -47,10 +48,18 @@ def _is_store_folder(p: Path) -> bool:
         return False
     try:
         doc = json.loads(zmeta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
     return isinstance(attrs, dict) and isinstance(attrs.get("unigeo"), dict)
+
+
+def enclosing_store(path: str | Path) -> Path | None:
+    """The embedding store folder ``path`` lies in (at any depth), or None."""
+    for parent in Path(path).absolute().parents:
+        if _is_store_folder(parent):
+            return parent
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -70,7 +79,11 @@ def check_target(path: str | Path, sources: Iterable[str | Path | None] = ()) ->
         StoreError: the target is an input, an existing file, or a folder that is not an
             embedding store (an empty folder is fine), or its ``.partial`` is someone else's.
     """
-    p = Path(path)
+    with output_errors(path, "write the store"):  # e.g. a name too long for the system
+        _check_target(Path(path), sources)
+
+
+def _check_target(p: Path, sources: Iterable[str | Path | None]) -> None:
     for s in sources:
         if s is not None and (_same_file(p, Path(s)) or p.resolve() == Path(s).resolve()):
             raise StoreError(
@@ -151,9 +164,11 @@ class StoreLock:
     def acquire(cls, store_path: str | Path) -> StoreLock:
         """Lock ``store_path`` for writing, or raise StoreError naming the current writer."""
         lock = cls.file_for(store_path)
-        lock.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
-            handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held while writing
+            # the store's first write: a read-only or missing folder fails here, with the path
+            with output_errors(store_path, "write the store"):
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held while writing
             if not _try_lock(handle):
                 holder = _holder(handle)
                 handle.close()

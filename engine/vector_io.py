@@ -22,7 +22,7 @@ from . import crs as C
 from . import geometry as G
 from .atomic import publish, staging_folder
 from .errors import InputError, OutputError
-from .gdal_errors import failure_message, gdal_errors, osgeo
+from .gdal_errors import failure_message, gdal_errors, gdal_path, gdal_text, osgeo
 from .geo_io import WRITE_HINT, provenance_tags
 
 VECTOR_DRIVERS = {
@@ -125,7 +125,8 @@ def write_vector(
         geometry_wkb, crs = to_wgs84(geometry_wkb, crs), C.WGS84
     if driver == "ESRI Shapefile":
         names = shapefile_field_names(names)
-    spec = _LayerSpec(driver, layer or path.stem, geometry_type, crs, provenance_tags(provenance))
+    name = gdal_text(layer or path.stem)  # a file name that is not UTF-8 still names a layer
+    spec = _LayerSpec(driver, name, geometry_type, crs, provenance_tags(provenance))
     with staging_folder(path) as folder:
         tmp = folder / path.name
         _write_ogr(tmp, spec, list(geometry_wkb), arrays, names)
@@ -183,6 +184,8 @@ def _field_type(a: np.ndarray) -> tuple[int, int]:
 
 def _value(v: Any) -> Any:
     v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, str):
+        return gdal_text(v)
     return int(v) if isinstance(v, bool) else v
 
 
@@ -200,7 +203,7 @@ def _write_ogr(
                 raise OutputError(failure_message(f"{doing} {target.name}", why, WRITE_HINT))
 
         dsco, lco = spec.options()
-        ds = ogr.GetDriverByName(spec.driver).CreateDataSource(str(target), dsco)
+        ds = ogr.GetDriverByName(spec.driver).CreateDataSource(gdal_path(target), dsco)
         try:
             check(ds is not None, "creating")
             lyr = ds.CreateLayer(spec.name, C.srs(spec.crs), spec.geometry_type, lco)
@@ -245,7 +248,7 @@ def _verify(target: Path, spec: _LayerSpec, n: int, names: list[str]) -> None:
     ogr = osgeo()[1]
     what = f"checking the written {target.name}"
     with gdal_errors(what, error=OutputError, hint=WRITE_HINT):
-        ds = ogr.Open(str(target))
+        ds = ogr.Open(gdal_path(target))
         lyr = None if ds is None else ds.GetLayer(0)
         if lyr is None:
             raise OutputError(f"{target.name} cannot be read back; {WRITE_HINT}")
@@ -275,7 +278,7 @@ def read_features(
     """
     ogr = osgeo()[1]
     with gdal_errors(f"reading {Path(path).name}", raise_on_failure=False) as errs:
-        ds = ogr.Open(str(path)) if Path(path).exists() else None
+        ds = ogr.Open(gdal_path(path)) if Path(path).exists() else None
         lyr = None if ds is None else ds.GetLayer(0)
         if lyr is None:
             why = errs[-1][2].strip() if errs else "no such file or not a vector file"
@@ -305,7 +308,7 @@ def layer_metadata(path: str | Path) -> dict[str, str]:
     """The metadata items of the first layer of a vector file ({} when it has none)."""
     ogr = osgeo()[1]
     with gdal_errors(f"reading {Path(path).name}", raise_on_failure=False):
-        ds = ogr.Open(str(path)) if Path(path).exists() else None
+        ds = ogr.Open(gdal_path(path)) if Path(path).exists() else None
         lyr = None if ds is None else ds.GetLayer(0)
         meta = dict(lyr.GetMetadata() or {}) if lyr is not None else {}
         lyr = ds = None

@@ -92,7 +92,7 @@ def source_of(path: str | Path, ds: Any) -> Source:
     """The :class:`Source` of ``path``, opened as the ``gdal.Dataset`` ``ds``."""
     t = affine(ds)
     return Source(
-        str(Path(path).resolve()),
+        str(path) if str(path).startswith("/vsi") else str(Path(path).resolve()),
         ds.GetProjection(),
         tuple(ds.GetGeoTransform()),
         bounds_of(t, ds.RasterXSize, ds.RasterYSize),

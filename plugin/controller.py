@@ -220,11 +220,40 @@ class Controller(QObject):
             cache.evict(keep=(key,))
             then(str(result.value))
 
-        self.message(
-            f"Embedding {grid.n_tiles} tiles of '{layer.name()}' (once per area and model)",
-            Qgis.Info,
-        )
+        if not self._may_embed(layer, model, reader, grid, cache.root):
+            return
         self._start(EmbedTask(model, reader, grid, cache.path_for(key), embedded))
+
+    def _may_embed(
+        self, layer: QgsRasterLayer, model: Any, reader: Any, grid: Any, cache: Path
+    ) -> bool:
+        """Show the estimate and any pixel-size or job-size warning; ask before a very large job.
+
+        Returns False when the user declined (nothing is started then).
+        """
+        from ..engine.embed_plan import plan_embedding, recorded_tiles_per_s
+
+        rate = recorded_tiles_per_s([cache], model.model_hash)
+        plan = plan_embedding(reader, grid, model.bundle.training_domain, tiles_per_s=rate)
+        warning = plan.warning()
+        if plan.large and not self.confirm("UniGeo: a long embedding", f"{warning}\n\nStart it?"):
+            self.message(f"Embedding of '{layer.name()}' not started", Qgis.Info)
+            return False
+        if warning:
+            self.message(warning, Qgis.Warning)
+        self.message(
+            f"Embedding '{layer.name()}': {plan.summary()} (once per area and model)", Qgis.Info
+        )
+        return True
+
+    def confirm(self, title: str, text: str) -> bool:
+        """Ask the user a yes/no question (a modal dialog); tests replace this method."""
+        from qgis.PyQt.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(
+            self.iface.mainWindow(), title, text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No
+        )
+        return answer == QMessageBox.Yes
 
     def _failed(self, what: str, result: TaskResult) -> bool:
         if self.closed:

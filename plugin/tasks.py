@@ -20,6 +20,7 @@ from typing import Any
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from ..engine.errors import CancelledError, EngineError, InputError
+from ..engine.os_errors import describe_os_error
 
 log = logging.getLogger("unigeo.plugin")
 LOG_TAG = "UniGeo"
@@ -127,7 +128,9 @@ class EngineTask(QgsTask):
         super().__init__(description, QgsTask.CanCancel)
         self.on_done = on_done
         self.token = token
-        self.outputs = tuple(Path(p) for p in outputs)  # deleted when the task does not succeed
+        # deleted when the task does not succeed, but only the task's own: a reserved (empty)
+        # file or one that did not exist yet; an earlier result at that path is never deleted
+        self.outputs = tuple(Path(p) for p in outputs if not _holds_data(Path(p)))
         self.result: TaskResult | None = None
         self._value: Any = None
         self._error: str | None = None
@@ -157,6 +160,9 @@ class EngineTask(QgsTask):
             pass
         except EngineError as e:
             self._error = str(e)
+        except OSError as e:  # a system error no engine writer named: one line all the same
+            self._error = describe_os_error(e)
+            log.error("task '%s' failed:\n%s", self.description(), traceback.format_exc())
         except Exception as e:  # noqa: BLE001 - a worker thread must never raise into QGIS
             self._error = f"{type(e).__name__}: {e}"
             log.error("task '%s' failed:\n%s", self.description(), traceback.format_exc())
@@ -193,6 +199,14 @@ class EngineTask(QgsTask):
                     LOG_TAG,
                     Qgis.Critical,
                 )
+
+
+def _holds_data(path: Path) -> bool:
+    """True when ``path`` is a file with content (an earlier output), not a reservation."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 class EmbedTask(EngineTask):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -23,6 +24,7 @@ from qgis.core import (
 from ...engine.contract import Modality
 from ...engine.errors import CancelledError, EngineError
 from ...engine.model import UniGeoModel
+from ...engine.os_errors import describe_os_error
 from ...engine.store import EmbeddingStore, StoreCache
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
@@ -40,6 +42,30 @@ def engine_errors() -> Iterator[None]:
         raise QgsProcessingException(f"Cancelled: {e}") from None
     except EngineError as e:
         raise QgsProcessingException(str(e)) from None
+    except OSError as e:  # a system error no engine writer named: still one line, not a trace
+        raise QgsProcessingException(describe_os_error(e)) from None
+
+
+def warn_before_embedding(
+    feedback: QgsProcessingFeedback,
+    model: UniGeoModel,
+    reader: Any,
+    grid: Any,
+    folders: list[Path],
+    aerial: bool = True,
+) -> None:
+    """Push the embedding's estimate, and its pixel-size or job-size warning, to ``feedback``.
+
+    ``folders`` hold earlier stores whose recorded throughput makes the estimate (the cache).
+    """
+    from ...engine.embed_plan import plan_embedding, recorded_tiles_per_s
+
+    rate = recorded_tiles_per_s(folders, model.model_hash)
+    domain = model.bundle.training_domain
+    plan = plan_embedding(reader, grid, domain, aerial=aerial, tiles_per_s=rate)
+    feedback.pushInfo(f"Estimate: {plan.summary()}")
+    if (warning := plan.warning()) is not None:
+        feedback.pushWarning(warning)
 
 
 def progress_of(
@@ -109,6 +135,7 @@ def embed_cached(
         store = cache.get_or_none(key)
         if store is None:
             feedback.pushInfo(f"Embedding {grid.rows}x{grid.cols} tiles of '{layer.name()}'")
+            warn_before_embedding(feedback, model, reader, grid, [cache.root])
             store = embed_raster(
                 model,
                 reader,

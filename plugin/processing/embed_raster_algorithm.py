@@ -22,10 +22,12 @@ from ...engine.errors import RasterInputError
 from ...engine.geo_io import write_grid_raster
 from ...engine.model import UniGeoModel
 from ...engine.raster_io import GdalReader, grid_for_raster
+from ...engine.raster_source import is_virtual
 from ...engine.store import EmbeddingStore, StoreCache
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
 from .base import BLOCK_TILES, UniGeoAlgorithm, canceled_of, engine_errors, progress_of
+from .common import warn_before_embedding
 
 
 class EmbedRasterAlgorithm(UniGeoAlgorithm):
@@ -107,13 +109,16 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
             reader = modality_reader(layer, bands, modality, model)
             spec = model.spec(modality).preprocess
             grid = grid_for_raster(reader, spec, stride_px=stride, extent=extent)
+            s = Settings.load()
             if not store_dir or store_dir == "TEMPORARY_OUTPUT":
-                s = Settings.load()
                 cache = StoreCache(s.cache_path(), s.cache_bytes())
                 # a DSM store of the same grid must not be taken for the aerial one
                 fp = reader.fingerprint() + ("" if modality is Modality.AERIAL else ":dsm")
                 store_dir = str(cache.path_for(cache.key(fp, model.model_hash, grid)))
             feedback.pushInfo(f"{grid.rows}x{grid.cols} tiles at {grid.gsd:g} m -> {store_dir}")
+            folders = [Path(store_dir), Path(store_dir).parent, s.cache_path()]
+            aerial = modality is Modality.AERIAL
+            warn_before_embedding(feedback, model, reader, grid, folders, aerial)
             store = embed_raster(
                 model,
                 reader,
@@ -148,8 +153,8 @@ def modality_reader(layer, bands: list[int] | None, modality: Modality, model: U
             + " or a bundle that has one"
         )
     if modality is Modality.DSM:
-        path = Path(layer.source().split("|")[0])
-        if layer.providerType() != "gdal" or not path.is_file():
+        path = layer.source().split("|")[0]
+        if layer.providerType() != "gdal" or not (Path(path).is_file() or is_virtual(path)):
             raise QgsProcessingException(
                 f"MODALITY=dsm reads heights from a raster file; '{layer.name()}' is not one "
                 "(save it as a GeoTIFF first)"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
-from collections.abc import Callable, Sequence
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +56,13 @@ def random_uint8(bands: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Names under ``folder`` that mark an unfinished write (``.part``, ``.partial``, ``.tmp``)."""
+    """Names under ``folder`` that mark an unfinished write: ``.part``, ``.partial`` or ``.tmp``
+    in the name, or a hidden name of any suffix (the writers' temporary files and staging
+    folders, ``.hits.gpkg.k2j4x_9a``; a store's lock file and replaced ``.x.store.old-*``)."""
     return sorted(
         str(p.relative_to(folder))
         for p in folder.rglob("*")
-        if any(m in p.name for m in PARTIAL_MARKERS)
+        if any(m in p.name for m in PARTIAL_MARKERS) or p.name.startswith(".")
     )
 
 
@@ -91,3 +97,51 @@ def run_cli(capsys) -> Callable[[Sequence[str]], tuple[int, str]]:
         return rc, capsys.readouterr().err
 
     return run
+
+
+@contextlib.contextmanager
+def read_only_folder(folder: Path) -> Iterator[Callable[[], None]]:
+    """Yield ``freeze()`` for the empty ``folder``: fill it, then freeze it read-only.
+
+    Root writes anywhere, so as root a tmpfs mounted on ``folder`` is remounted read-only
+    (skipped without mount rights); otherwise the folder's mode becomes 0555.
+    """
+    if os.geteuid() != 0:
+        try:
+            yield lambda: folder.chmod(0o555)
+        finally:
+            folder.chmod(0o755)
+        return
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)],
+                       capture_output=True, text=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"root without mount rights: no read-only folder ({r.stderr.strip()[:60]})")
+    try:
+        yield lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture()
+def frozen(tmp_path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """``(folder, freeze)``: see :func:`read_only_folder`."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only_folder(folder) as freeze:
+        yield folder, freeze
+
+
+def one_error_line(rc: int, err: str) -> str:
+    """The single ``error:`` line of a failed CLI run (progress bars aside); asserts its form:
+    exit 2, one line, no traceback, not the last-resort 'unexpected' message."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.strip() and "‰" not in ln]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), (rc, lines)
+    assert "unexpected" not in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def store_copy(good_store, tmp_path) -> Path:
+    """A private copy of the good store (a test may try to damage it)."""
+    return Path(shutil.copytree(good_store, tmp_path / "s.store"))
