@@ -51,13 +51,18 @@ def _band(ds, i: int) -> np.ndarray:
     return a
 
 
-def _grid(ds, path, srs_wkt: str, cell: float | None) -> dict[str, Any]:
+def _grid(ds, path, srs_wkt: str, cell: float | None, finer: bool = False) -> dict[str, Any]:
+    """CRS and pixel size: one tile, or (``finer``: heatmaps and class maps drawn inside the
+    raster's outline) the tile split into k x k pixels, 1 <= k <= 8."""
     ensure(same_crs(ds.GetProjection(), srs_wkt), f"{path}: CRS is not the source's")
     gt = ds.GetGeoTransform()
     if cell is not None:
+        k = cell / gt[1] if gt[1] > 0 else 0.0
+        ok = abs(k - round(k)) < 1e-6 and 1 <= round(k) <= (8 if finer else 1)
         ensure(
-            abs(gt[1] - cell) < 1e-6 and abs(-gt[5] - cell) < 1e-6,
-            f"{path}: pixel size {gt[1]} x {-gt[5]}, expected {cell} (one tile)",
+            ok and abs(gt[1] + gt[5]) < 1e-6,
+            f"{path}: pixel size {gt[1]} x {-gt[5]}, expected {cell}"
+            + (" split into 1..8 per side" if finer else " (one tile)"),
         )
     return {"size": [ds.RasterXSize, ds.RasterYSize], "pixel": gt[1]}
 
@@ -68,7 +73,7 @@ def heatmap(
     """Band 1 cosine in [-1, 1], band 2 percentile in [0, 100] (max 100), same valid cells."""
     ds = _open_raster(path)
     ensure(ds.RasterCount == bands, f"{path}: {ds.RasterCount} bands, expected {bands}")
-    out = _grid(ds, path, srs_wkt, cell)
+    out = _grid(ds, path, srs_wkt, cell, finer=True)
     cos = _band(ds, 1)
     valid = np.isfinite(cos)
     ensure(valid.any(), f"{path}: no valid cell")
@@ -107,7 +112,7 @@ def classes(
 ) -> dict[str, Any]:
     """Class values < class count or nodata, CLASS_<i> names, confidence in [0, 1]."""
     ds = _open_raster(path)
-    out = _grid(ds, path, srs_wkt, cell)
+    out = _grid(ds, path, srs_wkt, cell, finer=True)
     tags = ds.GetRasterBand(1).GetMetadata()
     found = [tags[f"CLASS_{i}"] for i in range(len(tags)) if f"CLASS_{i}" in tags]
     ensure(len(found) >= 2, f"{path}: {len(found)} CLASS_<i> band tags, expected 2 or more")
