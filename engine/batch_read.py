@@ -110,17 +110,22 @@ def edge_shift(
 ) -> tuple[float, float, float, float]:
     """``tile`` moved by whole ``gsd`` pixels so it lies inside ``box`` where it overhangs an edge.
 
-    An axis along which the box is narrower than the tile is left as it is.
+    Only a tile at least half inside moves (by at most half its size): one mostly outside would
+    land on its inner neighbour and duplicate it; it stays where it is (and, mostly empty, is
+    skipped; outputs draw its strip of the raster with the neighbour's value, see
+    :mod:`.render`). An axis along which the box is narrower than the tile is left as it is.
     """
 
     def delta(lo: float, hi: float, blo: float, bhi: float) -> float:
         if hi - lo > bhi - blo:
             return 0.0
         if lo < blo:
-            return np.ceil((blo - lo) / gsd - 1e-9) * gsd
-        if hi > bhi:
-            return -np.ceil((hi - bhi) / gsd - 1e-9) * gsd
-        return 0.0
+            d = np.ceil((blo - lo) / gsd - 1e-9) * gsd
+        elif hi > bhi:
+            d = -np.ceil((hi - bhi) / gsd - 1e-9) * gsd
+        else:
+            return 0.0
+        return d if abs(d) <= (hi - lo) / 2 else 0.0
 
     dx = delta(tile[0], tile[2], box[0], box[2])
     dy = delta(tile[1], tile[3], box[1], box[3])

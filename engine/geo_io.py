@@ -275,7 +275,7 @@ def write_grid_raster(
         _check_band(grid, band, f"band {i + 1}")
     path = Path(path)
     if render is not None and nodata is not None:
-        bands = [render.expand(np.asarray(b), 0, nodata)[0] for b in bands]
+        bands = [render.expand(render.fill(np.asarray(b)), 0, nodata)[0] for b in bands]
         grid = render.out
     with grid_tiff(path, grid, len(bands), dtype, nodata) as tiff:
         tiff.describe(descriptions, band_tags, provenance, colormap)

@@ -68,6 +68,17 @@ class Render:
     r_off: int  # row of out's first row in the k-times finer version of grid
     c_off: int  # column of out's first column there
     inside: np.ndarray  # bool [out.rows, out.cols]: pixel centre inside the raster's outline
+    # [rows, cols] flat cell index whose value each cell shows: itself, or for a skipped cell on
+    # the outline (mostly outside the raster) its valid neighbour, so the raster's last strip is
+    # drawn too; -1 where nothing is known
+    source: np.ndarray | None = None
+
+    def fill(self, band: np.ndarray) -> np.ndarray:
+        """``band`` (``grid.shape``) with each edge cell showing its neighbour's value."""
+        if self.source is None:
+            return band
+        flat = np.asarray(band).reshape(-1)
+        return flat[self.source.reshape(-1)].reshape(band.shape)
 
     def expand(self, rows: np.ndarray, r0: int, nodata: float | int) -> tuple[np.ndarray, int]:
         """Cell rows ``r0..`` (``[h, grid.cols]``) as output rows; ``(pixels, first out row)``.
@@ -114,7 +125,38 @@ def render_for(store: Any) -> Render | None:
     inside[rr, cc] = True
     if inside.all() and out.shape == fine.shape:
         return None  # the raster covers every cell: one pixel per cell says it all
-    return Render(grid, k, out, r_lo, c_lo, inside)
+    valid = getattr(store, "valid", None)
+    source = (
+        None if valid is None else _edge_sources(np.asarray(valid, bool), inside, k, r_lo, c_lo)
+    )
+    return Render(grid, k, out, r_lo, c_lo, inside, source)
+
+
+def _edge_sources(
+    valid: np.ndarray, inside: np.ndarray, k: int, r_lo: int, c_lo: int
+) -> np.ndarray | None:
+    """Per cell, the flat index of the cell whose value it shows (see :attr:`Render.source`).
+
+    A skipped cell that the outline cuts (some of its pixels inside the raster, some outside)
+    shows the valid 4-neighbour with most of its pixels inside; every other cell shows itself.
+    """
+    rows, cols = valid.shape
+    padded = np.zeros((rows * k, cols * k), dtype=bool)
+    padded[r_lo : r_lo + inside.shape[0], c_lo : c_lo + inside.shape[1]] = inside
+    share = padded.reshape(rows, k, cols, k).mean(axis=(1, 3))  # fraction of pixels inside
+    edge = ~valid & (share > 0) & (share < 1)
+    source = np.arange(rows * cols).reshape(rows, cols)
+    if not edge.any():
+        return None
+    for r, c in zip(*np.nonzero(edge), strict=True):
+        best, best_share = -1, 0.0
+        for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < rows and 0 <= cc < cols and valid[rr, cc] and share[rr, cc] > best_share:
+                best, best_share = rr * cols + cc, share[rr, cc]
+        if best >= 0:
+            source[r, c] = best
+    return source
 
 
 def _factor(grid: TileGrid, source_gsd: float | None) -> int:

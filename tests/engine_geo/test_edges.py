@@ -38,7 +38,9 @@ def _embed(src: Path, bundle: Path, out: Path, *extra: str) -> None:
 def test_edge_shift_moves_whole_pixels_inside():
     box = (100.0, 100.0, 900.0, 900.0)
     assert edge_shift((50.0, 200.0, 210.0, 360.0), box, 10.0) == (100.0, 200.0, 260.0, 360.0)
-    assert edge_shift((800.0, 850.0, 960.0, 1010.0), box, 10.0) == (740.0, 740.0, 900.0, 900.0)
+    # x overhangs by 60 m (moves); y by 110 m, more than half the tile: it would land on its
+    # neighbour's chip, so that axis stays (the cell is skipped and drawn from the neighbour)
+    assert edge_shift((800.0, 850.0, 960.0, 1010.0), box, 10.0) == (740.0, 850.0, 900.0, 1010.0)
     assert edge_shift((95.0, 200.0, 255.0, 360.0), box, 10.0) == (105.0, 200.0, 265.0, 360.0)
     inside = (200.0, 200.0, 360.0, 360.0)
     assert edge_shift(inside, box, 10.0) == inside

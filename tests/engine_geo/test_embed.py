@@ -206,10 +206,11 @@ def test_real_swellendam_rgba_in_epsg4326(shared_data, tmp_path):
         grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess)
         assert grid.crs == "EPSG:32734" and 2.2 < grid.gsd < 2.5
         store = embed_raster(model, reader, grid, tmp_path / "sw", block_tiles=6)
-        # the UTM box around a lat/lon rectangle: its edge tiles are read shifted inside the
-        # raster, so every cell gets a (nearly) full chip, and outputs are clipped to the outline
-        assert store.valid.mean() > 0.9
-        assert float(np.asarray(store.nodata).max()) <= 0.5
+        # the UTM box around a lat/lon rectangle: edge tiles at least half inside are read
+        # shifted inside the raster (full chips); those mostly outside are skipped, and outputs
+        # are drawn inside the outline
+        assert store.valid.mean() > 0.8
+        assert float(np.asarray(store.nodata)[store.valid].max()) <= 0.5
         assert store.meta["footprint_wkt"].startswith("POLYGON")
         assert store.valid[grid.rows // 2, grid.cols // 2]
         emb = store.embeddings[store.valid].astype(np.float32)
