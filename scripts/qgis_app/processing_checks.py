@@ -134,7 +134,11 @@ def alg_heatmap_text(ctx) -> dict:
     named = ctx.outputs / "heatmap_text.tif"
     out2, lyr2 = _run_and_load({**params, "OUTPUT": str(named)})
     ensure(out2 == named, f"OUTPUT {out2}, expected {named}")
-    want = named.stem if prefer_filename() else lyr.name()
+    # QGIS's rule (QgsProcessingContext.LayerDetails.setOutputLayerName): the file name when
+    # that option is on and the layer is not temporary (a file under the system's temp folder
+    # counts as temporary, e.g. a checkout in /tmp), else the name the algorithm gave
+    use_file = prefer_filename() and not lyr2.isTemporary()
+    want = named.stem if use_file else lyr.name()
     ensure(lyr2.name() == want, f"layer of {named.name} named '{lyr2.name()}', expected '{want}'")
     V.heatmap(named, ctx.inputs.srs_wkt, ctx.tile_m)
     return {**got, "layer": lyr.name(), "named_output_layer": lyr2.name()}
