@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import RasterInputError
-from .gdal_errors import osgeo
+from .geo.gdal_errors import osgeo
 
 _ALIASES = {
     "red": ("red", "r"),

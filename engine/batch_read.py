@@ -139,8 +139,8 @@ def _raster_box(reader: RasterReader, grid_crs: str) -> tuple[float, float, floa
     bounds, crs = getattr(reader, "bounds", None), getattr(reader, "crs", None)
     if bounds is None or not crs:
         return None
-    from .crs import transform_bounds
     from .errors import InputError
+    from .geo.crs import transform_bounds
 
     try:
         box = transform_bounds(crs, grid_crs, tuple(bounds), densify_pts=21)

@@ -44,10 +44,10 @@ from .class_prompts import (
 )
 from .contract import Modality
 from .errors import InputError
-from .geo_io import hex_to_rgba, publish_tiff, write_grid_raster
-from .geometry import GeometryLike
+from .geo.geometry import GeometryLike
+from .geo.render import render_for
+from .geo.tiff import hex_to_rgba, publish_tiff, write_grid_raster
 from .query import tiles_in_polygon
-from .render import render_for
 from .similarity import chunked_dot
 
 if TYPE_CHECKING:

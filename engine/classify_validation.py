@@ -32,7 +32,7 @@ from .classify import (
     fit_classifier,
 )
 from .errors import CancelledError, InputError
-from .geometry import GeometryLike
+from .geo.geometry import GeometryLike
 from .query import tiles_in_polygon
 
 if TYPE_CHECKING:

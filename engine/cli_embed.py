@@ -288,8 +288,8 @@ def _embed_dask(
 
 def _crs_name(crs: str) -> str:
     """A short display name for a CRS (``EPSG:n`` when it has one)."""
-    from . import crs as C
     from .errors import EngineError
+    from .geo import crs as C
 
     try:
         epsg = C.epsg_code(crs)

@@ -76,8 +76,8 @@ def _query_parts(args: argparse.Namespace, store: Any, model: Any) -> list[tuple
 def _region(path: str, store: Any) -> Any:
     """A region query: the mean of the store's tiles inside the polygons of ``path``."""
     from . import query as Q
-    from .geometry import union
-    from .vector_io import read_features
+    from .geo.geometry import union
+    from .geo.vector import read_features
 
     feats, crs = read_features(path)
     if not feats:
@@ -253,7 +253,7 @@ def read_examples(path: str, field: str) -> tuple[list[tuple[Any, str]], str | N
     Raises:
         InputError: Unreadable file, missing field, or no labelled polygon.
     """
-    from .vector_io import read_features
+    from .geo.vector import read_features
 
     feats, crs = read_features(path, field)
     pairs = [(g, str(v).strip()) for g, v in feats if v is not None and str(v).strip()]

@@ -36,9 +36,9 @@ from .dask_worker import (  # noqa: F401  (the task's names, importable from her
 )
 from .embed import check_model
 from .errors import CancelledError, InputError, StoreError
+from .geo.render import footprint_meta
 from .grid import TileGrid
 from .mosaic import SourceSpec, source_spec
-from .render import footprint_meta
 from .store_guard import check_target
 from .zarr_store import ZarrEmbeddingStore, is_zarr_store
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import crs as C
 from .contract import TrainingDomain
 from .errors import InputError
+from .geo import crs as C
 from .grid import TileGrid
 
 if TYPE_CHECKING:

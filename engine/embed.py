@@ -28,9 +28,9 @@ from .batch_read import _WINDOW_MAX_VALUES, Cell, _rectangles, read_batch, read_
 from .batch_read import read_batch as _read_batch  # noqa: F401
 from .contract import EncoderSpec, Modality
 from .errors import CancelledError, InputError, ModelContractError, StoreError
+from .geo.render import footprint_meta
 from .grid import TileGrid
 from .raster_io import RasterReader
-from .render import footprint_meta
 from .store import EmbeddingStore
 from .store_guard import check_target, input_files
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import crs as crs_mod
 from .contract import Preprocess
 from .errors import InputError, RasterInputError
+from .geo import crs as crs_mod
 from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
 from .raster_io import GdalReader, RasterReader, choose_grid_crs, grid_for_raster, raster_gsd_m
 from .raster_source import gdal_name, is_virtual

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .gdal_errors import osgeo
+from .geo.gdal_errors import osgeo
 from .grid import Bounds
 from .warped_read import read_pixels
 

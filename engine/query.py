@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import crs as C
 from .contract import Modality
 from .errors import InputError
-from .geometry import GeometryLike, cells_inside
+from .geo import crs as C
+from .geo.geometry import GeometryLike, cells_inside
 
 if TYPE_CHECKING:
     from .model import UniGeoModel

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from . import crs as crs_mod
 from .contract import Preprocess
-from .crs import WGS84
 from .errors import RasterInputError
+from .geo import crs as crs_mod
+from .geo.crs import WGS84
 from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
 
 if TYPE_CHECKING:  # raster_io re-exports this module's names: a runtime import would be a cycle

@@ -30,10 +30,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import crs as crs_mod
 from .bands import alpha_bands, band_names, canonical_band, resolve_bands
 from .errors import RasterInputError
-from .gdal_errors import gdal_errors
+from .geo import crs as crs_mod
+from .geo.gdal_errors import gdal_errors
 from .grid import Bounds
 from .native_read import _Native, _native_read, _native_source, _phase, _pixels, _split
 from .raster_grid import choose_grid_crs, grid_for_raster, raster_gsd_m

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from . import crs as crs_mod
 from .errors import RasterInputError
-from .gdal_errors import gdal_errors, osgeo
+from .geo import crs as crs_mod
+from .geo.gdal_errors import gdal_errors, osgeo
 from .grid import Bounds
 
 # GDAL data type names -> numpy dtypes the engine reads; complex types are refused

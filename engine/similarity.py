@@ -43,11 +43,11 @@ from .calibration import (  # noqa: F401
     calibrate,
 )
 from .errors import CancelledError, InputError, StoreError
-from .geo_io import write_grid_raster
-from .geometry import box_wkb, point_wkb
+from .geo.geometry import box_wkb, point_wkb
+from .geo.render import render_for
+from .geo.tiff import write_grid_raster
+from .geo.vector import write_vector
 from .grid import Bounds, TileGrid
-from .render import render_for
-from .vector_io import write_vector
 
 if TYPE_CHECKING:
     from .query import Query

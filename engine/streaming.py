@@ -23,8 +23,8 @@ import numpy as np
 
 from .calibration import Calibration, TieRefiner
 from .errors import InputError
-from .geo_io import grid_profile, grid_tiff
-from .render import render_for
+from .geo.render import render_for
+from .geo.tiff import grid_profile, grid_tiff
 from .similarity import (
     _BAND_NAMES,
     _BAND_TAGS,

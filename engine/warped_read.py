@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import crs as crs_mod
 from .errors import EngineError, RasterInputError
-from .gdal_errors import gdal_errors, osgeo
+from .geo import crs as crs_mod
+from .geo.gdal_errors import gdal_errors, osgeo
 from .grid import Bounds
 from .raster_source import affine, bounds_of
 

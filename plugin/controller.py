@@ -370,7 +370,13 @@ class Controller(QObject):
                 done = partial(self._classify_done, name=label, group=layer.name())
                 self._start(
                     ClassifyTask(
-                        model, store_folder, spec, class_path, conf_path, done, prov,
+                        model,
+                        store_folder,
+                        spec,
+                        class_path,
+                        conf_path,
+                        done,
+                        prov,
                         max_nodata=self.settings().max_nodata(),
                     )  # fmt: skip
                 )

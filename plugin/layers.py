@@ -81,7 +81,7 @@ def is_unigeo_output(layer: QgsMapLayer) -> bool:
 def _has_unigeo_tags(path: Path) -> bool:
     from osgeo import gdal
 
-    from ..engine.geo_io import TAG_PREFIX
+    from ..engine.geo.tiff import TAG_PREFIX
 
     ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)
     if ds is None:

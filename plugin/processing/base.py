@@ -406,7 +406,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         parts += self._layer_points(p, c, self.NEGATIVE_POINTS, store, negative=True)
         layer = self.parameterAsVectorLayer(p, self.NEGATIVE_POLYGON, c)
         if layer is not None and (geoms := layer_geometries(layer)):
-            from ...engine.geometry import union
+            from ...engine.geo.geometry import union
 
             try:
                 q = Q.region_query(store, union(geoms, "the polygons"), crs=layer_wkt(layer))

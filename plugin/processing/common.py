@@ -187,7 +187,7 @@ def layer_geometries(layer: QgsVectorLayer) -> list[bytes]:
 
 def layer_union(layer: QgsVectorLayer) -> tuple[bytes, str]:
     """The union of a layer's (selected, else all) polygons as WKB, and the layer CRS WKT."""
-    from ...engine.geometry import union
+    from ...engine.geo.geometry import union
 
     geoms = layer_geometries(layer)
     if not geoms:

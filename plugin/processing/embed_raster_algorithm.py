@@ -19,7 +19,7 @@ from qgis.core import (
 from ...engine.contract import Modality
 from ...engine.embed import embed_raster
 from ...engine.errors import RasterInputError
-from ...engine.geo_io import write_grid_raster
+from ...engine.geo.tiff import write_grid_raster
 from ...engine.model import UniGeoModel
 from ...engine.raster_io import GdalReader, grid_for_raster
 from ...engine.raster_source import is_virtual

@@ -16,7 +16,7 @@ from qgis.core import (
 )
 
 from ...engine import query as Q
-from ...engine.geo_io import write_grid_raster
+from ...engine.geo.tiff import write_grid_raster
 from ...engine.grid import TileGrid
 from ...engine.model import UniGeoModel
 from ...engine.similarity import write_heatmap
@@ -144,7 +144,7 @@ def _round1(x: float) -> float:
 
 def grid_latlon(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
     """WGS84 latitude and longitude of every cell centre, ``[rows, cols]`` each."""
-    from ...engine.crs import WGS84, transform_xy
+    from ...engine.geo.crs import WGS84, transform_xy
 
     xs, ys = grid.centers()
     lon, lat = transform_xy(xs, ys, grid.crs, WGS84)

@@ -25,7 +25,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
 )
 
-from ...engine.geo_io import TAG_PREFIX
+from ...engine.geo.tiff import TAG_PREFIX
 from .. import layers as L
 
 KINDS = ("heatmap", "classes", "confidence", "hits")
@@ -159,7 +159,7 @@ def _decode(text: str) -> Any:
 @contextlib.contextmanager
 def _raster(path: str) -> Iterator[Any]:
     """The GDAL dataset of ``path`` (read-only), or None when it is not a raster GDAL reads."""
-    from ...engine.gdal_errors import gdal_errors, osgeo
+    from ...engine.geo.gdal_errors import gdal_errors, osgeo
 
     gdal = osgeo()[0]
     with gdal_errors(f"reading {Path(path).name}", raise_on_failure=False):
@@ -185,6 +185,6 @@ def _raster_tags(path: str) -> dict[str, str]:
 
 
 def _gpkg_tags(path: str) -> dict[str, str]:
-    from ...engine.vector_io import layer_metadata
+    from ...engine.geo.vector import layer_metadata
 
     return layer_metadata(path)  # metadata is optional: {} when unreadable

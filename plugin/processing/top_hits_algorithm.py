@@ -12,9 +12,9 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ...engine.geo.vector import VECTOR_DRIVERS
 from ...engine.similarity import write_hits
 from ...engine.streaming import hits_auto
-from ...engine.vector_io import VECTOR_DRIVERS
 from .base import (
     QueryAlgorithm,
     canceled_of,

@@ -12,7 +12,7 @@ from osgeo import gdal
 
 from engine.batch_read import edge_shift
 from engine.cli import main as cli_main
-from engine.render import render_for
+from engine.geo.render import render_for
 from engine.store_window import restrict_nodata
 from engine.zarr_store import open_store
 from tests.reliability.conftest import random_uint8, write_raster

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 
-from engine import geometry as G
 from engine.errors import InputError
+from engine.geo import geometry as G
 from engine.grid import TileGrid
 
 UTM = "EPSG:32633"

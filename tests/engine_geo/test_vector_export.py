@@ -12,7 +12,7 @@ from pyproj import CRS, Transformer
 
 from engine.bands import resolve_bands
 from engine.errors import InputError, RasterInputError
-from engine.vector_io import shapefile_field_names, to_wgs84, write_vector
+from engine.geo.vector import shapefile_field_names, to_wgs84, write_vector
 
 UTM = "EPSG:26914"
 PTS = [(487_000.0, 5_206_000.0), (488_500.5, 5_207_250.25)]
@@ -100,7 +100,7 @@ def test_shapefile_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     write_vector(target, _points()[:1], {"rank": np.array([7])}, UTM, geometry_type="Point")
     assert pyogrio.read_info(target)["features"] == 1 and not (tmp_path / "h.qix").exists()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    from engine import vector_io
+    from engine.geo import vector as vector_io
 
     real = vector_io._write_ogr
 

@@ -254,7 +254,7 @@ def test_write_hits_failure_and_bad_extension(fx, rng, tmp_path, monkeypatch):
     hits = top_k(store, similarity(store, np.ones(16)), k=2)
     with pytest.raises(InputError, match=r"\.gpkg, \.geojson or \.shp"):
         write_hits(tmp_path / "hits.kml", hits, store.crs)
-    from engine import vector_io
+    from engine.geo import vector as vector_io
 
     real = vector_io._write_ogr
 

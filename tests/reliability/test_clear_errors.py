@@ -64,7 +64,7 @@ def test_grid_crs_in_degrees_or_feet_is_refused(run_cli, analytic_bundle, good_r
 @settings(max_examples=80, deadline=None)
 @given(st.text(max_size=30))
 def test_any_crs_text_is_accepted_or_one_input_error(text):
-    from engine import crs as C
+    from engine.geo import crs as C
 
     try:
         C.check_crs(text)

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import publish, staging_folder
+from ..errors import InputError, OutputError
 from . import crs as C
 from . import geometry as G
-from .atomic import publish, staging_folder
-from .errors import InputError, OutputError
 from .gdal_errors import failure_message, gdal_errors, gdal_path, gdal_text, osgeo
-from .geo_io import WRITE_HINT, provenance_tags
+from .tiff import WRITE_HINT, provenance_tags
 
 VECTOR_DRIVERS = {
     ".gpkg": "GPKG",

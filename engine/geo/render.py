@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..grid import TileGrid
 from . import crs as C
-from .grid import TileGrid
 
 MAX_FACTOR = 8
 """At most 8 x 8 output pixels per tile cell (40 m pixels for the 320 m cells of 64-px tiles at 5 m)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .gdal_errors import gdal_errors, osgeo
 
 WGS84 = "EPSG:4326"

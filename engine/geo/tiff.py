@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..atomic import publish, staging_folder
+from ..errors import InputError, OutputError
+from ..grid import TileGrid
 from . import crs as C
-from .atomic import publish, staging_folder
-from .errors import InputError, OutputError
 from .gdal_errors import GdalErrors, failure_message, gdal_errors, gdal_path, gdal_text, osgeo
-from .grid import TileGrid
 
 if TYPE_CHECKING:
     from .render import Render

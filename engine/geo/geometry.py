@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError
 from . import crs as C
-from .errors import InputError
 from .gdal_errors import gdal_errors, osgeo
 
 if TYPE_CHECKING:
-    from .grid import TileGrid
+    from ..grid import TileGrid
 
 GeometryLike = Any
 """WKT or GeoJSON ``str``, WKB ``bytes``/``bytearray``/``memoryview``, or an object with

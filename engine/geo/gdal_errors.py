@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
-from .errors import EngineError, InputError
+from ..errors import EngineError, InputError
 
 _lock = threading.Lock()
 _modules: tuple[ModuleType, ModuleType, ModuleType] | None = None
