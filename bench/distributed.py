@@ -36,7 +36,8 @@ from engine.contract import Modality  # noqa: E402
 from engine.distributed import embed_distributed  # noqa: E402
 from engine.embed import embed_raster  # noqa: E402
 from engine.model import UniGeoModel  # noqa: E402
-from engine.raster_io import GdalReader, grid_for_raster  # noqa: E402
+from engine.raster.gdal_reader import GdalReader  # noqa: E402
+from engine.raster.tiling import grid_for_raster  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
 NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"

@@ -58,7 +58,7 @@ def make_layer_raster(path: Path, tiles: int, tile_m: float) -> None:
 def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
     """Put a store of unit embeddings into the plugin cache under the key the plugin computes."""
     from unigeo.engine.contract import Modality
-    from unigeo.engine.raster_io import grid_for_raster
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.engine.store import EmbeddingStore, StoreCache
     from unigeo.plugin.qgis_reader import reader_for_layer
 

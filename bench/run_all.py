@@ -138,7 +138,8 @@ def _e2e_profile() -> list[dict[str, Any]]:
 
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
 
     model = UniGeoModel.load(embed_e2e.DEFAULT_BUNDLE, providers="cpu", threads=2)
     src = embed_e2e.NAIP

@@ -121,7 +121,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         InputError: The model has no encoder for ``--modality``, or an option is malformed.
     """
     from .contract import Modality
-    from .mosaic import source_spec
+    from .raster.mosaic import source_spec
 
     dask_args = _scheduler_options(args)  # a refused address fails before anything runs
     model = load_model(args)
@@ -185,7 +185,7 @@ def _embed_grid(
     args: argparse.Namespace, preprocess: Any, reader: Any, extent: list[float] | None
 ) -> Any:
     """The tile grid over the source(s), from ``--extent``/``--stride``/``--grid-crs``."""
-    from .mosaic import grid_for_sources
+    from .raster.mosaic import grid_for_sources
 
     return grid_for_sources(
         reader,

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .batch_read import read_chips
 from .contract import Modality
 from .embed import encode_into
 from .errors import InputError, ModelContractError, RasterInputError
 from .grid import TileGrid
-from .mosaic import SourceSpec
+from .raster.batch import read_chips
+from .raster.mosaic import SourceSpec
 from .zarr_store import mark_done_at, write_block_at
 
 _READERS_PER_WORKER = 2  # read threads per worker process, overlapping reads with inference

@@ -38,7 +38,7 @@ from .embed import check_model
 from .errors import CancelledError, InputError, StoreError
 from .geo.render import footprint_meta
 from .grid import TileGrid
-from .mosaic import SourceSpec, source_spec
+from .raster.mosaic import SourceSpec, source_spec
 from .store_guard import check_target
 from .zarr_store import ZarrEmbeddingStore, is_zarr_store
 

@@ -22,15 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# _WINDOW_MAX_VALUES, _rectangles and _read_batch: names that tests/engine_geo and
-# bench/embed_e2e.py have always imported from this module
-from .batch_read import _WINDOW_MAX_VALUES, Cell, _rectangles, read_batch, read_chips  # noqa: F401
-from .batch_read import read_batch as _read_batch  # noqa: F401
 from .contract import EncoderSpec, Modality
 from .errors import CancelledError, InputError, ModelContractError, StoreError
 from .geo.render import footprint_meta
 from .grid import TileGrid
-from .raster_io import RasterReader
+from .raster.batch import Cell, read_chips
+from .raster.reader import RasterReader
 from .store import EmbeddingStore
 from .store_guard import check_target, input_files
 

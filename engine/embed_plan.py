@@ -22,7 +22,7 @@ from .contract import TrainingDomain
 from .domain import grid_gsd_m, gsd_out_of_range
 from .errors import EngineError
 from .grid import TileGrid
-from .raster_grid import raster_gsd_m
+from .raster.tiling import raster_gsd_m
 
 ASSUMED_TILES_PER_S = 150.0
 """Tiles per second when no earlier store recorded a rate. docs/PERFORMANCE.md measured 404-544

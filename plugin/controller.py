@@ -195,7 +195,7 @@ class Controller(QObject):
     ) -> None:
         """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
         from ..engine.contract import Modality
-        from ..engine.raster_io import grid_for_raster
+        from ..engine.raster.tiling import grid_for_raster
         from ..engine.store import StoreCache
 
         s = self.settings()

@@ -190,7 +190,7 @@ def main() -> int:
     app, _provider = start_qgis()
     info = run_algorithms(Path(a.model).resolve(), scene, out)
     pngs = build_project(scene, out, info)
-    from unigeo.engine.raster_io import close_all_readers
+    from unigeo.engine.raster.gdal_reader import close_all_readers
 
     close_all_readers()  # before exitQgis shuts GDAL down: a dataset freed later crashes
     app.exitQgis()

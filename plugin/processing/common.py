@@ -115,7 +115,7 @@ def embed_cached(
 ) -> EmbeddingStore:
     """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
     from ...engine.embed import embed_raster
-    from ...engine.raster_io import grid_for_raster
+    from ...engine.raster.tiling import grid_for_raster
 
     s = Settings.load()
     with engine_errors():

@@ -21,8 +21,9 @@ from ...engine.embed import embed_raster
 from ...engine.errors import RasterInputError
 from ...engine.geo.tiff import write_grid_raster
 from ...engine.model import UniGeoModel
-from ...engine.raster_io import GdalReader, grid_for_raster
-from ...engine.raster_source import is_virtual
+from ...engine.raster.gdal_reader import GdalReader
+from ...engine.raster.source import is_virtual
+from ...engine.raster.tiling import grid_for_raster
 from ...engine.store import EmbeddingStore, StoreCache
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings

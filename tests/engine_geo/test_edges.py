@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine.batch_read import edge_shift
 from engine.cli import main as cli_main
 from engine.geo.render import render_for
+from engine.raster.batch import edge_shift
 from engine.store_window import restrict_nodata
 from engine.zarr_store import open_store
 from tests.reliability.conftest import random_uint8, write_raster

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from engine import native_read, raster_scaling, warped_read
 from engine.errors import RasterInputError
-from engine.raster_io import GdalReader
+from engine.raster import native as native_read
+from engine.raster import scaling as raster_scaling
+from engine.raster import warped as warped_read
+from engine.raster.gdal_reader import GdalReader
 
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
@@ -40,7 +42,7 @@ DSM = ("alexandria_dsm", "dsm.tif")
 
 def rasterio_window(path, bounds, grid_crs, gsd, idx, size, alpha=(), nodata=None, res="bilinear"):
     """Raw float32 ``[len(idx), size, size]`` of ``bounds`` as the rasterio reader read it."""
-    phase = tuple(p * gsd / 1e6 for p in native_read._phase(bounds, gsd))
+    phase = tuple(p * gsd / 1e6 for p in native_read.lattice_phase(bounds, gsd))
     with rasterio.open(path) as src:
         box = transform_bounds(src.crs, grid_crs, *src.bounds, densify_pts=21)
         left, top, width, height = warped_read._snap(box, phase, gsd)

@@ -10,9 +10,9 @@ import pytest
 import shapely
 from pyproj import CRS, Transformer
 
-from engine.bands import resolve_bands
 from engine.errors import InputError, RasterInputError
 from engine.geo.vector import shapefile_field_names, to_wgs84, write_vector
+from engine.raster.bands import resolve_bands
 
 UTM = "EPSG:26914"
 PTS = [(487_000.0, 5_206_000.0), (488_500.5, 5_207_250.25)]

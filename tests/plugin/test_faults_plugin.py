@@ -190,7 +190,8 @@ def model(unigeo_settings):
 
 def _grid(model, path: Path, extent=None):
     from unigeo.engine.contract import Modality
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
 
     reader = GdalReader(path)
     return reader, grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess, extent=extent)

@@ -143,7 +143,8 @@ def test_second_query_reuses_store_and_drops_stale(qgis_iface, scene, env, tmp_p
 
 
 def test_cancelled_tasks_leave_no_output(qgis_iface, scene, env, tmp_path):
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.plugin.model_cache import get_model
     from unigeo.plugin.tasks import EmbedTask, HeatmapTask, QuerySpec
 

@@ -208,7 +208,8 @@ def test_a_stale_lock_file_of_a_killed_writer_does_not_block(
 def test_two_threads_embedding_one_store(analytic_bundle, tmp_path):
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
     from engine.zarr_store import open_store
 
     src = write_raster(tmp_path / "r.tif", random_uint8(size=512, seed=33))

@@ -87,7 +87,7 @@ def test_json_nested_100000_deep(what, store, tmp_path, run_cli, analytic_bundle
         with pytest.raises(StoreError, match="unreadable"):
             AnnIndex.load(open_store(store))
     else:
-        from engine.mosaic import collection_paths
+        from engine.raster.mosaic import collection_paths
 
         (tmp_path / "stac.json").write_text(deep)
         with pytest.raises(RasterInputError, match="cannot read the collection"):

@@ -80,7 +80,7 @@ def test_bad_raster_via_cli(case, extra, fragment, analytic_bundle, tmp_path, ru
 
 
 def test_bad_bands_selection_via_api(good_raster):
-    from engine.raster_io import GdalReader
+    from engine.raster.gdal_reader import GdalReader
 
     with pytest.raises(RasterInputError, match=r"bands=\[0, 9\] is invalid; the raster has bands"):
         GdalReader(good_raster, bands=[0, 9])

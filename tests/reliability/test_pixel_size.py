@@ -24,7 +24,8 @@ from engine.embed_plan import (
     plan_embedding,
     recorded_tiles_per_s,
 )
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
 from tests.reliability.conftest import UTM_ORIGIN, random_uint8, write_raster
 
 ISSUE_DOMAIN = TrainingDomain(bboxes=(), gsd_range_m=(2.0, 90.0))

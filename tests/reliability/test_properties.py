@@ -20,7 +20,7 @@ from pyproj import Transformer
 
 from engine.grid import TileGrid
 from engine.preprocess import validate_latlon
-from engine.raster_io import choose_grid_crs
+from engine.raster.tiling import choose_grid_crs
 from engine.similarity import calibrate
 
 FAST = settings(max_examples=60, deadline=None)

@@ -93,7 +93,8 @@ def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster
     from engine import query as Q
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
     from engine.similarity import calibrate, similarity, top_k, write_heatmap, write_hits
 
     out = tmp_path / "out"

@@ -11,8 +11,8 @@ import pytest
 from engine import distributed as D
 from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
-from engine.mosaic import source_spec
-from engine.raster_io import GdalReader
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.mosaic import source_spec
 from engine.zarr_store import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .errors import RasterInputError
+from ..errors import RasterInputError
 
 ABSENT = 0  # in a mapping: the model's optional band is not in the raster
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import RasterInputError
-from .geo.gdal_errors import osgeo
+from ..errors import RasterInputError
+from ..geo.gdal_errors import osgeo
 
 _ALIASES = {
     "red": ("red", "r"),

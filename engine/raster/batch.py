@@ -2,7 +2,7 @@
 
 :func:`read_batch` is how both the single-process pipeline (:mod:`.embed`) and the Dask task
 (:mod:`.distributed`) read their tiles, so the two produce the same chips. A window never holds
-more than ``_WINDOW_MAX_VALUES`` values, so memory stays bounded whatever the batch size.
+more than ``WINDOW_MAX_VALUES`` values, so memory stays bounded whatever the batch size.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import RasterInputError
-from .grid import TileGrid
-from .raster_io import RasterReader
+from ..errors import RasterInputError
+from ..grid import TileGrid
+from .reader import RasterReader
 
 Cell = tuple[int, int]
 # values (bands x pixels) one window read may hold: 32 MB of float32, e.g. 55 tiles of 224 px x 3
-_WINDOW_MAX_VALUES = 1 << 23
+WINDOW_MAX_VALUES = 1 << 23
 
 
 def read_batch(
@@ -42,7 +42,7 @@ def read_batch(
             _put(chips, i, tile)
     else:
         s = grid.stride_px
-        for r0, c0, nr, nc, members in _rectangles(cells, _max_tiles(grid, len(bands))):
+        for r0, c0, nr, nc, members in rectangles(cells, _max_tiles(grid, len(bands))):
             x0, _, _, y1 = grid.tile_bounds(r0, c0)
             _, y0, x1, _ = grid.tile_bounds(r0 + nr - 1, c0 + nc - 1)
             win = read_window((x0, y0, x1, y1), grid.crs, grid.gsd, bands)
@@ -139,8 +139,8 @@ def _raster_box(reader: RasterReader, grid_crs: str) -> tuple[float, float, floa
     bounds, crs = getattr(reader, "bounds", None), getattr(reader, "crs", None)
     if bounds is None or not crs:
         return None
-    from .errors import InputError
-    from .geo.crs import transform_bounds
+    from ..errors import InputError
+    from ..geo.crs import transform_bounds
 
     try:
         box = transform_bounds(crs, grid_crs, tuple(bounds), densify_pts=21)
@@ -158,11 +158,11 @@ def _put(chips: np.ndarray, i: int, tile: np.ndarray) -> None:
 
 
 def _max_tiles(grid: TileGrid, bands: int) -> int:
-    """Most tiles one window may cover, so that it stays under ``_WINDOW_MAX_VALUES``."""
-    return max(1, _WINDOW_MAX_VALUES // (bands * grid.tile_px * grid.tile_px))
+    """Most tiles one window may cover, so that it stays under ``WINDOW_MAX_VALUES``."""
+    return max(1, WINDOW_MAX_VALUES // (bands * grid.tile_px * grid.tile_px))
 
 
-def _rectangles(cells: Sequence[Cell], max_tiles: int) -> list[list]:
+def rectangles(cells: Sequence[Cell], max_tiles: int) -> list[list]:
     """Cover ``cells`` with rectangles ``[r0, c0, rows, cols, [(index, r, c), ...]]``.
 
     Runs of consecutive columns in one row, stacked while the next row has the same run; at

@@ -2,22 +2,19 @@
 
 The grid CRS is the raster's own when it is a true-scale metric CRS, else the UTM zone of its
 centre; the GSD is the encoder's or, when it has none, the raster's own pixel size in that CRS.
-Works on any :class:`~.raster_io.RasterReader` (a file, a mosaic, a QGIS layer).
+Works on any :class:`~.reader.RasterReader` (a file, a mosaic, a QGIS layer).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from .contract import Preprocess
-from .errors import RasterInputError
-from .geo import crs as crs_mod
-from .geo.crs import WGS84
-from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
-
-if TYPE_CHECKING:  # raster_io re-exports this module's names: a runtime import would be a cycle
-    from .raster_io import RasterReader
+from ..contract import Preprocess
+from ..errors import RasterInputError
+from ..geo import crs as crs_mod
+from ..geo.crs import WGS84
+from ..grid import DEFAULT_MAX_TILES, Bounds, TileGrid
+from .reader import RasterReader
 
 
 def choose_grid_crs(reader: RasterReader) -> str:

@@ -1,6 +1,6 @@
-"""Raster input: the small reader protocol and its implementation over GDAL's own bindings.
+"""Raster input over GDAL's own bindings: :class:`GdalReader`, the reader of raster files.
 
-A reader hands out chips of a raster, resampled onto the tile grid: ``read_tile`` returns
+GdalReader hands out chips of a raster, resampled onto the tile grid: ``read_tile`` returns
 float32 ``[C, size, size]`` scaled to [0, 1] (or metres for a DSM read with ``scale=1.0``), NaN
 where the source has no data or does not reach; ``read_window`` returns a block of neighbouring
 tiles in one read. Reads are windowed through a warped VRT in the grid CRS at the grid GSD, so a
@@ -12,10 +12,10 @@ sub-pixel offset with GDAL's own bilinear arithmetic, several times faster and e
 warper's output (bitwise on every raster tested, except a shift of exactly half a pixel, where the
 warper's own float rounding decides which neighbour a nearest sample or an edge pixel takes).
 
-Band naming (:mod:`.bands`), value scaling (:mod:`.raster_scaling`), the two read paths
-(:mod:`.warped_read`, :mod:`.native_read`) and grid choice (:mod:`.raster_grid`) live beside it;
-the names other code imports from here are re-exported. Everything goes through ``osgeo.gdal``,
-so inside QGIS the engine reads with the very GDAL/PROJ the application loaded.
+Band naming (:mod:`.bands`), value scaling (:mod:`.scaling`), the two read paths
+(:mod:`.warped`, :mod:`.native`) and grid choice (:mod:`.tiling`) live beside it.
+Everything goes through ``osgeo.gdal``, so inside QGIS the engine reads with the very GDAL/PROJ
+the application loaded.
 """
 
 from __future__ import annotations
@@ -26,19 +26,18 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .bands import alpha_bands, band_names, canonical_band, resolve_bands
-from .errors import RasterInputError
-from .geo import crs as crs_mod
-from .geo.gdal_errors import gdal_errors
-from .grid import Bounds
-from .native_read import _Native, _native_read, _native_source, _phase, _pixels, _split
-from .raster_grid import choose_grid_crs, grid_for_raster, raster_gsd_m
-from .raster_scaling import apply_scaling, scaling_for
-from .raster_source import (
+from ..errors import RasterInputError
+from ..geo import crs as crs_mod
+from ..geo.gdal_errors import gdal_errors
+from ..grid import Bounds
+from .bands import alpha_bands, band_names, resolve_bands
+from .native import NativePlan, lattice_phase, native_source, pixel_shape, read_native, split_pixel
+from .scaling import apply_scaling, scaling_for
+from .source import (
     affine,
     band_dtype,
     bounds_of,
@@ -48,19 +47,8 @@ from .raster_source import (
     open_raster,
     pixel_size,
 )
-from .warped_read import ReadFailure, open_warped_vrt, read_warped, source_of
-from .warped_read import resampling as resampling_method
-
-__all__ = [
-    "RasterReader",
-    "GdalReader",
-    "canonical_band",
-    "choose_grid_crs",
-    "close_all_readers",
-    "grid_for_raster",
-    "raster_gsd_m",
-    "resolve_bands",
-]
+from .warped import ReadFailure, open_warped_vrt, read_warped, source_of
+from .warped import resampling as resampling_method
 
 _REOPEN_PIXELS = 64 * 256 * 256  # pixels a thread reads before reopening its datasets
 _LIVE: weakref.WeakSet[GdalReader] = weakref.WeakSet()  # for close_all_readers
@@ -76,45 +64,8 @@ def close_all_readers() -> None:
         reader.close()
 
 
-class RasterReader(Protocol):
-    """What the engine needs from a raster. The plugin implements it over a QGIS data provider.
-
-    A reader may also offer ``read_window(bounds, grid_crs, gsd, bands)``: the pixels of a
-    block of neighbouring tiles at once (see :meth:`GdalReader.read_window`); the embedding
-    pipeline uses it when present and ``read_tile`` otherwise.
-
-    Attributes:
-        crs: the raster's CRS as WKT.
-        bounds: ``(minx, miny, maxx, maxy)`` in the raster's CRS.
-        res: pixel size ``(x, y)`` in the raster's CRS units (positive numbers).
-        band_count: number of bands in the file (alpha included).
-        band_names: one name per band, e.g. ``("red", "green", "blue", "alpha")``.
-        scaling: how raw values become model values, e.g. ``"uint8/255"`` (for provenance).
-    """
-
-    crs: str
-    bounds: Bounds
-    res: tuple[float, float]
-    band_count: int
-    band_names: tuple[str, ...]
-    scaling: str
-
-    def read_tile(
-        self, bounds: Bounds, grid_crs: str, gsd: float, size: int, bands: Sequence[str]
-    ) -> np.ndarray:
-        """Float32 ``[len(bands), size, size]`` covering ``bounds`` (in ``grid_crs``), NaN = no data.
-
-        Must be safe to call from several threads at once.
-        """
-        ...
-
-    def fingerprint(self) -> str:
-        """A hash that changes when the pixels the reader returns could change."""
-        ...
-
-
 class GdalReader:
-    """A :class:`RasterReader` over any file GDAL can open (GeoTIFF, VRT, JPEG2000, ...).
+    """A :class:`~.reader.RasterReader` over any file GDAL can open (GeoTIFF, VRT, JPEG2000, ...).
 
     Args:
         path: the raster file.
@@ -151,11 +102,11 @@ class GdalReader:
             self._nodata = nodata
             self._lo, self._span, self.scaling = scaling_for(ds, scale, nodata, self.path.name)
             self._ident = file_ident(self._name, ds)
-            self._source = _native_source(ds, self._alpha, nodata, np.dtype(self.dtype))
+            self._source = native_source(ds, self._alpha, nodata, np.dtype(self.dtype))
             self._warp_source = source_of(self._name, ds)
         del ds  # the last reference: GDAL closes the file
         self.fast = bool(fast)
-        self._plans: dict[tuple, _Native | None] = {}
+        self._plans: dict[tuple, NativePlan | None] = {}
         # per-thread datasets (GDAL handles are not safe to share): dropping this object
         # drops every thread's handles at once, and GDAL closes each when no read holds it
         self._local = threading.local()
@@ -204,7 +155,7 @@ class GdalReader:
 
     def _vrt(self, grid_crs: str, gsd: float, bounds: Bounds, cost: int) -> Any:
         """This thread's warped VRT whose pixel lattice matches the tile lattice of ``bounds``."""
-        key = (grid_crs, gsd, _phase(bounds, gsd))
+        key = (grid_crs, gsd, lattice_phase(bounds, gsd))
         cache = self._datasets(cost)
         if key not in cache:
             phase = tuple(p * gsd / 1e6 for p in key[2])
@@ -214,19 +165,19 @@ class GdalReader:
             )  # fmt: skip
         return cache[key]
 
-    def _native_plan(self, grid_crs: str, gsd: float, bounds: Bounds) -> _Native | None:
+    def _native_plan(self, grid_crs: str, gsd: float, bounds: Bounds) -> NativePlan | None:
         """How to read the lattice of ``bounds`` straight from the file, or None to warp.
 
         Only when the file is in the grid CRS at the grid GSD, unrotated: then GDAL's warper
         reduces to a copy (lattice aligned) or a constant sub-pixel shift, which
-        :func:`_native_read` computes the way GDAL does, at a fraction of its cost.
+        :func:`read_native` computes the way GDAL does, at a fraction of its cost.
         """
-        key = (grid_crs, gsd, _phase(bounds, gsd))
+        key = (grid_crs, gsd, lattice_phase(bounds, gsd))
         if key not in self._plans:
             self._plans[key] = self._make_plan(grid_crs, gsd, key[2]) if self.fast else None
         return self._plans[key]
 
-    def _make_plan(self, grid_crs: str, gsd: float, phase: tuple[int, int]) -> _Native | None:
+    def _make_plan(self, grid_crs: str, gsd: float, phase: tuple[int, int]) -> NativePlan | None:
         s = self._source
         c, a, b, f, d, e = s["gt"]
         if s["masks"] is None or b != 0 or d != 0 or not crs_mod.same_crs(grid_crs, s["wkt"]):
@@ -236,15 +187,15 @@ class GdalReader:
         # source pixel coordinates of the lattice point (px, py): the same for every window
         ax = (phase[0] * gsd / 1e6 - c) / gsd
         ay = (f - phase[1] * gsd / 1e6) / gsd
-        ix, fx = _split(ax)
-        iy, fy = _split(ay)
+        ix, fx = split_pixel(ax)
+        iy, fy = split_pixel(ay)
         shifted = fx != 0.0 or fy != 0.0
         name = self._resampling.name
         if shifted and name not in ("bilinear", "nearest"):
             return None
         if not shifted and name not in ("bilinear", "nearest", "average"):
             return None
-        return _Native(phase[0] * gsd / 1e6, phase[1] * gsd / 1e6, ix, iy, fx, fy)
+        return NativePlan(phase[0] * gsd / 1e6, phase[1] * gsd / 1e6, ix, iy, fx, fy)
 
     def read_window(
         self, bounds: Bounds, grid_crs: str, gsd: float, bands: Sequence[str]
@@ -256,7 +207,7 @@ class GdalReader:
         since both go through the same position-independent read.
         """
         idx = self.check_bands(bands)
-        h, w = _pixels(bounds, gsd)
+        h, w = pixel_shape(bounds, gsd)
         if h < 1 or w < 1 or h != round(h) or w != round(w):
             raise RasterInputError(
                 f"read_window needs bounds that are a whole number of {gsd:g}-unit pixels, got "
@@ -269,7 +220,7 @@ class GdalReader:
     ) -> np.ndarray:
         """Float32 ``[len(bands), size, size]`` of ``bounds`` (grid CRS) at ``gsd``, NaN = no data."""
         idx = self.check_bands(bands)
-        if _pixels(bounds, gsd) == (size, size):
+        if pixel_shape(bounds, gsd) == (size, size):
             return self._scale(self._read_raw(bounds, grid_crs, gsd, idx, size, size), idx)
         # a tile at another pixel size than gsd: GDAL resamples the window to size x size
         return self._scale(self._read_warped(bounds, grid_crs, gsd, idx, size, size), idx)
@@ -287,7 +238,7 @@ class GdalReader:
         col = round((bounds[0] - plan.px) / gsd) + plan.ix
         row = plan.iy - round((bounds[3] - plan.py) / gsd)
         try:
-            return _native_read(
+            return read_native(
                 cache["src"], self._source, idx, row, col, h, w, plan, self._resampling.name
             )
         except ReadFailure as e:

@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .contract import Preprocess
-from .errors import InputError, RasterInputError
-from .geo import crs as crs_mod
-from .grid import DEFAULT_MAX_TILES, Bounds, TileGrid
-from .raster_io import GdalReader, RasterReader, choose_grid_crs, grid_for_raster, raster_gsd_m
-from .raster_source import gdal_name, is_virtual
+from ..contract import Preprocess
+from ..errors import InputError, RasterInputError
+from ..geo import crs as crs_mod
+from ..grid import DEFAULT_MAX_TILES, Bounds, TileGrid
+from .gdal_reader import GdalReader
+from .reader import RasterReader
+from .source import gdal_name, is_virtual
+from .tiling import choose_grid_crs, grid_for_raster, raster_gsd_m
 
 ASSET_KEYS = ("image", "visual", "data")
 _COLLECTION_SUFFIXES = (".json", ".geojson")

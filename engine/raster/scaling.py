@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RasterInputError
-from .geo.gdal_errors import gdal_errors, osgeo
+from ..errors import RasterInputError
+from ..geo.gdal_errors import gdal_errors, osgeo
 
 PERCENTILES = (2.0, 98.0)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

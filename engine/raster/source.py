@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RasterInputError
-from .geo import crs as crs_mod
-from .geo.gdal_errors import gdal_errors, osgeo
-from .grid import Bounds
+from ..errors import RasterInputError
+from ..geo import crs as crs_mod
+from ..geo.gdal_errors import gdal_errors, osgeo
+from ..grid import Bounds
 
 # GDAL data type names -> numpy dtypes the engine reads; complex types are refused
 _DTYPES = {

@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import EngineError, RasterInputError
-from .geo import crs as crs_mod
-from .geo.gdal_errors import gdal_errors, osgeo
-from .grid import Bounds
-from .raster_source import affine, bounds_of
+from ..errors import EngineError, RasterInputError
+from ..geo import crs as crs_mod
+from ..geo.gdal_errors import gdal_errors, osgeo
+from ..grid import Bounds
+from .source import affine, bounds_of
 
 FILL = -3.0e38  # the VRT's nodata; NaN there makes GDAL's warper return NaN everywhere
 _MAX_ERROR = 0.125  # approximate transformer's error bound in source pixels (gdalwarp's default)

@@ -1,10 +1,10 @@
 """Reading rasters without GDAL's warper when they already lie on the tile grid's lattice.
 
 When a file is in the grid CRS at the grid's pixel size, a tile is a plain window of the file,
-possibly shifted by a constant sub-pixel offset. :func:`_native_read` copies it (lattices
+possibly shifted by a constant sub-pixel offset. :func:`read_native` copies it (lattices
 aligned) or redoes GDAL's bilinear / nearest arithmetic in numpy, including its no-data rules,
 so the result equals the warper's (bitwise on every raster tested) at a fraction of its cost.
-Used by :class:`engine.raster_io.GdalReader`; private to the engine.
+Used by :class:`~.gdal_reader.GdalReader`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .geo.gdal_errors import osgeo
-from .grid import Bounds
-from .warped_read import read_pixels
+from ..geo.gdal_errors import osgeo
+from ..grid import Bounds
+from .warped import read_pixels
 
 
-class _Native(NamedTuple):
+class NativePlan(NamedTuple):
     """A lattice read straight from the file: see :meth:`GdalReader._native_plan`."""
 
     px: float  # a lattice point (px, py) in the grid CRS
@@ -30,12 +30,12 @@ class _Native(NamedTuple):
     fy: float
 
 
-def _phase(bounds: Bounds, gsd: float) -> tuple[int, int]:
+def lattice_phase(bounds: Bounds, gsd: float) -> tuple[int, int]:
     """Where ``bounds`` sit on the ``gsd`` lattice, in millionths of a pixel."""
     return tuple(int(round((v / gsd - math.floor(v / gsd)) * 1e6)) % 1_000_000 for v in bounds[:2])
 
 
-def _split(a: float) -> tuple[int, float]:
+def split_pixel(a: float) -> tuple[int, float]:
     """``a`` as whole pixels and a fraction; fractions within 1e-6 px of a pixel snap to it."""
     i = math.floor(a)
     f = a - i
@@ -46,13 +46,13 @@ def _split(a: float) -> tuple[int, float]:
     return i, f
 
 
-def _pixels(bounds: Bounds, gsd: float) -> tuple[float, float]:
+def pixel_shape(bounds: Bounds, gsd: float) -> tuple[float, float]:
     """Height and width of ``bounds`` in pixels, snapped to whole pixels within 1e-6."""
     h, w = (bounds[3] - bounds[1]) / gsd, (bounds[2] - bounds[0]) / gsd
     return tuple(float(round(v)) if abs(v - round(v)) < 1e-6 else v for v in (h, w))
 
 
-def _native_source(
+def native_source(
     ds: Any, alpha: tuple[int, ...], nodata: float | None, dtype: np.dtype
 ) -> dict[str, Any]:
     """What a native read needs to know about the open ``gdal.Dataset``; ``masks`` None: warp.
@@ -116,7 +116,7 @@ def _source_block(
     return raw, valid
 
 
-def _native_read(
+def read_native(
     src: Any,
     source: dict,
     idx: list[int],
@@ -124,7 +124,7 @@ def _native_read(
     col: int,
     h: int,
     w: int,
-    plan: _Native,
+    plan: NativePlan,
     resampling: str,
 ) -> np.ndarray:
     """Float32 ``[len(idx), h, w]`` raw values, NaN = no data, as GDAL's warper computes them.
