@@ -38,7 +38,7 @@ except ImportError:  # run as a script
 from engine.ann import AnnIndex, top_k_ann
 from engine.grid import TileGrid
 from engine.similarity import chunked_dot, similarity, top_k
-from engine.store import EmbeddingStore
+from engine.store.npy import EmbeddingStore
 from engine.streaming import top_k_chunked
 
 CRS = "EPSG:32614"

@@ -59,7 +59,8 @@ def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
     """Put a store of unit embeddings into the plugin cache under the key the plugin computes."""
     from unigeo.engine.contract import Modality
     from unigeo.engine.raster.tiling import grid_for_raster
-    from unigeo.engine.store import EmbeddingStore, StoreCache
+    from unigeo.engine.store.cache import StoreCache
+    from unigeo.engine.store.npy import EmbeddingStore
     from unigeo.plugin.qgis_reader import reader_for_layer
 
     s = ctl.settings()

@@ -31,7 +31,7 @@ except ImportError:  # run as a script
 
 from engine.grid import TileGrid
 from engine.similarity import _calibrate_exact, calibrate, similarity, top_k, write_heatmap
-from engine.store import EmbeddingStore
+from engine.store.npy import EmbeddingStore
 from engine.streaming import top_k_chunked, write_heatmap_chunked
 
 CRS = "EPSG:32614"

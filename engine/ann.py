@@ -44,7 +44,7 @@ from .similarity import (
 
 if TYPE_CHECKING:
     from .query import Query
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 ANN_FORMAT_VERSION = 1
 ANN_DIR = "ann"

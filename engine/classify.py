@@ -52,7 +52,7 @@ from .similarity import chunked_dot
 
 if TYPE_CHECKING:
     from .model import UniGeoModel
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 NODATA_CLASS = -1  # in Classification.class_raster
 FILE_NODATA = 255  # in the written uint8 class raster

@@ -36,7 +36,7 @@ from .geo.geometry import GeometryLike
 from .query import tiles_in_polygon
 
 if TYPE_CHECKING:
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 UNCERTAIN = "uncertain"  # name of the class given to tiles below min_confidence
 UNCERTAIN_COLOR = "#9e9e9e"

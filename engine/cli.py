@@ -30,8 +30,7 @@ from .cli_query import (
     cmd_hits,
     cmd_index,
 )
-from .errors import EngineError
-from .os_errors import describe_os_error
+from .errors import EngineError, describe_os_error
 
 # Re-exported so that code importing these from engine.cli keeps working after the split.
 __all__ = [

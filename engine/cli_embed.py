@@ -265,7 +265,7 @@ def _embed_dask(
     import shutil
 
     from .distributed import embed_distributed
-    from .store import partial_path
+    from .store.base import partial_path
 
     if args.no_resume:
         shutil.rmtree(partial_path(args.out), ignore_errors=True)

@@ -27,7 +27,7 @@ from .errors import InputError, ModelContractError, RasterInputError
 from .grid import TileGrid
 from .raster.batch import read_chips
 from .raster.mosaic import SourceSpec
-from .zarr_store import mark_done_at, write_block_at
+from .store.zarr import mark_done_at, write_block_at
 
 _READERS_PER_WORKER = 2  # read threads per worker process, overlapping reads with inference
 _MAX_CACHED = 4  # models / readers kept per worker process (a worker may serve several jobs)

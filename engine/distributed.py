@@ -39,8 +39,8 @@ from .errors import CancelledError, InputError, StoreError
 from .geo.render import footprint_meta
 from .grid import TileGrid
 from .raster.mosaic import SourceSpec, source_spec
-from .store_guard import check_target
-from .zarr_store import ZarrEmbeddingStore, is_zarr_store
+from .store.guard import check_target
+from .store.zarr import ZarrEmbeddingStore, is_zarr_store
 
 
 def _prepare(

@@ -18,7 +18,7 @@ from .geo import crs as C
 from .grid import TileGrid
 
 if TYPE_CHECKING:
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 WGS84 = "EPSG:4326"
 _GSD_RTOL = 1e-6  # a GSD equal to a range end (up to rounding) is in range

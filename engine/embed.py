@@ -28,8 +28,8 @@ from .geo.render import footprint_meta
 from .grid import TileGrid
 from .raster.batch import Cell, read_chips
 from .raster.reader import RasterReader
-from .store import EmbeddingStore
-from .store_guard import check_target, input_files
+from .store.guard import check_target, input_files
+from .store.npy import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

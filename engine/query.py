@@ -21,7 +21,7 @@ from .geo.geometry import GeometryLike, cells_inside
 
 if TYPE_CHECKING:
     from .model import UniGeoModel
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 WGS84 = "EPSG:4326"
 

@@ -51,7 +51,7 @@ from .grid import Bounds, TileGrid
 
 if TYPE_CHECKING:
     from .query import Query
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 CHUNK_TILES = 4096
 """Tiles per chunk: small enough that the widened chunk (4096 x D x 4 bytes) stays in cache."""

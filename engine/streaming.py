@@ -44,7 +44,7 @@ from .similarity import (
 
 if TYPE_CHECKING:
     from .query import Query
-    from .store import EmbeddingStore
+    from .store.npy import EmbeddingStore
 
 HIST_BINS = 1 << 20
 """Most bins of :func:`score_histogram` over the cosine range (bin width ~2e-6); smaller stores

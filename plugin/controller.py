@@ -196,7 +196,7 @@ class Controller(QObject):
         """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
         from ..engine.contract import Modality
         from ..engine.raster.tiling import grid_for_raster
-        from ..engine.store import StoreCache
+        from ..engine.store.cache import StoreCache
 
         s = self.settings()
         reader = reader_for_layer(layer, bands=self.bands_for(layer, model).bands)

@@ -19,8 +19,7 @@ from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
-from ..engine.errors import CancelledError, EngineError, InputError
-from ..engine.os_errors import describe_os_error
+from ..engine.errors import CancelledError, EngineError, InputError, describe_os_error
 
 log = logging.getLogger("unigeo.plugin")
 LOG_TAG = "UniGeo"
@@ -301,9 +300,9 @@ class HeatmapTask(EngineTask):
 
     def work(self) -> HeatmapOutput:
         from ..engine.domain import domain_warning
-        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
+        from ..engine.store import open_store
+        from ..engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata
         from ..engine.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
-        from ..engine.zarr_store import open_store
 
         limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
         store = restrict_nodata(open_store(self.store_path), limit)
@@ -416,8 +415,8 @@ class ClassifyTask(EngineTask):
 
         from ..engine.classify import write_classification
         from ..engine.domain import domain_warning
-        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
-        from ..engine.zarr_store import open_store
+        from ..engine.store import open_store
+        from ..engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata
 
         limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
         store = restrict_nodata(open_store(self.store_path), limit)

@@ -108,7 +108,7 @@ def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
     )
 
     from engine.model import UniGeoModel
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     st = EmbeddingStore.open(store)
     classes = class_names(out / "landuse.tif")

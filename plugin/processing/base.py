@@ -35,9 +35,9 @@ from ...engine.domain import domain_warning
 from ...engine.errors import InputError
 from ...engine.model import UniGeoModel
 from ...engine.query import Query
-from ...engine.store import EmbeddingStore
-from ...engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata, store_window
-from ...engine.zarr_store import open_store
+from ...engine.store import open_store
+from ...engine.store.npy import EmbeddingStore
+from ...engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata, store_window
 from .. import model_cache
 from ..qgis_reader import qgs_crs
 from ..settings import PROVIDERS, Settings, first_run_message

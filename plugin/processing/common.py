@@ -22,10 +22,10 @@ from qgis.core import (
 )
 
 from ...engine.contract import Modality
-from ...engine.errors import CancelledError, EngineError
+from ...engine.errors import CancelledError, EngineError, describe_os_error
 from ...engine.model import UniGeoModel
-from ...engine.os_errors import describe_os_error
-from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.store.cache import StoreCache
+from ...engine.store.npy import EmbeddingStore
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
 from .outputs import style_output

@@ -24,7 +24,8 @@ from ...engine.model import UniGeoModel
 from ...engine.raster.gdal_reader import GdalReader
 from ...engine.raster.source import is_virtual
 from ...engine.raster.tiling import grid_for_raster
-from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.store.cache import StoreCache
+from ...engine.store.npy import EmbeddingStore
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
 from .base import BLOCK_TILES, UniGeoAlgorithm, canceled_of, engine_errors, progress_of

@@ -12,7 +12,8 @@ from engine.grid import TileGrid
 from engine.raster.batch import read_chips
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster
-from engine.store import EmbeddingStore, partial_path
+from engine.store.base import partial_path
+from engine.store.npy import EmbeddingStore
 from tests.engine_geo.conftest import UTM_ORIGIN, FakeModel, fake_embed
 
 RGBN = ("red", "green", "blue", "nir")

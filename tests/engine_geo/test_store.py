@@ -11,7 +11,9 @@ import pytest
 
 from engine.errors import InputError, StoreError
 from engine.grid import TileGrid
-from engine.store import EmbeddingStore, StoreCache, partial_path
+from engine.store.base import partial_path
+from engine.store.cache import StoreCache
+from engine.store.npy import EmbeddingStore
 
 GRID = TileGrid.for_extent("EPSG:32633", 1.0, 16, None, (500_000, 5_000_000, 500_100, 5_000_070))
 DIM = 6

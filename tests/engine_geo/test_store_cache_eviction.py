@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import StoreCache
+from engine.store.cache import StoreCache
 from tests.engine_geo.test_store import GRID, _emb, _fill, _new
 
 
@@ -27,7 +27,7 @@ def _cached(cache: StoreCache, source: str, age_s: float) -> tuple[str, int]:
 def _zarr_cached(cache: StoreCache, source: str, age_s: float) -> tuple[str, int]:
     """A finalised Zarr store of ``source`` in the cache, last used ``age_s`` seconds ago."""
     pytest.importorskip("zarr")
-    from engine.zarr_store import ZarrEmbeddingStore
+    from engine.store.zarr import ZarrEmbeddingStore
 
     key = cache.key(source, "m1", GRID)
     store = ZarrEmbeddingStore.create(cache.path_for(key), GRID, 6, "m1", source, None, 3)

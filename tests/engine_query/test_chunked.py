@@ -237,7 +237,7 @@ def test_auto_switch_picks_path_by_size(fx, rng, tmp_path, monkeypatch):
 def test_chunked_queries_and_ann_on_a_real_zarr_store(fx, rng, tmp_path):
     """The Zarr store (embeddings a sliceable array, not a memmap) gives the same results."""
     zarr = pytest.importorskip("zarr")
-    zs = pytest.importorskip("engine.zarr_store")
+    zs = pytest.importorskip("engine.store.npy.zarr")
     mem = _store(fx, rng, 37, 23)
     s = zs.ZarrEmbeddingStore.create(tmp_path / "z.zarr", mem.grid, 8, "h", "fp", None, 8)
     zarr.open_array(s.folder / "embeddings", mode="r+")[...] = mem.embeddings

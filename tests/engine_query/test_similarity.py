@@ -287,7 +287,7 @@ def test_similarity_speed_million_tiles(fx):
 
 def test_works_on_a_real_memory_mapped_store(fx, rng, tmp_path):
     """The engine's own EmbeddingStore (float16 memmap on disk) gives the same heatmap."""
-    store_mod = pytest.importorskip("engine.store")
+    store_mod = pytest.importorskip("engine.store.npy")
     fake = _random_store(fx, rng, rows=9, cols=11, invalid=[(4, 4)])
     st = store_mod.EmbeddingStore.create(
         tmp_path / "s", fake.grid, 16, fake.model_hash, "src", block_tiles=4

@@ -88,7 +88,7 @@ def test_embedraster_refuses_a_folder_of_user_files(run, utm_tif, tmp_path):
 
 def test_embedraster_into_a_store_another_writer_holds(run, utm_tif, tmp_path):
     from qgis.core import QgsProcessingException
-    from unigeo.engine.store_guard import StoreLock
+    from unigeo.engine.store.guard import StoreLock
 
     out = tmp_path / "c.store"
     lock = StoreLock.acquire(out)  # what a running embed (CLI, task, Dask) holds
@@ -198,7 +198,7 @@ def _grid(model, path: Path, extent=None):
 
 
 def test_embed_task_into_a_folder_of_user_files_or_a_locked_store(model, utm_tif, tmp_path):
-    from unigeo.engine.store_guard import StoreLock
+    from unigeo.engine.store.guard import StoreLock
     from unigeo.plugin.tasks import EmbedTask
 
     reader, grid = _grid(model, utm_tif)

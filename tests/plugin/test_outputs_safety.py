@@ -57,7 +57,7 @@ def _sources() -> dict[str, Path]:
 def _old_big_store(folder: Path, age_s: float) -> Path:
     """A finalised 1.3 MB store (300 x 300 tiles, D = 7), last used ``age_s`` seconds ago."""
     from unigeo.engine.grid import TileGrid
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     grid = TileGrid("EPSG:32633", 1.0, 16, 16, 0, 0, 300, 300)
     store = EmbeddingStore.create(folder, grid, 7, "old-model", "old-source", block_tiles=300)

@@ -38,7 +38,7 @@ def utm_store(run, utm_tif, tmp_path_factory) -> Path:
 def engine_side(utm_store, analytic_bundle):
     """The store and model as the engine sees them, to build the same query directly."""
     from unigeo.engine.model import UniGeoModel
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     return EmbeddingStore.open(utm_store), UniGeoModel.load(analytic_bundle)
 

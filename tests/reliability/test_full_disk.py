@@ -44,7 +44,7 @@ sys.exit(main(sys.argv[3:]))
 def wide_store(tmp_path_factory, analytic_bundle) -> Path:
     """A 160 x 200-tile store of random unit vectors, embedded "with" the analytic bundle."""
     from engine.model import UniGeoModel
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     with UniGeoModel.load(analytic_bundle) as model:
         dim, model_hash = model.dim, model.model_hash

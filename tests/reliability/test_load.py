@@ -29,7 +29,7 @@ def _open_fds() -> int:
 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     rng = np.random.default_rng(7)
     grid = TileGrid("EPSG:32633", 10.0, 16, 16, -31_250, 3_125, ROWS, COLS)

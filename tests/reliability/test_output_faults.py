@@ -164,7 +164,7 @@ def test_system_refuses_the_write(kind, point, inputs, run_kind, tmp_path, monke
         if point == "start":  # where each writer first touches the disk
             mp.setattr(tempfile, "mkdtemp", _failing(code, tempfile.mkdtemp))
             mp.setattr(tempfile, "mkstemp", _failing(code, tempfile.mkstemp))
-            mp.setattr("engine.store_guard.open", _failing(code, open), raising=False)
+            mp.setattr("engine.store.npy.guard.open", _failing(code, open), raising=False)
         else:
             mp.setattr(os, "replace", _failing(code, os.replace))
         rc, err = run_kind(kind, argv(kind, out, inputs, 1))

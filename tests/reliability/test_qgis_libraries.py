@@ -92,7 +92,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def test_engine_runs_with_the_system_geo_libraries_loaded_globally(
     good_store, analytic_bundle, tmp_path
 ):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     store = open_store(good_store)
     grid = store.grid

@@ -133,7 +133,7 @@ def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp
     from engine import classify as C
     from engine.model import UniGeoModel
     from engine.similarity import similarity, top_k, write_heatmap, write_hits
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     store = EmbeddingStore.open(good_store)
     scores = similarity(store, np.ones(8, np.float32))

@@ -21,7 +21,7 @@ from engine.cli import main
 from engine.dask_cluster import DaskCluster
 from engine.distributed import embed_distributed
 from engine.errors import EngineError, InputError
-from engine.zarr_store import open_store
+from engine.store import open_store
 
 from .conftest import BLOCK, BUNDLE, ROOT
 from .test_distributed import assert_same_store

@@ -13,7 +13,7 @@ from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.mosaic import source_spec
-from engine.zarr_store import ZarrEmbeddingStore
+from engine.store.zarr import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE
 

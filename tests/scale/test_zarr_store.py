@@ -11,8 +11,10 @@ import shapely
 
 from engine.errors import StoreError
 from engine.grid import TileGrid
-from engine.store import EmbeddingStore, partial_path
-from engine.zarr_store import ZarrEmbeddingStore, open_store
+from engine.store import open_store
+from engine.store.base import partial_path
+from engine.store.npy import EmbeddingStore
+from engine.store.zarr import ZarrEmbeddingStore
 
 pytest.importorskip("zarr")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .grid import Bounds, TileGrid
+from ..errors import InputError
+from ..grid import Bounds, TileGrid
 
 
 class WindowedArray:

@@ -1,4 +1,4 @@
-"""The embedding store (embed once, query many times) and its size-capped LRU cache.
+"""The npy embedding store (embed once, query many times): memory-mapped arrays in a folder.
 
 A store is a folder:
 
@@ -15,45 +15,28 @@ A store is a folder:
 
 A store is written in ``<path>.partial/`` and renamed to ``<path>`` by :meth:`finalize`, so a
 reader never sees a half-written store; an interrupted ``.partial`` can be resumed when its
-grid, model and source still match. What the npy and Zarr stores share (``StoreBase``,
-``new_info``, ``read_description``, ``partial_path``) lives in :mod:`.store_base` and is
-re-exported here.
-
-:class:`StoreCache` keeps stores under ``<cache>/<key>`` and evicts only those (never other
-files or folders that happen to be in the cache folder).
+grid, model and source still match. What the npy and Zarr stores share lives in
+:mod:`.base`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .errors import InputError, StoreError
-from .grid import TileGrid
-
-# the shared store machinery, importable from here as it always was
-from .store_base import (  # noqa: F401
-    STORE_FORMAT_VERSION,
-    StoreBase,
-    new_info,
-    partial_path,
-    read_description,
-)
-from .store_guard import mark_partial, no_space_message, remove_partial, reserve, unmark_partial
+from ..atomic import STORE_JSON, atomic_write_text
+from ..errors import InputError, StoreError
+from ..grid import TileGrid
+from .base import StoreBase, new_info, partial_path, read_description
+from .guard import mark_partial, no_space_message, remove_partial, reserve, unmark_partial
 
 log = logging.getLogger(__name__)
 
-META_FILE = "store.json"
 _ARRAYS = ("embeddings.npy", "valid.npy", "done.npy", "nodata.npy")
 
 
@@ -128,7 +111,7 @@ class EmbeddingStore(StoreBase):
                 del arr
             _reserve_arrays(folder)
             # store.json last: a .partial without it is never resumed
-            atomic_write_text(folder / META_FILE, json.dumps(info, indent=1))
+            atomic_write_text(folder / STORE_JSON, json.dumps(info, indent=1))
             unmark_partial(folder)  # store.json now says whose folder it is
         except OSError as e:
             shutil.rmtree(folder, ignore_errors=True)
@@ -175,7 +158,7 @@ class EmbeddingStore(StoreBase):
         """Merge ``meta`` into store.json's ``meta`` (written atomically)."""
         self._need_writable()
         self.info.setdefault("meta", {}).update(meta)
-        atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
+        atomic_write_text(self.folder / STORE_JSON, json.dumps(self.info, indent=1))
 
     def _close_data(self) -> None:
         """Flush and release the memory maps."""
@@ -186,7 +169,7 @@ class EmbeddingStore(StoreBase):
             setattr(self, name, None)
 
     def _mark_complete(self) -> None:
-        atomic_write_text(self.folder / META_FILE, json.dumps(self.info, indent=1))
+        atomic_write_text(self.folder / STORE_JSON, json.dumps(self.info, indent=1))
 
 
 def _reserve_arrays(folder: Path) -> None:
@@ -203,128 +186,4 @@ def _existing_parent(p: Path) -> Path:
 
 def _read_info(folder: Path) -> dict[str, Any] | None:
     """store.json of ``folder``, None when absent; StoreError when unreadable or too new."""
-    return read_description(folder / META_FILE)
-
-
-class StoreCache:
-    """A folder of stores keyed by source, model and grid, capped at ``max_bytes`` (LRU).
-
-    Only folders this cache made are ever counted or evicted: a folder named like a cache key
-    (64 hex digits, see :meth:`key`) holding an npy store's ``store.json`` or a Zarr store's
-    ``zarr.json`` with UniGeo attributes (plus the ``<key>.partial`` of a store being written,
-    which is counted but never evicted). Anything else in the folder (output rasters, a user's
-    own files or stores) is left alone, so pointing the cache at a shared folder loses nothing.
-    """
-
-    def __init__(self, root: str | Path, max_bytes: int) -> None:
-        self.root = Path(root)
-        self.max_bytes = int(max_bytes)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(source_fingerprint: str, model_hash: str, grid: TileGrid) -> str:
-        """sha256 of source fingerprint, model hash, the grid's lattice and its extent."""
-        extent = (grid.row0, grid.col0, grid.rows, grid.cols)
-        text = json.dumps([source_fingerprint, model_hash, list(grid.lattice_key()), extent])
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def path_for(self, key: str) -> Path:
-        """Where the store of ``key`` lives (finalised) in this cache."""
-        return self.root / key
-
-    def get_or_none(self, key: str) -> EmbeddingStore | None:
-        """The finalised store of ``key`` (and mark it used), or None."""
-        path = self.path_for(key)
-        if not (path / META_FILE).is_file():
-            return None
-        try:
-            store = EmbeddingStore.open(path)
-        except StoreError as e:
-            log.warning("ignoring cached store %s: %s", path, e)
-            return None
-        os.utime(path / META_FILE)  # last-access time drives eviction
-        return store
-
-    def _entries(self) -> list[tuple[float, int, Path]]:
-        """(last used, bytes, folder) of every finalised store of this cache, oldest first."""
-        out = []
-        for d in self._children():
-            marker = _store_marker(d)
-            if marker is not None:
-                out.append((marker.stat().st_mtime, _tree_bytes(d), d))
-        return sorted(out)
-
-    def _children(self) -> list[Path]:
-        try:
-            return [d for d in self.root.iterdir() if _KEY_NAME.fullmatch(d.name) and d.is_dir()]
-        except FileNotFoundError:
-            return []
-
-    def total_bytes(self) -> int:
-        """Bytes held by the cache's stores, unfinished ones (``<key>.partial``) included."""
-        total = 0
-        for d in self._children():
-            if d.name.endswith(".partial") or _store_marker(d) is not None:
-                total += _tree_bytes(d)
-        return total
-
-    def evict(self, keep: tuple[str, ...] = ()) -> list[Path]:
-        """Delete least recently used stores until the cache fits; never an unfinished one.
-
-        Only finalised stores of this cache are candidates (see the class docstring); the
-        stores named in ``keep`` (keys) stay.
-        """
-        removed = []
-        total = self.total_bytes()
-        for _, size, d in self._entries():
-            if total <= self.max_bytes:
-                break
-            if d.name in keep:
-                continue
-            # re-check right before deleting: the folder may have been replaced meanwhile
-            if _store_marker(d) is None:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(d)
-            total -= size
-            removed.append(d)
-        return removed
-
-
-# a cache entry's name: a key (sha256 hex), optionally with the .partial of a store in progress
-_KEY_NAME = re.compile(r"[0-9a-f]{64}(\.partial)?")
-
-
-def _store_marker(folder: Path) -> Path | None:
-    """The file that makes ``folder`` a finalised cache store (its last-use time), else None.
-
-    An npy store's ``store.json``, or a Zarr group's ``zarr.json`` whose attributes carry a
-    UniGeo store description. ``.partial`` folders are never finalised stores.
-    """
-    if folder.name.endswith(".partial"):
-        return None
-    meta = folder / META_FILE
-    if meta.is_file():
-        return meta
-    # imported here: zarr_store imports this module
-    from .zarr_store import ATTR_KEY, ZARR_META
-
-    zmeta = folder / ZARR_META
-    if not zmeta.is_file():
-        return None
-    try:
-        doc = json.loads(zmeta.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None  # not provably ours: never evicted
-    attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    return zmeta if isinstance(attrs, dict) and isinstance(attrs.get(ATTR_KEY), dict) else None
-
-
-def _tree_bytes(folder: Path) -> int:
-    """Bytes of every file under ``folder`` (Zarr chunks sit in nested folders)."""
-    total = 0
-    for base, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):  # a file removed while we walk
-                total += os.stat(os.path.join(base, name)).st_size
-    return total
+    return read_description(folder / STORE_JSON)

@@ -24,16 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, StoreError
-from .grid import TileGrid
-from .store import META_FILE, EmbeddingStore
-from .store_base import StoreBase, new_info, partial_path, read_description
-from .store_guard import mark_partial, remove_partial, unmark_partial
+from ..atomic import STORE_ATTR, ZARR_JSON
+from ..errors import InputError, StoreError
+from ..grid import TileGrid
+from .base import StoreBase, new_info, partial_path, read_description
+from .guard import mark_partial, remove_partial, unmark_partial
 
 log = logging.getLogger(__name__)
-
-ATTR_KEY = "unigeo"
-ZARR_META = "zarr.json"
 
 
 def _zarr() -> Any:
@@ -160,7 +157,7 @@ class ZarrEmbeddingStore(StoreBase):
         group.create_array("done", shape=(info["n_blocks"],), chunks=(1,), dtype="u1", **kw)
         group.create_array("nodata", shape=shape, chunks=(bt, bt), dtype="f2", **kw)
         # the description last: a .partial without it is never resumed
-        group.attrs[ATTR_KEY] = info
+        group.attrs[STORE_ATTR] = info
         unmark_partial(folder)  # the description now says whose folder it is
         return cls(folder, info, "r+")
 
@@ -186,20 +183,22 @@ class ZarrEmbeddingStore(StoreBase):
         """Merge ``meta`` into the description's ``meta`` (zarr.json is replaced atomically)."""
         self._need_writable()
         self.info.setdefault("meta", {}).update(meta)
-        self._group.attrs[ATTR_KEY] = self.info
+        self._group.attrs[STORE_ATTR] = self.info
 
     def _close_data(self) -> None:
         """Nothing to flush: every Zarr chunk is its own file, written when assigned."""
 
     def _mark_complete(self) -> None:
-        self._group.attrs[ATTR_KEY] = self.info
+        self._group.attrs[STORE_ATTR] = self.info
 
 
 def _read_info(folder: Path) -> dict[str, Any] | None:
     """The "unigeo" attributes of the group at ``folder``; None when there is no group."""
     return read_description(
-        folder / ZARR_META,
-        lambda doc: (doc.get("attributes") or {}).get(ATTR_KEY) if isinstance(doc, dict) else None,
+        folder / ZARR_JSON,
+        lambda doc: (doc.get("attributes") or {}).get(STORE_ATTR)
+        if isinstance(doc, dict)
+        else None,
         f"{folder} is a Zarr group but not a UniGeo embedding store",
     )
 
@@ -207,7 +206,7 @@ def _read_info(folder: Path) -> dict[str, Any] | None:
 def is_zarr_store(path: str | Path) -> bool:
     """True when ``path`` (or its ``.partial``) looks like a Zarr group folder."""
     p = Path(path)
-    return (p / ZARR_META).is_file() or (partial_path(p) / ZARR_META).is_file()
+    return (p / ZARR_JSON).is_file() or (partial_path(p) / ZARR_JSON).is_file()
 
 
 def write_block_at(
@@ -239,24 +238,3 @@ def write_block_at(
 def mark_done_at(folder: Path, block_id: int) -> None:
     """Set block ``block_id``'s done marker; written last, so a kill never marks a torn block."""
     _zarr().open_array(folder / "done", mode="r+")[block_id] = 1
-
-
-def open_store(path: str | Path) -> EmbeddingStore | ZarrEmbeddingStore:
-    """Open a finalised embedding store of either kind, chosen by what is on disk.
-
-    Raises:
-        StoreError: nothing at ``path`` is an embedding store (or it is unfinished).
-    """
-    p = Path(path)
-    if (p / ZARR_META).is_file():
-        return ZarrEmbeddingStore.open(p)
-    if (p / META_FILE).is_file():
-        return EmbeddingStore.open(p)
-    part = partial_path(p)
-    if part.exists():
-        raise StoreError(
-            f"the embedding store {p} is unfinished ({part.name} exists); rerun the same "
-            "'embed' command to resume it"
-        )
-    what = "does not exist" if not p.exists() else f"holds neither {META_FILE} nor {ZARR_META}"
-    raise StoreError(f"{p} is not an embedding store ({what}); embed a raster into it first")

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, StoreError
-from .grid import TileGrid
-from .os_errors import output_errors
-from .store_guard import StoreLock, check_target
-from .store_schema import check_description
+from ..errors import InputError, StoreError, output_errors
+from ..grid import TileGrid
+from .guard import StoreLock, check_target
+from .schema import check_description
 
 log = logging.getLogger(__name__)
 

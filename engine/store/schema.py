@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, StoreError
-from .geo import crs as C
+from ..errors import InputError, StoreError
+from ..geo import crs as C
 
 _MAX_DIM = 1 << 16  # no embedding has more dimensions; a larger value is damage
 _MAX_TILES_SIDE = 1 << 31

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -22,8 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import StoreError
-from .os_errors import output_errors
+from ..atomic import store_marker
+from ..errors import StoreError, output_errors
 
 try:  # POSIX
     import fcntl
@@ -34,32 +33,8 @@ try:  # Windows
 except ImportError:
     msvcrt = None  # type: ignore[assignment]
 
-STORE_MARKERS = ("store.json", "zarr.json")
 PARTIAL_MARKER = ".unigeo-partial"
 """Written first into a ``.partial`` folder: the folder is ours even before store.json exists."""
-
-
-def _is_store_folder(p: Path) -> bool:
-    """True for a folder holding an npy store's store.json or a Zarr store's zarr.json."""
-    if (p / "store.json").is_file():
-        return True
-    zmeta = p / "zarr.json"
-    if not zmeta.is_file():
-        return False
-    try:
-        doc = json.loads(zmeta.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    return isinstance(attrs, dict) and isinstance(attrs.get("unigeo"), dict)
-
-
-def enclosing_store(path: str | Path) -> Path | None:
-    """The embedding store folder ``path`` lies in (at any depth), or None."""
-    for parent in Path(path).absolute().parents:
-        if _is_store_folder(parent):
-            return parent
-    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -95,7 +70,7 @@ def _check_target(p: Path, sources: Iterable[str | Path | None]) -> None:
             f"{p} exists and is a file, not an embedding store; UniGeo never replaces it: "
             "choose a folder name that does not exist yet (e.g. scene.store)"
         )
-    if p.is_dir() and not _is_store_folder(p) and any(p.iterdir()):
+    if p.is_dir() and store_marker(p) is None and any(p.iterdir()):
         raise StoreError(
             f"{p} is a folder with other files in it, not an embedding store; UniGeo never "
             "replaces it: choose a new folder name (e.g. scene.store)"
@@ -118,7 +93,7 @@ def input_files(reader: Any) -> list[Path]:
 
 
 def _is_ours(folder: Path) -> bool:
-    return (folder / PARTIAL_MARKER).is_file() or _is_store_folder(folder)
+    return (folder / PARTIAL_MARKER).is_file() or store_marker(folder) is not None
 
 
 def remove_partial(folder: Path) -> None:
