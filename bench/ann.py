@@ -35,11 +35,13 @@ try:
 except ImportError:  # run as a script
     from common import md_table  # type: ignore[no-redef]
 
-from engine.ann import AnnIndex, top_k_ann
 from engine.grid import TileGrid
-from engine.similarity import chunked_dot, similarity, top_k
+from engine.search.ann import AnnIndex, top_k_ann
+from engine.search.hits import top_k
+from engine.search.scoring import chunked_dot
+from engine.search.similarity import similarity
+from engine.search.streaming import top_k_chunked
 from engine.store.npy import EmbeddingStore
-from engine.streaming import top_k_chunked
 
 CRS = "EPSG:32614"
 

@@ -167,7 +167,8 @@ def _query_profile(n: int) -> list[dict[str, Any]]:
 
     import numpy as np
 
-    from engine.similarity import calibrate, similarity
+    from engine.search.calibration import calibrate
+    from engine.search.similarity import similarity
 
     with tempfile.TemporaryDirectory(prefix="unigeo-bench-prof-") as tmp:
         store = query_latency.make_store(Path(tmp) / "s", n)

@@ -47,8 +47,8 @@ from .errors import InputError
 from .geo.geometry import GeometryLike
 from .geo.render import render_for
 from .geo.tiff import hex_to_rgba, publish_tiff, write_grid_raster
-from .query import tiles_in_polygon
-from .similarity import chunked_dot
+from .search.query import tiles_in_polygon
+from .search.scoring import chunked_dot
 
 if TYPE_CHECKING:
     from .model import UniGeoModel

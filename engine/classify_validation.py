@@ -33,7 +33,7 @@ from .classify import (
 )
 from .errors import CancelledError, InputError
 from .geo.geometry import GeometryLike
-from .query import tiles_in_polygon
+from .search.query import tiles_in_polygon
 
 if TYPE_CHECKING:
     from .store.npy import EmbeddingStore

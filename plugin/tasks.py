@@ -92,7 +92,7 @@ def _count(n: int, noun: str) -> str:
 
 def build_query(spec: QuerySpec, store: Any, model: Any) -> Any:
     """Turn a :class:`QuerySpec` into an :class:`engine.query.Query` (encoders run here)."""
-    from ..engine import query as Q
+    from ..engine.search import query as Q
 
     if spec.is_empty():
         raise InputError("the query is empty: type a text, pick a photo or click example places")
@@ -288,7 +288,7 @@ class HeatmapTask(EngineTask):
             return scores
         import numpy as np
 
-        from ..engine.query import tiles_in_polygon
+        from ..engine.search.query import tiles_in_polygon
 
         keep = np.zeros(scores.shape, dtype=bool)
         for wkt, crs in self.mask:
@@ -299,10 +299,10 @@ class HeatmapTask(EngineTask):
         return np.where(keep, scores, np.nan).astype(np.float32)
 
     def work(self) -> HeatmapOutput:
-        from ..engine.domain import domain_warning
+        from ..engine.search.domain import domain_warning
+        from ..engine.search.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
         from ..engine.store import open_store
         from ..engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata
-        from ..engine.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
 
         limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
         store = restrict_nodata(open_store(self.store_path), limit)
@@ -331,7 +331,7 @@ class HeatmapTask(EngineTask):
         """Score, mask to the area, write; returns the best score."""
         import numpy as np
 
-        from ..engine.similarity import similarity, write_heatmap
+        from ..engine.search.similarity import similarity, write_heatmap
 
         scores = similarity(
             store, query, progress=lambda f: self.report(0.1 + 0.8 * f), is_canceled=self.canceled
@@ -414,7 +414,7 @@ class ClassifyTask(EngineTask):
         import numpy as np
 
         from ..engine.classify import write_classification
-        from ..engine.domain import domain_warning
+        from ..engine.search.domain import domain_warning
         from ..engine.store import open_store
         from ..engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata
 

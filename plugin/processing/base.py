@@ -31,10 +31,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ...engine.domain import domain_warning
 from ...engine.errors import InputError
 from ...engine.model import UniGeoModel
-from ...engine.query import Query
+from ...engine.search.domain import domain_warning
+from ...engine.search.query import Query
 from ...engine.store import open_store
 from ...engine.store.npy import EmbeddingStore
 from ...engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata, store_window
@@ -348,7 +348,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         Every example is one term of weight 1, positive or negative, exactly as the UniGeo
         panel (Shift+click, Ctrl+click) and the CLI (``--point``, ``--negative-point``) do.
         """
-        from ...engine import query as Q
+        from ...engine.search import query as Q
 
         with engine_errors():
             parts = self._positive_parts(parameters, context, store, model)
@@ -370,7 +370,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
     ) -> list[tuple[Query, bool]]:
         """``(query, False)`` for each positive example, in a stable order."""
-        from ...engine import query as Q
+        from ...engine.search import query as Q
 
         parts: list[tuple[Query, bool]] = []
         w = self.parameterAsDouble(p, self.GPS_WEIGHT, c)
@@ -397,7 +397,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
     ) -> list[tuple[Query, bool]]:
         """``(query, True)`` for each example to move away from; empty layers add nothing."""
-        from ...engine import query as Q
+        from ...engine.search import query as Q
 
         parts: list[tuple[Query, bool]] = []
         if neg := self.parameterAsString(p, self.NEGATIVE_TEXT, c).strip():
@@ -424,7 +424,7 @@ class QueryAlgorithm(UniGeoAlgorithm):
         ``kw`` holds ``negative`` and, for positives, ``gps_weight`` and ``model``. An error
         names the parameter, the layer and the feature, and the engine's message the point.
         """
-        from ...engine import query as Q
+        from ...engine.search import query as Q
 
         layer = self.parameterAsVectorLayer(p, name, c)
         if layer is None:

@@ -27,7 +27,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...engine.contract import Modality
-from ...engine.query import tiles_in_polygon
+from ...engine.search.query import tiles_in_polygon
 from ...engine.store.npy import EmbeddingStore
 from ..qgis_reader import qgs_crs
 from .base import UniGeoAlgorithm, engine_errors

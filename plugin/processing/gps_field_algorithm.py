@@ -15,11 +15,11 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
-from ...engine import query as Q
 from ...engine.geo.tiff import write_grid_raster
 from ...engine.grid import TileGrid
 from ...engine.model import UniGeoModel
-from ...engine.similarity import write_heatmap
+from ...engine.search import query as Q
+from ...engine.search.similarity import write_heatmap
 from .base import UniGeoAlgorithm, engine_errors, name_output, parse_latlon, provenance
 
 MAX_VALUES = 256_000_000  # cells x bands of the embedding field (1 GB of float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterRasterDestination
 
-from ...engine.streaming import heatmap_auto
+from ...engine.search.streaming import heatmap_auto
 from .base import (
     QueryAlgorithm,
     canceled_of,

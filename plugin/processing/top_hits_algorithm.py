@@ -13,8 +13,8 @@ from qgis.core import (
 )
 
 from ...engine.geo.vector import VECTOR_DRIVERS
-from ...engine.similarity import write_hits
-from ...engine.streaming import hits_auto
+from ...engine.search.hits import write_hits
+from ...engine.search.streaming import hits_auto
 from .base import (
     QueryAlgorithm,
     canceled_of,

@@ -281,7 +281,7 @@ def test_polygon_area_masks_heatmap(qgis_iface, scene, env):
 def test_large_store_heatmap_is_streamed_with_same_scores(qgis_iface, scene, env, monkeypatch):
     """Above CHUNKED_ABOVE_TILES an unmasked heatmap is written chunk by chunk: same cosine band."""
     import rasterio
-    from unigeo.engine import streaming
+    from unigeo.engine.search import streaming
     from unigeo.plugin.controller import AreaChoice, Controller
     from unigeo.plugin.tasks import QuerySpec
 

@@ -151,7 +151,7 @@ def test_unknown_vector_extension_is_refused_before_anything(
 
 # -- concurrency ---------------------------------------------------------------------------------
 def test_two_threads_writing_one_heatmap_leave_one_whole_file(good_store, tmp_path):
-    from engine.similarity import write_heatmap
+    from engine.search.similarity import write_heatmap
     from engine.store import open_store
 
     s = open_store(good_store)
@@ -178,7 +178,7 @@ def test_two_threads_writing_one_heatmap_leave_one_whole_file(good_store, tmp_pa
 def test_a_store_replaced_while_open_keeps_scoring_the_old_vectors(
     run_cli, analytic_bundle, tmp_path
 ):
-    from engine.similarity import similarity
+    from engine.search.similarity import similarity
     from engine.store import open_store
 
     a = write_raster(tmp_path / "a.tif", random_uint8(seed=31))
@@ -252,7 +252,7 @@ def test_dask_embed_into_a_store_another_writer_holds(
 
 
 def test_two_index_builds_at_once_leave_a_valid_index(store):
-    from engine.ann import AnnIndex, default_folder
+    from engine.search.ann import AnnIndex, default_folder
     from engine.store import open_store
 
     s = open_store(store)

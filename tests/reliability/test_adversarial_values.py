@@ -79,7 +79,7 @@ def test_json_nested_100000_deep(what, store, tmp_path, run_cli, analytic_bundle
                                           "--classes", tmp_path / "c.json")))  # fmt: skip
         assert "--classes must be a JSON file" in line
     elif what == "ann index":
-        from engine.ann import AnnIndex
+        from engine.search.ann import AnnIndex
         from engine.store import open_store
 
         (store / "ann").mkdir()

@@ -139,7 +139,7 @@ _KEYS = ["format_version", "dim", "block_tiles", "n_blocks", "model_hash", "sour
 @given(st.lists(st.tuples(st.sampled_from(_KEYS), _values), min_size=1, max_size=3))
 def test_any_store_json_mutation_opens_or_is_a_store_error(good_store, edits):
     """Whatever is put into store.json, opening and scoring the store gives only StoreError."""
-    from engine.similarity import similarity
+    from engine.search.similarity import similarity
     from engine.store import open_store
 
     with tempfile.TemporaryDirectory() as d:

@@ -33,8 +33,8 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-long write fails with EFB
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 if sys.argv[2] == "chunked":
-    import engine.streaming
-    engine.streaming.CHUNKED_ABOVE_TILES = 0  # the row-band GeoTIFF writer
+    import engine.search.streaming
+    engine.search.streaming.CHUNKED_ABOVE_TILES = 0  # the row-band GeoTIFF writer
 from engine.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -90,12 +90,14 @@ def no_network(monkeypatch) -> list[tuple]:
 
 def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster, tmp_path):
     from engine import classify as C
-    from engine import query as Q
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
     from engine.raster.gdal_reader import GdalReader
     from engine.raster.tiling import grid_for_raster
-    from engine.similarity import calibrate, similarity, top_k, write_heatmap, write_hits
+    from engine.search import query as Q
+    from engine.search.calibration import calibrate
+    from engine.search.hits import top_k, write_hits
+    from engine.search.similarity import similarity, write_heatmap
 
     out = tmp_path / "out"
     out.mkdir()
@@ -132,7 +134,8 @@ def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp
 
     from engine import classify as C
     from engine.model import UniGeoModel
-    from engine.similarity import similarity, top_k, write_heatmap, write_hits
+    from engine.search.hits import top_k, write_hits
+    from engine.search.similarity import similarity, write_heatmap
     from engine.store.npy import EmbeddingStore
 
     store = EmbeddingStore.open(good_store)

@@ -69,8 +69,8 @@ def test_finalize_open_and_fancy_indexing(tmp_path):
 
 
 def test_queries_work_on_zarr(tmp_path):
-    from engine.query import region_query
-    from engine.similarity import similarity
+    from engine.search.query import region_query
+    from engine.search.similarity import similarity
 
     z, emb, valid = _filled(tmp_path / "a.zarr")
     scores = similarity(z, np.array([1.0, 0, 0], np.float32))

@@ -21,30 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError
+from ..geo.render import render_for
+from ..geo.tiff import grid_profile, grid_tiff
 from .calibration import Calibration, TieRefiner
-from .errors import InputError
-from .geo.render import render_for
-from .geo.tiff import grid_profile, grid_tiff
+from .hits import Hit, best_subset, check_k, nms, top_k
+from .scoring import check_canceled, chunked_dot, query_vector, row_step
 from .similarity import (
-    _BAND_NAMES,
-    _BAND_TAGS,
-    Hit,
-    _best,
-    _check,
-    _check_k,
-    _heatmap_provenance,
-    _nms,
-    _query_vector,
-    _row_step,
-    chunked_dot,
+    HEATMAP_BAND_TAGS,
+    HEATMAP_BANDS,
+    heatmap_provenance,
     similarity,
-    top_k,
     write_heatmap,
 )
 
 if TYPE_CHECKING:
+    from ..store.npy import EmbeddingStore
     from .query import Query
-    from .store.npy import EmbeddingStore
 
 HIST_BINS = 1 << 20
 """Most bins of :func:`score_histogram` over the cosine range (bin width ~2e-6); smaller stores
@@ -58,7 +51,7 @@ CHUNKED_ABOVE_TILES = 20_000_000
 (an in-memory heatmap of 2*10^7 tiles holds ~160 MB of score and percentile arrays)."""
 
 
-class _Histogram:
+class Histogram:
     """Counts scores into fixed bins over ``[-HIST_LIMIT, HIST_LIMIT]``, a batch at a time."""
 
     def __init__(self, bins: int | None, n_tiles: int) -> None:
@@ -79,8 +72,8 @@ class _Histogram:
             return
         self.vmin = min(self.vmin, float(vals.min()))
         self.vmax = max(self.vmax, float(vals.max()))
-        t = Calibration._t(vals, self.lo, self.scale, self.bins)
-        self.pending.append(Calibration._bin(t, self.bins))
+        t = Calibration.bin_position(vals, self.lo, self.scale, self.bins)
+        self.pending.append(Calibration.bin_index(t, self.bins))
         self.n_pending += vals.size
         # one bincount per ~bins scores: a bincount per small chunk would cost O(bins) each
         if self.n_pending >= self.bins:
@@ -141,7 +134,7 @@ def _histogram_pass(
     runs only when some bin could miss by more than :data:`CAL_MAX_ERROR` and reports no
     progress of its own (it is polled for cancellation like the first).
     """
-    hist = _Histogram(bins, store.grid.n_tiles)
+    hist = Histogram(bins, store.grid.n_tiles)
     for r0, r1, block in chunked_dot(
         store, vec[:, None], chunk_rows, progress, is_canceled, workers
     ):
@@ -178,7 +171,7 @@ def score_histogram(
     second pass (what :func:`write_heatmap_chunked` does), bringing ``max_error`` down to
     :data:`CAL_MAX_ERROR` (unless more than ``bins`` distinct scores would have to be listed).
     """
-    vec = _query_vector(store, qvec)
+    vec = query_vector(store, qvec)
     cal = _histogram_pass(store, vec, bins, chunk_rows, progress, is_canceled, workers, refine)
     if cal is None:
         raise InputError("the store has no valid tile; there is nothing to calibrate against")
@@ -209,7 +202,7 @@ def write_heatmap_chunked(
     (at most ``bins`` scores, ~30 bytes each while merged) and a few chunks. Progress: 0-50 %
     for pass 1, 50-100 % for the writing pass; the tie pass (if any) reports none.
     """
-    vec = _query_vector(store, qvec)
+    vec = query_vector(store, qvec)
     grid = store.grid
     if grid.rows == 0 or grid.cols == 0:
         raise InputError("the store's grid is empty; there is nothing to write")
@@ -223,7 +216,9 @@ def write_heatmap_chunked(
         done = _part(progress, 0.5 if percentiles else 0.0, 1.0)
         with grid_tiff(path, render.out, count, "float32", float("nan")) as tiff:
             tiff.describe(
-                _BAND_NAMES[:count], _BAND_TAGS[:count], _heatmap_provenance(store, provenance)
+                HEATMAP_BANDS[:count],
+                HEATMAP_BAND_TAGS[:count],
+                heatmap_provenance(store, provenance),
             )
             for r0, r1, block in chunked_dot(store, vec[:, None], None, done, is_canceled, workers):
                 rows = _chunk_bands(store, r0, r1, block, cal if percentiles else None, count)
@@ -234,13 +229,13 @@ def write_heatmap_chunked(
         return Path(path)
     tiled = grid_profile(grid, count, "float32", float("nan"))["tiled"]
     # chunks that tile the 256-row GeoTIFF blocks exactly, so each band is written once
-    band = 256 if tiled else _row_step(grid.cols, None)
-    step = band if band != 256 else 1 << (_row_step(grid.cols, None).bit_length() - 1)
+    band = 256 if tiled else row_step(grid.cols, None)
+    step = band if band != 256 else 1 << (row_step(grid.cols, None).bit_length() - 1)
     buf = np.empty((count, band, grid.cols), dtype=np.float32)
     done = _part(progress, 0.5 if percentiles else 0.0, 1.0)
     with grid_tiff(path, grid, count, "float32", float("nan")) as tiff:
-        prov = _heatmap_provenance(store, provenance)
-        tiff.describe(_BAND_NAMES[:count], _BAND_TAGS[:count], prov)
+        prov = heatmap_provenance(store, provenance)
+        tiff.describe(HEATMAP_BANDS[:count], HEATMAP_BAND_TAGS[:count], prov)
         b0 = 0
         for r0, r1, block in chunked_dot(store, vec[:, None], step, done, is_canceled, workers):
             part = buf[0, r0 - b0 : r1 - b0]
@@ -279,7 +274,7 @@ class _Candidates:
         if not vals.size:
             return
         old_cut, old_val = (self.val.min() if full else None), self.val
-        self.idx, self.val = _best(
+        self.idx, self.val = best_subset(
             np.concatenate([self.idx, flat.astype(np.int64)]),
             np.concatenate([old_val, vals]),
             self.m,
@@ -301,7 +296,7 @@ class _Candidates:
         tied = np.searchsorted(asc, val, side="right") - np.searchsorted(asc, val, side="left")
         tied = np.where(val == asc[0], self.at_cut, tied)
         first = n - above - tied  # rank of the tie group's lowest member
-        # (first + last) / 2 in percent, as _calibrate_exact computes it
+        # (first + last) / 2 in percent, as calibrate_exact computes it
         pct = (2 * first + tied - 1) * (50.0 / (n - 1))
         return idx, val, pct.astype(np.float32)
 
@@ -326,8 +321,8 @@ def top_k_chunked(
     :func:`calibrate` gives below ``EXACT_BELOW`` valid tiles and within ``CAL_MAX_ERROR``
     above. ``bins`` is accepted for compatibility and unused (no histogram is needed).
     """
-    _check_k(k, min_distance_tiles)
-    vec = _query_vector(store, qvec)
+    check_k(k, min_distance_tiles)
+    vec = query_vector(store, qvec)
     r = int(min_distance_tiles)
     best = _Candidates(k * (2 * r + 1) ** 2)
     cols = store.grid.cols
@@ -338,7 +333,7 @@ def top_k_chunked(
         best.add(local + r0 * cols, vals)
     if best.n == 0:
         return []
-    return _nms(store.grid, *best.ranked(), k, r)
+    return nms(store.grid, *best.ranked(), k, r)
 
 
 def _use_chunked(store: EmbeddingStore, chunked: bool | None) -> bool:
@@ -365,7 +360,7 @@ def heatmap_auto(
             path, store, qvec, percentiles, provenance, progress, is_canceled
         )
     scores = similarity(store, qvec, progress=progress, is_canceled=is_canceled)
-    _check(is_canceled)
+    check_canceled(is_canceled)
     return write_heatmap(path, store, scores, percentiles, provenance)
 
 
@@ -386,6 +381,6 @@ def hits_auto(
     """
     if _use_chunked(store, chunked):
         return top_k_chunked(store, qvec, k, min_distance_tiles, progress, is_canceled)
-    _check_k(k, min_distance_tiles)
+    check_k(k, min_distance_tiles)
     scores = similarity(store, qvec, progress=progress, is_canceled=is_canceled)
     return top_k(store, scores, k, min_distance_tiles)

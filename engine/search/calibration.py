@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 EXACT_BELOW = 1 << 16
 """:func:`calibrate` ranks fewer valid scores than this exactly (a sort costs < 10 ms there)."""
@@ -66,7 +66,7 @@ class Calibration:
         scale = bins / (hi - lo)
         knot = np.concatenate([[0], np.cumsum(counts)]) - 0.5  # rank at each bin edge
         base, slope = knot[:-1].copy(), np.diff(knot)
-        t0, t1 = cls._t(np.array([vmin, vmax]), lo, scale, bins)
+        t0, t1 = cls.bin_position(np.array([vmin, vmax]), lo, scale, bins)
         j0, j1 = (min(int(t), bins - 1) for t in (t0, t1))
         # the end bins run through (vmin, rank 0) and (vmax, rank n - 1) instead of their edges
         if j0 == j1:
@@ -99,13 +99,13 @@ class Calibration:
         vmin, vmax = float(vals.min()), float(vals.max())
         hi = vmax if vmax > vmin else vmin + 1.0
         scale = bins / (hi - vmin)
-        t = cls._t(vals, vmin, scale, bins, clip=False)  # vmin <= vals <= vmax: no clipping
-        j = cls._bin(t, bins)
+        t = cls.bin_position(vals, vmin, scale, bins, clip=False)  # vmin <= vals <= vmax: no clipping
+        j = cls.bin_index(t, bins)
         cal = cls.from_counts(np.bincount(j, minlength=bins), vmin, hi, vmin, vmax)
         return cal, t, j
 
     @staticmethod
-    def _t(vals: np.ndarray, lo: float, scale: float, bins: int, clip: bool = True) -> np.ndarray:
+    def bin_position(vals: np.ndarray, lo: float, scale: float, bins: int, clip: bool = True) -> np.ndarray:
         """Position of each score in bin units (float64; bins are its integer parts)."""
         t = np.array(vals, dtype=np.float64)  # a copy: it is scaled in place
         t -= lo
@@ -116,7 +116,7 @@ class Calibration:
         return t
 
     @staticmethod
-    def _bin(t: np.ndarray, bins: int) -> np.ndarray:
+    def bin_index(t: np.ndarray, bins: int) -> np.ndarray:
         j = t.astype(np.intp)
         return np.minimum(j, bins - 1, out=j)
 
@@ -134,7 +134,7 @@ class Calibration:
         counts = np.asarray(counts, dtype=np.int64)
         values = np.asarray(values, dtype=np.float32)
         value_counts = np.asarray(value_counts, dtype=np.int64)
-        j = self._bin(self._t(values, self.lo, self.scale, self.bins), self.bins)
+        j = self.bin_index(self.bin_position(values, self.lo, self.scale, self.bins), self.bins)
         listed = np.bincount(j, weights=value_counts, minlength=self.bins)
         whole = (listed == counts) & (counts > 0)
         keep = whole[j]
@@ -143,7 +143,7 @@ class Calibration:
         cum = np.cumsum(value_counts) - value_counts  # listed scores below each value
         less = before + cum - cum[np.searchsorted(j, j)]  # j is sorted: values are
         n = self.n
-        # (first rank + last rank) / 2 of each tie group, as _calibrate_exact computes it
+        # (first rank + last rank) / 2 of each tie group, as calibrate_exact computes it
         pct = (2 * less + value_counts - 1) * (50.0 / (n - 1)) if n > 1 else np.full(j.size, 100.0)
         rest = counts[~whole]
         top = int(rest.max()) if rest.size else 0
@@ -168,8 +168,8 @@ class Calibration:
         out = np.full(scores.shape, np.nan, dtype=np.float32)
         finite = np.isfinite(scores)
         vals = scores[finite]
-        t = self._t(vals, self.lo, self.scale, self.bins)
-        res = self._apply(t, self._bin(t, self.bins))
+        t = self.bin_position(vals, self.lo, self.scale, self.bins)
+        res = self._apply(t, self.bin_index(t, self.bins))
         if self.exact_values.size:  # heavy tie groups: their exact mean rank
             pos = np.minimum(np.searchsorted(self.exact_values, vals), self.exact_values.size - 1)
             hit = self.exact_values[pos] == vals
@@ -198,7 +198,7 @@ class TieRefiner:
 
     def _bins(self, vals: np.ndarray) -> np.ndarray:
         h = self.hist
-        return Calibration._bin(Calibration._t(vals, h.lo, h.scale, h.bins), h.bins)
+        return Calibration.bin_index(Calibration.bin_position(vals, h.lo, h.scale, h.bins), h.bins)
 
     def add(self, vals: np.ndarray) -> None:
         """List the scores of ``vals`` (1-D, finite) that fall in a heavy bin."""
@@ -239,7 +239,7 @@ class TieRefiner:
         return cal.refined(self.hist.counts, self.vals, self.cnts)
 
 
-def _calibrate_exact(scores: np.ndarray) -> np.ndarray:
+def calibrate_exact(scores: np.ndarray) -> np.ndarray:
     """The exact mean-rank percentiles (argsort): the reference :func:`calibrate` falls back on."""
     scores = np.asarray(scores, dtype=np.float32)
     out = np.full(scores.shape, np.nan, dtype=np.float32)
@@ -277,10 +277,10 @@ def calibrate(scores: np.ndarray) -> np.ndarray:
     finite = np.isfinite(scores)
     n = int(np.count_nonzero(finite))
     if n < EXACT_BELOW:
-        return _calibrate_exact(scores)
+        return calibrate_exact(scores)
     cal, t, j = Calibration._fit(scores[finite], CAL_BINS)
     if cal.max_error > CAL_MAX_ERROR:
-        return _calibrate_exact(scores)
+        return calibrate_exact(scores)
     out = np.full(scores.shape, np.nan, dtype=np.float32)
     out[finite] = cal._apply(t, j)
     return out

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .contract import TrainingDomain
-from .errors import InputError
-from .geo import crs as C
-from .grid import TileGrid
+from ..contract import TrainingDomain
+from ..errors import InputError
+from ..geo import crs as C
+from ..grid import TileGrid
 
 if TYPE_CHECKING:
-    from .store.npy import EmbeddingStore
+    from ..store.npy import EmbeddingStore
 
 WGS84 = "EPSG:4326"
 _GSD_RTOL = 1e-6  # a GSD equal to a range end (up to rounding) is in range

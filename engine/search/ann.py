@@ -27,24 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, atomic_write_text
-from .errors import EngineError, InputError, StoreError
-from .similarity import (
-    _F16_RESCALE,
-    Calibration,
-    Hit,
-    _check,
-    _check_k,
-    _nms,
-    _query_vector,
-    _row_step,
-    _widen_f16_bits,
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..errors import EngineError, InputError, StoreError
+from .calibration import Calibration
+from .hits import Hit, check_k, nms
+from .scoring import (
+    F16_RESCALE,
+    check_canceled,
     check_scores,
+    query_vector,
+    row_step,
+    widen_f16_bits,
 )
 
 if TYPE_CHECKING:
+    from ..store.npy import EmbeddingStore
     from .query import Query
-    from .store.npy import EmbeddingStore
 
 ANN_FORMAT_VERSION = 1
 ANN_DIR = "ann"
@@ -110,16 +108,16 @@ def _valid_chunks(
     """
     emb = store.embeddings
     rows, cols, dim = emb.shape
-    step = _row_step(cols, None)
+    step = row_step(cols, None)
     buf = np.empty((step * cols, dim), np.int32)
     for r0 in range(0, rows, step):
-        _check(is_canceled)
+        check_canceled(is_canceled)
         r1 = min(rows, r0 + step)
         keep = np.flatnonzero(np.asarray(store.valid[r0:r1], dtype=bool).reshape(-1))
         if keep.size:
             src = np.asarray(emb[r0:r1]).reshape(-1, dim)[keep]
             if src.dtype == np.float16:
-                vecs = _widen_f16_bits(src, buf[: len(src)]) * _F16_RESCALE  # exact: 2^112
+                vecs = widen_f16_bits(src, buf[: len(src)]) * F16_RESCALE  # exact: 2^112
             else:
                 vecs = src.astype(np.float32)
             ids = keep.astype(np.int64) + r0 * cols
@@ -355,8 +353,8 @@ def top_k_ann(
     ``nprobe = nlist``) the hits equal ``top_k``'s. Percentiles come from ``calibration`` if
     given, else from the index's sample of tiles (an estimate: see :data:`SAMPLE_SIZE`).
     """
-    _check_k(k, min_distance_tiles)
-    vec = _query_vector(store, qvec)
+    check_k(k, min_distance_tiles)
+    vec = query_vector(store, qvec)
     r = int(min_distance_tiles)
     rows, cols, _ = index.search(vec, k * (2 * r + 1) ** 2, nprobe)
     if rows.size == 0:
@@ -368,4 +366,4 @@ def top_k_ann(
     if calibration is None:
         calibration = index.sample_calibration(vec)
     scores = scores[order]
-    return _nms(store.grid, flat[order], scores, calibration.percentiles(scores), k, r)
+    return nms(store.grid, flat[order], scores, calibration.percentiles(scores), k, r)
