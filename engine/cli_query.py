@@ -284,8 +284,9 @@ def read_classes(path: str) -> dict[str, list[str]]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify every tile; writes the class and confidence GeoTIFFs (and, few-shot, a report)."""
-    from . import classify as C
-    from . import classify_validation as V
+    from .classify import land_use as C
+    from .classify import report as R
+    from .classify import validation as V
 
     if args.report and not args.examples:
         raise InputError("--report validates few-shot classification: give --examples too")
@@ -297,7 +298,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         pairs, crs = read_examples(args.examples, args.class_field)
         result = C.from_examples(store, pairs, method=args.method, crs=crs)
         # validate before writing anything: a bad --report path fails early
-        paths = V.report_paths(args.report or V.default_report_path(args.out))
+        paths = R.report_paths(args.report or R.default_report_path(args.out))
         report = V.cross_validate(
             store, pairs, args.method, crs, folds=args.folds, min_confidence=args.min_confidence
         )
@@ -317,7 +318,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         n_low, idx = result.params["uncertain_tiles"], result.params["uncertain_class"]
         print(f"         {n_low} tiles below {args.min_confidence:g} -> class {idx} 'uncertain'")
     if report is not None:
-        V.write_validation_report(paths[".json"], report, provenance=prov)
+        R.write_validation_report(paths[".json"], report, provenance=prov)
         print(f"report   {paths['.json']} (+ .html, .md)\n         {report.summary()}")
     _print_notes(result, report)
     return 0
@@ -325,12 +326,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _classify_outputs(args: argparse.Namespace) -> str:
     """Check every path ``classify`` will write (before any work); returns the confidence path."""
-    from . import classify_validation as V
+    from .classify import report as R
 
     conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
     outputs = {"--out": args.out, "--confidence": conf}
     if args.examples:
-        rep = V.report_paths(args.report or V.default_report_path(args.out))
+        rep = R.report_paths(args.report or R.default_report_path(args.out))
         outputs.update({f"the {k} report": v for k, v in rep.items()})
     inputs = {"the store": args.store, "--examples": args.examples, "--classes": args.classes}
     check_paths(outputs, inputs)

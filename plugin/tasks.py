@@ -393,7 +393,7 @@ class ClassifyTask(EngineTask):
         self.provenance = dict(provenance or {})
 
     def _classify(self, store: Any) -> Any:
-        from ..engine import classify as C
+        from ..engine.classify import land_use as C
 
         if self.spec.zero_shot:
             prompts = self.spec.class_prompts
@@ -413,7 +413,7 @@ class ClassifyTask(EngineTask):
     def work(self) -> ClassifyOutput:
         import numpy as np
 
-        from ..engine.classify import write_classification
+        from ..engine.classify.land_use import write_classification
         from ..engine.search.domain import domain_warning
         from ..engine.store import open_store
         from ..engine.store.window import DEFAULT_MAX_NODATA, restrict_nodata

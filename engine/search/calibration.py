@@ -99,13 +99,17 @@ class Calibration:
         vmin, vmax = float(vals.min()), float(vals.max())
         hi = vmax if vmax > vmin else vmin + 1.0
         scale = bins / (hi - vmin)
-        t = cls.bin_position(vals, vmin, scale, bins, clip=False)  # vmin <= vals <= vmax: no clipping
+        t = cls.bin_position(
+            vals, vmin, scale, bins, clip=False
+        )  # vmin <= vals <= vmax: no clipping
         j = cls.bin_index(t, bins)
         cal = cls.from_counts(np.bincount(j, minlength=bins), vmin, hi, vmin, vmax)
         return cal, t, j
 
     @staticmethod
-    def bin_position(vals: np.ndarray, lo: float, scale: float, bins: int, clip: bool = True) -> np.ndarray:
+    def bin_position(
+        vals: np.ndarray, lo: float, scale: float, bins: int, clip: bool = True
+    ) -> np.ndarray:
         """Position of each score in bin units (float64; bins are its integer parts)."""
         t = np.array(vals, dtype=np.float64)  # a copy: it is scaled in place
         t -= lo

@@ -53,7 +53,7 @@ class ClassifyDialog(QDialog):
         lay = QVBoxLayout(self)
         mode, why = "zero-shot", ""
         if bundle is not None:
-            from ...engine.class_prompts import default_classify_mode
+            from ...engine.classify.prompts import default_classify_mode
 
             mode, why = default_classify_mode(bundle)
         self.advice = QLabel(why)

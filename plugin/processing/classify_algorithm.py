@@ -15,8 +15,9 @@ from qgis.core import (
     QgsProcessingParameterVectorLayer,
 )
 
-from ...engine import classify as C
-from ...engine import classify_validation as V
+from ...engine.classify import land_use as C
+from ...engine.classify import report as R
+from ...engine.classify import validation as V
 from .base import UniGeoAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
 
 METHODS = ("prototype", "logreg")
@@ -151,7 +152,7 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
                 rep = V.cross_validate(
                     *args, min_confidence=min_conf, is_canceled=cb["is_canceled"]
                 )
-                V.write_validation_report(report_path, rep, provenance=prov)
+                R.write_validation_report(report_path, rep, provenance=prov)
                 _log_report(feedback, rep)
         feedback.pushInfo(f"{result.method}: {', '.join(result.classes)}")
         if result.warning:
@@ -175,7 +176,7 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
             return ""
         if path:
             with engine_errors():
-                V.report_paths(path)  # a wrong suffix fails before any work
+                R.report_paths(path)  # a wrong suffix fails before any work
         return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.classify import LOW_MARGIN, resolve_prompts, zero_shot, zero_shot_warning
+from engine.classify.land_use import LOW_MARGIN, resolve_prompts, zero_shot, zero_shot_warning
 from engine.cli_query import read_classes
 from engine.contract import BundleSpec, Modality
 from engine.errors import InputError, ModelContractError

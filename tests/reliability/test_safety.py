@@ -89,7 +89,7 @@ def no_network(monkeypatch) -> list[tuple]:
 
 
 def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster, tmp_path):
-    from engine import classify as C
+    from engine.classify import land_use as C
     from engine.embed import embed_raster
     from engine.model import UniGeoModel
     from engine.raster.gdal_reader import GdalReader
@@ -132,7 +132,7 @@ def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp
     """Every writer fails midway (the GDAL/OGR write raises): nothing but the old file remains."""
     from osgeo import gdal, ogr
 
-    from engine import classify as C
+    from engine.classify import land_use as C
     from engine.model import UniGeoModel
     from engine.search.hits import top_k, write_hits
     from engine.search.similarity import similarity, write_heatmap

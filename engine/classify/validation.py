@@ -19,71 +19,27 @@ grey), so "uncertain" stays distinct from nodata (255) in the written class rast
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .classify import (
-    DEFAULT_TEMPERATURE,
-    Classification,
-    _Linear,
-    _softmax,
-    fit_classifier,
-)
-from .errors import CancelledError, InputError
-from .geo.geometry import GeometryLike
-from .search.query import tiles_in_polygon
+from ..errors import CancelledError, InputError
+from ..geo.geometry import GeometryLike
+from ..search.query import tiles_in_polygon
+from .fit import Linear, fit_classifier, softmax
+from .land_use import Classification
+from .prompts import DEFAULT_TEMPERATURE
+from .report import ValidationReport
 
 if TYPE_CHECKING:
-    from .store.npy import EmbeddingStore
+    from ..store.npy import EmbeddingStore
 
 UNCERTAIN = "uncertain"  # name of the class given to tiles below min_confidence
 UNCERTAIN_COLOR = "#9e9e9e"
 # Tile accuracies are correlated within polygons, so a gain smaller than this over the better
 # of the two baselines is treated as no gain (a rule of thumb, not a significance test).
 NOT_BETTER_MARGIN = 0.05
-
-
-@dataclass
-class ValidationReport:
-    """Polygon-grouped k-fold cross-validation of a few-shot classifier."""
-
-    method: str  # "prototype" or "logreg"
-    classes: list[str]  # all labelled classes; index i is row/column i of ``confusion``
-    folds: int  # folds requested
-    folds_used: int  # folds run (fewer when no class has that many polygons); 0 = none
-    seed: int  # seed of the fold assignment
-    polygons: dict[str, int]  # class -> polygon groups with tiles
-    tiles: dict[str, int]  # class -> example tiles
-    not_validatable: dict[str, str]  # class -> why it was not tested
-    confusion: list[list[int]]  # [true][predicted] test-tile counts
-    per_class: dict[str, dict[str, Any]]  # class -> precision, recall, f1, tested, folds
-    accuracy: float | None  # share of test tiles classified right (None: nothing tested)
-    balanced_accuracy: float | None  # mean recall over the tested classes
-    baseline_accuracy: float | None  # training-fold majority class, same folds
-    chance_accuracy: float | None  # expected accuracy of guessing by training class shares
-    fold_accuracy: list[float]  # accuracy of each fold
-    empty_polygons: int = 0  # labelled polygons with no valid tile centre inside
-    min_confidence: float | None = None  # threshold that coverage/confident_accuracy use
-    coverage: float | None = None  # share of test tiles at or above min_confidence
-    confident_accuracy: float | None = None  # accuracy on those tiles
-    warnings: list[str] = field(default_factory=list)  # what a reader should know
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict."""
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One line: accuracy against the baseline, or why nothing was validated."""
-        if self.accuracy is None:
-            return "cross-validation: nothing to validate (" + "; ".join(self.warnings) + ")"
-        return (
-            f"cross-validated accuracy {self.accuracy:.3f} (majority baseline "
-            f"{self.baseline_accuracy:.3f}, chance {self.chance_accuracy:.3f}, balanced "
-            f"{self.balanced_accuracy:.3f}), "
-            f"{self.folds_used} folds grouped by polygon"
-        )
 
 
 @dataclass
@@ -169,10 +125,10 @@ def assign_folds(
     return fold, k
 
 
-def _predict(lin: _Linear, x: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def _predict(lin: Linear, x: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     """Class and softmax confidence, exactly as :func:`engine.classify.from_examples` gives."""
     logits = x @ lin.weight + lin.bias
-    prob = _softmax(logits * np.float32(1.0 / temperature if lin.cosine else 1.0))
+    prob = softmax(logits * np.float32(1.0 / temperature if lin.cosine else 1.0))
     return prob.argmax(axis=-1), prob.max(axis=-1)
 
 
@@ -389,14 +345,3 @@ def _thresholds(classes: list[str], spec: float | Mapping[str, float]) -> np.nda
     if any(np.isnan(v) or v > 1.0 for v in vals):
         raise InputError(f"min_confidence must be a number up to 1, got {spec}")
     return np.asarray(vals, np.float32)
-
-
-# Rendering and writing live in .classify_report (imported last: it needs ValidationReport).
-from .classify_report import (  # noqa: E402,F401  (re-exported)
-    REPORT_SUFFIXES,
-    default_report_path,
-    render_html,
-    render_markdown,
-    report_paths,
-    write_validation_report,
-)

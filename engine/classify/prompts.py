@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .contract import BundleSpec
+    from ..contract import BundleSpec
 
 DEFAULT_TEMPERATURE = 0.01  # only when a bundle declares no logit_scale (and few-shot prototypes)
 MIN_ZERO_SHOT_ACCURACY = 0.5  # a declared zero-shot accuracy below this gives a warning
@@ -27,7 +27,7 @@ GAP_BIN = 0.0005  # width of the cosine-gap histogram bins (gaps lie in [0, 2])
 GAP_BINS = np.arange(4001) * GAP_BIN  # bin edges
 
 
-def _gap_stats(hist: np.ndarray) -> tuple[float | None, float | None]:
+def gap_stats(hist: np.ndarray) -> tuple[float | None, float | None]:
     """(median cosine gap, share of gaps below :data:`LOW_MARGIN`) from a gap histogram."""
     n = int(hist.sum())
     if n == 0:
@@ -156,7 +156,7 @@ def default_classify_mode(
     )
 
 
-def _temperature(bundle: BundleSpec, temperature: float | None) -> tuple[float, str]:
+def temperature_for(bundle: BundleSpec, temperature: float | None) -> tuple[float, str]:
     """The softmax temperature and where it came from ("given", "bundle", "fallback")."""
     if temperature is not None:
         t, source = float(temperature), "given"

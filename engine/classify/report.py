@@ -1,7 +1,7 @@
-"""Few-shot validation reports: Markdown, HTML and JSON beside the class raster, all or none.
+"""Few-shot validation reports: what cross-validation found, as JSON, HTML and Markdown, all or none.
 
-Rendering and writing of :class:`.classify_validation.ValidationReport`; that module re-exports
-these names.
+:class:`ValidationReport` is filled by :func:`~.validation.cross_validate`; this module renders
+and writes it beside the class raster.
 """
 
 from __future__ import annotations
@@ -9,14 +9,54 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .atomic import atomic_path, check_output_target
-from .errors import InputError
+from ..atomic import atomic_path, check_output_target
+from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .classify_validation import ValidationReport
+
+@dataclass
+class ValidationReport:
+    """Polygon-grouped k-fold cross-validation of a few-shot classifier."""
+
+    method: str  # "prototype" or "logreg"
+    classes: list[str]  # all labelled classes; index i is row/column i of ``confusion``
+    folds: int  # folds requested
+    folds_used: int  # folds run (fewer when no class has that many polygons); 0 = none
+    seed: int  # seed of the fold assignment
+    polygons: dict[str, int]  # class -> polygon groups with tiles
+    tiles: dict[str, int]  # class -> example tiles
+    not_validatable: dict[str, str]  # class -> why it was not tested
+    confusion: list[list[int]]  # [true][predicted] test-tile counts
+    per_class: dict[str, dict[str, Any]]  # class -> precision, recall, f1, tested, folds
+    accuracy: float | None  # share of test tiles classified right (None: nothing tested)
+    balanced_accuracy: float | None  # mean recall over the tested classes
+    baseline_accuracy: float | None  # training-fold majority class, same folds
+    chance_accuracy: float | None  # expected accuracy of guessing by training class shares
+    fold_accuracy: list[float]  # accuracy of each fold
+    empty_polygons: int = 0  # labelled polygons with no valid tile centre inside
+    min_confidence: float | None = None  # threshold that coverage/confident_accuracy use
+    coverage: float | None = None  # share of test tiles at or above min_confidence
+    confident_accuracy: float | None = None  # accuracy on those tiles
+    warnings: list[str] = field(default_factory=list)  # what a reader should know
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line: accuracy against the baseline, or why nothing was validated."""
+        if self.accuracy is None:
+            return "cross-validation: nothing to validate (" + "; ".join(self.warnings) + ")"
+        return (
+            f"cross-validated accuracy {self.accuracy:.3f} (majority baseline "
+            f"{self.baseline_accuracy:.3f}, chance {self.chance_accuracy:.3f}, balanced "
+            f"{self.balanced_accuracy:.3f}), "
+            f"{self.folds_used} folds grouped by polygon"
+        )
+
 
 REPORT_SUFFIXES = (".json", ".html", ".md")
 

@@ -29,30 +29,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import staging_folder
-from .class_prompts import (
+from ..atomic import staging_folder
+from ..contract import Modality
+from ..errors import InputError
+from ..geo.geometry import GeometryLike
+from ..geo.render import render_for
+from ..geo.tiff import hex_to_rgba, publish_tiff, write_grid_raster
+from ..search.query import tiles_in_polygon
+from ..search.scoring import chunked_dot
+from .fit import Linear, fit_classifier, normalise_rows, softmax
+from .prompts import (
     DEFAULT_TEMPERATURE,
     GAP_BIN,
     GAP_BINS,
     LOW_MARGIN,
-    MIN_ZERO_SHOT_ACCURACY,  # noqa: F401 - re-exported
-    NEAR_TIE_SHARE,  # noqa: F401 - re-exported
-    _gap_stats,
-    _temperature,
+    gap_stats,
     resolve_prompts,
+    temperature_for,
     zero_shot_warning,
 )
-from .contract import Modality
-from .errors import InputError
-from .geo.geometry import GeometryLike
-from .geo.render import render_for
-from .geo.tiff import hex_to_rgba, publish_tiff, write_grid_raster
-from .search.query import tiles_in_polygon
-from .search.scoring import chunked_dot
 
 if TYPE_CHECKING:
-    from .model import UniGeoModel
-    from .store.npy import EmbeddingStore
+    from ..model import UniGeoModel
+    from ..store.npy import EmbeddingStore
 
 NODATA_CLASS = -1  # in Classification.class_raster
 FILE_NODATA = 255  # in the written uint8 class raster
@@ -73,32 +72,9 @@ class Classification:
     warning: str = ""  # why the result should not be trusted (zero-shot), "" if no reason known
 
 
-@dataclass(frozen=True)
-class _Linear:
-    """Logits = x @ weight + bias; ``cosine`` marks unit-norm prototype weights."""
-
-    weight: np.ndarray  # [D, C] float32
-    bias: np.ndarray  # [C] float32
-    cosine: bool
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
-
-
-def _normalise_rows(m: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(m, axis=-1, keepdims=True)
-    if np.any(n == 0):
-        raise InputError("a class prototype is a zero vector; check its prompts or examples")
-    return (m / n).astype(np.float32)
-
-
 def _apply(
     store: EmbeddingStore,
-    lin: _Linear,
+    lin: Linear,
     temperature: float,
     confidence: str,
     progress: Callable[[float], None] | None,
@@ -133,7 +109,7 @@ def _apply(
             conf[r0:r1] = gap
         else:
             scale = 1.0 / temperature if lin.cosine else 1.0
-            conf[r0:r1] = _softmax(logits * np.float32(scale)).max(axis=-1)
+            conf[r0:r1] = softmax(logits * np.float32(scale)).max(axis=-1)
     cls[~valid] = NODATA_CLASS
     conf[~valid] = np.nan
     return cls, conf, hist
@@ -182,15 +158,15 @@ def zero_shot(
     prompts, templated = resolve_prompts(class_prompts, model.bundle, templates)
     if len(prompts) < 2:
         raise InputError("zero-shot classification needs at least two classes with prompts")
-    temp, source = _temperature(model.bundle, temperature)
+    temp, source = temperature_for(model.bundle, temperature)
     protos = [
-        _normalise_rows(np.asarray(model.encode_text(plist), dtype=np.float32)).mean(axis=0)
+        normalise_rows(np.asarray(model.encode_text(plist), dtype=np.float32)).mean(axis=0)
         for plist in prompts.values()
     ]
-    weight = _normalise_rows(np.stack(protos)).T
-    lin = _Linear(weight, np.zeros(weight.shape[1], np.float32), cosine=True)
+    weight = normalise_rows(np.stack(protos)).T
+    lin = Linear(weight, np.zeros(weight.shape[1], np.float32), cosine=True)
     cls, conf, hist = _apply(store, lin, temp, confidence, progress, is_canceled)
-    median, share = _gap_stats(hist)
+    median, share = gap_stats(hist)
     warning = zero_shot_warning(model.bundle, share, scale_declared=source != "fallback")
     classes = list(prompts)
     params = {
@@ -226,47 +202,6 @@ def gather_examples(
     y = np.concatenate([np.full(len(x), i) for i, x in enumerate(xs)]) if xs else np.empty(0)
     x = np.concatenate(xs) if xs else np.empty((0, store.dim), np.float32)
     return x, y.astype(np.int64), classes
-
-
-def fit_logreg(
-    x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, iters: int = 300
-) -> _Linear:
-    """Multinomial logistic regression by Nesterov gradient descent, folded into raw-x weights.
-
-    Features are standardised first (embedding dims have tiny, uneven spreads), classes are
-    weighted inversely to their tile count so one large polygon does not swamp the others, and
-    the start is all zeros, so the fit is deterministic.
-    """
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    z = ((x - mu) / sd).astype(np.float64)
-    n, d = z.shape
-    onehot = np.eye(n_classes)[y]
-    sw = (n / (n_classes * np.bincount(y, minlength=n_classes)))[y][:, None]
-    # step 1/L, L bounding the gradient's Lipschitz constant (the +n accounts for the bias)
-    lr = 1.0 / (0.5 * (np.linalg.norm(z, ord=2) ** 2 + n) * sw.max() / n + l2)
-    w, b = np.zeros((d, n_classes)), np.zeros(n_classes)
-    vw, vb = w.copy(), b.copy()
-    for t in range(iters):
-        mom = t / (t + 3.0)
-        lw, lb = w + mom * vw, b + mom * vb
-        g = sw * (_softmax(z @ lw + lb) - onehot) / n
-        gw, gb = z.T @ g + l2 * lw, g.sum(axis=0)
-        vw, vb = mom * vw - lr * gw, mom * vb - lr * gb
-        w, b = w + vw, b + vb
-    weight = w / sd[:, None]
-    return _Linear(weight.astype(np.float32), (b - (mu / sd) @ w).astype(np.float32), False)
-
-
-def fit_classifier(x: np.ndarray, y: np.ndarray, n: int, method: str, l2: float = 1e-2) -> _Linear:
-    """The few-shot classifier of ``method``: nearest class mean (cosine) or logistic regression.
-
-    One place for :func:`from_examples` and the cross-validation of
-    :mod:`.classify_validation`, so the validated classifier is the one that maps.
-    """
-    if method == "prototype":
-        protos = np.stack([x[y == i].mean(axis=0) for i in range(n)])
-        return _Linear(_normalise_rows(protos).T, np.zeros(n, np.float32), True)
-    return fit_logreg(x, y, n, l2=l2)
 
 
 def from_examples(
