@@ -27,7 +27,7 @@ except ImportError:  # run as a script
     from common import ROOT, time_fn, time_interleaved  # type: ignore[no-redef]
 
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed.job import embed_raster
 from engine.model import UniGeoModel
 from engine.raster.batch import read_batch
 from engine.raster.gdal_reader import GdalReader

@@ -136,7 +136,7 @@ def _e2e_profile() -> list[dict[str, Any]]:
     import shutil
     import tempfile
 
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
     from engine.raster.gdal_reader import GdalReader
     from engine.raster.tiling import grid_for_raster

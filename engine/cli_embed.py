@@ -164,7 +164,7 @@ def _print_plan(
     from pathlib import Path
 
     from .contract import Modality
-    from .embed_plan import plan_embedding, recorded_tiles_per_s
+    from .embed.plan import plan_embedding, recorded_tiles_per_s
 
     out = Path(args.out)
     # rates recorded by earlier stores of this model beside the output (and a store it replaces)
@@ -210,7 +210,7 @@ def _embed_local(
     args: argparse.Namespace, model: Any, reader: Any, grid: Any, modality: Any
 ) -> tuple[Any, str]:
     """Embed in this process with a progress bar; returns ``(store, where it ran)``."""
-    from .embed import embed_raster
+    from .embed.job import embed_raster
 
     bar, update = progress_bar("embed")
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .contract import Modality
-from .embed import encode_into
+from .embed.job import encode_into
 from .errors import InputError, ModelContractError, RasterInputError
 from .grid import TileGrid
 from .raster.batch import read_chips

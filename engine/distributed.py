@@ -34,7 +34,7 @@ from .dask_worker import (  # noqa: F401  (the task's names, importable from her
     warm,
     worker_state,
 )
-from .embed import check_model
+from .embed.job import check_model
 from .errors import CancelledError, InputError, StoreError
 from .geo.render import footprint_meta
 from .grid import TileGrid

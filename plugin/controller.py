@@ -231,7 +231,7 @@ class Controller(QObject):
 
         Returns False when the user declined (nothing is started then).
         """
-        from ..engine.embed_plan import plan_embedding, recorded_tiles_per_s
+        from ..engine.embed.plan import plan_embedding, recorded_tiles_per_s
 
         rate = recorded_tiles_per_s([cache], model.model_hash)
         plan = plan_embedding(reader, grid, model.bundle.training_domain, tiles_per_s=rate)

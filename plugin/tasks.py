@@ -232,7 +232,7 @@ class EmbedTask(EngineTask):
 
     def work(self) -> str:
         from ..engine.contract import Modality
-        from ..engine.embed import embed_raster
+        from ..engine.embed.job import embed_raster
 
         store = embed_raster(
             self.model,

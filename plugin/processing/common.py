@@ -58,7 +58,7 @@ def warn_before_embedding(
 
     ``folders`` hold earlier stores whose recorded throughput makes the estimate (the cache).
     """
-    from ...engine.embed_plan import plan_embedding, recorded_tiles_per_s
+    from ...engine.embed.plan import plan_embedding, recorded_tiles_per_s
 
     rate = recorded_tiles_per_s(folders, model.model_hash)
     domain = model.bundle.training_domain
@@ -114,7 +114,7 @@ def embed_cached(
     stride_px: int | None = None,
 ) -> EmbeddingStore:
     """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
-    from ...engine.embed import embed_raster
+    from ...engine.embed.job import embed_raster
     from ...engine.raster.tiling import grid_for_raster
 
     s = Settings.load()

@@ -17,7 +17,7 @@ from qgis.core import (
 )
 
 from ...engine.contract import Modality
-from ...engine.embed import embed_raster
+from ...engine.embed.job import embed_raster
 from ...engine.errors import RasterInputError
 from ...engine.geo.tiff import write_grid_raster
 from ...engine.model import UniGeoModel

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed.job import embed_raster
 from engine.errors import CancelledError, InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
 from engine.raster.batch import read_chips

@@ -281,7 +281,7 @@ def coarse_layer(coarse_tif, qgis_new_project):
 def test_controller_warns_and_asks_before_a_very_large_embedding(
     qgis_iface, coarse_layer, unigeo_settings, monkeypatch
 ):
-    import unigeo.engine.embed_plan as plan
+    import unigeo.engine.embed.plan as plan
     from qgis.core import Qgis
     from unigeo.plugin.controller import AreaChoice, Controller
     from unigeo.plugin.tasks import EmbedTask, QuerySpec

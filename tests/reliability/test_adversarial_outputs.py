@@ -206,7 +206,7 @@ def test_a_stale_lock_file_of_a_killed_writer_does_not_block(
 
 
 def test_two_threads_embedding_one_store(analytic_bundle, tmp_path):
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
     from engine.raster.gdal_reader import GdalReader
     from engine.raster.tiling import grid_for_raster

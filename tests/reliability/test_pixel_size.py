@@ -17,7 +17,7 @@ import pytest
 from affine import Affine
 
 from engine.contract import Preprocess, TrainingDomain
-from engine.embed_plan import (
+from engine.embed.plan import (
     ASSUMED_TILES_PER_S,
     LARGE_JOB_S,
     duration_text,

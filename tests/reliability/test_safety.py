@@ -90,7 +90,7 @@ def no_network(monkeypatch) -> list[tuple]:
 
 def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster, tmp_path):
     from engine.classify import land_use as C
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
     from engine.raster.gdal_reader import GdalReader
     from engine.raster.tiling import grid_for_raster

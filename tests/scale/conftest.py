@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed.job import embed_raster
 from engine.grid import TileGrid
 from engine.model import UniGeoModel
 from engine.raster.gdal_reader import GdalReader

@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .contract import EncoderSpec, Modality
-from .errors import CancelledError, InputError, ModelContractError, StoreError
-from .geo.render import footprint_meta
-from .grid import TileGrid
-from .raster.batch import Cell, read_chips
-from .raster.reader import RasterReader
-from .store.guard import check_target, input_files
-from .store.npy import EmbeddingStore
+from ..contract import EncoderSpec, Modality
+from ..errors import CancelledError, InputError, ModelContractError, StoreError
+from ..geo.render import footprint_meta
+from ..grid import TileGrid
+from ..raster.batch import Cell, read_chips
+from ..raster.reader import RasterReader
+from ..store.guard import check_target, input_files
+from ..store.npy import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

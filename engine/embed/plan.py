@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import TrainingDomain
-from .errors import EngineError
-from .grid import TileGrid
-from .raster.tiling import raster_gsd_m
-from .search.domain import grid_gsd_m, gsd_out_of_range
+from ..contract import TrainingDomain
+from ..errors import EngineError
+from ..grid import TileGrid
+from ..raster.tiling import raster_gsd_m
+from ..search.domain import grid_gsd_m, gsd_out_of_range
 
 ASSUMED_TILES_PER_S = 150.0
 """Tiles per second when no earlier store recorded a rate. docs/PERFORMANCE.md measured 404-544
