@@ -242,7 +242,7 @@ def _scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
         if any(tls) or args.insecure or args.no_dashboard:
             raise InputError("--tls-*, --insecure and --no-dashboard need --scheduler")
         return {}
-    from .dask_security import check_address, tls_security
+    from .scale.security import check_address, tls_security
 
     secure = args.scheduler.startswith("tls://")
     local = check_address(args.scheduler, args.insecure)
@@ -264,7 +264,7 @@ def _embed_dask(
     """Embed on the Dask scheduler ``--scheduler`` into a Zarr store; returns the store."""
     import shutil
 
-    from .distributed import embed_distributed
+    from .scale.distributed import embed_distributed
     from .store.base import partial_path
 
     if args.no_resume:

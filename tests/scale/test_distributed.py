@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.distributed import embed_distributed, model_loads
+from engine.scale.distributed import embed_distributed, model_loads
 from engine.store import open_store
 from engine.store.zarr import ZarrEmbeddingStore
 

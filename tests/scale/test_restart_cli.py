@@ -16,7 +16,7 @@ import pytest
 import rasterio
 
 from engine.cli import main
-from engine.distributed import embed_distributed
+from engine.scale.distributed import embed_distributed
 from engine.store import open_store
 from engine.store.zarr import ZarrEmbeddingStore
 

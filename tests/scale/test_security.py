@@ -16,11 +16,11 @@ import urllib.request
 
 import pytest
 
-from engine import dask_security as S
 from engine.cli import main
-from engine.dask_cluster import DaskCluster
-from engine.distributed import embed_distributed
 from engine.errors import EngineError, InputError
+from engine.scale import security as S
+from engine.scale.cluster import DaskCluster
+from engine.scale.distributed import embed_distributed
 from engine.store import open_store
 
 from .conftest import BLOCK, BUNDLE, ROOT

@@ -8,11 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine import distributed as D
 from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.mosaic import source_spec
+from engine.scale import distributed as D
 from engine.store.zarr import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE

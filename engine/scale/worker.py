@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .contract import Modality
-from .embed.job import encode_into
-from .errors import InputError, ModelContractError, RasterInputError
-from .grid import TileGrid
-from .raster.batch import read_chips
-from .raster.mosaic import SourceSpec
-from .store.zarr import mark_done_at, write_block_at
+from ..contract import Modality
+from ..embed.job import encode_into
+from ..errors import InputError, ModelContractError, RasterInputError
+from ..grid import TileGrid
+from ..raster.batch import read_chips
+from ..raster.mosaic import SourceSpec
+from ..store.zarr import mark_done_at, write_block_at
 
 _READERS_PER_WORKER = 2  # read threads per worker process, overlapping reads with inference
 _MAX_CACHED = 4  # models / readers kept per worker process (a worker may serve several jobs)
@@ -71,7 +71,7 @@ def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], close: str) -
 
 
 def _load_model(job: BlockJob) -> Any:
-    from .model import UniGeoModel
+    from ..model import UniGeoModel
 
     model = UniGeoModel.load(job.bundle_dir, providers=job.provider, threads=job.threads)
     if model.model_hash != job.model_hash:

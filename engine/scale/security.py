@@ -16,7 +16,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import EngineError, InputError
+from ..errors import EngineError, InputError
 
 log = logging.getLogger(__name__.rsplit(".", 1)[0] + ".distributed")
 

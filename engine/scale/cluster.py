@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Any
 
-from .dask_security import (  # noqa: F401  (local_workers: importable from here as before)
+from ..errors import EngineError
+from .security import (  # noqa: F401  (local_workers: importable from here as before)
     check_address,
     client_security,
     local_dashboard,
@@ -24,7 +25,6 @@ from .dask_security import (  # noqa: F401  (local_workers: importable from here
     require_distributed,
     warn_if_insecure,
 )
-from .errors import EngineError
 
 _FREE = "127.0.0.1:0"  # a free port on loopback
 _HEALTH = "distributed.http.health"  # the scheduler's one HTTP route when there's no dashboard

@@ -21,10 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from .contract import Modality
-from .dask_cluster import DaskCluster, local_workers  # noqa: F401  (importable from here)
-from .dask_security import check_address, client_security, local_dashboard
-from .dask_worker import (  # noqa: F401  (the task's names, importable from here as before)
+from ..contract import Modality
+from ..embed.job import check_model
+from ..errors import CancelledError, InputError, StoreError
+from ..geo.render import footprint_meta
+from ..grid import TileGrid
+from ..raster.mosaic import SourceSpec, source_spec
+from ..store.guard import check_target
+from ..store.zarr import ZarrEmbeddingStore, is_zarr_store
+from .cluster import DaskCluster, local_workers  # noqa: F401  (importable from here)
+from .security import check_address, client_security, local_dashboard
+from .worker import (  # noqa: F401  (the task's names, importable from here as before)
     MODEL_LOADS,
     BlockJob,
     block_of,
@@ -34,13 +41,6 @@ from .dask_worker import (  # noqa: F401  (the task's names, importable from her
     warm,
     worker_state,
 )
-from .embed.job import check_model
-from .errors import CancelledError, InputError, StoreError
-from .geo.render import footprint_meta
-from .grid import TileGrid
-from .raster.mosaic import SourceSpec, source_spec
-from .store.guard import check_target
-from .store.zarr import ZarrEmbeddingStore, is_zarr_store
 
 
 def _prepare(
@@ -52,7 +52,7 @@ def _prepare(
     threads: int,
 ) -> tuple[Any, SourceSpec, str, dict[str, Any], tuple[str, ...]]:
     """Validate model and inputs on the client: (model, spec, fingerprint, meta, bands)."""
-    from .model import UniGeoModel
+    from ..model import UniGeoModel
 
     model = UniGeoModel.load(bundle_dir, providers=provider, threads=threads)
     spec = check_model(model, modality, grid)
