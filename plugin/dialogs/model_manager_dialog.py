@@ -34,9 +34,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import EngineError
-from ...engine.model_catalog import DEFAULT_BUNDLE
-from ...engine.model_install import install_bundle
-from ...engine.model_library import (
+from ...engine.library.catalog import DEFAULT_BUNDLE
+from ...engine.library.install import install_bundle
+from ...engine.library.installed import (
     InstalledBundle,
     active_bundle,
     human_size,

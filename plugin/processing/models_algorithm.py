@@ -20,9 +20,9 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...engine.model_catalog import DEFAULT_BUNDLE
-from ...engine.model_install import install_bundle
-from ...engine.model_library import active_bundle, list_bundles, remove_bundle, set_active
+from ...engine.library.catalog import DEFAULT_BUNDLE
+from ...engine.library.install import install_bundle
+from ...engine.library.installed import active_bundle, list_bundles, remove_bundle, set_active
 from ..settings import Settings, first_run_message
 from .base import UniGeoAlgorithm, canceled_of, engine_errors, progress_of
 

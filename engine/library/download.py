@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import __version__
-from .errors import CancelledError, ModelInstallError
+from .. import __version__
+from ..errors import CancelledError, ModelInstallError
 
 log = logging.getLogger("unigeo.models")
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import staging_folder
-from .bundle import LoadedBundle, load_bundle
-from .contract import Modality
-from .errors import CancelledError, EngineError, ModelContractError, ModelInstallError
-from .model_catalog import DEFAULT_BUNDLE, default_models_dir
-from .model_download import download
-from .model_library import InstalledBundle, active_bundle, set_active, summarise
-from .model_unpack import (
+from ..atomic import staging_folder
+from ..bundle import LoadedBundle, load_bundle
+from ..contract import Modality
+from ..errors import CancelledError, EngineError, ModelContractError, ModelInstallError
+from .catalog import DEFAULT_BUNDLE, default_models_dir
+from .download import download
+from .installed import InstalledBundle, active_bundle, set_active, summarise
+from .unpack import (
     UnpackLimits,
     bundle_folder_name,
     normalise_sha256,
@@ -248,7 +248,7 @@ def validate_bundle(folder: str | Path, consequence: str = "nothing was installe
     Raises:
         ModelInstallError: the contract is broken or onnxruntime cannot load or run a tower.
     """
-    from .model import UniGeoModel
+    from ..model import UniGeoModel
 
     try:
         loaded = load_bundle(folder)

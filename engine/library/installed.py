@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
-from .contract import BUNDLE_FILE, BundleSpec
-from .errors import InputError, ModelContractError
+from ..atomic import atomic_write_text
+from ..contract import BUNDLE_FILE, BundleSpec
+from ..errors import InputError, ModelContractError
 
 ACTIVE_FILE = "active.json"
 LICENCE_KEYS = ("license", "licence")  # optional bundle.json fields the card shows
