@@ -7,7 +7,7 @@ import pyogrio
 import pytest
 import rasterio
 
-from engine.cli import main
+from engine.cli.main import main
 
 NAIP = "naip_north_dakota/m_4709963_se_14_1_20200831.tif"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine.cli import main as cli_main
+from engine.cli.main import main as cli_main
 from engine.geo.render import render_for
 from engine.raster.batch import edge_shift
 from engine.store import open_store

@@ -203,7 +203,7 @@ def test_min_confidence_marks_uncertain_tiles(fx, rng, tmp_path):
 
 def test_cli_few_shot_with_report_and_threshold(analytic_bundle, tmp_path, capsys):
     """embed a 4-colour raster, classify it from a GeoJSON of labelled boxes, check every file."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     data = np.zeros((4, 320, 320), np.uint8)
     colours = {"water": (60, 70, 200, 40), "veg": (50, 90, 50, 210), "bare": (210, 80, 60, 70)}

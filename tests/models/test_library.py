@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import InputError
 from engine.library.install import install_bundle
 from engine.library.installed import (

@@ -350,7 +350,7 @@ def mark_done(self, block_id):
     marker.write_text("block done")
     time.sleep(120)
 S.EmbeddingStore.mark_done = mark_done
-from engine.cli import main
+from engine.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 

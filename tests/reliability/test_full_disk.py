@@ -35,7 +35,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 if sys.argv[2] == "chunked":
     import engine.search.streaming
     engine.search.streaming.CHUNKED_ABOVE_TILES = 0  # the row-band GeoTIFF writer
-from engine.cli import main
+from engine.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -41,7 +41,7 @@ ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EACCES, errno.EROFS, errn
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, analytic_bundle) -> dict[str, Path]:
     """Two rasters, the store of the first, and the bundle."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     d = tmp_path_factory.mktemp("fault_inputs")
     a = write_raster(d / "a.tif", random_uint8(size=64, seed=21))

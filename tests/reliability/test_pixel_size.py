@@ -124,7 +124,7 @@ def _stdout_lines(capsys) -> list[str]:
 def test_cli_embed_warns_with_tiles_and_time(analytic_bundle, tmp_path, capsys):
     """The analytic bundle trains on 5-20 m; a 1 km raster gets the warning, in the CLI output,
     before any tile is embedded (an extent keeps this run short)."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     src = _raster(tmp_path / "coarse.tif", 1000.0, size=20)
     args = ["embed", str(src), "--model", str(analytic_bundle), "--out", str(tmp_path / "s.store")]
@@ -142,7 +142,7 @@ def test_cli_embed_warns_with_tiles_and_time(analytic_bundle, tmp_path, capsys):
 def test_cli_embed_in_range_estimates_from_recorded_rates(
     analytic_bundle, good_raster, tmp_path, capsys
 ):
-    from engine.cli import main
+    from engine.cli.main import main
     from engine.model import UniGeoModel
 
     with UniGeoModel.load(analytic_bundle) as model:

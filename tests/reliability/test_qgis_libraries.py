@@ -43,7 +43,7 @@ args = json.loads(sys.argv[1])
 for lib in args["libs"]:  # as the qgis binary: the system's geo libraries first, globally
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.query import region_query, tiles_in_polygon
 from engine.similarity import similarity, top_k, write_heatmap, write_hits
 from engine.streaming import write_heatmap_chunked

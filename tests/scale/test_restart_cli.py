@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.scale.distributed import embed_distributed
 from engine.store import open_store
 from engine.store.zarr import ZarrEmbeddingStore

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import EngineError, InputError
 from engine.scale import security as S
 from engine.scale.cluster import DaskCluster
@@ -110,7 +110,7 @@ def refuse(*args, **kwargs):
     raise OSError("network access is blocked in this test")
 socket.socket.connect = socket.socket.connect_ex = refuse
 socket.create_connection = socket.getaddrinfo = refuse
-from engine.cli import main
+from engine.cli.main import main
 from engine.distributed import embed_distributed
 from engine.errors import InputError
 from engine.grid import TileGrid

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, InputError
-from .library.catalog import DEFAULT_BUNDLE, default_models_dir
+from ..errors import CancelledError, InputError
+from ..library.catalog import DEFAULT_BUNDLE, default_models_dir
 
 MODELS_EPILOG = """examples:
   python -m engine models install --default                  # the pinned default model
@@ -76,8 +76,8 @@ def _root(args: argparse.Namespace) -> Path:
 
 def cmd_install(args: argparse.Namespace) -> int:
     """Install, printing stages and a progress bar on stderr; exit 0 when installed."""
-    from .cli_common import progress_bar
-    from .library.install import install_bundle, install_default
+    from ..library.install import install_bundle, install_default
+    from .common import progress_bar
 
     if bool(args.default) == bool(args.source):
         raise InputError("give either a SOURCE (zip, folder or https URL) or --default")
@@ -108,7 +108,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every installed bundle's card summary (or JSON)."""
-    from .library.installed import list_bundles
+    from ..library.installed import list_bundles
 
     root = _root(args)
     bundles = list_bundles(root)
@@ -129,7 +129,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_use(args: argparse.Namespace) -> int:
-    from .library.installed import set_active
+    from ..library.installed import set_active
 
     folder = set_active(_root(args), args.name)
     print(f"active: {folder.name} ({folder})")
@@ -137,7 +137,7 @@ def cmd_use(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .library.installed import remove_bundle
+    from ..library.installed import remove_bundle
 
     folder = remove_bundle(_root(args), args.name)
     print(f"removed: {folder}")
@@ -146,8 +146,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Validate a bundle folder, then write ``<name>-<version>.zip`` and its ``.sha256``."""
-    from .library.install import validate_bundle
-    from .library.unpack import pack_bundle
+    from ..library.install import validate_bundle
+    from ..library.unpack import pack_bundle
 
     validate_bundle(args.folder, consequence="nothing was packed")
     out, digest = pack_bundle(args.folder, args.out)

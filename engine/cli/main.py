@@ -16,10 +16,11 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from .cli_common import EPILOG
-from .cli_embed import add_embed_parser, add_info_parser, cmd_embed, cmd_info
-from .cli_models import add_models_parser
-from .cli_query import (
+from ..errors import EngineError, describe_os_error
+from .common import EPILOG
+from .embed import add_embed_parser, add_info_parser, cmd_embed, cmd_info
+from .models import add_models_parser
+from .query import (
     add_classify_parser,
     add_heatmap_parser,
     add_hits_parser,
@@ -30,7 +31,6 @@ from .cli_query import (
     cmd_hits,
     cmd_index,
 )
-from .errors import EngineError, describe_os_error
 
 # Re-exported so that code importing these from engine.cli keeps working after the split.
 __all__ = [

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .atomic import check_output_target
-from .errors import InputError, StoreError
-from .store.window import DEFAULT_MAX_NODATA, restrict_nodata
+from ..atomic import check_output_target
+from ..errors import InputError, StoreError
+from ..store.window import DEFAULT_MAX_NODATA, restrict_nodata
 
 EPILOG = """examples:
   python -m engine info resources/models/default
@@ -152,7 +152,7 @@ def progress_bar(total_label: str) -> tuple[Any, Callable[[float], None]]:
 
 def load_model(args: argparse.Namespace) -> Any:
     """Load the bundle named by ``--model`` with ``--provider``/``--threads``."""
-    from .model import UniGeoModel
+    from ..model import UniGeoModel
 
     return UniGeoModel.load(args.model, providers=args.provider, threads=args.threads)
 
@@ -163,7 +163,7 @@ def open_store(args: argparse.Namespace, model: Any) -> Any:
     Raises:
         StoreError: The store comes from another model; its vectors would be meaningless here.
     """
-    from .store import open_store as _open
+    from ..store import open_store as _open
 
     store = restrict_nodata(_open(args.store), getattr(args, "max_nodata", None))
     if model is not None and store.model_hash != model.model_hash:

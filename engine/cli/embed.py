@@ -6,8 +6,8 @@ import argparse
 import time
 from typing import Any
 
-from .cli_common import add_command, add_model_args, floats, ints, load_model, progress_bar
-from .errors import InputError
+from ..errors import InputError
+from .common import add_command, add_model_args, floats, ints, load_model, progress_bar
 
 
 # -- info ---------------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ def add_info_parser(sub: Any) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Load every encoder of the bundle and print what it holds; returns the exit code."""
-    from .contract import Modality
+    from ..contract import Modality
 
     model = load_model(args)
     b = model.bundle
@@ -120,8 +120,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     Raises:
         InputError: The model has no encoder for ``--modality``, or an option is malformed.
     """
-    from .contract import Modality
-    from .raster.mosaic import source_spec
+    from ..contract import Modality
+    from ..raster.mosaic import source_spec
 
     dask_args = _scheduler_options(args)  # a refused address fails before anything runs
     model = load_model(args)
@@ -163,8 +163,8 @@ def _print_plan(
     """The estimate line, and the pixel-size or job-size warning (:mod:`.embed_plan`)."""
     from pathlib import Path
 
-    from .contract import Modality
-    from .embed.plan import plan_embedding, recorded_tiles_per_s
+    from ..contract import Modality
+    from ..embed.plan import plan_embedding, recorded_tiles_per_s
 
     out = Path(args.out)
     # rates recorded by earlier stores of this model beside the output (and a store it replaces)
@@ -185,7 +185,7 @@ def _embed_grid(
     args: argparse.Namespace, preprocess: Any, reader: Any, extent: list[float] | None
 ) -> Any:
     """The tile grid over the source(s), from ``--extent``/``--stride``/``--grid-crs``."""
-    from .raster.mosaic import grid_for_sources
+    from ..raster.mosaic import grid_for_sources
 
     return grid_for_sources(
         reader,
@@ -210,7 +210,7 @@ def _embed_local(
     args: argparse.Namespace, model: Any, reader: Any, grid: Any, modality: Any
 ) -> tuple[Any, str]:
     """Embed in this process with a progress bar; returns ``(store, where it ran)``."""
-    from .embed.job import embed_raster
+    from ..embed.job import embed_raster
 
     bar, update = progress_bar("embed")
     try:
@@ -242,7 +242,7 @@ def _scheduler_options(args: argparse.Namespace) -> dict[str, Any]:
         if any(tls) or args.insecure or args.no_dashboard:
             raise InputError("--tls-*, --insecure and --no-dashboard need --scheduler")
         return {}
-    from .scale.security import check_address, tls_security
+    from ..scale.security import check_address, tls_security
 
     secure = args.scheduler.startswith("tls://")
     local = check_address(args.scheduler, args.insecure)
@@ -264,8 +264,8 @@ def _embed_dask(
     """Embed on the Dask scheduler ``--scheduler`` into a Zarr store; returns the store."""
     import shutil
 
-    from .scale.distributed import embed_distributed
-    from .store.base import partial_path
+    from ..scale.distributed import embed_distributed
+    from ..store.base import partial_path
 
     if args.no_resume:
         shutil.rmtree(partial_path(args.out), ignore_errors=True)
@@ -288,8 +288,8 @@ def _embed_dask(
 
 def _crs_name(crs: str) -> str:
     """A short display name for a CRS (``EPSG:n`` when it has one)."""
-    from .errors import EngineError
-    from .geo import crs as C
+    from ..errors import EngineError
+    from ..geo import crs as C
 
     try:
         epsg = C.epsg_code(crs)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
+from ..errors import InputError
+from .common import (
     add_command,
     add_model_args,
     check_paths,
@@ -16,7 +17,6 @@ from .cli_common import (
     open_store,
     progress_bar,
 )
-from .errors import InputError
 
 
 # -- query flags ----------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ def build_query(args: argparse.Namespace, store: Any, model: Any) -> Any:
     Raises:
         InputError: No query flag was given, or one is malformed/unreadable.
     """
-    from .search import query as Q
+    from ..search import query as Q
 
     parts = _query_parts(args, store, model)
     if not parts:
@@ -53,7 +53,7 @@ def build_query(args: argparse.Namespace, store: Any, model: Any) -> Any:
 
 def _query_parts(args: argparse.Namespace, store: Any, model: Any) -> list[tuple[Any, bool]]:
     """Each flag's query as ``(query, negative)``, in the order the CLI always combined them."""
-    from .search import query as Q
+    from ..search import query as Q
 
     parts = [(Q.text_query(model, t), False) for t in args.text]
     parts += [(Q.text_query(model, t), True) for t in args.negative_text]
@@ -75,9 +75,9 @@ def _query_parts(args: argparse.Namespace, store: Any, model: Any) -> list[tuple
 
 def _region(path: str, store: Any) -> Any:
     """A region query: the mean of the store's tiles inside the polygons of ``path``."""
-    from .geo.geometry import union
-    from .geo.vector import read_features
-    from .search import query as Q
+    from ..geo.geometry import union
+    from ..geo.vector import read_features
+    from ..search import query as Q
 
     feats, crs = read_features(path)
     if not feats:
@@ -114,8 +114,8 @@ def add_heatmap_parser(sub: Any) -> None:
 
 def cmd_heatmap(args: argparse.Namespace) -> int:
     """Write the query's similarity heatmap GeoTIFF; returns the exit code."""
-    from .search.domain import domain_warning
-    from .search.streaming import heatmap_auto
+    from ..search.domain import domain_warning
+    from ..search.streaming import heatmap_auto
 
     check_paths({"--out": args.out}, _query_inputs(args))
     model = load_model(args)
@@ -156,15 +156,15 @@ def add_hits_parser(sub: Any) -> None:
 
 def cmd_hits(args: argparse.Namespace) -> int:
     """Write the query's top-k places (exact, or via the ANN index); returns the exit code."""
-    from .search.hits import write_hits
-    from .search.streaming import hits_auto
+    from ..search.hits import write_hits
+    from ..search.streaming import hits_auto
 
     check_paths({"--out": args.out}, _query_inputs(args))
     model = load_model(args)
     store = open_store(args, model)
     query = build_query(args, store, model)
     if args.ann:
-        from .search.ann import AnnIndex, top_k_ann
+        from ..search.ann import AnnIndex, top_k_ann
 
         index = AnnIndex.load(store)  # refused when the store changed since it was built
         hits = top_k_ann(store, index, query.vector(), args.k, args.min_distance)
@@ -199,7 +199,7 @@ def add_index_parser(sub: Any) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build and save the store's ANN index; returns the exit code."""
-    from .search.ann import AnnIndex, default_folder
+    from ..search.ann import AnnIndex, default_folder
 
     store = open_store(args, None)  # no model: the index only needs the vectors
     bar, update = progress_bar("index")
@@ -253,7 +253,7 @@ def read_examples(path: str, field: str) -> tuple[list[tuple[Any, str]], str | N
     Raises:
         InputError: Unreadable file, missing field, or no labelled polygon.
     """
-    from .geo.vector import read_features
+    from ..geo.vector import read_features
 
     feats, crs = read_features(path, field)
     pairs = [(g, str(v).strip()) for g, v in feats if v is not None and str(v).strip()]
@@ -284,9 +284,9 @@ def read_classes(path: str) -> dict[str, list[str]]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify every tile; writes the class and confidence GeoTIFFs (and, few-shot, a report)."""
-    from .classify import land_use as C
-    from .classify import report as R
-    from .classify import validation as V
+    from ..classify import land_use as C
+    from ..classify import report as R
+    from ..classify import validation as V
 
     if args.report and not args.examples:
         raise InputError("--report validates few-shot classification: give --examples too")
@@ -326,7 +326,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _classify_outputs(args: argparse.Namespace) -> str:
     """Check every path ``classify`` will write (before any work); returns the confidence path."""
-    from .classify import report as R
+    from ..classify import report as R
 
     conf = args.confidence or str(Path(args.out).with_name(Path(args.out).stem + "_confidence.tif"))
     outputs = {"--out": args.out, "--confidence": conf}
