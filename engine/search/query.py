@@ -106,7 +106,8 @@ class Query:
         }
 
 
-def _transform_xy(x: float, y: float, src: str, dst: str) -> tuple[float, float]:
+def point_in_crs(x: float, y: float, src: str, dst: str) -> tuple[float, float]:
+    """``(x, y)`` of CRS ``src`` in CRS ``dst`` (unchanged when the two are the same CRS)."""
     if C.same_crs(src, dst):
         return float(x), float(y)
     return C.transform_point(x, y, src, dst)
@@ -143,7 +144,7 @@ def point_query(
     if not (np.isfinite(x) and np.isfinite(y)):
         raise InputError(f"point ({x}, {y}) must have finite coordinates")
     src = crs or store.crs
-    sx, sy = _transform_xy(x, y, src, store.crs)
+    sx, sy = point_in_crs(x, y, src, store.crs)
     cell = store.grid.cell_of(sx, sy)
     if cell is None:
         b = store.grid.bounds
@@ -164,7 +165,7 @@ def point_query(
         tile = np.asarray(store.embeddings[row, col], dtype=np.float32)
         q.add(tile, 1.0 - gps_weight, description=label)
     if gps_weight > 0.0:
-        lon, lat = _transform_xy(sx, sy, store.crs, WGS84)
+        lon, lat = point_in_crs(sx, sy, store.crs, WGS84)
         q.add(_gps_vector(model, lat, lon), gps_weight, description=f"gps ({lat:.5f}, {lon:.5f})")
     return q
 

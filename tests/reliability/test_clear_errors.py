@@ -338,12 +338,12 @@ STOPPED = """
 import sys, time
 from pathlib import Path
 marker = Path(sys.argv[1])
-import engine.vector_io as V
+import engine.geo.vector as V
 def verify(*a, **k):
     marker.write_text("writing")
     time.sleep(120)
 V._verify = verify
-import engine.store as S
+import engine.store.npy as S
 real_done = S.EmbeddingStore.mark_done
 def mark_done(self, block_id):
     real_done(self, block_id)

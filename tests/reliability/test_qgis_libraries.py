@@ -44,10 +44,11 @@ for lib in args["libs"]:  # as the qgis binary: the system's geo libraries first
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
 from engine.cli.main import main
-from engine.query import region_query, tiles_in_polygon
-from engine.similarity import similarity, top_k, write_heatmap, write_hits
-from engine.streaming import write_heatmap_chunked
-from engine.zarr_store import open_store
+from engine.search.query import region_query, tiles_in_polygon
+from engine.search.similarity import similarity, write_heatmap
+from engine.search.hits import top_k, write_hits
+from engine.search.streaming import write_heatmap_chunked
+from engine.store import open_store
 
 out = args["out"]
 store = open_store(args["store"])

@@ -111,7 +111,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = socket.socket.connect_ex = refuse
 socket.create_connection = socket.getaddrinfo = refuse
 from engine.cli.main import main
-from engine.distributed import embed_distributed
+from engine.scale.distributed import embed_distributed
 from engine.errors import InputError
 from engine.grid import TileGrid
 naip, bundle, out, grid = sys.argv[1:5]
