@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import pipeline
 from ..atomic import check_output_target
-from ..errors import InputError, StoreError
-from ..store.window import DEFAULT_MAX_NODATA, restrict_nodata
+from ..errors import InputError
+from ..store.window import DEFAULT_MAX_NODATA
 
 EPILOG = """examples:
   python -m engine info resources/models/default
@@ -152,23 +153,13 @@ def progress_bar(total_label: str) -> tuple[Any, Callable[[float], None]]:
 
 def load_model(args: argparse.Namespace) -> Any:
     """Load the bundle named by ``--model`` with ``--provider``/``--threads``."""
-    from ..model import UniGeoModel
-
-    return UniGeoModel.load(args.model, providers=args.provider, threads=args.threads)
+    return pipeline.load_model(args.model, args.provider, args.threads)
 
 
 def open_store(args: argparse.Namespace, model: Any) -> Any:
-    """Open ``args.store`` and check it was embedded with ``model`` (when given).
+    """Open ``args.store`` (tiles over ``--max-nodata`` left out), embedded with ``model``.
 
     Raises:
         StoreError: The store comes from another model; its vectors would be meaningless here.
     """
-    from ..store import open_store as _open
-
-    store = restrict_nodata(_open(args.store), getattr(args, "max_nodata", None))
-    if model is not None and store.model_hash != model.model_hash:
-        raise StoreError(
-            f"{args.store} was embedded with another model (hash {store.model_hash[:12]}, this model "
-            f"{model.model_hash[:12]}); re-run 'embed' with this model"
-        )
-    return store
+    return pipeline.open_store(args.store, model, getattr(args, "max_nodata", None))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
+from .. import pipeline
+from ..contract import Modality
 from ..errors import InputError
 from .common import add_command, add_model_args, floats, ints, load_model, progress_bar
 
@@ -22,7 +25,6 @@ def add_info_parser(sub: Any) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Load every encoder of the bundle and print what it holds; returns the exit code."""
-    from ..contract import Modality
 
     model = load_model(args)
     b = model.bundle
@@ -120,7 +122,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     Raises:
         InputError: The model has no encoder for ``--modality``, or an option is malformed.
     """
-    from ..contract import Modality
     from ..raster.mosaic import source_spec
 
     dask_args = _scheduler_options(args)  # a refused address fails before anything runs
@@ -160,22 +161,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _print_plan(
     args: argparse.Namespace, model: Any, reader: Any, grid: Any, modality: Any
 ) -> None:
-    """The estimate line, and the pixel-size or job-size warning (:mod:`.embed_plan`)."""
-    from pathlib import Path
-
-    from ..contract import Modality
-    from ..embed.plan import plan_embedding, recorded_tiles_per_s
-
+    """The estimate line, and the pixel-size or job-size warning (:mod:`engine.embed.plan`)."""
     out = Path(args.out)
     # rates recorded by earlier stores of this model beside the output (and a store it replaces)
-    rate = recorded_tiles_per_s([out, out.parent], model.model_hash)
-    plan = plan_embedding(
-        reader,
-        grid,
-        model.bundle.training_domain,
-        aerial=modality is Modality.AERIAL,
-        tiles_per_s=rate,
-    )
+    plan = pipeline.plan(model, reader, grid, [out, out.parent], modality)
     print(f"estimate {plan.summary()}")
     if (warning := plan.warning()) is not None:
         print(f"warning  {warning}")
@@ -210,18 +199,16 @@ def _embed_local(
     args: argparse.Namespace, model: Any, reader: Any, grid: Any, modality: Any
 ) -> tuple[Any, str]:
     """Embed in this process with a progress bar; returns ``(store, where it ran)``."""
-    from ..embed.job import embed_raster
-
     bar, update = progress_bar("embed")
     try:
-        store = embed_raster(
+        store = pipeline.embed(
             model,
             reader,
             grid,
             args.out,
-            modality=modality,
-            batch_size=args.batch_size,
+            modality,
             block_tiles=args.block_tiles,
+            batch_size=args.batch_size,
             progress=update,
             resume=not args.no_resume,
         )

@@ -1,8 +1,8 @@
 """The command-line interface: ``python -m engine info|embed|heatmap|hits|index|classify|models``.
 
 This module holds the entry point and the top-level parser; each command's arguments and
-implementation live in ``cli_embed`` (info, embed), ``cli_query`` (heatmap, hits, index,
-classify) and ``cli_models`` (the model manager), with shared helpers in ``cli_common``.
+implementation live in :mod:`.embed` (info, embed), :mod:`.query` (heatmap, hits, index),
+:mod:`.classify` and :mod:`.models` (the model manager), with shared helpers in :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -17,34 +17,11 @@ import traceback
 from collections.abc import Iterator
 
 from ..errors import EngineError, describe_os_error
+from .classify import add_classify_parser
 from .common import EPILOG
-from .embed import add_embed_parser, add_info_parser, cmd_embed, cmd_info
+from .embed import add_embed_parser, add_info_parser
 from .models import add_models_parser
-from .query import (
-    add_classify_parser,
-    add_heatmap_parser,
-    add_hits_parser,
-    add_index_parser,
-    build_query,
-    cmd_classify,
-    cmd_heatmap,
-    cmd_hits,
-    cmd_index,
-)
-
-# Re-exported so that code importing these from engine.cli keeps working after the split.
-__all__ = [
-    "EPILOG",
-    "build_query",
-    "cmd_classify",
-    "cmd_embed",
-    "cmd_heatmap",
-    "cmd_hits",
-    "cmd_index",
-    "cmd_info",
-    "main",
-    "make_parser",
-]
+from .query import add_heatmap_parser, add_hits_parser, add_index_parser
 
 log = logging.getLogger("unigeo")
 

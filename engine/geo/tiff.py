@@ -284,6 +284,24 @@ def write_grid_raster(
     return path
 
 
+def write_embeddings_tiff(path: str | Path, store: Any) -> Path:
+    """A store's embeddings as a float32 GeoTIFF, one band per dimension, NaN = no data."""
+    valid = np.asarray(store.valid, dtype=bool)
+    bands = []
+    for d in range(store.dim):
+        band = np.asarray(store.embeddings[:, :, d], dtype=np.float32)
+        bands.append(np.where(valid, band, np.nan))
+    return write_grid_raster(
+        path,
+        store.grid,
+        bands,
+        dtype="float32",
+        nodata=float("nan"),
+        descriptions=[f"dim {d}" for d in range(store.dim)],
+        provenance={"model_hash": store.model_hash, "store": str(store.folder)},
+    )
+
+
 def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
     """``"#rrggbb"`` (or ``"#rrggbbaa"``) to an RGBA tuple; a clear error on anything else."""
     text = color.strip().lstrip("#")

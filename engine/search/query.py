@@ -8,6 +8,7 @@ queries of any modality, since every modality lives in the same embedding space.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,6 +207,32 @@ def tiles_in_polygon(
     valid = np.asarray(store.valid[r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1], bool)
     keep = valid[rows - r0, cols - c0]
     return rows[keep], cols[keep]
+
+
+def place_embedding(
+    store: EmbeddingStore,
+    points: Sequence[tuple[float, float]] = (),
+    polygon: GeometryLike | None = None,
+) -> tuple[np.ndarray | None, int]:
+    """The unit mean embedding of a feature's tiles, and how many tiles it averages (0: none).
+
+    Points (in the store's CRS) take the valid tile under each; a polygon the valid tiles whose
+    centre lies inside it. ``(None, 0)`` when no valid tile is found or the mean is zero.
+    """
+    if polygon is not None:
+        rows, cols = tiles_in_polygon(store, polygon)
+    else:
+        cells = [store.grid.cell_of(x, y) for x, y in points]
+        cells = [c for c in cells if c is not None and store.valid[c]]
+        rows = np.array([c[0] for c in cells], dtype=np.intp)
+        cols = np.array([c[1] for c in cells], dtype=np.intp)
+    if rows.size == 0:
+        return None, 0
+    mean = np.asarray(store.embeddings[rows, cols], dtype=np.float64).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if norm == 0.0:
+        return None, 0
+    return (mean / norm).astype(np.float32), int(rows.size)
 
 
 def text_query(model: UniGeoModel, text: str, templates: list[str] | None = None) -> Query:

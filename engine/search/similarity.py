@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..geo.render import render_for
+from ..geo.render import Render, render_for
 from ..geo.tiff import write_grid_raster
+from ..grid import TileGrid
 from .calibration import calibrate
 from .scoring import chunked_dot, query_vector
 
@@ -73,20 +74,33 @@ def write_heatmap(
     The CRS and geotransform come from ``store.grid``; provenance (model hash, query description,
     parameters) is stored as ``UNIGEO_*`` GDAL metadata tags. The write is atomic.
     """
+    prov = heatmap_provenance(store, provenance)
+    return write_score_map(path, store.grid, scores, percentiles, prov, render_for(store))
+
+
+def write_score_map(
+    path: str | Path,
+    grid: TileGrid,
+    scores: np.ndarray,
+    percentiles: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    render: Render | None = None,
+) -> Path:
+    """:func:`write_heatmap` of scores on any tile grid (a store's, or a GPS field's cells)."""
     scores = np.asarray(scores, dtype=np.float32)
     bands = [scores]
     if percentiles:
         bands.append(calibrate(scores))
     return write_grid_raster(
         path,
-        store.grid,
+        grid,
         bands,
         dtype="float32",
         nodata=float("nan"),
         descriptions=HEATMAP_BANDS[: len(bands)],
         band_tags=HEATMAP_BAND_TAGS[: len(bands)],
-        provenance=heatmap_provenance(store, provenance),
-        render=render_for(store),
+        provenance=dict(provenance or {}),
+        render=render,
     )
 
 
@@ -97,4 +111,5 @@ HEATMAP_BAND_TAGS = [{"UNITS": "cosine"}, {"UNITS": "percent"}]
 def heatmap_provenance(
     store: EmbeddingStore, provenance: Mapping[str, Any] | None
 ) -> dict[str, Any]:
+    """What a heatmap of ``store`` records: the store's model hash, then ``provenance``."""
     return {"model_hash": getattr(store, "model_hash", ""), **(provenance or {})}

@@ -133,3 +133,14 @@ def restrict_nodata(store: Any, max_nodata: float | None = DEFAULT_MAX_NODATA) -
     view = StoreWindow(store, store.grid)
     view.valid = view.valid & (np.asarray(view.nodata, dtype=np.float32) <= t)
     return view
+
+
+def keep_tiles(store: Any, keep: np.ndarray) -> StoreWindow:
+    """``store`` with only the tiles where ``keep`` (bool ``[rows, cols]``) holds left valid.
+
+    For an area's polygons: heatmaps show the other tiles as no data and rank percentiles within
+    the area, in memory and chunk by chunk alike; nothing is copied but the validity mask.
+    """
+    view = StoreWindow(store, store.grid)
+    view.valid = view.valid & np.asarray(keep, dtype=bool)
+    return view

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 
 from engine.classify.land_use import LOW_MARGIN, resolve_prompts, zero_shot, zero_shot_warning
-from engine.cli.query import read_classes
+from engine.cli.classify import read_classes
 from engine.contract import BundleSpec, Modality
 from engine.errors import InputError, ModelContractError
 
