@@ -83,8 +83,8 @@ def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
 
 def click_to_layer(app, ctl, layer, repeats: int) -> list[float]:
     """Seconds from run_query (a point click) to layersAdded, ``repeats`` times after a warm-up."""
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import QuerySpec
 
     ext = layer.extent()
     x, y = ext.center().x(), ext.center().y()
@@ -110,8 +110,9 @@ def click_to_layer(app, ctl, layer, repeats: int) -> list[float]:
 def ui_stall_during_embedding(app, ctl, layer) -> dict:
     """Largest gap between 10 ms main-thread timer ticks while a real EmbedTask runs."""
     from qgis.PyQt.QtCore import QTimer
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import EngineTask, QuerySpec
+    from unigeo.plugin.tasks import EngineTask
 
     ticks: list[float] = []
     timer = QTimer()

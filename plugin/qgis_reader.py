@@ -30,8 +30,7 @@ from qgis.core import (
 )
 
 from ..engine.errors import RasterInputError
-from ..engine.raster.bands import canonical_band, resolve_bands
-from ..engine.raster.gdal_reader import GdalReader
+from ..engine.raster import GdalReader, canonical_band, resolve_bands
 
 _FILL = -3.0e38  # warper nodata: NaN as nodata makes GDAL's warper return NaN everywhere
 _MAX_OVERSAMPLE = 4  # read at most 4x the tile's pixel density, whatever the native resolution

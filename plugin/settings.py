@@ -26,8 +26,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsProject, QgsSettings
 
 from ..engine.errors import InputError, ModelNotInstalledError
-from ..engine.library.catalog import DEFAULT_BUNDLE, MODEL_URL_ENV, MODELS_DIR_ENV
-from ..engine.library.installed import active_bundle
+from ..engine.library import DEFAULT_BUNDLE, MODEL_URL_ENV, MODELS_DIR_ENV, active_bundle
 
 PREFIX = "unigeo/"
 PLUGIN_DIR = Path(__file__).resolve().parent.parent

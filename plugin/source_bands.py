@@ -19,7 +19,7 @@ from typing import Any
 from qgis.core import Qgis, QgsRasterLayer, QgsSettings
 
 from ..engine.errors import RasterInputError
-from ..engine.raster.band_choice import BandChoice, choose_bands, user_choice
+from ..engine.raster import BandChoice, choose_bands, user_choice
 
 LAYER_PROPERTY = "unigeo/bands"
 SETTINGS_PREFIX = "unigeo/bands/"

@@ -34,12 +34,12 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import EngineError
-from ...engine.library.catalog import DEFAULT_BUNDLE
-from ...engine.library.install import install_bundle
-from ...engine.library.installed import (
+from ...engine.library import (
+    DEFAULT_BUNDLE,
     InstalledBundle,
     active_bundle,
     human_size,
+    install_bundle,
     list_bundles,
     remove_bundle,
     set_active,

@@ -22,7 +22,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import RasterInputError
-from ...engine.raster.band_choice import ABSENT, BandChoice, user_choice
+from ...engine.raster import ABSENT, BandChoice, user_choice
 from .. import source_bands as SB
 
 PER_ROW = 3  # model bands per row of drop-downs

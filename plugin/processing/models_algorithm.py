@@ -20,11 +20,17 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...engine.library.catalog import DEFAULT_BUNDLE
-from ...engine.library.install import install_bundle
-from ...engine.library.installed import active_bundle, list_bundles, remove_bundle, set_active
+from ...engine.library import (
+    DEFAULT_BUNDLE,
+    active_bundle,
+    install_bundle,
+    list_bundles,
+    remove_bundle,
+    set_active,
+)
 from ..settings import Settings, first_run_message
-from .base import UniGeoAlgorithm, canceled_of, engine_errors, progress_of
+from .base import UniGeoAlgorithm
+from .common import canceled_of, engine_errors, progress_of
 
 
 class _ModelsBase(UniGeoAlgorithm):

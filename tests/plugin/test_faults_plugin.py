@@ -222,7 +222,8 @@ def test_embed_task_into_a_folder_of_user_files_or_a_locked_store(model, utm_tif
 
 
 def _heatmap_task(model, store: Path, out: Path, text: str):
-    from unigeo.plugin.tasks import HeatmapTask, QuerySpec
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.plugin.tasks import HeatmapTask
 
     task = HeatmapTask(model, store, QuerySpec(texts=(text,)), out)
     task.finished(task.run())
@@ -283,8 +284,9 @@ def test_controller_warns_and_asks_before_a_very_large_embedding(
 ):
     import unigeo.engine.embed.plan as plan
     from qgis.core import Qgis
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import EmbedTask, QuerySpec
+    from unigeo.plugin.tasks import EmbedTask
 
     box = (SMALL_EXTENT[0], SMALL_EXTENT[2], SMALL_EXTENT[1], SMALL_EXTENT[3])
     area = AreaChoice("extent", box, UTM_CRS)
