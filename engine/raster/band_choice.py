@@ -19,106 +19,23 @@ absent (:data:`ABSENT`) instead of making the choice fail.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import RasterInputError
+from .spectral import (
+    BY_COUNT,
+    SENSORS,
+    STACKS,
+    Band,
+    band_span,
+    distinct_sensors,
+    read_bands,
+    sensor_of,
+    wanted_name,
+)
 
 ABSENT = 0  # in a mapping: the model's optional band is not in the raster
-
-# Spectral words (token sequences of a lower-cased description), most specific first.
-_PHRASES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("shortwave", "infrared", "1"), "swir1"),
-    (("short", "wave", "infrared", "1"), "swir1"),
-    (("swir", "1"), "swir1"),
-    (("swir", "16"), "swir1"),
-    (("shortwave", "infrared", "2"), "swir2"),
-    (("short", "wave", "infrared", "2"), "swir2"),
-    (("swir", "2"), "swir2"),
-    (("swir", "22"), "swir2"),
-    (("red", "edge"), "rededge"),
-    (("rededge",), "rededge"),
-    (("near", "infrared"), "nir"),
-    (("near", "ir"), "nir"),
-    (("nir",), "nir"),
-    (("nearinfrared",), "nir"),
-    (("coastal",), "coastal"),
-    (("aerosol",), "coastal"),
-    (("thermal",), "thermal"),
-    (("tir",), "thermal"),
-    (("lwir",), "thermal"),
-    (("panchromatic",), "pan"),
-    (("cirrus",), "cirrus"),
-    (("water", "vapour"), "watervapour"),
-    (("water", "vapor"), "watervapour"),
-    (("red",), "red"),
-    (("green",), "green"),
-    (("blue",), "blue"),
-    (("alpha",), "alpha"),
-)
-_LETTERS = {"r": "red", "g": "green", "b": "blue", "n": "nir", "a": "alpha", "pan": "pan"}
-_COLOURS = {"red": "red", "green": "green", "blue": "blue", "alpha": "alpha"}
-
-_TM = {"1": "blue", "2": "green", "3": "red", "4": "nir", "5": "swir1", "6": "thermal"}
-_TM.update({"7": "swir2", "8": "pan"})
-_OLI = {"1": "coastal", "2": "blue", "3": "green", "4": "red", "5": "nir", "6": "swir1"}
-_OLI.update({"7": "swir2", "8": "pan", "9": "cirrus", "10": "thermal", "11": "thermal"})
-_S2 = {"1": "coastal", "2": "blue", "3": "green", "4": "red", "5": "rededge", "6": "rededge"}
-_S2.update({"7": "rededge", "8": "nir", "8a": "nir", "9": "watervapour", "10": "cirrus"})
-_S2.update({"11": "swir1", "12": "swir2"})
-# sensor key -> (label, band code -> spectral name)
-SENSORS: dict[str, tuple[str, dict[str, str]]] = {
-    "tm": ("Landsat 4/5 TM or 7 ETM+", _TM),
-    "etm": ("Landsat 7 ETM+", _TM),
-    "oli": ("Landsat 8/9 OLI/TIRS", _OLI),
-    "s2": ("Sentinel-2 MSI", _S2),
-}
-# unnamed bands: sensor key -> {band count: the codes of the bands in file order}
-_STACKS: dict[str, dict[int, tuple[str, ...]]] = {
-    "tm": {6: ("1", "2", "3", "4", "5", "7"), 7: tuple("1234567"), 8: tuple("12345678")},
-    "etm": {
-        6: ("1", "2", "3", "4", "5", "7"),
-        7: tuple("1234567"),
-        8: tuple("12345678"),
-        9: ("1", "2", "3", "4", "5", "6", "6", "7", "8"),  # both thermal gains (B6_VCID_1, _2)
-    },
-    "oli": {7: tuple("1234567"), 8: tuple("12345678"), 9: tuple("123456789")},
-    "s2": {
-        10: ("2", "3", "4", "5", "6", "7", "8", "8a", "11", "12"),
-        12: ("1", "2", "3", "4", "5", "6", "7", "8", "8a", "9", "11", "12"),
-        13: ("1", "2", "3", "4", "5", "6", "7", "8", "8a", "9", "10", "11", "12"),
-    },
-}
-_STACKS["oli"][11] = tuple(str(i) for i in range(1, 12))
-_SR6 = ("blue", "green", "red", "nir", "swir1", "swir2")
-# unnamed bands without a sensor hint: band count -> (layout label, names in file order)
-_BY_COUNT: dict[int, tuple[str, tuple[str, ...]]] = {
-    3: ("3 bands without spectral names, taken as red, green, blue", ("red", "green", "blue")),
-    4: (
-        "4 bands without spectral names, taken as red, green, blue, NIR (NAIP's order; a "
-        "PlanetScope-style "
-        "blue, green, red, NIR file needs the bands picked by hand)",
-        ("red", "green", "blue", "nir"),
-    ),
-    6: (
-        "6 bands without spectral names, taken as Landsat surface reflectance (blue, green, red, NIR, SWIR1, "
-        "SWIR2: TM/ETM+ bands 1-5 and 7 or OLI bands 2-7)",
-        _SR6,
-    ),
-}
-_HINTS = (
-    (
-        "oli",
-        re.compile(
-            r"(?<![A-Z0-9])(LC0?[89]|LO0?[89]|LANDSAT[-_ ]?[89])(?![0-9])|(?<![A-Z])OLI(?![A-Z])"
-        ),
-    ),
-    ("etm", re.compile(r"(?<![A-Z0-9])(LE0?7|LANDSAT[-_ ]?7)(?![0-9])|(?<![A-Z])ETM(?![A-Z])")),
-    ("tm", re.compile(r"(?<![A-Z0-9])(LT0?[45]|LANDSAT[-_ ]?[45])(?![0-9])")),
-    ("s2", re.compile(r"(?<![A-Z0-9])(S2[AB]|SENTINEL[-_ ]?2)(?![0-9])")),
-)
-_CODE = re.compile(r"^(?:(?:sr|toa|st|lt)_)?(?:b|band)[ _]?(\d{1,2}a?)(?:_vcid_?[12])?$", re.I)
 
 
 @dataclass(frozen=True)
@@ -162,51 +79,6 @@ class BandChoice:
         return self.mapping
 
 
-@dataclass(frozen=True)
-class _Band:
-    number: int  # 1-based
-    label: str  # the description as given, "" when none
-    name: str | None  # spectral name from the description or colour interpretation
-    code: str | None  # sensor band code from the description ("4", "8a"), lower case
-    alpha: bool  # a mask band (alpha colour interpretation, no spectral description)
-
-
-def spectral_name(text: str | None) -> str | None:
-    """The spectral band a description names (``"Band 4 - NIR"`` → nir), or None."""
-    t = (text or "").strip().lower()
-    if not t:
-        return None
-    if t in _LETTERS:
-        return _LETTERS[t]
-    tokens = re.findall(r"[a-z]+|\d+", t)
-    for phrase, name in _PHRASES:
-        k = len(phrase)
-        if any(tuple(tokens[i : i + k]) == phrase for i in range(len(tokens) - k + 1)):
-            return name
-    return None
-
-
-def wanted_name(text: str) -> str:
-    """A model band name folded to the names used here (``"NIR"``, ``"swir16"`` → nir, swir1)."""
-    return spectral_name(text) or text.strip().lower()
-
-
-def _bands(count: int, descriptions: Sequence[str | None], interps: Sequence[str | None]):
-    out = []
-    for i in range(count):
-        label = (descriptions[i] if i < len(descriptions) else None) or ""
-        interp = (interps[i] if i < len(interps) else None) or ""
-        name = spectral_name(label)
-        colour = _COLOURS.get(interp.strip().lower())
-        m = _CODE.match(label.strip())
-        code = m.group(1).lower() if m else None  # "04" keeps its padding: Sentinel-2's B01..B12
-        if name is None and code is None:
-            name = colour
-        alpha = name == "alpha"
-        out.append(_Band(i + 1, label.strip(), None if alpha else name, code, alpha))
-    return out
-
-
 def choose_bands(
     count: int,
     descriptions: Sequence[str | None] = (),
@@ -230,12 +102,12 @@ def choose_bands(
     """
     want = tuple(wanted_name(w) for w in wanted)
     opt = {wanted_name(o) for o in optional}
-    bands = _bands(count, descriptions, colour_interps)
+    bands = read_bands(count, descriptions, colour_interps)
     data = [b for b in bands if not b.alpha]
     ctx = _Ctx(tuple(wanted), want, opt, bands)
     if any(b.name for b in data):
         return ctx.by_names(data)
-    sensor, why = _sensor(data, hints)
+    sensor, why = sensor_of(data, hints)
     if sensor is not None and all(b.code for b in data) and len(data) >= 3:
         return ctx.by_codes(data, sensor, why)
     return ctx.by_count(data, sensor, why)
@@ -246,11 +118,11 @@ class _Ctx:
     wanted: tuple[str, ...]  # as the model spells them
     want: tuple[str, ...]  # folded
     optional: set[str]
-    bands: list[_Band]
+    bands: list[Band]
 
-    def assign(self, names: Sequence[tuple[_Band, str | None]], how: str, source: str):
+    def assign(self, names: Sequence[tuple[Band, str | None]], how: str, source: str):
         """Map wanted names onto ``(band, spectral name)`` pairs; undecided if one is missing."""
-        first: dict[str, _Band] = {}
+        first: dict[str, Band] = {}
         for band, name in names:
             if name and name not in first:
                 first[name] = band
@@ -283,31 +155,31 @@ class _Ctx:
             "really holds data such as near-infrared)"
         )
 
-    def by_names(self, data: list[_Band]) -> BandChoice:
+    def by_names(self, data: list[Band]) -> BandChoice:
         how = "by the band names" if any(b.label for b in data) else "by colour interpretation"
         return self.assign([(b, b.name) for b in data], how, "names")
 
-    def by_codes(self, data: list[_Band], sensor: str | tuple[str, ...], why: str):
+    def by_codes(self, data: list[Band], sensor: str | tuple[str, ...], why: str):
         if isinstance(sensor, tuple):
             return self.ambiguous(sensor, why, [[b.code for b in data]] * len(sensor), data)
         label, table = SENSORS[sensor]
         pairs = [(b, table.get((b.code or "").lstrip("0"))) for b in data]
         return self.assign(pairs, f"{label} band layout ({why})", "sensor")
 
-    def by_count(self, data: list[_Band], sensor, why: str) -> BandChoice:
+    def by_count(self, data: list[Band], sensor, why: str) -> BandChoice:
         n = len(data)
         keys = sensor if isinstance(sensor, tuple) else (sensor,) if sensor else tuple(SENSORS)
-        fits = _distinct([k for k in keys if n in _STACKS[k]], n)
-        if (sensor is None or not fits) and n in _BY_COUNT:
-            label, names = _BY_COUNT[n]
+        fits = distinct_sensors([k for k in keys if n in STACKS[k]], n)
+        if (sensor is None or not fits) and n in BY_COUNT:
+            label, names = BY_COUNT[n]
             return self.assign(list(zip(data, names, strict=True)), label, "layout")
         if len(fits) == 1:
             label, table = SENSORS[fits[0]]
-            pairs = [(b, table[c]) for b, c in zip(data, _STACKS[fits[0]][n], strict=True)]
+            pairs = [(b, table[c]) for b, c in zip(data, STACKS[fits[0]][n], strict=True)]
             how = f"{n} unnamed bands, taken as the {label} stack ({why or 'by the band count'})"
             return self.assign(pairs, how, "sensor" if sensor else "layout")
         if len(fits) > 1:
-            return self.ambiguous(tuple(fits), why, [_STACKS[k][n] for k in fits], data)
+            return self.ambiguous(tuple(fits), why, [STACKS[k][n] for k in fits], data)
         if n == 1:
             return self.unknown(
                 f"the raster has one data band but the model needs {len(self.wanted)} "
@@ -319,7 +191,7 @@ class _Ctx:
             f"{n}: pick the bands for {', '.join(self.wanted)} by number" + self._alpha_note()
         )
 
-    def ambiguous(self, keys: tuple[str, ...], why: str, codes: list, data: list[_Band]):
+    def ambiguous(self, keys: tuple[str, ...], why: str, codes: list, data: list[Band]):
         options = []
         for key, cs in zip(keys, codes, strict=True):
             label, table = SENSORS[key]
@@ -331,49 +203,12 @@ class _Ctx:
             only = options[0]
             return replace(only, reason=f"{only.reason} (the only layout that fits the model)")
         fits = "; ".join(o.reason for o in options) or "none gives every band the model needs"
-        what = "bands named " + _span(data) if data and data[0].label else "unnamed bands"
+        what = "bands named " + band_span(data) if data and data[0].label else "unnamed bands"
         return self.unknown(
             f"{len(data)} {what} fit more than one sensor ({why or 'nothing names the sensor'}): "
             f"{fits}. Pick the bands for {', '.join(self.wanted)} by number",
             tuple(options),
         )
-
-
-def _distinct(keys: list[str], n: int) -> list[str]:
-    """``keys`` without sensors whose n-band stack reads exactly like an earlier one's."""
-    out: list[str] = []
-    for k in keys:
-        if not any(SENSORS[k][1] is SENSORS[o][1] and _STACKS[k][n] == _STACKS[o][n] for o in out):
-            out.append(k)
-    return out
-
-
-def _span(data: list[_Band]) -> str:
-    return f"{data[0].label}-{data[-1].label}" if len(data) > 1 else data[0].label
-
-
-def _sensor(data: list[_Band], hints: Sequence[str]) -> tuple[str | tuple[str, ...] | None, str]:
-    """The sensor the codes or hints point to: a key, a tuple of candidates, or None; and why."""
-    hinted = []
-    for text in hints:
-        for key, pat in _HINTS:
-            if text and pat.search(text.upper()) and key not in hinted:
-                hinted.append(key)
-    codes = [b.code for b in data if b.code]
-    labels = " ".join(b.label.lower() for b in data)
-    if "vcid" in labels:
-        return "etm", "its _VCID_ thermal band names it"
-    if any(c.startswith("0") or c.endswith("a") or c in ("12",) for c in codes):
-        return "s2", "the names B01-B12 and B8A are Sentinel-2's"
-    if {"10", "11"} & set(codes):
-        return "oli", "bands 10 and 11 are Landsat 8/9 TIRS's"
-    if len(hinted) == 1:
-        return hinted[0], "the file name or metadata names it"
-    if codes and len(codes) == len(data) and len(codes) >= 5 and {"5", "7"} <= set(codes):
-        if "6" not in codes and "1" in codes:
-            return "tm", "bands 1-5 and 7 without 6 are TM/ETM+ surface reflectance"
-        return ("tm", "oli"), "nothing names the sensor"
-    return (tuple(hinted) or None), ("the hints name several sensors" if hinted else "")
 
 
 def user_choice(
