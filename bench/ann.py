@@ -7,9 +7,9 @@ Clusters are laid out in 8 x 8-tile patches, so neighbouring tiles look alike as
 does. Queries are 50 cluster centres with noise (cosine ~0.9 to the centre). This is a
 realistic shape for tile embeddings, not real embeddings: recall on real stores may differ.
 
-Brute force is the exact streamed :func:`engine.similarity.top_k_chunked` (NMS off) and the
+Brute force is the exact streamed :func:`engine.search.streaming.top_k_chunked` (NMS off) and the
 in-memory ``top_k(similarity)``; the ground truth is one exact batched pass over the store.
-The ANN rows are :func:`engine.ann.top_k_ann` (index search + exact re-score) at several nprobe.
+The ANN rows are :func:`engine.search.ann.top_k_ann` (index search + exact re-score) at several nprobe.
 
     .venv/bin/python bench/ann.py --tiles 1000000 --json /tmp/ann.json
 """

@@ -32,7 +32,7 @@ from ..engine.pipeline import ClassifySpec, QuerySpec
 from . import layers as L
 from . import source_bands
 from .qgis_reader import reader_for_layer
-from .settings import Settings, reserve_output, slug  # noqa: F401 - slug: public here
+from .settings import Settings, reserve_output
 from .tasks import ClassifyTask, EmbedTask, EngineTask, HeatmapTask, RequestTokens, TaskResult
 
 LOG_TAG = "UniGeo"

@@ -153,7 +153,7 @@ class Settings:
         return self.threads if self.threads > 0 else None
 
     def max_nodata(self) -> float:
-        """The no-data fraction above which queries skip a tile (``engine.store_window``)."""
+        """The no-data fraction above which queries skip a tile (``engine.store.window``)."""
         return min(max(self.max_nodata_pct, 0), 100) / 100.0
 
     def stride_arg(self) -> int | None:

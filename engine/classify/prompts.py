@@ -2,8 +2,7 @@
 
 The prompt rule (bundle prompts are final; only bare class names get the templates), the softmax
 temperature (the bundle's learned ``logit_scale``, else a flagged fallback), the top-1/top-2
-cosine-gap statistics and the warning a zero-shot map carries. :mod:`.classify` uses them and
-re-exports the public names.
+cosine-gap statistics and the warning a zero-shot map carries. :mod:`.land_use` uses them.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def assign_folds(
 
 
 def _predict(lin: Linear, x: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Class and softmax confidence, exactly as :func:`engine.classify.from_examples` gives."""
+    """Class and softmax confidence, exactly as :func:`engine.classify.land_use.from_examples` gives."""
     logits = x @ lin.weight + lin.bias
     prob = softmax(logits * np.float32(1.0 / temperature if lin.cosine else 1.0))
     return prob.argmax(axis=-1), prob.max(axis=-1)

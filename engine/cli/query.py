@@ -68,7 +68,7 @@ def _region(path: str) -> Region:
 
 
 def _query_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """The files a query command reads, by option, for :func:`~.cli_common.check_paths`."""
+    """The files a query command reads, by option, for :func:`~.common.check_paths`."""
     return {"the store": args.store, "--region": args.region, "--photo": args.photo}
 
 

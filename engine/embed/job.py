@@ -1,7 +1,7 @@
 """The embedding pipeline: raster tiles -> encoder -> embedding store, resumable and cancellable.
 
 Reader threads fetch and preprocess batches of tiles while the calling thread runs inference, so
-reading overlaps inference. A batch is read (:func:`~.batch_read.read_chips`) as a few windows
+reading overlaps inference. A batch is read (:func:`~engine.raster.batch.read_chips`) as a few windows
 when the reader has ``read_window``, tile by tile otherwise. At most ``2 * workers`` batches are
 in flight, so memory stays bounded whatever the raster size; how many readers run beside
 onnxruntime's threads is :func:`reader_threads`'s measured rule. Blocks of ``block_tiles`` ×
@@ -268,8 +268,8 @@ def embed_raster(
 
     Args:
         model: the encoder (``engine.model.UniGeoModel`` or anything with the same methods).
-        reader: the raster (see :class:`engine.raster_io.RasterReader`).
-        grid: the tiles to embed, usually from :func:`engine.raster_io.grid_for_raster`.
+        reader: the raster (see :class:`engine.raster.reader.RasterReader`).
+        grid: the tiles to embed, usually from :func:`engine.raster.tiling.grid_for_raster`.
         store_path: the store folder to produce (written in ``<store_path>.partial`` first).
         modality: ``Modality.AERIAL`` or ``Modality.DSM``.
         batch_size: tiles per read job and per inference call.

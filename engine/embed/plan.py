@@ -114,7 +114,7 @@ def plan_embedding(
     """The tile count, estimated time and pixel-size check of embedding ``reader`` on ``grid``.
 
     Args:
-        reader: the raster (a :class:`~.raster_io.RasterReader`: ``bounds``, ``res``, ``crs``).
+        reader: the raster (a :class:`~engine.raster.reader.RasterReader`: ``bounds``, ``res``, ``crs``).
         grid: the tile grid it will be embedded on.
         domain: the model's training domain (``model.bundle.training_domain``).
         aerial: check the pixel size against the aerial training range (False for a DSM).

@@ -7,7 +7,7 @@ not by raising, so every call runs in a :func:`~.gdal_errors.gdal_errors` scope;
 opened again and every pixel read back against a digest of what was written. Only a file that
 passes replaces the target: a failure raises :class:`~.errors.OutputError` and leaves the
 previous output as it was. Provenance (model hash, query, parameters) is stored as ``UNIGEO_*``
-GDAL metadata tags, so a layer can always say where it came from. Vectors: :mod:`.vector_io`.
+GDAL metadata tags, so a layer can always say where it came from. Vectors: :mod:`.vector`.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def write_grid_raster(
         provenance: Dataset-level provenance, written as ``UNIGEO_*`` tags.
         colormap: A GDAL colour table for band 1 (index -> RGBA); byte/uint16 rasters only.
         render: Draw the cells on this finer grid, inside the source raster's outline
-            (:func:`engine.render.render_for`); needs a ``nodata`` value.
+            (:func:`engine.geo.render.render_for`); needs a ``nodata`` value.
 
     Returns:
         The written path.

@@ -1,6 +1,6 @@
 """Band naming and resolution: which bands of a raster feed which of the model's bands.
 
-Shared by every raster reader (the GDAL one in :mod:`.raster_io` and the plugin's QGIS-layer
+Shared by every raster reader (the GDAL one in :mod:`.gdal_reader` and the plugin's QGIS-layer
 reader), so a raster's bands are matched the same way whichever reader opens it.
 """
 

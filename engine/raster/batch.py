@@ -1,7 +1,7 @@
 """Reading batches of grid tiles from a raster: one window per rectangle of neighbouring tiles.
 
-:func:`read_batch` is how both the single-process pipeline (:mod:`.embed`) and the Dask task
-(:mod:`.distributed`) read their tiles, so the two produce the same chips. A window never holds
+:func:`read_batch` is how both the single-process pipeline (:mod:`~engine.embed.job`) and the Dask task
+(:mod:`~engine.scale.distributed`) read their tiles, so the two produce the same chips. A window never holds
 more than ``WINDOW_MAX_VALUES`` values, so memory stays bounded whatever the batch size.
 """
 
@@ -113,7 +113,7 @@ def edge_shift(
     Only a tile at least half inside moves (by at most half its size): one mostly outside would
     land on its inner neighbour and duplicate it; it stays where it is (and, mostly empty, is
     skipped; outputs draw its strip of the raster with the neighbour's value, see
-    :mod:`.render`). An axis along which the box is narrower than the tile is left as it is.
+    :mod:`~engine.geo.render`). An axis along which the box is narrower than the tile is left as it is.
     """
 
     def delta(lo: float, hi: float, blo: float, bhi: float) -> float:

@@ -1,7 +1,7 @@
 """Several rasters read as one: ``MosaicReader``, STAC-like collections and their tile grid.
 
 A mosaic is a list of rasters, possibly in different CRSs (a national orthophoto delivered per
-UTM zone, a STAC search result). Each member is a :class:`~.raster_io.GdalReader`, so every
+UTM zone, a STAC search result). Each member is a :class:`~.gdal_reader.GdalReader`, so every
 tile is warped onto the grid by the same code as a single raster. A tile is filled from the
 members in order: pixels that are no data (NaN) in one member are taken from the next one
 (first valid wins). :class:`SourceSpec` is the small picklable description of the inputs that a
@@ -140,7 +140,7 @@ def source_spec(
 
 
 class MosaicReader:
-    """A :class:`~.raster_io.RasterReader` over several rasters, possibly in different CRSs.
+    """A :class:`~.reader.RasterReader` over several rasters, possibly in different CRSs.
 
     Args:
         paths_or_collection: raster paths, or one STAC-like JSON collection file.
@@ -277,8 +277,8 @@ def grid_for_sources(
 ) -> TileGrid:
     """The tile grid for a raster or mosaic: the union of member bounds in the grid CRS.
 
-    A single raster with no ``grid_crs`` gets exactly :func:`~.raster_io.grid_for_raster`'s
-    grid. Otherwise the grid CRS is ``grid_crs`` or :func:`~.raster_io.choose_grid_crs` of the
+    A single raster with no ``grid_crs`` gets exactly :func:`~.tiling.grid_for_raster`'s
+    grid. Otherwise the grid CRS is ``grid_crs`` or :func:`~.tiling.choose_grid_crs` of the
     first member, and the GSD the encoder's (or the first member's own). ``extent`` is in
     ``extent_crs`` (default: the grid CRS) and is clipped to the union.
     """

@@ -1,9 +1,9 @@
 """Reading a raster through GDAL's warper, onto the tile lattice in the grid CRS at the grid GSD.
 
-The reference read path of :class:`~.raster_io.GdalReader` (and its only path for rasters in
+The reference read path of :class:`~.gdal_reader.GdalReader` (and its only path for rasters in
 another CRS or at another pixel size): a warped VRT whose pixel lattice is snapped to the tile
 lattice, so every tile is an integer window of it, read the same way whatever extent it belongs
-to. :mod:`.native_read` is the fast path that skips the warper.
+to. :mod:`.native` is the fast path that skips the warper.
 
 The VRT is written as GDAL's own ``VRTWarpedDataset`` XML rather than made by ``gdal.Warp``:
 gdalwarp drops a source alpha band from the output bands (and in GDAL < 3.7 can only take the

@@ -2,7 +2,7 @@
 
 A local cluster listens on 127.0.0.1 only (scheduler, workers, nannies and dashboard) and, when
 ``cryptography`` is installed, speaks TLS with temporary credentials; a running scheduler is
-reached over TLS, or plain TCP on loopback (:mod:`.dask_security` holds those rules).
+reached over TLS, or plain TCP on loopback (:mod:`.security` holds those rules).
 ``dask.distributed`` is imported inside :class:`DaskCluster` so that ``engine`` imports
 without it; :func:`local_workers` (the scheduler argument's check) needs no Dask at all.
 """
@@ -16,12 +16,11 @@ import time
 from typing import Any
 
 from ..errors import EngineError
-from .security import (  # noqa: F401  (local_workers: importable from here as before)
+from .security import (
     check_address,
     client_security,
     local_dashboard,
     local_security,
-    local_workers,
     require_distributed,
     warn_if_insecure,
 )

@@ -1,13 +1,12 @@
 """Distributed embedding: blocks of a tile grid as Dask tasks, written into a Zarr store.
 
 The client (:func:`embed_distributed`) validates the model and the inputs, opens (or resumes) a
-:class:`~.zarr_store.ZarrEmbeddingStore` and submits one task per remaining resume block. Each
+:class:`~engine.store.zarr.ZarrEmbeddingStore` and submits one task per remaining resume block. Each
 worker process keeps one model (one onnxruntime session, warmed once) and one reader in a
 module-level cache, so a task costs only its own reads and inference. A task writes its block's
 chunks and then its ``done`` marker; a block whose marker is missing after a worker loss or a
-restart is simply computed again. The task itself lives in :mod:`.dask_worker` (its names are
-re-exported here) and the Dask client in :class:`~.dask_cluster.DaskCluster`, which connects
-over TLS or to loopback only unless told otherwise (:mod:`.dask_security`).
+restart is simply computed again. The task itself lives in :mod:`.worker` and the Dask client in :class:`~.cluster.DaskCluster`, which connects
+over TLS or to loopback only unless told otherwise (:mod:`.security`).
 ``dask.distributed`` is imported inside functions so that ``engine`` imports without it.
 """
 
@@ -29,17 +28,12 @@ from ..grid import TileGrid
 from ..raster.mosaic import SourceSpec, source_spec
 from ..store.guard import check_target
 from ..store.zarr import ZarrEmbeddingStore, is_zarr_store
-from .cluster import DaskCluster, local_workers  # noqa: F401  (importable from here)
+from .cluster import DaskCluster
 from .security import check_address, client_security, local_dashboard
-from .worker import (  # noqa: F401  (the task's names, importable from here as before)
-    MODEL_LOADS,
+from .worker import (
     BlockJob,
-    block_of,
-    encode_block,
-    model_loads,
     run_block,
     warm,
-    worker_state,
 )
 
 
@@ -94,9 +88,9 @@ def embed_distributed(
 
     Args:
         bundle_dir: the model bundle folder; every worker must see it at this path.
-        sources: a :class:`~.mosaic.SourceSpec`, a raster path, several paths or a STAC-like
+        sources: a :class:`~engine.raster.mosaic.SourceSpec`, a raster path, several paths or a STAC-like
             JSON collection; every worker must see the files at the same paths.
-        grid: the tiles to embed (e.g. from :func:`~.mosaic.grid_for_sources`).
+        grid: the tiles to embed (e.g. from :func:`~engine.raster.mosaic.grid_for_sources`).
         store_path: the Zarr store folder to produce (written in ``<store_path>.partial``).
         scheduler: ``"local:N"`` (a local cluster of N worker processes on 127.0.0.1, closed at
             the end) or the address of a running scheduler: ``"tls://host:8786"``, or

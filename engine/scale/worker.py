@@ -2,9 +2,9 @@
 
 Each worker process keeps its models (one onnxruntime session each, warmed once) and readers in
 module-level LRU caches, so a task costs only its own reads and inference. A task
-(:func:`run_block`) reads its block's batches with :func:`~.batch_read.read_chips` in a small thread
-pool, encodes them with :func:`~.embed.encode_into`, writes the block's chunks and only then
-its ``done`` marker. The client side is :mod:`.distributed`, which re-exports these names.
+(:func:`run_block`) reads its block's batches with :func:`~engine.raster.batch.read_chips` in a small thread
+pool, encodes them with :func:`~engine.embed.job.encode_into`, writes the block's chunks and only then
+its ``done`` marker. The client side is :mod:`.distributed`.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def encode_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Embeddings ``[nr, nc, D]`` (float32), validity, no-data fractions and the encoded count.
 
-    Batches are those of :func:`~.embed.embed_raster` (same cells per batch) and each is encoded by the
-    same :func:`~.embed.encode_into`, so the result matches the single-process store.
+    Batches are those of :func:`~engine.embed.job.embed_raster` (same cells per batch) and each is encoded by the
+    same :func:`~engine.embed.job.encode_into`, so the result matches the single-process store.
     """
     r0, c0, nr, nc = block
     cells = [(r0 + i, c0 + j) for i in range(nr) for j in range(nc)]

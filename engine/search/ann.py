@@ -11,7 +11,7 @@ The index lives beside the store (``<store>/ann/``):
 An index whose store changed (another model, source, grid or set of valid tiles) is refused
 when loaded. Vectors are the float16 store rows widened to float32 and L2-normalised, compared by
 inner product (= cosine). :func:`top_k_ann` takes k·(2r+1)^2 candidates from the index,
-re-scores them exactly from the store and runs the same greedy NMS as :func:`~.similarity.top_k`.
+re-scores them exactly from the store and runs the same greedy NMS as :func:`~.hits.top_k`.
 
 FAISS comes with the ``scale`` extra (``faiss-cpu``) and is imported only when an index is used.
 """
@@ -345,11 +345,11 @@ def top_k_ann(
     nprobe: int | None = None,
     calibration: Calibration | None = None,
 ) -> list[Hit]:
-    """Top-k hits with NMS from ANN candidates, as :class:`~.similarity.Hit` objects.
+    """Top-k hits with NMS from ANN candidates, as :class:`~.hits.Hit` objects.
 
     The index gives k·(2r+1)^2 candidates; their cosine is recomputed from the store (the same
     float32 arithmetic as :func:`~.similarity.similarity`), then the greedy NMS of
-    :func:`~.similarity.top_k` runs on them. With an exhaustive search (``kind="flat"`` or
+    :func:`~.hits.top_k` runs on them. With an exhaustive search (``kind="flat"`` or
     ``nprobe = nlist``) the hits equal ``top_k``'s. Percentiles come from ``calibration`` if
     given, else from the index's sample of tiles (an estimate: see :data:`SAMPLE_SIZE`).
     """

@@ -178,7 +178,7 @@ def region_query(
 
     Args:
         store: The embedding store.
-        polygon: A (multi)polygon as WKT, WKB or GeoJSON (see :mod:`.geometry`).
+        polygon: A (multi)polygon as WKT, WKB or GeoJSON (see :mod:`~engine.geo.geometry`).
         crs: CRS of the polygon (default: the store's CRS).
         min_tiles: Fewest tiles the region must cover.
     """

@@ -1,10 +1,10 @@
 """What every embedding store kind shares: the description, resume/finalise, ``partial_path``.
 
-:class:`StoreBase` holds the logic common to the npy :class:`~.store.EmbeddingStore` and the
-Zarr :class:`~.zarr_store.ZarrEmbeddingStore`: the description's properties, block bookkeeping,
+:class:`StoreBase` holds the logic common to the npy :class:`~.npy.EmbeddingStore` and the
+Zarr :class:`~.zarr.ZarrEmbeddingStore`: the description's properties, block bookkeeping,
 resuming a matching ``<path>.partial`` and the atomic rename on finalise. :func:`new_info`
 builds a new store's description and :func:`read_description` reads one back (from
-``store.json`` or from a Zarr group's attributes). ``engine.store`` re-exports these names.
+``store.json`` or from a Zarr group's attributes).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class StoreBase:
     ``_read_info`` (the description of a folder, None when absent), ``_mark_complete`` and
     ``_close_data``.
 
-    Writing is guarded (:mod:`.store_guard`): :meth:`create` and :meth:`resume` refuse a target
+    Writing is guarded (:mod:`.guard`): :meth:`create` and :meth:`resume` refuse a target
     that is not a store, and hold the store's single-writer lock until :meth:`finalize` or
     :meth:`close`, so a second writer gets a clear error instead of destroying the store.
     """

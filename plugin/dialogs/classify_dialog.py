@@ -1,7 +1,7 @@
 """The land-use classification dialog: zero-shot with editable class prompts, or labelled polygons.
 
 Which of the two is selected first follows the model bundle's declared zero-shot accuracy
-(:func:`engine.class_prompts.default_classify_mode`), and the dialog says why above the choice.
+(:func:`engine.classify.prompts.default_classify_mode`), and the dialog says why above the choice.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Processing algorithms ``unigeo:installmodel`` and ``unigeo:models``: the model manager.
 
-Thin adapters over ``engine.model_install`` and ``engine.model_library``, the same functions the
+Thin adapters over ``engine.library.install`` and ``engine.library.installed``, the same functions the
 Model manager dialog and ``python -m engine models`` call.
 """
 

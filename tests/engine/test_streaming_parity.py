@@ -1,6 +1,6 @@
 """Parity of the streamed (large-store) query path with the exact in-memory one.
 
-The chunked functions of ``engine.streaming`` are forced on small stores (``chunked=True``,
+The chunked functions of ``engine.search.streaming`` are forced on small stores (``chunked=True``,
 small ``chunk_rows``) and compared with ``similarity`` + ``calibrate`` / ``top_k``: hits must
 be the same tiles in the same order with the same scores and percentiles, and heatmaps the same
 cosine band, the same nodata cells and percentiles within the stated tolerance, on stores with

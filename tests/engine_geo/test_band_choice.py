@@ -1,4 +1,4 @@
-"""Tests of engine/band_choice.py: bands picked by names, colour interpretation and sensor layouts."""
+"""Tests of engine/raster/band_choice.py: bands picked by names, colour interpretation and sensor layouts."""
 
 from __future__ import annotations
 

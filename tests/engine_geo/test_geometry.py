@@ -1,4 +1,4 @@
-"""engine.geometry: WKT/WKB/GeoJSON in, WKB out; clear errors; cell centres inside polygons.
+"""engine.geo.geometry: WKT/WKB/GeoJSON in, WKB out; clear errors; cell centres inside polygons.
 
 shapely and pyproj are independent references here (tests only; the engine uses OGR/OSR).
 """

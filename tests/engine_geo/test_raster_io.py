@@ -1,4 +1,4 @@
-"""Tests of engine/raster_io.py: chips land where they should, bands map, bad input is refused."""
+"""Tests of engine/raster/gdal_reader.py: chips land where they should, bands map, bad input is refused."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_unknown_vector_extension_names_every_format(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# -- band-mismatch messages (engine/bands.py) -------------------------------------------------
+# -- band-mismatch messages (engine/raster/bands.py) -------------------------------------------------
 RGBN = ("red", "green", "blue", "nir")
 
 

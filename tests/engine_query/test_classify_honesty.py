@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.classify.land_use import LOW_MARGIN, resolve_prompts, zero_shot, zero_shot_warning
+from engine.classify.land_use import zero_shot
+from engine.classify.prompts import LOW_MARGIN, resolve_prompts, zero_shot_warning
 from engine.cli.classify import read_classes
 from engine.contract import BundleSpec, Modality
 from engine.errors import InputError, ModelContractError

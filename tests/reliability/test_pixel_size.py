@@ -1,7 +1,7 @@
 """Issue 16 item 8: a pixel size far outside the training range is warned about before embedding.
 
 A 1 km raster was silently upsampled 200x to 5 m (641,601 tiles, about an hour) though the bundle
-declares a 2-90 m training range. :func:`engine.embed_plan.plan_embedding` computes the tile
+declares a 2-90 m training range. :func:`engine.embed.plan.plan_embedding` computes the tile
 count, the time (from rates earlier stores recorded, else a conservative constant) and the
 warning; the CLI prints it (Processing and the GUI: tests/plugin/test_faults_plugin.py).
 """

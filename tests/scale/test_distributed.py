@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from engine.scale.distributed import embed_distributed, model_loads
+from engine.scale.distributed import embed_distributed
+from engine.scale.worker import model_loads
 from engine.store import open_store
 from engine.store.zarr import ZarrEmbeddingStore
 
