@@ -57,19 +57,17 @@ def make_layer_raster(path: Path, tiles: int, tile_m: float) -> None:
 
 def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
     """Put a store of unit embeddings into the plugin cache under the key the plugin computes."""
-    from unigeo.engine.contract import Modality
-    from unigeo.engine.raster.tiling import grid_for_raster
-    from unigeo.engine.store.cache import StoreCache
+    from unigeo.engine.pipeline import cached_store, tile_grid
     from unigeo.engine.store.npy import EmbeddingStore
     from unigeo.plugin.qgis_reader import reader_for_layer
 
     s = ctl.settings()
-    reader = reader_for_layer(layer)
-    grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess, stride_px=s.stride_arg())
-    cache = StoreCache(s.cache_path(), s.cache_bytes())
-    key = cache.key(reader.fingerprint(), model.model_hash, grid)
+    reader = reader_for_layer(layer, bands=ctl.bands_for(layer, model).bands)  # as with_store
+    grid = tile_grid(model, reader, stride_px=s.stride_arg())
+    entry = cached_store(model, reader, grid, s.cache_path(), s.cache_bytes())
+    key = entry.key
     store = EmbeddingStore.create(
-        cache.path_for(key), grid, model.dim, model.model_hash, reader.fingerprint()
+        entry.path, grid, model.dim, model.model_hash, reader.fingerprint()
     )
     rng = np.random.default_rng(0)
     for bid, (r0, c0, nr, nc) in enumerate(store.blocks()):

@@ -9,7 +9,7 @@ everything else is the engine's inside (tests/test_layering.py holds the plugin 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .geo.vector import VECTOR_DRIVERS
 from .grid import Bounds, TileGrid
 from .model import UniGeoModel
 from .preprocess import read_exif_latlon
+from .raster.reader import RasterReader
 from .raster.tiling import grid_for_raster
 from .search import domain
 from .search import streaming as S
@@ -47,7 +48,7 @@ from .store.window import DEFAULT_MAX_NODATA, keep_tiles, restrict_nodata, store
 __all__ = [
     # the use cases
     "load_model", "resolve_providers", "read_exif_latlon", "default_classify_mode",
-    "tile_grid", "plan", "cached_store", "embed", "open_store", "store_window",
+    "tile_grid", "plan", "cached_store", "embed", "open_store", "store_window", "restrict_nodata",
     "write_embeddings_tiff", "build_query", "heatmap", "hits", "domain_warning",
     "place_embedding", "gps_field", "write_field", "classify", "validate", "report_paths",
     "write_classification", "write_validation_report", "provenance", "read_output",
@@ -60,24 +61,38 @@ __all__ = [
 HIT_FORMATS = tuple(VECTOR_DRIVERS)  # file suffixes hits can be written to
 Progress = Callable[[float], None] | None
 Canceled = Callable[[], bool] | None
+Store = Any  # an embedding store of either kind, or a window of one
 
 
 # -- the model --------------------------------------------------------------------------------
-def load_model(folder: str | Path, provider: str | None = None, threads: int | None = None):
+def load_model(
+    folder: str | Path, provider: str | None = None, threads: int | None = None
+) -> UniGeoModel:
     """The model bundle in ``folder``, its encoders on ``provider`` (None: the best available)."""
     return UniGeoModel.load(folder, providers=provider, threads=threads)
 
 
 # -- the store of a raster --------------------------------------------------------------------
 def tile_grid(
-    model, reader, modality=Modality.AERIAL, stride_px=None, extent=None, extent_crs=None
-):
+    model: UniGeoModel,
+    reader: RasterReader,
+    modality: Modality = Modality.AERIAL,
+    stride_px: int | None = None,
+    extent: Bounds | None = None,
+    extent_crs: str | None = None,
+) -> TileGrid:
     """The tiles of ``reader`` (or of ``extent`` in ``extent_crs``) for the ``modality`` encoder."""
     spec = model.spec(modality).preprocess
     return grid_for_raster(reader, spec, stride_px=stride_px, extent=extent, extent_crs=extent_crs)
 
 
-def plan(model, reader, grid: TileGrid, folders: Sequence[str | Path], modality=Modality.AERIAL):
+def plan(
+    model: UniGeoModel,
+    reader: RasterReader,
+    grid: TileGrid,
+    folders: Sequence[str | Path],
+    modality: Modality = Modality.AERIAL,
+) -> EmbedPlan:
     """An embedding's estimate and warnings; ``folders`` hold earlier stores that timed theirs."""
     rate = recorded_tiles_per_s(folders, model.model_hash)
     dom, aerial = model.bundle.training_domain, modality is Modality.AERIAL
@@ -90,7 +105,7 @@ class CachedStore:
 
     cache: StoreCache
     key: str
-    store: Any
+    store: Store | None
 
     @property
     def path(self) -> Path:
@@ -101,7 +116,14 @@ class CachedStore:
         self.cache.evict(keep=(self.key,))
 
 
-def cached_store(model, reader, grid, cache_dir, cache_bytes: int, modality=Modality.AERIAL):
+def cached_store(
+    model: UniGeoModel,
+    reader: RasterReader,
+    grid: TileGrid,
+    cache_dir: str | Path,
+    cache_bytes: int,
+    modality: Modality = Modality.AERIAL,
+) -> CachedStore:
     """The store cache's entry for embedding ``reader`` on ``grid`` with ``model``."""
     cache = StoreCache(cache_dir, cache_bytes)
     # a DSM store of the same grid must not be taken for the aerial one
@@ -110,7 +132,15 @@ def cached_store(model, reader, grid, cache_dir, cache_bytes: int, modality=Moda
     return CachedStore(cache, key, cache.get_or_none(key))
 
 
-def embed(model, reader, grid, folder, modality=Modality.AERIAL, block_tiles=16, **options):
+def embed(
+    model: UniGeoModel,
+    reader: RasterReader,
+    grid: TileGrid,
+    folder: str | Path,
+    modality: Modality = Modality.AERIAL,
+    block_tiles: int = 16,
+    **options: Any,
+) -> Store:
     """Embed every tile of ``grid`` into the store ``folder`` (resumable); returns the store.
 
     ``options``: ``batch_size``, ``workers``, ``progress``, ``is_canceled``, ``resume``, ``meta``.
@@ -118,7 +148,11 @@ def embed(model, reader, grid, folder, modality=Modality.AERIAL, block_tiles=16,
     return embed_raster(model, reader, grid, folder, modality, block_tiles=block_tiles, **options)
 
 
-def open_store(folder: str | Path, model=None, max_nodata: float | None = DEFAULT_MAX_NODATA):
+def open_store(
+    folder: str | Path,
+    model: UniGeoModel | None = None,
+    max_nodata: float | None = DEFAULT_MAX_NODATA,
+) -> Store:
     """The store in ``folder``, its tiles with more no data than ``max_nodata`` left out.
 
     Raises:
@@ -135,8 +169,16 @@ def open_store(folder: str | Path, model=None, max_nodata: float | None = DEFAUL
 
 
 # -- queries ----------------------------------------------------------------------------------
-def heatmap(path, store, query: Query, mask=(), percentiles=True, provenance=None,
-            progress: Progress = None, is_canceled: Canceled = None) -> Path:  # fmt: skip
+def heatmap(
+    path: str | Path,
+    store: Store,
+    query: Query,
+    mask: Sequence[tuple[Any, str | None]] = (),
+    percentiles: bool = True,
+    provenance: Mapping[str, Any] | None = None,
+    progress: Progress = None,
+    is_canceled: Canceled = None,
+) -> Path:
     """Write the query's heatmap GeoTIFF (band 1 cosine, band 2 percentile within the area).
 
     ``mask``: ``(polygon, CRS)`` pairs; only tiles whose centre lies inside one are scored, and
@@ -152,8 +194,18 @@ def heatmap(path, store, query: Query, mask=(), percentiles=True, provenance=Non
     return S.heatmap_auto(path, store, query, percentiles, provenance, progress, is_canceled)
 
 
-def hits(path, store, query: Query, k: int, min_distance: int = 1, as_polygons=False,
-         provenance=None, ann=False, progress: Progress = None, is_canceled: Canceled = None):  # fmt: skip
+def hits(
+    path: str | Path,
+    store: Store,
+    query: Query,
+    k: int,
+    min_distance: int = 1,
+    as_polygons: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+    ann: bool = False,
+    progress: Progress = None,
+    is_canceled: Canceled = None,
+) -> list[Hit]:
     """Write the query's ``k`` best places (NMS ``min_distance`` tiles apart); returns them.
 
     ``ann``: rank with the store's FAISS index (see ``python -m engine index``), not exactly.
@@ -166,13 +218,20 @@ def hits(path, store, query: Query, k: int, min_distance: int = 1, as_polygons=F
     return found
 
 
-def domain_warning(store, model) -> str | None:
+def domain_warning(store: Store, model: UniGeoModel) -> str | None:
     """A sentence when ``store`` lies (partly) outside the model's training domain, else None."""
     return domain.domain_warning(store, model.bundle.training_domain)
 
 
-def gps_field(model, crs: str, box: Bounds, cell_size: float, query: Query | None = None,
-              progress: Progress = None, is_canceled: Canceled = None):  # fmt: skip
+def gps_field(
+    model: UniGeoModel,
+    crs: str,
+    box: Bounds,
+    cell_size: float,
+    query: Query | None = None,
+    progress: Progress = None,
+    is_canceled: Canceled = None,
+) -> tuple[TileGrid, np.ndarray | None]:
     """GPS embeddings of every cell of ``box`` (or their scores against ``query``): ``(grid,
     field)``, field None when cancelled. Write it with :func:`write_field`."""
     grid = field_grid(crs, box, cell_size, model.dim, scored=query is not None)
@@ -180,7 +239,7 @@ def gps_field(model, crs: str, box: Bounds, cell_size: float, query: Query | Non
 
 
 # -- provenance -------------------------------------------------------------------------------
-def provenance(model, store=None, **extra: Any) -> dict[str, Any]:
+def provenance(model: UniGeoModel, store: Store | None = None, **extra: Any) -> dict[str, Any]:
     """What an output records about its making: the model, the store, then ``extra``."""
     out = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
     if store is not None:

@@ -247,19 +247,19 @@ def test_write_hits_failure_and_bad_extension(fx, rng, tmp_path, monkeypatch):
     hits = top_k(store, similarity(store, np.ones(16)), k=2)
     with pytest.raises(InputError, match=r"\.gpkg, \.geojson or \.shp"):
         write_hits(tmp_path / "hits.kml", hits, store.crs)
-    from engine.geo import vector as vector_io
+    from engine.geo import vector
 
-    real = vector_io._write_ogr
+    real = vector._write_ogr
 
     def half_then_fail(path, *a, **k):
         real(path, *a, **k)  # the temporary file exists, then the writer fails
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(vector_io, "_write_ogr", half_then_fail)
+    monkeypatch.setattr(vector, "_write_ogr", half_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         write_hits(tmp_path / "hits.gpkg", hits, store.crs)
     assert list(tmp_path.iterdir()) == []
-    assert vector_io.vector_driver("a.GeoJSON") == "GeoJSON"
+    assert vector.vector_driver("a.GeoJSON") == "GeoJSON"
 
 
 @pytest.mark.slow
