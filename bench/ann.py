@@ -7,9 +7,9 @@ Clusters are laid out in 8 x 8-tile patches, so neighbouring tiles look alike as
 does. Queries are 50 cluster centres with noise (cosine ~0.9 to the centre). This is a
 realistic shape for tile embeddings, not real embeddings: recall on real stores may differ.
 
-Brute force is the exact streamed :func:`engine.similarity.top_k_chunked` (NMS off) and the
+Brute force is the exact streamed :func:`engine.search.streaming.top_k_chunked` (NMS off) and the
 in-memory ``top_k(similarity)``; the ground truth is one exact batched pass over the store.
-The ANN rows are :func:`engine.ann.top_k_ann` (index search + exact re-score) at several nprobe.
+The ANN rows are :func:`engine.search.ann.top_k_ann` (index search + exact re-score) at several nprobe.
 
     .venv/bin/python bench/ann.py --tiles 1000000 --json /tmp/ann.json
 """
@@ -35,11 +35,13 @@ try:
 except ImportError:  # run as a script
     from common import md_table  # type: ignore[no-redef]
 
-from engine.ann import AnnIndex, top_k_ann
 from engine.grid import TileGrid
-from engine.similarity import chunked_dot, similarity, top_k
-from engine.store import EmbeddingStore
-from engine.streaming import top_k_chunked
+from engine.search.ann import AnnIndex, top_k_ann
+from engine.search.hits import top_k
+from engine.search.scoring import chunked_dot
+from engine.search.similarity import similarity
+from engine.search.streaming import top_k_chunked
+from engine.store.npy import EmbeddingStore
 
 CRS = "EPSG:32614"
 

@@ -33,10 +33,11 @@ if not __package__:
 
 from bench.common import ROOT, machine_info, md_table  # noqa: E402
 from engine.contract import Modality  # noqa: E402
-from engine.distributed import embed_distributed  # noqa: E402
-from engine.embed import embed_raster  # noqa: E402
+from engine.embed.job import embed_raster  # noqa: E402
 from engine.model import UniGeoModel  # noqa: E402
-from engine.raster_io import GdalReader, grid_for_raster  # noqa: E402
+from engine.raster.gdal_reader import GdalReader  # noqa: E402
+from engine.raster.tiling import grid_for_raster  # noqa: E402
+from engine.scale.distributed import embed_distributed  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
 NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"
@@ -108,7 +109,7 @@ def _dask(cluster: Any, raster: Path, grid: Any, work: Path, bt: int, threads: i
 
 def bench_scene(raster: Path, work: Path, workers: list[int], repeats: int, bt: int) -> list[dict]:
     """Rows for one raster: single process, then each local cluster size."""
-    from engine.dask_cluster import DaskCluster
+    from engine.scale.cluster import DaskCluster
 
     cores = os.cpu_count() or 1
     model = UniGeoModel.load(DEFAULT_BUNDLE, threads=cores)

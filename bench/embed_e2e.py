@@ -27,9 +27,11 @@ except ImportError:  # run as a script
     from common import ROOT, time_fn, time_interleaved  # type: ignore[no-redef]
 
 from engine.contract import Modality
-from engine.embed import _read_batch, embed_raster
+from engine.embed.job import embed_raster
 from engine.model import UniGeoModel
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.batch import read_batch
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
 NAIP = ROOT.parent / "shared" / "data" / "naip_north_dakota" / "m_4709963_se_14_1_20190904.tif"
@@ -68,10 +70,10 @@ def mosaic_raster(src_path: Path | None, dst: Path, scale: int, size: int = 720)
 def preload_chips(reader: Any, grid: Any, bands: tuple[str, ...]) -> np.ndarray:
     """Every tile of ``grid`` as float32 chips, the usable ones only (as embed_raster keeps).
 
-    Read as embed_raster reads them (``_read_batch``: one window per row of a block).
+    Read as embed_raster reads them (``read_batch``: one window per row of a block).
     """
     cells = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
-    parts = [_read_batch(reader, grid, bands, cells[k : k + 32]) for k in range(0, len(cells), 32)]
+    parts = [read_batch(reader, grid, bands, cells[k : k + 32]) for k in range(0, len(cells), 32)]
     chips = np.concatenate([p[0] for p in parts])
     nodata = np.concatenate([p[1] for p in parts])
     return chips[(nodata <= 0.5) & (nodata < 1.0)]
@@ -80,7 +82,7 @@ def preload_chips(reader: Any, grid: Any, bands: tuple[str, ...]) -> np.ndarray:
 class TileOnlyReader:
     """The reader of the previous release: tile-by-tile reads, every one through the warper.
 
-    It hides ``read_window`` (so ``_read_batch`` falls back to ``read_tile``, as for the
+    It hides ``read_window`` (so ``read_batch`` falls back to ``read_tile``, as for the
     plugin's QGIS-layer reader) and never skips GDAL's warper.
     """
 

@@ -57,18 +57,17 @@ def make_layer_raster(path: Path, tiles: int, tile_m: float) -> None:
 
 def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
     """Put a store of unit embeddings into the plugin cache under the key the plugin computes."""
-    from unigeo.engine.contract import Modality
-    from unigeo.engine.raster_io import grid_for_raster
-    from unigeo.engine.store import EmbeddingStore, StoreCache
+    from unigeo.engine.pipeline import cached_store, tile_grid
+    from unigeo.engine.store.npy import EmbeddingStore
     from unigeo.plugin.qgis_reader import reader_for_layer
 
     s = ctl.settings()
-    reader = reader_for_layer(layer)
-    grid = grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess, stride_px=s.stride_arg())
-    cache = StoreCache(s.cache_path(), s.cache_bytes())
-    key = cache.key(reader.fingerprint(), model.model_hash, grid)
+    reader = reader_for_layer(layer, bands=ctl.bands_for(layer, model).bands)  # as with_store
+    grid = tile_grid(model, reader, stride_px=s.stride_arg())
+    entry = cached_store(model, reader, grid, s.cache_path(), s.cache_bytes())
+    key = entry.key
     store = EmbeddingStore.create(
-        cache.path_for(key), grid, model.dim, model.model_hash, reader.fingerprint()
+        entry.path, grid, model.dim, model.model_hash, reader.fingerprint()
     )
     rng = np.random.default_rng(0)
     for bid, (r0, c0, nr, nc) in enumerate(store.blocks()):
@@ -82,8 +81,8 @@ def fill_cached_store(ctl, layer, model) -> tuple[int, str]:
 
 def click_to_layer(app, ctl, layer, repeats: int) -> list[float]:
     """Seconds from run_query (a point click) to layersAdded, ``repeats`` times after a warm-up."""
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import QuerySpec
 
     ext = layer.extent()
     x, y = ext.center().x(), ext.center().y()
@@ -109,8 +108,9 @@ def click_to_layer(app, ctl, layer, repeats: int) -> list[float]:
 def ui_stall_during_embedding(app, ctl, layer) -> dict:
     """Largest gap between 10 ms main-thread timer ticks while a real EmbedTask runs."""
     from qgis.PyQt.QtCore import QTimer
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import EngineTask, QuerySpec
+    from unigeo.plugin.tasks import EngineTask
 
     ticks: list[float] = []
     timer = QTimer()

@@ -30,9 +30,11 @@ except ImportError:  # run as a script
     from common import time_interleaved  # type: ignore[no-redef]
 
 from engine.grid import TileGrid
-from engine.similarity import _calibrate_exact, calibrate, similarity, top_k, write_heatmap
-from engine.store import EmbeddingStore
-from engine.streaming import top_k_chunked, write_heatmap_chunked
+from engine.search.calibration import calibrate, calibrate_exact
+from engine.search.hits import top_k
+from engine.search.similarity import similarity, write_heatmap
+from engine.search.streaming import top_k_chunked, write_heatmap_chunked
+from engine.store.npy import EmbeddingStore
 
 CRS = "EPSG:32614"
 
@@ -91,7 +93,7 @@ def bench_store(
             "calibrate": lambda: calibrate(scores),
             f"top{k}": lambda: top_k(store, scores, k, percentiles=pct),
             "similarity_1thread": lambda: similarity(store, q, workers=1),
-            "calibrate_exact": lambda: _calibrate_exact(scores),
+            "calibrate_exact": lambda: calibrate_exact(scores),
             "heatmap_tif": lambda: write_heatmap(Path(tmp) / "a.tif", store, similarity(store, q)),
             "chunked_heatmap_tif": lambda: write_heatmap_chunked(Path(tmp) / "b.tif", store, q),
             f"chunked_top{k}": lambda: top_k_chunked(store, q, k),

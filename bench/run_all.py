@@ -136,9 +136,10 @@ def _e2e_profile() -> list[dict[str, Any]]:
     import shutil
     import tempfile
 
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
 
     model = UniGeoModel.load(embed_e2e.DEFAULT_BUNDLE, providers="cpu", threads=2)
     src = embed_e2e.NAIP
@@ -166,7 +167,8 @@ def _query_profile(n: int) -> list[dict[str, Any]]:
 
     import numpy as np
 
-    from engine.similarity import calibrate, similarity
+    from engine.search.calibration import calibrate
+    from engine.search.similarity import similarity
 
     with tempfile.TemporaryDirectory(prefix="unigeo-bench-prof-") as tmp:
         store = query_latency.make_store(Path(tmp) / "s", n)

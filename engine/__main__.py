@@ -1,9 +1,9 @@
-"""``python -m engine``: the UniGeo command-line interface (see engine/cli.py)."""
+"""``python -m engine``: the UniGeo command-line interface (see engine/cli/main.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -1,16 +1,27 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target."""
+"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
+
+Also where a result may be written at all: never over a folder, never inside an embedding
+store. The files that mark a folder as a store are named here, below every writer, so that the
+store package and the output checks read the same marks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import OutputError
-from .os_errors import output_errors
+from .errors import OutputError, output_errors
+
+STORE_JSON = "store.json"
+"""The description of an npy embedding store (see :mod:`engine.store.npy`)."""
+ZARR_JSON = "zarr.json"
+"""A Zarr group's metadata; a UniGeo store's carries its description under :data:`STORE_ATTR`."""
+STORE_ATTR = "unigeo"
 
 
 @contextlib.contextmanager
@@ -126,8 +137,6 @@ def check_output_target(target: Path) -> None:
     replaced a store's array with a GeoTIFF, and a file inside a Zarr store's chunk folders would
     be read as embeddings. The store writes its own files through :func:`atomic_path`.
     """
-    from .store_guard import enclosing_store  # stores build on this module: import on use
-
     check_file_target(target)
     with output_errors(target):
         store = enclosing_store(target)
@@ -136,3 +145,31 @@ def check_output_target(target: Path) -> None:
             f"{target} lies inside the embedding store {store}; UniGeo never writes results "
             "into a store (that would damage it): choose a path outside it (nothing was written)"
         )
+
+
+def store_marker(folder: Path) -> Path | None:
+    """The file that makes ``folder`` an embedding store, else None.
+
+    An npy store's ``store.json``, or a Zarr group's ``zarr.json`` whose attributes carry a
+    UniGeo store description; a Zarr group of someone else's is no store of ours.
+    """
+    meta = folder / STORE_JSON
+    if meta.is_file():
+        return meta
+    zmeta = folder / ZARR_JSON
+    if not zmeta.is_file():
+        return None
+    try:
+        doc = json.loads(zmeta.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None  # not provably a store
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return zmeta if isinstance(attrs, dict) and isinstance(attrs.get(STORE_ATTR), dict) else None
+
+
+def enclosing_store(path: str | Path) -> Path | None:
+    """The embedding store folder ``path`` lies in (at any depth), or None."""
+    for parent in Path(path).absolute().parents:
+        if store_marker(parent) is not None:
+            return parent
+    return None

@@ -1,6 +1,6 @@
 """Glue between the GUI and the engine: store lookup or embedding, heatmaps, classification, layers.
 
-The dock and the map tools describe *what* to find (a :class:`~.tasks.QuerySpec`), *where*
+The dock and the map tools describe *what* to find (a :class:`~engine.pipeline.QuerySpec`), *where*
 (a raster layer and an :class:`AreaChoice`); the controller finds the embedding store in the
 shared cache (embedding it in an :class:`~.tasks.EmbedTask` when missing), then runs a
 :class:`~.tasks.HeatmapTask` or :class:`~.tasks.ClassifyTask` and turns the result into styled
@@ -18,12 +18,7 @@ from typing import Any
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsCoordinateReferenceSystem,
-    QgsCoordinateTransform,
-    QgsFeature,
-    QgsGeometry,
     QgsMessageLog,
-    QgsPointXY,
     QgsProject,
     QgsRasterLayer,
     QgsTask,
@@ -31,21 +26,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
+from ..engine import pipeline
 from ..engine.errors import EngineError, InputError, RasterInputError
+from ..engine.pipeline import ClassifySpec, QuerySpec
 from . import layers as L
 from . import source_bands
 from .qgis_reader import reader_for_layer
-from .settings import Settings, reserve_output, slug  # noqa: F401 - slug: public here
-from .tasks import (
-    ClassifySpec,
-    ClassifyTask,
-    EmbedTask,
-    EngineTask,
-    HeatmapTask,
-    QuerySpec,
-    RequestTokens,
-    TaskResult,
-)
+from .settings import Settings, reserve_output
+from .tasks import ClassifyTask, EmbedTask, EngineTask, HeatmapTask, RequestTokens, TaskResult
 
 LOG_TAG = "UniGeo"
 
@@ -71,15 +59,13 @@ def crs_string(crs: Any) -> str:
 
 def device_badge(model: Any = None, provider: str | None = None) -> tuple[str, str]:
     """("GPU" or "CPU", tooltip with the reason) from a loaded model, else from the settings."""
-    from ..engine.sessions import resolve_providers
-
     if model is not None:
         rep = model.provider_report()
         tip = rep.summary()
         if not rep.is_gpu and not rep.fallback_reason:
-            tip += f" - {resolve_providers(rep.requested)[1]}"
+            tip += f" - {pipeline.resolve_providers(rep.requested)[1]}"
         return ("GPU" if rep.is_gpu else "CPU"), tip
-    chain, reason = resolve_providers(provider)
+    chain, reason = pipeline.resolve_providers(provider)
     gpu = chain[0] != "CPUExecutionProvider"
     return ("GPU" if gpu else "CPU"), f"{reason} (expected; confirmed when the model loads)"
 
@@ -194,35 +180,25 @@ class Controller(QObject):
         self, layer: QgsRasterLayer, area: AreaChoice, model: Any, then: Callable[[str], None]
     ) -> None:
         """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
-        from ..engine.contract import Modality
-        from ..engine.raster_io import grid_for_raster
-        from ..engine.store import StoreCache
-
         s = self.settings()
         reader = reader_for_layer(layer, bands=self.bands_for(layer, model).bands)
-        grid = grid_for_raster(
-            reader,
-            model.spec(Modality.AERIAL).preprocess,
-            stride_px=s.stride_arg(),
-            extent=area.extent,
-            extent_crs=area.crs,
+        grid = pipeline.tile_grid(
+            model, reader, stride_px=s.stride_arg(), extent=area.extent, extent_crs=area.crs
         )
-        cache = StoreCache(s.cache_path(), s.cache_bytes())
-        key = cache.key(reader.fingerprint(), model.model_hash, grid)
-        store = cache.get_or_none(key)
-        if store is not None:
-            then(str(store.folder))
+        entry = pipeline.cached_store(model, reader, grid, s.cache_path(), s.cache_bytes())
+        if entry.store is not None:
+            then(str(entry.store.folder))
             return
 
         def embedded(result: TaskResult) -> None:
             if self._failed("Embedding", result):
                 return
-            cache.evict(keep=(key,))
+            entry.keep()
             then(str(result.value))
 
-        if not self._may_embed(layer, model, reader, grid, cache.root):
+        if not self._may_embed(layer, model, reader, grid, entry.cache.root):
             return
-        self._start(EmbedTask(model, reader, grid, cache.path_for(key), embedded))
+        self._start(EmbedTask(model, reader, grid, entry.path, embedded))
 
     def _may_embed(
         self, layer: QgsRasterLayer, model: Any, reader: Any, grid: Any, cache: Path
@@ -231,10 +207,7 @@ class Controller(QObject):
 
         Returns False when the user declined (nothing is started then).
         """
-        from ..engine.embed_plan import plan_embedding, recorded_tiles_per_s
-
-        rate = recorded_tiles_per_s([cache], model.model_hash)
-        plan = plan_embedding(reader, grid, model.bundle.training_domain, tiles_per_s=rate)
+        plan = pipeline.plan(model, reader, grid, [cache])
         warning = plan.warning()
         if plan.large and not self.confirm("UniGeo: a long embedding", f"{warning}\n\nStart it?"):
             self.message(f"Embedding of '{layer.name()}' not started", Qgis.Info)
@@ -370,7 +343,13 @@ class Controller(QObject):
                 done = partial(self._classify_done, name=label, group=layer.name())
                 self._start(
                     ClassifyTask(
-                        model, store_folder, spec, class_path, conf_path, done, prov,
+                        model,
+                        store_folder,
+                        spec,
+                        class_path,
+                        conf_path,
+                        done,
+                        prov,
                         max_nodata=self.settings().max_nodata(),
                     )  # fmt: skip
                 )
@@ -412,19 +391,4 @@ class Controller(QObject):
     # -- photo location ---------------------------------------------------------------------
     def mark_location(self, lat: float, lon: float, name: str) -> QgsVectorLayer:
         """Add a point layer at a photo's EXIF position and centre the map on it."""
-        layer = QgsVectorLayer(
-            "Point?crs=EPSG:4326&field=name:string(120)", f"photo location: {name}", "memory"
-        )
-        feature = QgsFeature(layer.fields())
-        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
-        feature["name"] = name
-        layer.dataProvider().addFeatures([feature])
-        layer.updateExtents()
-        QgsProject.instance().addMapLayer(layer)
-        canvas = self.iface.mapCanvas()
-        dest = canvas.mapSettings().destinationCrs()
-        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
-        tr = QgsCoordinateTransform(wgs84, dest, QgsProject.instance())
-        canvas.setCenter(tr.transform(QgsPointXY(lon, lat)))
-        canvas.refresh()
-        return layer
+        return L.mark_location(self.iface.mapCanvas(), lat, lon, name)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from qgis.core import (
     QgsColorRampShader,
     QgsContrastEnhancement,
     QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
     QgsLayerMetadata,
     QgsLayerTreeGroup,
     QgsMapLayer,
@@ -15,6 +19,7 @@ from qgis.core import (
     QgsMapSettings,
     QgsMultiBandColorRenderer,
     QgsPalettedRasterRenderer,
+    QgsPointXY,
     QgsProject,
     QgsRasterLayer,
     QgsRasterMinMaxOrigin,
@@ -79,17 +84,9 @@ def is_unigeo_output(layer: QgsMapLayer) -> bool:
 
 
 def _has_unigeo_tags(path: Path) -> bool:
-    from osgeo import gdal
+    from ..engine.pipeline import read_output
 
-    from ..engine.geo_io import TAG_PREFIX
-
-    ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)
-    if ds is None:
-        return False
-    try:
-        return any(str(k).startswith(TAG_PREFIX) for k in (ds.GetMetadata() or {}))
-    finally:
-        ds = None
+    return read_output(path).tagged
 
 
 def set_provenance(layer: QgsMapLayer, provenance: dict) -> None:
@@ -291,3 +288,22 @@ def render_png(
     if not job.renderedImage().save(str(path), "PNG"):
         raise LayerError(f"could not write {path}")
     return path
+
+
+def mark_location(canvas: Any, lat: float, lon: float, name: str) -> QgsVectorLayer:
+    """Add a point layer at ``(lat, lon)`` (a photo's EXIF position); centre ``canvas`` on it."""
+    layer = QgsVectorLayer(
+        "Point?crs=EPSG:4326&field=name:string(120)", f"photo location: {name}", "memory"
+    )
+    feature = QgsFeature(layer.fields())
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
+    feature["name"] = name
+    layer.dataProvider().addFeatures([feature])
+    layer.updateExtents()
+    QgsProject.instance().addMapLayer(layer)
+    dest = canvas.mapSettings().destinationCrs()
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    tr = QgsCoordinateTransform(wgs84, dest, QgsProject.instance())
+    canvas.setCenter(tr.transform(QgsPointXY(lon, lat)))
+    canvas.refresh()
+    return layer

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
-from ..engine.model import UniGeoModel
+from ..engine import pipeline
 from .settings import Settings
 
 _lock = threading.Lock()
-_models: dict[tuple[str, str | None, int | None], UniGeoModel] = {}
+_models: dict[tuple[str, str | None, int | None], Any] = {}  # UniGeoModel
 
 
 def get_model(
     bundle: str | Path | None = None, provider: str | None = None, threads: int | None = None
-) -> UniGeoModel:
+) -> Any:
     """The shared model for a bundle folder, provider and thread count (defaults: the settings).
 
     Args:
@@ -40,12 +41,12 @@ def get_model(
     with _lock:
         model = _models.get(key)
         if model is None:
-            model = UniGeoModel.load(folder, providers=prov, threads=n)
+            model = pipeline.load_model(folder, prov, n)
             _models[key] = model
         return model
 
 
-def loaded_models() -> list[UniGeoModel]:
+def loaded_models() -> list[Any]:
     """The models currently held (for a device badge or an about box)."""
     with _lock:
         return list(_models.values())

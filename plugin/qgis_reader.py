@@ -3,7 +3,7 @@
 A tile is read in three steps: its bounds (grid CRS) are transformed to the layer CRS, the
 covering block is fetched from the layer's data provider (snapped to the native pixel lattice
 when the layer has one, so no pixel is resampled twice), and the block is warped onto the tile
-with GDAL's warper in memory, bilinear, the same resampling ``engine.raster_io.GdalReader``
+with GDAL's warper in memory, bilinear, the same resampling ``engine.raster.gdal_reader.GdalReader``
 uses. Each thread reads through its own clone of the data provider, because a provider is not
 safe to share between threads.
 """
@@ -30,7 +30,7 @@ from qgis.core import (
 )
 
 from ..engine.errors import RasterInputError
-from ..engine.raster_io import GdalReader, canonical_band, resolve_bands
+from ..engine.raster import GdalReader, canonical_band, resolve_bands
 
 _FILL = -3.0e38  # warper nodata: NaN as nodata makes GDAL's warper return NaN everywhere
 _MAX_OVERSAMPLE = 4  # read at most 4x the tile's pixel density, whatever the native resolution
@@ -60,7 +60,7 @@ def qgs_crs(text: str) -> QgsCoordinateReferenceSystem:
 
 
 class QgsLayerReader:
-    """A :class:`engine.raster_io.RasterReader` over any QGIS raster layer.
+    """A :class:`engine.raster.reader.RasterReader` over any QGIS raster layer.
 
     Create it on the main thread; ``read_tile`` may then be called from any thread.
 

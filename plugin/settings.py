@@ -26,8 +26,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsProject, QgsSettings
 
 from ..engine.errors import InputError, ModelNotInstalledError
-from ..engine.model_catalog import DEFAULT_BUNDLE, MODEL_URL_ENV, MODELS_DIR_ENV
-from ..engine.model_library import active_bundle
+from ..engine.library import DEFAULT_BUNDLE, MODEL_URL_ENV, MODELS_DIR_ENV, active_bundle
 
 PREFIX = "unigeo/"
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
@@ -154,7 +153,7 @@ class Settings:
         return self.threads if self.threads > 0 else None
 
     def max_nodata(self) -> float:
-        """The no-data fraction above which queries skip a tile (``engine.store_window``)."""
+        """The no-data fraction above which queries skip a tile (``engine.store.window``)."""
         return min(max(self.max_nodata_pct, 0), 100) / 100.0
 
     def stride_arg(self) -> int | None:

@@ -1,7 +1,7 @@
 """Which bands of a source raster layer feed the model: read from the layer, chosen, remembered.
 
 The band descriptions and colour interpretations come from the layer's data provider and go to
-:func:`engine.band_choice.choose_bands`. A choice the user makes in the dock is remembered per
+:func:`engine.raster.band_choice.choose_bands`. A choice the user makes in the dock is remembered per
 layer source twice: as a custom property of the layer (saved in the project, so it travels
 with it) and in QgsSettings under ``unigeo/bands/`` keyed by the source (so the same file
 added to another project gets it too). A remembered choice that no longer fits the raster or
@@ -18,8 +18,8 @@ from typing import Any
 
 from qgis.core import Qgis, QgsRasterLayer, QgsSettings
 
-from ..engine.band_choice import BandChoice, choose_bands, user_choice
 from ..engine.errors import RasterInputError
+from ..engine.raster import BandChoice, choose_bands, user_choice
 
 LAYER_PROPERTY = "unigeo/bands"
 SETTINGS_PREFIX = "unigeo/bands/"

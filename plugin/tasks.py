@@ -1,4 +1,4 @@
-"""QgsTask adapters around the engine: EmbedTask, HeatmapTask, ClassifyTask, and request tokens.
+"""QgsTask adapters around the engine's pipeline: EmbedTask, HeatmapTask, ClassifyTask, request tokens.
 
 Every task captures its inputs (paths, a loaded model, plain query data) on the main thread, runs
 one engine function in ``run()`` on a worker thread, catches every exception into a
@@ -19,8 +19,10 @@ from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
-from ..engine.errors import CancelledError, EngineError, InputError
-from ..engine.os_errors import describe_os_error
+from ..engine import pipeline
+from ..engine.contract import Modality
+from ..engine.errors import CancelledError, EngineError, InputError, describe_os_error
+from ..engine.pipeline import ClassifySpec, QuerySpec
 
 log = logging.getLogger("unigeo.plugin")
 LOG_TAG = "UniGeo"
@@ -55,61 +57,6 @@ class RequestTokens:
     def is_current(self, token: int | None, channel: str = "heatmap") -> bool:
         """True when ``token`` is the newest one issued on ``channel``."""
         return token is not None and self._latest.get(channel) == token
-
-
-@dataclass(frozen=True)
-class QuerySpec:
-    """A query as plain data, built on the main thread and turned into an engine Query in run()."""
-
-    texts: tuple[str, ...] = ()  # text prompts (positive)
-    negative_texts: tuple[str, ...] = ()  # text prompts to move away from
-    points: tuple[tuple[float, float, str], ...] = ()  # (x, y, CRS) example locations
-    negative_points: tuple[tuple[float, float, str], ...] = ()  # (x, y, CRS) counter-examples
-    photos: tuple[str, ...] = ()  # street-level photo files
-    regions: tuple[tuple[str, str], ...] = ()  # (polygon WKT, CRS): mean of the tiles inside
-    gps: tuple[tuple[float, float], ...] = ()  # (lat, lon) WGS84 degrees
-    templates: tuple[str, ...] | None = None  # prompt templates; None = the bundle's
-
-    def is_empty(self) -> bool:
-        """True when no positive example is given (negatives alone define nothing to find)."""
-        return not (self.texts or self.points or self.photos or self.regions or self.gps)
-
-    def label(self) -> str:
-        """A short name for layers and files, e.g. ``text 'lake' + 2 points − 1 point``."""
-        pos = [f"text '{t}'" for t in self.texts]
-        pos += [_count(len(self.points), "point")] if self.points else []
-        pos += [f"photo '{Path(p).name}'" for p in self.photos]
-        pos += [_count(len(self.regions), "region")] if self.regions else []
-        pos += [f"gps ({la:.4f}, {lo:.4f})" for la, lo in self.gps]
-        neg = [f"text '{t}'" for t in self.negative_texts]
-        neg += [_count(len(self.negative_points), "point")] if self.negative_points else []
-        text = " + ".join(pos) or "empty query"
-        return text + "".join(f" − {n}" for n in neg)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' if n != 1 else ''}"
-
-
-def build_query(spec: QuerySpec, store: Any, model: Any) -> Any:
-    """Turn a :class:`QuerySpec` into an :class:`engine.query.Query` (encoders run here)."""
-    from ..engine import query as Q
-
-    if spec.is_empty():
-        raise InputError("the query is empty: type a text, pick a photo or click example places")
-    tmpl = list(spec.templates) if spec.templates is not None else None
-    parts: list[tuple[Any, bool]] = []
-    parts += [(Q.text_query(model, t, tmpl), False) for t in spec.texts]
-    parts += [(Q.text_query(model, t, tmpl), True) for t in spec.negative_texts]
-    parts += [(Q.point_query(store, x, y, crs=c), False) for x, y, c in spec.points]
-    parts += [(Q.point_query(store, x, y, crs=c), True) for x, y, c in spec.negative_points]
-    parts += [(Q.photo_query(model, p), False) for p in spec.photos]
-    parts += [(Q.gps_query(model, la, lo), False) for la, lo in spec.gps]
-    parts += [(Q.region_query(store, wkt, crs=crs), False) for wkt, crs in spec.regions]
-    query = Q.Query()
-    for q, negative in parts:
-        query.add(q.vector(), 1.0, negative=negative, description=q.description())
-    return query
 
 
 class EngineTask(QgsTask):
@@ -232,17 +179,14 @@ class EmbedTask(EngineTask):
         self.batch_size, self.workers = batch_size, workers
 
     def work(self) -> str:
-        from ..engine.contract import Modality
-        from ..engine.embed import embed_raster
-
-        store = embed_raster(
+        store = pipeline.embed(
             self.model,
             self.reader,
             self.grid,
             self.store_path,
-            modality=self.modality or Modality.AERIAL,
-            batch_size=self.batch_size,
+            self.modality or Modality.AERIAL,
             block_tiles=self.block_tiles,
+            batch_size=self.batch_size,
             workers=self.workers,
             progress=self.report,
             is_canceled=self.canceled,
@@ -258,7 +202,6 @@ class HeatmapOutput:
     description: str  # the engine's description of the query
     warning: str | None  # out-of-domain warning for the message bar, or None
     provenance: dict[str, Any] = field(default_factory=dict)  # written into the layer metadata
-    best: float = float("nan")  # highest cosine score in the area
 
 
 class HeatmapTask(EngineTask):
@@ -283,79 +226,28 @@ class HeatmapTask(EngineTask):
         self.provenance = dict(provenance or {})
         self.mask = mask  # (polygon WKT, CRS): score only tiles whose centre lies inside
 
-    def _apply_mask(self, store: Any, scores: Any) -> Any:
-        """NaN outside the mask polygons, so percentiles are ranks within the chosen area."""
-        if not self.mask:
-            return scores
-        import numpy as np
-
-        from ..engine.query import tiles_in_polygon
-
-        keep = np.zeros(scores.shape, dtype=bool)
-        for wkt, crs in self.mask:
-            rows, cols = tiles_in_polygon(store, wkt, crs)
-            keep[rows, cols] = True
-        if not keep.any():
-            raise InputError("no embedded tile centre lies inside the area's polygons")
-        return np.where(keep, scores, np.nan).astype(np.float32)
-
     def work(self) -> HeatmapOutput:
-        from ..engine.domain import domain_warning
-        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
-        from ..engine.streaming import CHUNKED_ABOVE_TILES, write_heatmap_chunked
-        from ..engine.zarr_store import open_store
-
-        limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
-        store = restrict_nodata(open_store(self.store_path), limit)
-        query = build_query(self.spec, store, self.model)
+        if self.spec.is_empty():
+            raise InputError(
+                "the query is empty: type a text, pick a photo or click example places"
+            )
+        limit = pipeline.DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
+        store = pipeline.open_store(self.store_path, max_nodata=limit)
+        query = pipeline.build_query(self.spec, store, self.model)
         self.report(0.1)
         prov = {**self.provenance, "query": query.description(), "model_hash": store.model_hash}
-        progress = lambda f: self.report(0.1 + 0.9 * f)  # noqa: E731
-        if not self.mask and store.grid.n_tiles > CHUNKED_ABOVE_TILES:
-            # too large for an in-memory score map: two streamed passes, flat memory
-            write_heatmap_chunked(
-                self.out_path,
-                store,
-                query,
-                provenance=prov,
-                progress=progress,
-                is_canceled=self.canceled,
-            )
-            best = float("nan")
-        else:
-            best = self._heatmap_in_memory(store, query, prov)
-        warning = domain_warning(store, self.model.bundle.training_domain)
-        self.report(1.0)
-        return HeatmapOutput(self.out_path, query.description(), warning, prov, best)
-
-    def _heatmap_in_memory(self, store, query, prov: dict) -> float:
-        """Score, mask to the area, write; returns the best score."""
-        import numpy as np
-
-        from ..engine.similarity import similarity, write_heatmap
-
-        scores = similarity(
-            store, query, progress=lambda f: self.report(0.1 + 0.8 * f), is_canceled=self.canceled
+        pipeline.heatmap(
+            self.out_path,
+            store,
+            query,
+            self.mask,
+            provenance=prov,
+            progress=lambda f: self.report(0.1 + 0.9 * f),
+            is_canceled=self.canceled,
         )
-        scores = self._apply_mask(store, scores)
-        if self.isCanceled():
-            raise CancelledError("cancelled before the heatmap was written")
-        write_heatmap(self.out_path, store, scores, provenance=prov)
-        return float(np.nanmax(scores)) if np.isfinite(scores).any() else float("nan")
-
-
-@dataclass(frozen=True)
-class ClassifySpec:
-    """A classification request as plain data (built by the classify dialog)."""
-
-    class_prompts: dict[str, tuple[str, ...]] | None = None  # zero-shot; None = the bundle's
-    examples: tuple[tuple[str, str], ...] = ()  # few-shot: (polygon WKT, class label)
-    examples_crs: str | None = None  # CRS of the example polygons
-    method: str = "prototype"  # few-shot method: "prototype" or "logreg"
-
-    @property
-    def zero_shot(self) -> bool:
-        return not self.examples
+        warning = pipeline.domain_warning(store, self.model)
+        self.report(1.0)
+        return HeatmapOutput(self.out_path, query.description(), warning, prov)
 
 
 @dataclass
@@ -393,35 +285,12 @@ class ClassifyTask(EngineTask):
         self.class_path, self.conf_path = Path(class_path), Path(conf_path)
         self.provenance = dict(provenance or {})
 
-    def _classify(self, store: Any) -> Any:
-        from ..engine import classify as C
-
-        if self.spec.zero_shot:
-            prompts = self.spec.class_prompts
-            lists = {k: list(v) for k, v in prompts.items()} if prompts else None
-            return C.zero_shot(
-                store, self.model, lists, progress=self.report, is_canceled=self.canceled
-            )
-        return C.from_examples(
-            store,
-            list(self.spec.examples),  # (WKT, label) pairs
-            method=self.spec.method,
-            crs=self.spec.examples_crs,
-            progress=self.report,
-            is_canceled=self.canceled,
-        )
-
     def work(self) -> ClassifyOutput:
         import numpy as np
 
-        from ..engine.classify import write_classification
-        from ..engine.domain import domain_warning
-        from ..engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata
-        from ..engine.zarr_store import open_store
-
-        limit = DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
-        store = restrict_nodata(open_store(self.store_path), limit)
-        result = self._classify(store)
+        limit = pipeline.DEFAULT_MAX_NODATA if self.max_nodata is None else self.max_nodata
+        store = pipeline.open_store(self.store_path, max_nodata=limit)
+        result = pipeline.classify(store, self.model, self.spec, self.report, self.canceled)
         self.report(0.8)
         if self.isCanceled():
             raise CancelledError("cancelled before the class map was written")
@@ -429,7 +298,7 @@ class ClassifyTask(EngineTask):
         prov = {**self.provenance, "classes": ", ".join(result.classes), "method": method}
         if result.warning:  # also in the layers' metadata, where it outlives the message bar
             prov["warning"] = result.warning
-        write_classification(self.class_path, self.conf_path, store, result, provenance=prov)
+        pipeline.write_classification(self.class_path, self.conf_path, store, result, prov)
         raster = np.asarray(result.class_raster)
         counts = {c: int((raster == i).sum()) for i, c in enumerate(result.classes)}
         colors = dict(zip(result.classes, result.colors, strict=False))
@@ -442,5 +311,5 @@ class ClassifyTask(EngineTask):
             counts,
             prov,
             result.warning,
-            domain_warning(store, self.model.bundle.training_domain),
+            pipeline.domain_warning(store, self.model),
         )

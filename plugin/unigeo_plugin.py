@@ -189,8 +189,8 @@ class UniGeoPlugin:
         self.dock.add_example(point, crs, wgs84, mode)
 
     def _polygon_drawn(self, geometry, crs) -> None:
+        from ..engine.pipeline import QuerySpec
         from .controller import crs_string
-        from .tasks import QuerySpec
 
         self.search(QuerySpec(regions=((geometry.asWkt(), crs_string(crs)),)))
 

@@ -108,7 +108,7 @@ def run_algorithms(model_dir: Path, scene: Path, out: Path) -> dict:
     )
 
     from engine.model import UniGeoModel
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     st = EmbeddingStore.open(store)
     classes = class_names(out / "landuse.tif")
@@ -190,7 +190,7 @@ def main() -> int:
     app, _provider = start_qgis()
     info = run_algorithms(Path(a.model).resolve(), scene, out)
     pngs = build_project(scene, out, info)
-    from unigeo.engine.raster_io import close_all_readers
+    from unigeo.engine.raster.gdal_reader import close_all_readers
 
     close_all_readers()  # before exitQgis shuts GDAL down: a dataset freed later crashes
     app.exitQgis()

@@ -5,7 +5,7 @@
 #                                  (scripts/plugin_zip_check.py)
 #   dist/model/<name>-<version>.zip and .zip.sha256
 #                                  the default model bundle, packed reproducibly (python -m engine
-#                                  models pack); publish it at engine/model_catalog.DEFAULT_BUNDLE.url
+#                                  models pack); publish it at engine/library/catalog.DEFAULT_BUNDLE.url
 #   with --offline, also dist/offline/<slug>-<version>-offline.zip: the plugin zip with the default
 #                                  model inside, for Plugins > Install from ZIP without internet
 # Uses git archive, so .gitattributes export-ignore keeps training/, tests/, bench/, docs/ and
@@ -42,10 +42,10 @@ if [ ! -f "$model_zip.sha256" ] || [ -n "$(find "$model_dir" -newer "$model_zip"
   "$PY" -m engine models pack "$model_dir" --out dist/model > /dev/null
 fi
 got=$(cut -d' ' -f1 "$model_zip.sha256")
-pin=$("$PY" -c "from engine.model_catalog import DEFAULT_BUNDLE as b; print(b.sha256, b.size)")
+pin=$("$PY" -c "from engine.library.catalog import DEFAULT_BUNDLE as b; print(b.sha256, b.size)")
 printf 'package: %s  (%s bytes, sha256 %s: the default model)\n' "$model_zip" "$(stat -c %s "$model_zip")" "$got"
 if [ "$pin" != "$got $(stat -c %s "$model_zip")" ]; then
-  echo "package: note: engine/model_catalog.py pins another sha256/size for the default model" \
+  echo "package: note: engine/library/catalog.py pins another sha256/size for the default model" \
     "($pin): update DEFAULT_BUNDLE before publishing this zip" >&2
 fi
 

@@ -30,7 +30,7 @@ def pytest_runtest_teardown(item, nextitem):
     """Before the session's fixtures go (pytest-qgis's ``exitQgis`` shuts GDAL down), close the
     datasets raster readers still hold: one freed after that crashes the test run at exit."""
     if nextitem is None:
-        for name in ("engine.raster_io", "unigeo.engine.raster_io"):
+        for name in ("engine.raster.gdal_reader", "unigeo.engine.raster.gdal_reader"):
             if (mod := sys.modules.get(name)) is not None:
                 mod.close_all_readers()
 

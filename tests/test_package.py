@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from engine.model_catalog import DEFAULT_BUNDLE
+from engine.library.catalog import DEFAULT_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY_FIELDS = ("name", "qgisMinimumVersion", "description", "about", "version", "author",
@@ -63,7 +63,7 @@ def test_plugin_zip_is_small_and_clean_for_the_repository(built):
         md_text = zf.read("unigeo/metadata.txt").decode("utf-8")
     assert names[0] == "unigeo/" and {n.split("/")[0] for n in names} == {"unigeo"}
     for need in ("__init__.py", "metadata.txt", "LICENSE", "plugin/unigeo_plugin.py",
-                 "engine/model_install.py", "plugin/dialogs/model_manager_dialog.py"):  # fmt: skip
+                 "engine/library/install.py", "plugin/dialogs/model_manager_dialog.py"):  # fmt: skip
         assert f"unigeo/{need}" in names, need
     for n in names:
         parts = n.split("/")
@@ -89,7 +89,7 @@ def test_model_zip_matches_the_pinned_default(built):
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     assert (sha, len(data)) == (DEFAULT_BUNDLE.sha256, DEFAULT_BUNDLE.size), (
-        "resources/models/default changed: update DEFAULT_BUNDLE in engine/model_catalog.py "
+        "resources/models/default changed: update DEFAULT_BUNDLE in engine/library/catalog.py "
         f"to sha256={sha} size={len(data)} (and publish {path.name})"
     )
     assert Path(f"{path}.sha256").read_text() == f"{sha}  {path.name}\n"

@@ -1,7 +1,7 @@
 """The land-use classification dialog: zero-shot with editable class prompts, or labelled polygons.
 
 Which of the two is selected first follows the model bundle's declared zero-shot accuracy
-(:func:`engine.class_prompts.default_classify_mode`), and the dialog says why above the choice.
+(:func:`engine.classify.prompts.default_classify_mode`), and the dialog says why above the choice.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import InputError
-from ..tasks import ClassifySpec
+from ...engine.pipeline import ClassifySpec
 
 PROMPT_SEP = ";"  # prompts of one class are typed in one cell, separated by this
 ADVICE_STYLE = "background:#fff3cd;color:#7a4f01;border:1px solid #e0b84c;padding:4px"
 
 
 class ClassifyDialog(QDialog):
-    """Builds a :class:`~..tasks.ClassifySpec`; ``spec()`` raises InputError on bad input."""
+    """Builds a :class:`~engine.pipeline.ClassifySpec`; ``spec()`` raises InputError on bad input."""
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class ClassifyDialog(QDialog):
         lay = QVBoxLayout(self)
         mode, why = "zero-shot", ""
         if bundle is not None:
-            from ...engine.class_prompts import default_classify_mode
+            from ...engine.pipeline import default_classify_mode
 
             mode, why = default_classify_mode(bundle)
         self.advice = QLabel(why)

@@ -1,7 +1,7 @@
 """The Model manager dialog: installed bundles with their card, install (file, URL, default), use, remove.
 
-Installs run in a background :class:`InstallTask` over ``engine.model_install.install_bundle``
-(progress bar, Cancel); listing, choosing and removing call ``engine.model_library`` directly.
+Installs run in a background :class:`InstallTask` over ``engine.library.install.install_bundle``
+(progress bar, Cancel); listing, choosing and removing call ``engine.library.installed`` directly.
 The same functions back ``unigeo:installmodel`` / ``unigeo:models`` and ``python -m engine
 models``.
 """
@@ -34,12 +34,12 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import EngineError
-from ...engine.model_catalog import DEFAULT_BUNDLE
-from ...engine.model_install import install_bundle
-from ...engine.model_library import (
+from ...engine.library import (
+    DEFAULT_BUNDLE,
     InstalledBundle,
     active_bundle,
     human_size,
+    install_bundle,
     list_bundles,
     remove_bundle,
     set_active,

@@ -21,8 +21,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ...engine.band_choice import ABSENT, BandChoice, user_choice
 from ...engine.errors import RasterInputError
+from ...engine.raster import ABSENT, BandChoice, user_choice
 from .. import source_bands as SB
 
 PER_ROW = 3  # model bands per row of drop-downs

@@ -1,6 +1,6 @@
 """The UniGeo search dock: text → map, photo → map, example places, area, device badge, warnings.
 
-The dock only gathers what to search for and where; it emits a :class:`~..tasks.QuerySpec`
+The dock only gathers what to search for and where; it emits a :class:`~engine.pipeline.QuerySpec`
 through ``searchRequested`` and the plugin hands it to the controller with the chosen raster
 layer and area. Recent text queries are kept in QgsSettings under ``unigeo/gui/``. UniGeo's own
 outputs (heatmaps, class and confidence maps) are never offered as source rasters; the bands
@@ -38,9 +38,9 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ...engine.pipeline import QuerySpec
 from ..controller import AreaChoice, crs_string
 from ..layers import is_unigeo_output
-from ..tasks import QuerySpec
 from ..tools.example_markers import ExampleMarkers
 from .band_panel import BandPanel
 
@@ -306,7 +306,7 @@ class SearchDock(QgsDockWidget):
     # -- photo ------------------------------------------------------------------------------
     def set_photo(self, path: str) -> None:
         """Select a photo; if it carries EXIF GPS, offer to mark it on the map."""
-        from ...engine.preprocess import read_exif_latlon
+        from ...engine.pipeline import read_exif_latlon
 
         self.photo_gps = read_exif_latlon(path) if path and Path(path).is_file() else None
         if self.photo_gps:

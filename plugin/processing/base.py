@@ -1,9 +1,9 @@
 """The base class of every UniGeo algorithm: model and source parameters, queries, errors.
 
 Subclasses declare their own parameters in ``initAlgorithm`` and keep ``processAlgorithm``
-thin: parse, validate, call the engine inside :func:`engine_errors`, return outputs. Engine
-errors become ``QgsProcessingException`` with the engine's actionable message. The shared
-helpers live in :mod:`.common` and are re-exported here.
+thin: parse the parameters into plain values, call :mod:`engine.pipeline` inside
+:func:`~.common.engine_errors`, return outputs. Engine errors become
+``QgsProcessingException`` with the engine's actionable message.
 """
 
 from __future__ import annotations
@@ -31,30 +31,20 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ...engine.domain import domain_warning
-from ...engine.errors import InputError
-from ...engine.model import UniGeoModel
-from ...engine.query import Query
-from ...engine.store import EmbeddingStore
-from ...engine.store_window import DEFAULT_MAX_NODATA, restrict_nodata, store_window
-from ...engine.zarr_store import open_store
+from ...engine import pipeline
+from ...engine.pipeline import DEFAULT_MAX_NODATA, Place, QuerySpec, Region
 from .. import model_cache
 from ..qgis_reader import qgs_crs
 from ..settings import PROVIDERS, Settings, first_run_message
 from . import help as texts
-from .common import (  # noqa: F401 - re-exported: algorithms import these from .base
-    BLOCK_TILES,
-    canceled_of,
+from .common import (
     embed_cached,
     engine_errors,
     layer_geometries,
     layer_points,
-    layer_union,
+    layer_region,
     layer_wkt,
-    name_output,
     parse_latlon,
-    progress_of,
-    provenance,
 )
 
 
@@ -114,7 +104,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
         prov.setFlags(prov.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(prov)
 
-    def load_model(self, parameters: dict, context: QgsProcessingContext) -> UniGeoModel:
+    def load_model(self, parameters: dict, context: QgsProcessingContext) -> Any:
         """The shared model of MODEL/PROVIDER; a clear error when the folder holds none."""
         folder = self.parameterAsFile(parameters, self.MODEL, context)
         settings = Settings.load()
@@ -186,10 +176,10 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
         parameters: dict,
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
-        model: UniGeoModel,
+        model: Any,
         raster_name: str = INPUT,
         extent: tuple[tuple[float, float, float, float], str] | None = None,
-    ) -> EmbeddingStore:
+    ) -> Any:
         """The store of STORE, else of the INPUT raster (embedded into the cache if needed);
         with MAX_NODATA, its tiles with more no data than that are left out."""
         store = self._source_store(parameters, context, feedback, model, raster_name, extent)
@@ -197,29 +187,22 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             return store
         pct = self.parameterAsDouble(parameters, self.MAX_NODATA, context)
         with engine_errors():
-            return restrict_nodata(store, pct / 100.0)
+            return pipeline.restrict_nodata(store, pct / 100.0)
 
     def _source_store(
         self,
         parameters: dict,
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
-        model: UniGeoModel,
+        model: Any,
         raster_name: str = INPUT,
         extent: tuple[tuple[float, float, float, float], str] | None = None,
-    ) -> EmbeddingStore:
+    ) -> Any:
         folder = self.parameterAsFile(parameters, self.STORE, context)
         layer = self.parameterAsRasterLayer(parameters, raster_name, context)
         if folder:
-            with engine_errors():
-                store = open_store(folder)  # a plugin/CLI store or a distributed Zarr one
-            if store.model_hash != model.model_hash:
-                raise QgsProcessingException(
-                    self.tr(
-                        f"The store {folder} was embedded with another model; embed the raster "
-                        "again with this model or pick the model it was made with."
-                    )
-                )
+            with engine_errors():  # a plugin/CLI store or a distributed Zarr one, of this model
+                store = pipeline.open_store(folder, model, max_nodata=None)
             if parameters.get(self.EXTENT) and self.parameterDefinition(self.EXTENT):
                 return self.store_extent(store, parameters, context, feedback)
             return store
@@ -236,17 +219,17 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
 
     def store_extent(
         self,
-        store: EmbeddingStore,
+        store: Any,
         parameters: dict,
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
-    ) -> EmbeddingStore:
+    ) -> Any:
         """The tiles of ``store`` within EXTENT (same lattice); an error when there are none."""
         with engine_errors():
             crs = qgs_crs(store.crs)
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
             box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-            window = store_window(store, box)
+            window = pipeline.store_window(store, box)
         if window is None:
             b = ", ".join(f"{v:.6g}" for v in store.grid.bounds)
             raise QgsProcessingException(
@@ -280,9 +263,18 @@ class QueryAlgorithm(UniGeoAlgorithm):
         """Model, store and query; pushes the out-of-domain warning, once, for the area."""
         model = self.load_model(parameters, context)
         store = self.source_store(parameters, context, feedback, model)
-        query = self.build_query(parameters, context, store, model)
+        spec = self.query_spec(parameters, context)
+        if spec.is_empty():
+            raise QgsProcessingException(
+                self.tr(
+                    "Give a query: QUERY_TEXT, QUERY_POINT, EXTRA_POINTS, QUERY_POLYGON, "
+                    "QUERY_PHOTO or QUERY_GPS (NEGATIVE_TEXT, NEGATIVE_POINTS and "
+                    "NEGATIVE_POLYGON only move away from places: they are not enough alone)."
+                )
+            )
         with engine_errors():
-            warning = domain_warning(store, model.bundle.training_domain)
+            query = pipeline.build_query(spec, store, model)
+            warning = pipeline.domain_warning(store, model)
         if warning:
             feedback.pushWarning(warning)
         return model, store, query
@@ -336,107 +328,56 @@ class QueryAlgorithm(UniGeoAlgorithm):
             QgsProcessingParameterVectorLayer(name, self.tr(label), [kind], optional=True)
         )
 
-    def build_query(
-        self,
-        parameters: dict,
-        context: QgsProcessingContext,
-        store: EmbeddingStore,
-        model: UniGeoModel,
-    ) -> Query:
-        """One Query from every given query parameter; QgsProcessingException when none.
+    def query_spec(self, p: dict, c: QgsProcessingContext) -> QuerySpec:
+        """Every given query parameter as plain data (nothing is encoded yet).
 
         Every example is one term of weight 1, positive or negative, exactly as the UniGeo
         panel (Shift+click, Ctrl+click) and the CLI (``--point``, ``--negative-point``) do.
         """
-        from ...engine import query as Q
-
-        with engine_errors():
-            parts = self._positive_parts(parameters, context, store, model)
-            if not parts:
-                raise QgsProcessingException(
-                    self.tr(
-                        "Give a query: QUERY_TEXT, QUERY_POINT, EXTRA_POINTS, QUERY_POLYGON, "
-                        "QUERY_PHOTO or QUERY_GPS (NEGATIVE_TEXT, NEGATIVE_POINTS and "
-                        "NEGATIVE_POLYGON only move away from places: they are not enough alone)."
-                    )
-                )
-            parts += self._negative_parts(parameters, context, store, model)
-            query = Q.Query()
-            for q, negative in parts:
-                query.add(q.vector(), 1.0, negative=negative, description=q.description())
-        return query
-
-    def _positive_parts(
-        self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
-    ) -> list[tuple[Query, bool]]:
-        """``(query, False)`` for each positive example, in a stable order."""
-        from ...engine import query as Q
-
-        parts: list[tuple[Query, bool]] = []
-        w = self.parameterAsDouble(p, self.GPS_WEIGHT, c)
-        if text := self.parameterAsString(p, self.QUERY_TEXT, c).strip():
-            parts.append((Q.text_query(model, text), False))
+        points = []
         if self._has(p, self.QUERY_POINT):
             pt = self.parameterAsPoint(p, self.QUERY_POINT, c)
             crs = self.parameterAsPointCrs(p, self.QUERY_POINT, c)
             wkt = crs.toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
-            q = Q.point_query(store, pt.x(), pt.y(), crs=wkt or None, gps_weight=w, model=model)
-            parts.append((q, False))
-        kw = dict(gps_weight=w, model=model, negative=False)
-        parts += self._layer_points(p, c, self.EXTRA_POINTS, store, **kw)
-        if (layer := self.parameterAsVectorLayer(p, self.QUERY_POLYGON, c)) is not None:
-            geom, wkt = layer_union(layer)
-            parts.append((Q.region_query(store, geom, crs=wkt), False))
-        if photo := self.parameterAsFile(p, self.QUERY_PHOTO, c):
-            parts.append((Q.photo_query(model, photo), False))
-        if gps := self.parameterAsString(p, self.QUERY_GPS, c).strip():
-            parts.append((Q.gps_query(model, *parse_latlon(gps)), False))
-        return parts
+            points.append(Place(pt.x(), pt.y(), wkt or None))
+        points += self._layer_places(p, c, self.EXTRA_POINTS)
+        polygon = self.parameterAsVectorLayer(p, self.QUERY_POLYGON, c)
+        photo = self.parameterAsFile(p, self.QUERY_PHOTO, c)
+        gps = self.parameterAsString(p, self.QUERY_GPS, c).strip()
+        return QuerySpec(
+            texts=self._text(p, c, self.QUERY_TEXT),
+            negative_texts=self._text(p, c, self.NEGATIVE_TEXT),
+            points=tuple(points),
+            negative_points=tuple(self._layer_places(p, c, self.NEGATIVE_POINTS)),
+            photos=(photo,) if photo else (),
+            regions=(layer_region(polygon),) if polygon is not None else (),
+            negative_regions=self._negative_region(p, c),
+            gps=(parse_latlon(gps),) if gps else (),
+            gps_weight=self.parameterAsDouble(p, self.GPS_WEIGHT, c),
+        )
 
-    def _negative_parts(
-        self, p: dict, c: QgsProcessingContext, store: EmbeddingStore, model: UniGeoModel
-    ) -> list[tuple[Query, bool]]:
-        """``(query, True)`` for each example to move away from; empty layers add nothing."""
-        from ...engine import query as Q
+    def _text(self, p: dict, c: QgsProcessingContext, name: str) -> tuple[str, ...]:
+        text = self.parameterAsString(p, name, c).strip()
+        return (text,) if text else ()
 
-        parts: list[tuple[Query, bool]] = []
-        if neg := self.parameterAsString(p, self.NEGATIVE_TEXT, c).strip():
-            parts.append((Q.text_query(model, neg), True))
-        # as in the panel and the CLI, a place to avoid is the tile alone (no GPS mixing)
-        parts += self._layer_points(p, c, self.NEGATIVE_POINTS, store, negative=True)
+    def _negative_region(self, p: dict, c: QgsProcessingContext) -> tuple[Region, ...]:
+        """NEGATIVE_POLYGON as a region to avoid; a layer without polygons adds nothing."""
         layer = self.parameterAsVectorLayer(p, self.NEGATIVE_POLYGON, c)
-        if layer is not None and (geoms := layer_geometries(layer)):
-            from ...engine.geometry import union
+        if layer is None or not layer_geometries(layer):
+            return ()
+        return (layer_region(layer, f"NEGATIVE_POLYGON (layer '{layer.name()}')"),)
 
-            try:
-                q = Q.region_query(store, union(geoms, "the polygons"), crs=layer_wkt(layer))
-            except InputError as e:
-                msg = f"NEGATIVE_POLYGON (layer '{layer.name()}'): {e}"
-                raise QgsProcessingException(msg) from None
-            parts.append((q, True))
-        return parts
-
-    def _layer_points(
-        self, p: dict, c: QgsProcessingContext, name: str, store: EmbeddingStore, **kw: Any
-    ) -> list[tuple[Query, bool]]:
-        """One point query per point of the layer parameter ``name`` (any CRS).
-
-        ``kw`` holds ``negative`` and, for positives, ``gps_weight`` and ``model``. An error
-        names the parameter, the layer and the feature, and the engine's message the point.
-        """
-        from ...engine import query as Q
-
+    def _layer_places(self, p: dict, c: QgsProcessingContext, name: str) -> list[Place]:
+        """One place per point of the layer parameter ``name`` (any CRS); an error while it
+        is turned into a query names the parameter, the layer and the feature."""
         layer = self.parameterAsVectorLayer(p, name, c)
         if layer is None:
             return []
-        wkt, negative, parts = layer_wkt(layer), kw.pop("negative"), []
-        for fid, x, y in layer_points(layer):
-            try:
-                parts.append((Q.point_query(store, x, y, crs=wkt, **kw), negative))
-            except InputError as e:
-                msg = f"{name}: feature {fid} of layer '{layer.name()}': {e}"
-                raise QgsProcessingException(msg) from None
-        return parts
+        wkt, named = layer_wkt(layer), layer.name()
+        return [
+            Place(x, y, wkt, f"{name}: feature {fid} of layer '{named}'")
+            for fid, x, y in layer_points(layer)
+        ]
 
     @staticmethod
     def _has(parameters: dict, name: str) -> bool:

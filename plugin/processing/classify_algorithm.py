@@ -15,9 +15,9 @@ from qgis.core import (
     QgsProcessingParameterVectorLayer,
 )
 
-from ...engine import classify as C
-from ...engine import classify_validation as V
-from .base import UniGeoAlgorithm, canceled_of, engine_errors, name_output, progress_of, provenance
+from ...engine import pipeline
+from .base import UniGeoAlgorithm
+from .common import canceled_of, engine_errors, name_output, progress_of
 
 METHODS = ("prototype", "logreg")
 
@@ -95,7 +95,7 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MIN_CONFIDENCE,
-                self.tr(f"Minimum confidence (lower tiles get the class '{V.UNCERTAIN}')"),
+                self.tr(f"Minimum confidence (lower tiles get the class '{pipeline.UNCERTAIN}')"),
                 QgsProcessingParameterNumber.Double,
                 optional=True,
                 minValue=0.0,
@@ -137,21 +137,20 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
         cb = {"progress": progress_of(feedback, 80.0, 95.0), "is_canceled": canceled_of(feedback)}
         with engine_errors():
             if examples is not None:
-                pairs, crs = labelled(examples, field), _wkt(examples)
-                result = C.from_examples(store, pairs, method=method, crs=crs, **cb)
+                pairs = tuple(labelled(examples, field))
+                spec = pipeline.ClassifySpec(None, pairs, _wkt(examples), method, min_conf)
             else:
-                result = C.zero_shot(store, model, class_prompts=prompts, **cb)
-            result = V.apply_min_confidence(result, min_conf)
-            prov = provenance(model, store, classes=", ".join(result.classes), method=result.method)
+                spec = pipeline.ClassifySpec(prompts, min_confidence=min_conf)
+            result = pipeline.classify(store, model, spec, **cb)
+            prov = pipeline.provenance(
+                model, store, classes=", ".join(result.classes), method=result.method
+            )
             if result.warning:
                 prov["warning"] = result.warning
-            C.write_classification(classes_path, conf_path, store, result, provenance=prov)
+            pipeline.write_classification(classes_path, conf_path, store, result, prov)
             if report_path:
-                args = (store, pairs, method, crs)
-                rep = V.cross_validate(
-                    *args, min_confidence=min_conf, is_canceled=cb["is_canceled"]
-                )
-                V.write_validation_report(report_path, rep, provenance=prov)
+                rep = pipeline.validate(store, spec, is_canceled=cb["is_canceled"])
+                pipeline.write_validation_report(report_path, rep, provenance=prov)
                 _log_report(feedback, rep)
         feedback.pushInfo(f"{result.method}: {', '.join(result.classes)}")
         if result.warning:
@@ -175,7 +174,7 @@ class ClassifyAlgorithm(UniGeoAlgorithm):
             return ""
         if path:
             with engine_errors():
-                V.report_paths(path)  # a wrong suffix fails before any work
+                pipeline.report_paths(path)  # a wrong suffix fails before any work
         return path
 
 

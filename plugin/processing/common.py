@@ -1,8 +1,5 @@
-"""Helpers every UniGeo algorithm shares: engine errors, progress, output naming, provenance,
-the cached on-demand embedding of a raster layer (``embed_cached``) and reading query layers.
-
-``plugin.processing.base`` re-exports these names, so ``from .base import engine_errors`` etc.
-keep working.
+"""Helpers every UniGeo algorithm shares: engine errors, progress, output naming, the cached
+on-demand embedding of a raster layer (``embed_cached``) and reading query layers.
 """
 
 from __future__ import annotations
@@ -21,11 +18,10 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from ...engine import pipeline
 from ...engine.contract import Modality
-from ...engine.errors import CancelledError, EngineError
-from ...engine.model import UniGeoModel
-from ...engine.os_errors import describe_os_error
-from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.errors import CancelledError, EngineError, describe_os_error
+from ...engine.pipeline import Region
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
 from .outputs import style_output
@@ -48,21 +44,17 @@ def engine_errors() -> Iterator[None]:
 
 def warn_before_embedding(
     feedback: QgsProcessingFeedback,
-    model: UniGeoModel,
+    model: Any,
     reader: Any,
     grid: Any,
     folders: list[Path],
-    aerial: bool = True,
+    modality: Modality = Modality.AERIAL,
 ) -> None:
     """Push the embedding's estimate, and its pixel-size or job-size warning, to ``feedback``.
 
     ``folders`` hold earlier stores whose recorded throughput makes the estimate (the cache).
     """
-    from ...engine.embed_plan import plan_embedding, recorded_tiles_per_s
-
-    rate = recorded_tiles_per_s(folders, model.model_hash)
-    domain = model.bundle.training_domain
-    plan = plan_embedding(reader, grid, domain, aerial=aerial, tiles_per_s=rate)
+    plan = pipeline.plan(model, reader, grid, folders, modality)
     feedback.pushInfo(f"Estimate: {plan.summary()}")
     if (warning := plan.warning()) is not None:
         feedback.pushWarning(warning)
@@ -106,56 +98,38 @@ def name_output(
 
 
 def embed_cached(
-    model: UniGeoModel,
+    model: Any,
     layer: QgsRasterLayer,
     bands: list[int] | None,
     feedback: QgsProcessingFeedback,
     extent: tuple[tuple[float, float, float, float], str] | None = None,
     stride_px: int | None = None,
-) -> EmbeddingStore:
+) -> Any:
     """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
-    from ...engine.embed import embed_raster
-    from ...engine.raster_io import grid_for_raster
-
     s = Settings.load()
     with engine_errors():
         if not model.has(Modality.AERIAL):
             raise QgsProcessingException("the model has no aerial encoder to embed rasters with")
         reader = reader_for_layer(layer, bands=bands)
         box, box_crs = extent if extent is not None else (None, None)
-        grid = grid_for_raster(
-            reader,
-            model.spec(Modality.AERIAL).preprocess,
-            stride_px=stride_px or s.stride_arg(),
-            extent=box,
-            extent_crs=box_crs,
-        )
-        cache = StoreCache(s.cache_path(), s.cache_bytes())
-        key = cache.key(reader.fingerprint(), model.model_hash, grid)
-        store = cache.get_or_none(key)
+        stride = stride_px or s.stride_arg()
+        grid = pipeline.tile_grid(model, reader, stride_px=stride, extent=box, extent_crs=box_crs)
+        entry = pipeline.cached_store(model, reader, grid, s.cache_path(), s.cache_bytes())
+        store = entry.store
         if store is None:
             feedback.pushInfo(f"Embedding {grid.rows}x{grid.cols} tiles of '{layer.name()}'")
-            warn_before_embedding(feedback, model, reader, grid, [cache.root])
-            store = embed_raster(
+            warn_before_embedding(feedback, model, reader, grid, [entry.cache.root])
+            store = pipeline.embed(
                 model,
                 reader,
                 grid,
-                cache.path_for(key),
+                entry.path,
                 block_tiles=BLOCK_TILES,
                 progress=progress_of(feedback, 0.0, 80.0),
                 is_canceled=canceled_of(feedback),
             )
-        cache.evict(keep=(key,))
+        entry.keep()
     return store
-
-
-def provenance(model: UniGeoModel, store: EmbeddingStore | None, **extra: Any) -> dict[str, Any]:
-    """What output layers record about their making."""
-    out = {"model": f"{model.bundle.name} {model.bundle.version}", "model_hash": model.model_hash}
-    if store is not None:
-        out["store"] = str(store.folder)
-    out.update(extra)
-    return out
 
 
 def parse_latlon(text: str) -> tuple[float, float]:
@@ -185,17 +159,17 @@ def layer_geometries(layer: QgsVectorLayer) -> list[bytes]:
     return [bytes(f.geometry().asWkb()) for f in feats]
 
 
-def layer_union(layer: QgsVectorLayer) -> tuple[bytes, str]:
-    """The union of a layer's (selected, else all) polygons as WKB, and the layer CRS WKT."""
-    from ...engine.geometry import union
+def layer_region(layer: QgsVectorLayer, where: str = "") -> Region:
+    """The (selected, else all) polygons of a layer as one example region (united in the engine).
 
+    Raises:
+        QgsProcessingException: the layer holds no geometry.
+    """
     geoms = layer_geometries(layer)
     if not geoms:
         raise QgsProcessingException(f"layer '{layer.name()}' holds no geometry")
-    try:
-        return union(geoms, what=f"the polygons of layer '{layer.name()}'"), layer_wkt(layer)
-    except EngineError as e:
-        raise QgsProcessingException(str(e)) from None
+    what = "the polygons" if where else f"the polygons of layer '{layer.name()}'"
+    return Region(tuple(geoms), layer_wkt(layer), where, what)
 
 
 def layer_points(layer: QgsVectorLayer) -> list[tuple[int, float, float]]:

@@ -8,6 +8,7 @@ The embedding is stored as a JSON array of D floats in the text field ``unigeo_e
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 from qgis.core import (
@@ -26,11 +27,11 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ...engine import pipeline
 from ...engine.contract import Modality
-from ...engine.query import tiles_in_polygon
-from ...engine.store import EmbeddingStore
 from ..qgis_reader import qgs_crs
-from .base import UniGeoAlgorithm, engine_errors
+from .base import UniGeoAlgorithm
+from .common import engine_errors
 
 EMBEDDING_FIELD = "unigeo_embedding"
 COUNT_FIELD = "unigeo_n_tiles"
@@ -112,7 +113,7 @@ class EmbedFeaturesAlgorithm(UniGeoAlgorithm):
 
 
 def feature_embedding(
-    store: EmbeddingStore, feat: QgsFeature, to_store: QgsCoordinateTransform
+    store: Any, feat: QgsFeature, to_store: QgsCoordinateTransform
 ) -> tuple[np.ndarray | None, int]:
     """The unit embedding of one feature and the number of tiles behind it (0: none)."""
     if not feat.hasGeometry():
@@ -120,16 +121,5 @@ def feature_embedding(
     geom = feat.geometry()
     geom.transform(to_store)
     if geom.type() == QgsWkbTypes.PointGeometry:
-        cells = [store.grid.cell_of(v.x(), v.y()) for v in geom.vertices()]
-        cells = [c for c in cells if c is not None and store.valid[c]]
-        rows = np.array([c[0] for c in cells], dtype=np.intp)
-        cols = np.array([c[1] for c in cells], dtype=np.intp)
-    else:
-        rows, cols = tiles_in_polygon(store, bytes(geom.asWkb()))
-    if rows.size == 0:
-        return None, 0
-    mean = np.asarray(store.embeddings[rows, cols], dtype=np.float64).mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    if norm == 0.0:
-        return None, 0
-    return (mean / norm).astype(np.float32), int(rows.size)
+        return pipeline.place_embedding(store, points=[(v.x(), v.y()) for v in geom.vertices()])
+    return pipeline.place_embedding(store, polygon=bytes(geom.asWkb()))

@@ -16,18 +16,14 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ...engine import pipeline
 from ...engine.contract import Modality
-from ...engine.embed import embed_raster
 from ...engine.errors import RasterInputError
-from ...engine.geo_io import write_grid_raster
-from ...engine.model import UniGeoModel
-from ...engine.raster_io import GdalReader, grid_for_raster
-from ...engine.raster_source import is_virtual
-from ...engine.store import EmbeddingStore, StoreCache
+from ...engine.raster import GdalReader, is_virtual
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings
-from .base import BLOCK_TILES, UniGeoAlgorithm, canceled_of, engine_errors, progress_of
-from .common import warn_before_embedding
+from .base import UniGeoAlgorithm
+from .common import BLOCK_TILES, canceled_of, engine_errors, progress_of, warn_before_embedding
 
 
 class EmbedRasterAlgorithm(UniGeoAlgorithm):
@@ -107,31 +103,29 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
         model = self.load_model(parameters, context)
         with engine_errors():
             reader = modality_reader(layer, bands, modality, model)
-            spec = model.spec(modality).preprocess
-            grid = grid_for_raster(reader, spec, stride_px=stride, extent=extent)
+            grid = pipeline.tile_grid(model, reader, modality, stride_px=stride, extent=extent)
             s = Settings.load()
             if not store_dir or store_dir == "TEMPORARY_OUTPUT":
-                cache = StoreCache(s.cache_path(), s.cache_bytes())
-                # a DSM store of the same grid must not be taken for the aerial one
-                fp = reader.fingerprint() + ("" if modality is Modality.AERIAL else ":dsm")
-                store_dir = str(cache.path_for(cache.key(fp, model.model_hash, grid)))
+                entry = pipeline.cached_store(
+                    model, reader, grid, s.cache_path(), s.cache_bytes(), modality
+                )
+                store_dir = str(entry.path)
             feedback.pushInfo(f"{grid.rows}x{grid.cols} tiles at {grid.gsd:g} m -> {store_dir}")
             folders = [Path(store_dir), Path(store_dir).parent, s.cache_path()]
-            aerial = modality is Modality.AERIAL
-            warn_before_embedding(feedback, model, reader, grid, folders, aerial)
-            store = embed_raster(
+            warn_before_embedding(feedback, model, reader, grid, folders, modality)
+            store = pipeline.embed(
                 model,
                 reader,
                 grid,
                 store_dir,
-                modality=modality,
+                modality,
                 block_tiles=BLOCK_TILES,
                 progress=progress_of(feedback, 0.0, 95.0 if tiff else 100.0),
                 is_canceled=canceled_of(feedback),
                 meta={"source": layer.source(), "layer": layer.name()},
             )
             if tiff:
-                write_embeddings_tiff(tiff, store)
+                pipeline.write_embeddings_tiff(tiff, store)
         feedback.pushInfo(f"{int(np.count_nonzero(store.valid))} valid tiles")
         return {self.OUTPUT_STORE: store_dir, self.OUTPUT_TIFF: tiff or None}
 
@@ -139,7 +133,7 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
 MODALITIES = (Modality.AERIAL, Modality.DSM)
 
 
-def modality_reader(layer, bands: list[int] | None, modality: Modality, model: UniGeoModel):
+def modality_reader(layer, bands: list[int] | None, modality: Modality, model):
     """The reader of ``layer`` for ``modality``; errors that say which MODALITY fits.
 
     A DSM is read in metres (no 0-1 scaling) with area-average resampling, as the DSM encoder
@@ -168,21 +162,3 @@ def modality_reader(layer, bands: list[int] | None, modality: Modality, model: U
             f"({', '.join(wanted)}). If it holds heights (a DSM), run again with MODALITY=dsm."
         )
     return reader
-
-
-def write_embeddings_tiff(path: str, store: EmbeddingStore) -> Path:
-    """The store's embeddings as a float32 GeoTIFF, one band per dimension, NaN = no data."""
-    valid = np.asarray(store.valid, dtype=bool)
-    bands = []
-    for d in range(store.dim):
-        band = np.asarray(store.embeddings[:, :, d], dtype=np.float32)
-        bands.append(np.where(valid, band, np.nan))
-    return write_grid_raster(
-        path,
-        store.grid,
-        bands,
-        dtype="float32",
-        nodata=float("nan"),
-        descriptions=[f"dim {d}" for d in range(store.dim)],
-        provenance={"model_hash": store.model_hash, "store": str(store.folder)},
-    )

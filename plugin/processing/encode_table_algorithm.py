@@ -34,8 +34,9 @@ from qgis.PyQt.QtCore import QVariant
 
 from ...engine.contract import Modality
 from ...engine.errors import EngineError
-from ...engine.preprocess import read_exif_latlon
-from .base import UniGeoAlgorithm, engine_errors
+from ...engine.pipeline import read_exif_latlon
+from .base import UniGeoAlgorithm
+from .common import engine_errors
 from .embed_features_algorithm import EMBEDDING_FIELD, embedding_json
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")

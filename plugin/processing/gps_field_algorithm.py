@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import numpy as np
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsProcessingException,
@@ -15,16 +12,10 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
-from ...engine import query as Q
-from ...engine.geo_io import write_grid_raster
-from ...engine.grid import TileGrid
-from ...engine.model import UniGeoModel
-from ...engine.similarity import write_heatmap
-from .base import UniGeoAlgorithm, engine_errors, name_output, parse_latlon, provenance
-
-MAX_VALUES = 256_000_000  # cells x bands of the embedding field (1 GB of float32)
-MAX_CELLS = 16_000_000  # cells of a heatmap
-CHUNK = 65_536
+from ...engine import pipeline
+from ...engine.pipeline import QuerySpec
+from .base import UniGeoAlgorithm
+from .common import canceled_of, engine_errors, name_output, parse_latlon, progress_of
 
 
 class GpsFieldAlgorithm(UniGeoAlgorithm):
@@ -78,38 +69,24 @@ class GpsFieldAlgorithm(UniGeoAlgorithm):
         box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
         check_resolution(crs, box, res)
         model = self.load_model(parameters, context)
+        spec = QuerySpec(texts=(text,) if text else (), gps=(parse_latlon(gps),) if gps else ())
         with engine_errors():
-            grid = TileGrid.for_extent(crs_text, res, 1, 1, box, origin=(box[0], box[3]))
-            limit = MAX_CELLS if (text or gps) else MAX_VALUES // model.dim
-            if grid.n_tiles > limit:
-                raise QgsProcessingException(
-                    f"{grid.n_tiles:,} cells at this RESOLUTION exceed {limit:,}; use larger cells"
-                )
-            lat, lon = grid_latlon(grid)
-            query = self._query(model, text, gps)
-            mat = query.vector()[:, None] if query is not None else None
-            field = encode_field(model, lat, lon, mat, feedback)
+            query = None if spec.is_empty() else pipeline.build_query(spec, None, model)
+            grid, field = pipeline.gps_field(
+                model, crs_text, box, res, query, progress_of(feedback, 0.0, 90.0),
+                canceled_of(feedback),
+            )  # fmt: skip
             if field is None:
                 return {}
-            prov = provenance(model, None, resolution=res)
+            prov = pipeline.provenance(model, None, resolution=res)
             if query is not None:
                 prov.update(query.provenance())
-                fake = SimpleNamespace(grid=grid, model_hash=model.model_hash)
-                write_heatmap(out, fake, field[..., 0], provenance=prov)
-                name_output(context, out, f"gps similarity: {query.description()}")
-            else:
-                bands = [field[..., d] for d in range(field.shape[-1])]
-                write_grid_raster(out, grid, bands, dtype="float32", nodata=None, provenance=prov)
-                name_output(context, out, "gps embedding field")
+            pipeline.write_field(out, grid, field, model, query is not None, prov)
+        if query is not None:
+            name_output(context, out, f"gps similarity: {query.description()}")
+        else:
+            name_output(context, out, "gps embedding field")
         return {self.OUTPUT: out}
-
-    def _query(self, model: UniGeoModel, text: str, gps: str) -> Q.Query | None:
-        parts = []
-        if text:
-            parts.append(Q.text_query(model, text))
-        if gps:
-            parts.append(Q.gps_query(model, *parse_latlon(gps)))
-        return Q.combine(*parts) if parts else None
 
 
 def check_resolution(crs: QgsCoordinateReferenceSystem, box: tuple, res: float) -> None:
@@ -140,29 +117,3 @@ def _round1(x: float) -> float:
     import math
 
     return float(f"{x:.1g}") if x > 0 and math.isfinite(x) else x
-
-
-def grid_latlon(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
-    """WGS84 latitude and longitude of every cell centre, ``[rows, cols]`` each."""
-    from ...engine.crs import WGS84, transform_xy
-
-    xs, ys = grid.centers()
-    lon, lat = transform_xy(xs, ys, grid.crs, WGS84)
-    if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
-        raise QgsProcessingException("part of the EXTENT has no WGS84 position; shrink it")
-    return lat, lon
-
-
-def encode_field(model: UniGeoModel, lat, lon, mat, feedback) -> np.ndarray | None:
-    """GPS embeddings ``[rows, cols, D]`` (or scores ``[rows, cols, K]`` against ``mat``)."""
-    flat_lat, flat_lon = lat.reshape(-1), lon.reshape(-1)
-    k = model.dim if mat is None else mat.shape[1]
-    out = np.empty((flat_lat.size, k), dtype=np.float32)
-    for i in range(0, flat_lat.size, CHUNK):
-        if feedback.isCanceled():
-            return None
-        s = slice(i, i + CHUNK)
-        emb = model.encode_gps(flat_lat[s].astype(np.float32), flat_lon[s].astype(np.float32))
-        out[s] = emb if mat is None else emb @ mat
-        feedback.setProgress(90.0 * min(i + CHUNK, flat_lat.size) / flat_lat.size)
-    return out.reshape(*lat.shape, k)

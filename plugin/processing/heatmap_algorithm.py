@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterRasterDestination
 
-from ...engine.streaming import heatmap_auto
-from .base import (
-    QueryAlgorithm,
-    canceled_of,
-    engine_errors,
-    name_output,
-    progress_of,
-    provenance,
-)
+from ...engine import pipeline
+from .base import QueryAlgorithm
+from .common import canceled_of, engine_errors, name_output, progress_of
 
 
 class HeatmapAlgorithm(QueryAlgorithm):
@@ -32,13 +26,13 @@ class HeatmapAlgorithm(QueryAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         model, store, query = self.prepare_query(parameters, context, feedback)
-        prov = provenance(model, store, **query.provenance())
+        prov = pipeline.provenance(model, store, **query.provenance())
         with engine_errors():
             # in memory, or chunk by chunk for stores above 2*10^7 tiles (flat memory)
-            heatmap_auto(
+            pipeline.heatmap(
                 out,
                 store,
-                query.vector(),
+                query,
                 provenance=prov,
                 progress=progress_of(feedback, 80.0, 100.0),
                 is_canceled=canceled_of(feedback),

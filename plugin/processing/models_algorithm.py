@@ -1,6 +1,6 @@
 """Processing algorithms ``unigeo:installmodel`` and ``unigeo:models``: the model manager.
 
-Thin adapters over ``engine.model_install`` and ``engine.model_library``, the same functions the
+Thin adapters over ``engine.library.install`` and ``engine.library.installed``, the same functions the
 Model manager dialog and ``python -m engine models`` call.
 """
 
@@ -20,11 +20,17 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...engine.model_catalog import DEFAULT_BUNDLE
-from ...engine.model_install import install_bundle
-from ...engine.model_library import active_bundle, list_bundles, remove_bundle, set_active
+from ...engine.library import (
+    DEFAULT_BUNDLE,
+    active_bundle,
+    install_bundle,
+    list_bundles,
+    remove_bundle,
+    set_active,
+)
 from ..settings import Settings, first_run_message
-from .base import UniGeoAlgorithm, canceled_of, engine_errors, progress_of
+from .base import UniGeoAlgorithm
+from .common import canceled_of, engine_errors, progress_of
 
 
 class _ModelsBase(UniGeoAlgorithm):

@@ -12,17 +12,9 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from ...engine.similarity import write_hits
-from ...engine.streaming import hits_auto
-from ...engine.vector_io import VECTOR_DRIVERS
-from .base import (
-    QueryAlgorithm,
-    canceled_of,
-    engine_errors,
-    name_output,
-    progress_of,
-    provenance,
-)
+from ...engine import pipeline
+from .base import QueryAlgorithm
+from .common import canceled_of, engine_errors, name_output, progress_of
 
 
 class TopHitsAlgorithm(QueryAlgorithm):
@@ -66,7 +58,7 @@ class TopHitsAlgorithm(QueryAlgorithm):
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not Path(out).suffix:
             out += ".gpkg"  # a bare name typed in a script: the default format
-        if Path(out).suffix.lower() not in VECTOR_DRIVERS:
+        if Path(out).suffix.lower() not in pipeline.HIT_FORMATS:
             raise QgsProcessingException(
                 self.tr(f"Write the hits to a .gpkg, .geojson or .shp file, not '{out}'")
             )
@@ -74,17 +66,19 @@ class TopHitsAlgorithm(QueryAlgorithm):
         radius = self.parameterAsInt(parameters, self.MIN_DISTANCE, context)
         polygons = self.parameterAsBool(parameters, self.AS_POLYGONS, context)
         model, store, query = self.prepare_query(parameters, context, feedback)
+        prov = pipeline.provenance(model, store, k=k, min_distance=radius, **query.provenance())
         with engine_errors():
-            hits = hits_auto(
+            hits = pipeline.hits(
+                out,
                 store,
-                query.vector(),
+                query,
                 k,
                 radius,
+                polygons,
+                prov,
                 progress=progress_of(feedback, 80.0, 100.0),
                 is_canceled=canceled_of(feedback),
             )
-            prov = provenance(model, store, k=k, min_distance=radius, **query.provenance())
-            write_hits(out, hits, store.crs, as_polygons=polygons, provenance=prov)
         feedback.pushInfo(f"{len(hits)} places for {query.description()}")
         name_output(context, out, f"top {k}: {query.description()}", "hits", prov)
         return {self.OUTPUT: out}

@@ -79,7 +79,7 @@ def in_group(ctx, layer) -> None:
     ensure(path.parent == ctx.default_outputs, f"{path} is not in {ctx.default_outputs}")
 
 
-def _dock(ctx, area: str, polygon_layer=None):
+def open_dock(ctx, area: str, polygon_layer=None):
     """Open the search dock on the source raster with the given area."""
     text = action(ctx, "Text → map")
     if not text.isChecked():
@@ -95,7 +95,7 @@ def _dock(ctx, area: str, polygon_layer=None):
 
 
 def gui_text_search(ctx) -> dict:
-    dock = _dock(ctx, "extent")
+    dock = open_dock(ctx, "extent")
     body = dock.widget().widget()  # the dock's rows, in a scroll area
     wait_until(
         lambda: body.width() >= body.minimumSizeHint().width(), 5, "the dock to fit its rows"
@@ -112,7 +112,7 @@ def gui_text_search(ctx) -> dict:
 
 def gui_point_clicks(ctx) -> dict:
     """Click, Shift+click, Ctrl+click with the Find similar tool; a heatmap after each."""
-    _dock(ctx, "layer")
+    open_dock(ctx, "layer")
     find = action(ctx, "Find similar places")
     find.trigger()
     ensure(ctx.canvas.mapTool() is ctx.plugin.point_tool, "the point tool is not the map tool")
@@ -151,7 +151,7 @@ def gui_point_clicks(ctx) -> dict:
 
 def gui_region_tool(ctx) -> dict:
     """Draw a polygon with four clicks and a right click: a '1 region' heatmap."""
-    _dock(ctx, "layer")
+    open_dock(ctx, "layer")
     region = action(ctx, "Similar to region")
     region.trigger()
     ensure(ctx.canvas.mapTool() is ctx.plugin.polygon_tool, "the region tool is not the map tool")
@@ -172,7 +172,7 @@ def gui_region_tool(ctx) -> dict:
 
 def gui_area_polygon_layer(ctx) -> dict:
     """Area = a polygon layer: the heatmap is scored only inside it (NaN elsewhere)."""
-    dock = _dock(ctx, "polygons", ctx.vectors["area"])
+    dock = open_dock(ctx, "polygons", ctx.vectors["area"])
     dock.prompt.setEditText("bare soil")
     (layer,) = expect_layers(
         ctx,
@@ -187,7 +187,7 @@ def gui_area_polygon_layer(ctx) -> dict:
 
 def gui_photo_search(ctx) -> dict:
     """Photo → map: pick a photo, mark its EXIF position, search with it."""
-    dock = _dock(ctx, "layer")
+    dock = open_dock(ctx, "layer")
     action(ctx, "Photo → map").trigger()
     dock.photo_file.setFilePath(str(ctx.inputs.photo))
     label = dock.gps_label.text()
@@ -252,7 +252,7 @@ def _with_dialog(ctx, configure: Callable[[Any], None]) -> None:
 
 def _classified(ctx, configure, what: str, names, shot: str, vectors=()) -> dict:
     """Drive the dialog, wait for the class and confidence layers, check them, screenshot."""
-    _dock(ctx, "layer")
+    open_dock(ctx, "layer")
     classes, conf = expect_layers(ctx, lambda: _with_dialog(ctx, configure), what, count=2)
     ensure(
         isinstance(classes, QgsRasterLayer) and "confidence" in conf.name(),

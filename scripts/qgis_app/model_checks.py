@@ -72,9 +72,9 @@ def model_first_run(ctx) -> dict:
     except CheckFailed as e:
         ensure(FIRST_RUN in str(e), f"unigeo:heatmap without a model: {e}")
     # the dock: the band row and a text search say it too
-    from .gui_checks import _dock
+    from .gui_checks import open_dock
 
-    dock = _dock(ctx, "extent")
+    dock = open_dock(ctx, "extent")
     band_text = dock.band_panel.reason.text()
     ensure(FIRST_RUN in band_text, f"the dock's band row says '{band_text}'")
     ctx.screenshot("first_run", messages=True)

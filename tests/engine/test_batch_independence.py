@@ -95,8 +95,8 @@ def test_text_alone_equals_text_in_batch(model: UniGeoModel) -> None:
 
 
 def test_sub_extent_embeds_equal_full_raster_on_overlap(naip: Path, tmp_path: Path) -> None:
-    from engine.cli import main
-    from engine.zarr_store import open_store
+    from engine.cli.main import main
+    from engine.store import open_store
 
     full, sub = tmp_path / "full.store", tmp_path / "sub.store"
     assert main(["embed", str(naip), "--model", str(BUNDLE), "--out", str(full)]) == 0

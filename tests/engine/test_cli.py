@@ -7,7 +7,7 @@ import pyogrio
 import pytest
 import rasterio
 
-from engine.cli import main
+from engine.cli.main import main
 
 NAIP = "naip_north_dakota/m_4709963_se_14_1_20200831.tif"
 
@@ -47,7 +47,7 @@ def test_help_carries_examples(capsys):
 
 
 def test_embed_then_queries_on_real_raster(naip_store, analytic_bundle, tmp_path, capsys):
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     store = EmbeddingStore.open(naip_store)
     assert store.valid.sum() > 0 and store.embeddings.shape[-1] == 8
@@ -171,7 +171,7 @@ def test_store_from_another_model_is_refused(naip_store, tmp_path, capsys):
 def test_index_then_ann_hits_match_exact_hits(naip_store, analytic_bundle, tmp_path):
     """'index' builds a FAISS index beside the store; 'hits --ann' finds what exact search finds."""
     pytest.importorskip("faiss")
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     m = str(analytic_bundle)
     assert main(["index", str(naip_store), "--kind", "flat"]) == 0

@@ -1,6 +1,6 @@
 """Parity of the streamed (large-store) query path with the exact in-memory one.
 
-The chunked functions of ``engine.streaming`` are forced on small stores (``chunked=True``,
+The chunked functions of ``engine.search.streaming`` are forced on small stores (``chunked=True``,
 small ``chunk_rows``) and compared with ``similarity`` + ``calibrate`` / ``top_k``: hits must
 be the same tiles in the same order with the same scores and percentiles, and heatmaps the same
 cosine band, the same nodata cells and percentiles within the stated tolerance, on stores with
@@ -18,13 +18,14 @@ import rasterio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.calibration import CAL_MAX_ERROR, TieRefiner, _calibrate_exact, calibrate
 from engine.errors import CancelledError
 from engine.grid import TileGrid
-from engine.query import Query
-from engine.similarity import similarity, top_k, write_heatmap
-from engine.streaming import (
-    _Histogram,
+from engine.search.calibration import CAL_MAX_ERROR, TieRefiner, calibrate, calibrate_exact
+from engine.search.hits import top_k
+from engine.search.query import Query
+from engine.search.similarity import similarity, write_heatmap
+from engine.search.streaming import (
+    Histogram,
     heatmap_auto,
     hits_auto,
     score_histogram,
@@ -218,7 +219,7 @@ def test_big_tiled_heatmap_with_ties_and_holes(tmp_path):
     np.testing.assert_array_equal(cos_b, cos_a)
     np.testing.assert_array_equal(np.isnan(pct_b), np.isnan(pct_a))
     assert np.isnan(pct_b[250:]).all() and np.isnan(pct_b[:, :3]).all()
-    exact = _calibrate_exact(scores)
+    exact = calibrate_exact(scores)
     cal = score_histogram(store, Q, refine=True)
     assert cal.max_error <= CAL_MAX_ERROR
     assert np.nanmax(np.abs(pct_b - exact)) <= CAL_MAX_ERROR + 1e-4
@@ -238,7 +239,7 @@ def test_tie_listing_gives_up_noisy_bins_but_keeps_ties():
     ``max_error``); bins holding one big tie group are still exact."""
     store = scenario("mid_ties", 60, 50, seed=4)
     scores = similarity(store, Q)
-    exact = _calibrate_exact(scores)
+    exact = calibrate_exact(scores)
     cal = score_histogram(store, Q, bins=64, refine=True, chunk_rows=5)
     got = cal.percentiles(scores)
     ok = np.isfinite(scores)
@@ -324,7 +325,7 @@ def test_property_tie_listing_bound(seed, n, bins, spread, tie_frac, groups):
     tied = rng.random(n) < tie_frac
     vals[tied] = rng.choice(vals, groups)[rng.integers(0, groups, int(tied.sum()))]
     cuts = np.sort(rng.integers(0, n, 4))
-    hist = _Histogram(bins, n)
+    hist = Histogram(bins, n)
     for part in np.split(vals, cuts):
         hist.add(part)
     cal = hist.calibration()
@@ -334,7 +335,7 @@ def test_property_tie_listing_bound(seed, n, bins, spread, tie_frac, groups):
         ties.add(part)
     ref = ties.calibration(cal)
     got = ref.percentiles(vals)
-    exact = _calibrate_exact(vals)
+    exact = calibrate_exact(vals)
     assert np.max(np.abs(got - exact)) <= ref.max_error + 1e-4
     listed = np.isin(vals, ref.exact_values)
     np.testing.assert_array_equal(got[listed], exact[listed])

@@ -1,4 +1,4 @@
-"""Tests of engine/band_choice.py: bands picked by names, colour interpretation and sensor layouts."""
+"""Tests of engine/raster/band_choice.py: bands picked by names, colour interpretation and sensor layouts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.band_choice import ABSENT, choose_bands, spectral_name, user_choice, wanted_name
 from engine.errors import RasterInputError
+from engine.raster.band_choice import ABSENT, choose_bands, user_choice
+from engine.raster.spectral import spectral_name, wanted_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SCENE = ROOT / "data-cache/localtileserver/1.0.0/localtileserver/tiler/data/landsat.tif"

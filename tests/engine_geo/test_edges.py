@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from engine.batch_read import edge_shift
-from engine.cli import main as cli_main
-from engine.render import render_for
-from engine.store_window import restrict_nodata
-from engine.zarr_store import open_store
+from engine.cli.main import main as cli_main
+from engine.geo.render import render_for
+from engine.raster.batch import edge_shift
+from engine.store import open_store
+from engine.store.window import restrict_nodata
 from tests.reliability.conftest import random_uint8, write_raster
 
 # the analytic bundle: 16-px tiles at 10 m, so 160 m cells; a raster 5 px off the lattice

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.batch_read import read_chips
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed.job import embed_raster
 from engine.errors import CancelledError, InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
-from engine.raster_io import GdalReader, grid_for_raster
-from engine.store import EmbeddingStore, partial_path
+from engine.raster.batch import read_chips
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
+from engine.store.base import partial_path
+from engine.store.npy import EmbeddingStore
 from tests.engine_geo.conftest import UTM_ORIGIN, FakeModel, fake_embed
 
 RGBN = ("red", "green", "blue", "nir")

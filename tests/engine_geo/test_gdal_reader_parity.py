@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from engine import native_read, raster_scaling, warped_read
 from engine.errors import RasterInputError
-from engine.raster_io import GdalReader
+from engine.raster import native, scaling, warped
+from engine.raster.gdal_reader import GdalReader
 
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
@@ -40,22 +40,22 @@ DSM = ("alexandria_dsm", "dsm.tif")
 
 def rasterio_window(path, bounds, grid_crs, gsd, idx, size, alpha=(), nodata=None, res="bilinear"):
     """Raw float32 ``[len(idx), size, size]`` of ``bounds`` as the rasterio reader read it."""
-    phase = tuple(p * gsd / 1e6 for p in native_read._phase(bounds, gsd))
+    phase = tuple(p * gsd / 1e6 for p in native.lattice_phase(bounds, gsd))
     with rasterio.open(path) as src:
         box = transform_bounds(src.crs, grid_crs, *src.bounds, densify_pts=21)
-        left, top, width, height = warped_read._snap(box, phase, gsd)
+        left, top, width, height = warped._snap(box, phase, gsd)
         kw = {"src_alpha": alpha[0]} if alpha else {}
         if nodata is not None:
             kw["src_nodata"] = nodata
         t = Affine(gsd, 0.0, left, 0.0, -gsd, top)
-        fill = warped_read.FILL
+        fill = warped.FILL
         with WarpedVRT(
             src, crs=grid_crs, transform=t, width=width, height=height,
             resampling=Resampling[res], dtype="float32", nodata=fill, **kw,
         ) as vrt:  # fmt: skip
             out = np.full((len(idx), size, size), np.nan, np.float32)
-            win = warped_read._window(t.to_gdal(), bounds, gsd)
-            win, (r0, r1, c0, c1) = warped_read._clip(win, width, height, size, size)
+            win = warped._window(t.to_gdal(), bounds, gsd)
+            win, (r0, r1, c0, c1) = warped._clip(win, width, height, size, size)
             if win is not None:
                 shape = (len(idx), r1 - r0, c1 - c0)
                 got = vrt.read(
@@ -120,7 +120,7 @@ def assert_same_as_rasterio(path, reader, bands, grid_crs, gsd, shift=(0.0, 0.0)
     n = 0
     for b in windows(reader, grid_crs, gsd, shift, size):
         ref = rasterio_window(path, b, grid_crs, gsd, idx, size, **kw)
-        want = raster_scaling.apply_scaling(ref, reader._lo, reader._span, idx, clip)
+        want = scaling.apply_scaling(ref, reader._lo, reader._span, idx, clip)
         np.testing.assert_array_equal(reader.read_window(b, grid_crs, gsd, bands), want)
         np.testing.assert_array_equal(reader.read_tile(b, grid_crs, gsd, size, bands), want)
         n += int(np.isfinite(want).any())
@@ -153,7 +153,7 @@ def test_naip_percentile_stretch_equals_rasterio(shared_data):
     path = shared_data.joinpath(*NAIP)
     with GdalReader(path, scale="percentile") as r:
         with rasterio.open(path) as src:
-            f = max(src.width, src.height) / raster_scaling.STATS_MAX_SIDE
+            f = max(src.width, src.height) / scaling.STATS_MAX_SIDE
             shape = (src.count, round(src.height / max(f, 1)), round(src.width / max(f, 1)))
             data = src.read(out_shape=shape, masked=True)
         lo, hi = zip(*(np.percentile(b.compressed(), (2.0, 98.0)) for b in data), strict=True)

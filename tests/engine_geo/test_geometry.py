@@ -1,4 +1,4 @@
-"""engine.geometry: WKT/WKB/GeoJSON in, WKB out; clear errors; cell centres inside polygons.
+"""engine.geo.geometry: WKT/WKB/GeoJSON in, WKB out; clear errors; cell centres inside polygons.
 
 shapely and pyproj are independent references here (tests only; the engine uses OGR/OSR).
 """
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 
-from engine import geometry as G
 from engine.errors import InputError
+from engine.geo import geometry as G
 from engine.grid import TileGrid
 
 UTM = "EPSG:32633"

@@ -1,4 +1,4 @@
-"""Tests of engine/raster_io.py: chips land where they should, bands map, bad input is refused."""
+"""Tests of engine/raster/gdal_reader.py: chips land where they should, bands map, bad input is refused."""
 
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from pyproj import Transformer
 from engine.contract import Preprocess
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
-from engine.raster_io import (
-    GdalReader,
-    choose_grid_crs,
-    close_all_readers,
-    grid_for_raster,
-    raster_gsd_m,
-    resolve_bands,
-)
+from engine.raster.bands import resolve_bands
+from engine.raster.gdal_reader import GdalReader, close_all_readers
+from engine.raster.tiling import choose_grid_crs, grid_for_raster, raster_gsd_m
 from tests.engine_geo.conftest import (
     GEO_ORIGIN,
     GEO_REGION_PX,
@@ -283,7 +278,7 @@ def test_web_mercator_rasters_are_tiled_in_their_utm_zone():
 
     from pyproj import CRS
 
-    from engine.raster_io import choose_grid_crs
+    from engine.raster.tiling import choose_grid_crs
 
     merc = SimpleNamespace(
         crs=CRS("EPSG:3857").to_wkt(), bounds=(-12.5e6, 4.95e6, -12.49e6, 4.96e6)

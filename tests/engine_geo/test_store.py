@@ -11,13 +11,15 @@ import pytest
 
 from engine.errors import InputError, StoreError
 from engine.grid import TileGrid
-from engine.store import EmbeddingStore, StoreCache, partial_path
+from engine.store.base import partial_path
+from engine.store.cache import StoreCache
+from engine.store.npy import EmbeddingStore
 
 GRID = TileGrid.for_extent("EPSG:32633", 1.0, 16, None, (500_000, 5_000_000, 500_100, 5_000_070))
 DIM = 6
 
 
-def _emb(seed: int, shape=GRID.shape) -> tuple[np.ndarray, np.ndarray]:
+def random_embeddings(seed: int, shape=GRID.shape) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     emb = rng.standard_normal((*shape, DIM)).astype(np.float32)
     valid = rng.random(shape) > 0.2
@@ -25,7 +27,7 @@ def _emb(seed: int, shape=GRID.shape) -> tuple[np.ndarray, np.ndarray]:
     return emb, valid
 
 
-def _fill(
+def fill_store(
     store: EmbeddingStore, emb: np.ndarray, valid: np.ndarray, stop: int | None = None
 ) -> None:
     for bid, (r0, c0, nr, nc) in enumerate(store.blocks()):
@@ -37,7 +39,9 @@ def _fill(
         store.mark_done(bid)
 
 
-def _new(path, model_hash="m1", source="s1", block_tiles=3, grid=GRID, **meta) -> EmbeddingStore:
+def new_store(
+    path, model_hash="m1", source="s1", block_tiles=3, grid=GRID, **meta
+) -> EmbeddingStore:
     meta = {
         "model_name": "unigeo",
         "model_version": "1",
@@ -50,10 +54,10 @@ def _new(path, model_hash="m1", source="s1", block_tiles=3, grid=GRID, **meta) -
 
 def test_round_trip(tmp_path):
     path = tmp_path / "s"
-    emb, valid = _emb(0)
-    store = _new(path, note="hello")
+    emb, valid = random_embeddings(0)
+    store = new_store(path, note="hello")
     assert GRID.shape == (5, 7) and len(store.blocks()) == 6
-    _fill(store, emb, valid)
+    fill_store(store, emb, valid)
     assert not path.exists()  # nothing final before finalize
     out = store.finalize()
     assert path.is_dir() and not partial_path(path).exists()
@@ -84,12 +88,12 @@ def test_round_trip(tmp_path):
 
 def test_finalize_needs_every_block_and_a_crash_keeps_the_old_store(tmp_path):
     path = tmp_path / "s"
-    old_emb, old_valid = _emb(1)
-    s = _new(path)
-    _fill(s, old_emb, old_valid)
+    old_emb, old_valid = random_embeddings(1)
+    s = new_store(path)
+    fill_store(s, old_emb, old_valid)
     s.finalize()
-    new = _new(path)
-    _fill(new, *_emb(2), stop=4)
+    new = new_store(path)
+    fill_store(new, *random_embeddings(2), stop=4)
     with pytest.raises(StoreError, match="2 block"):
         new.finalize()
     new.close()  # "crash": the .partial stays, the old store is untouched
@@ -99,20 +103,20 @@ def test_finalize_needs_every_block_and_a_crash_keeps_the_old_store(tmp_path):
     # finishing the new one replaces the old at the very end
     again = EmbeddingStore.resume(path, GRID, DIM, "m1", "s1", block_tiles=3)
     assert again.remaining_blocks() == [4, 5]
-    emb2, valid2 = _emb(2)
-    _fill(again, emb2, valid2)
+    emb2, valid2 = random_embeddings(2)
+    fill_store(again, emb2, valid2)
     again.finalize()
     np.testing.assert_array_equal(EmbeddingStore.open(path).embeddings, emb2.astype(np.float16))
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
 def test_resume_equals_fresh(tmp_path):
-    emb, valid = _emb(3)
-    fresh = _new(tmp_path / "fresh")
-    _fill(fresh, emb, valid)
+    emb, valid = random_embeddings(3)
+    fresh = new_store(tmp_path / "fresh")
+    fill_store(fresh, emb, valid)
     fresh.finalize()
-    part = _new(tmp_path / "res")
-    _fill(part, emb, valid, stop=2)
+    part = new_store(tmp_path / "res")
+    fill_store(part, emb, valid, stop=2)
     part.close()
     res = EmbeddingStore.resume(tmp_path / "res", GRID, DIM, "m1", "s1", block_tiles=3)
     assert res.remaining_blocks() == [2, 3, 4, 5]
@@ -136,8 +140,8 @@ def test_resume_equals_fresh(tmp_path):
 )
 def test_resume_refuses_to_mix(tmp_path, change):
     path = tmp_path / "s"
-    s = _new(path)
-    _fill(s, *_emb(4), stop=1)
+    s = new_store(path)
+    fill_store(s, *random_embeddings(4), stop=1)
     s.close()
     kw = {"model_hash": "m1", "source": "s1", "block_tiles": 3, "grid": GRID} | change
     args = (path, kw["grid"], DIM, kw["model_hash"], kw["source"])
@@ -155,14 +159,14 @@ def test_resume_without_partial_creates_one(tmp_path):
 def test_bad_stores_are_refused(tmp_path):
     with pytest.raises(StoreError, match="embed the raster first"):
         EmbeddingStore.open(tmp_path / "none")
-    s = _new(tmp_path / "s")
+    s = new_store(tmp_path / "s")
     with pytest.raises(StoreError, match="resume it"):
         EmbeddingStore.open(tmp_path / "s")
     with pytest.raises(InputError, match="shape"):
         s.write_block(0, 0, np.zeros((2, 2, DIM + 1)), np.zeros((2, 2), bool))
     with pytest.raises(InputError, match="outside"):
         s.write_block(4, 6, np.zeros((2, 2, DIM)), np.zeros((2, 2), bool))
-    _fill(s, *_emb(5))
+    fill_store(s, *random_embeddings(5))
     s.finalize()
     meta = tmp_path / "s" / "store.json"
     info = json.loads(meta.read_text())
@@ -180,13 +184,13 @@ def test_bad_stores_are_refused(tmp_path):
         EmbeddingStore.open(tmp_path / "s")
     empty = TileGrid("EPSG:32633", 1.0, 16, 16, 0, 0, 0, 0)
     with pytest.raises(InputError, match="empty"):
-        _new(tmp_path / "e", grid=empty)
+        new_store(tmp_path / "e", grid=empty)
 
 
 def _cached(cache: StoreCache, source: str) -> tuple[str, int]:
     key = cache.key(source, "m1", GRID)
-    s = _new(cache.path_for(key), source=source)
-    _fill(s, *_emb(6))
+    s = new_store(cache.path_for(key), source=source)
+    fill_store(s, *random_embeddings(6))
     s.finalize()
     return key, sum(f.stat().st_size for f in cache.path_for(key).iterdir())
 
@@ -217,7 +221,7 @@ def test_cache_evicts_least_recently_used_but_never_a_partial(tmp_path):
     _age(cache, kb, 200)
     _age(cache, kc, 100)
     assert cache.get_or_none(ka) is not None  # a is now the most recently used
-    writing = _new(cache.path_for(cache.key("d", "m1", GRID)), source="d")
+    writing = new_store(cache.path_for(cache.key("d", "m1", GRID)), source="d")
     cache.max_bytes = 3 * size + 10
     assert cache.total_bytes() > cache.max_bytes
     removed = cache.evict()
@@ -230,13 +234,13 @@ def test_cache_evicts_least_recently_used_but_never_a_partial(tmp_path):
 
 def test_failed_final_move_keeps_the_old_store_and_can_finish_later(tmp_path, monkeypatch):
     path = tmp_path / "s"
-    old_emb, old_valid = _emb(7)
-    s = _new(path)
-    _fill(s, old_emb, old_valid)
+    old_emb, old_valid = random_embeddings(7)
+    s = new_store(path)
+    fill_store(s, old_emb, old_valid)
     s.finalize()
-    new = _new(path)
-    new_emb, new_valid = _emb(8)
-    _fill(new, new_emb, new_valid)
+    new = new_store(path)
+    new_emb, new_valid = random_embeddings(8)
+    fill_store(new, new_emb, new_valid)
     real_replace, calls = os.replace, []
 
     def flaky(a, b):

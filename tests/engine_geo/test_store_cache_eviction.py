@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import StoreCache
-from tests.engine_geo.test_store import GRID, _emb, _fill, _new
+from engine.store.cache import StoreCache
+from tests.engine_geo.test_store import GRID, fill_store, new_store, random_embeddings
 
 
 def _cached(cache: StoreCache, source: str, age_s: float) -> tuple[str, int]:
     """A finalised npy store of ``source`` in the cache, last used ``age_s`` seconds ago."""
     key = cache.key(source, "m1", GRID)
-    store = _new(cache.path_for(key), source=source)
-    _fill(store, *_emb(3))
+    store = new_store(cache.path_for(key), source=source)
+    fill_store(store, *random_embeddings(3))
     store.finalize()
     t = time.time() - age_s
     os.utime(cache.path_for(key) / "store.json", (t, t))
@@ -27,7 +27,7 @@ def _cached(cache: StoreCache, source: str, age_s: float) -> tuple[str, int]:
 def _zarr_cached(cache: StoreCache, source: str, age_s: float) -> tuple[str, int]:
     """A finalised Zarr store of ``source`` in the cache, last used ``age_s`` seconds ago."""
     pytest.importorskip("zarr")
-    from engine.zarr_store import ZarrEmbeddingStore
+    from engine.store.zarr import ZarrEmbeddingStore
 
     key = cache.key(source, "m1", GRID)
     store = ZarrEmbeddingStore.create(cache.path_for(key), GRID, 6, "m1", source, None, 3)
@@ -52,8 +52,8 @@ def test_outputs_and_foreign_folders_survive_an_overflowing_cache(tmp_path):
     cache = StoreCache(tmp_path / "c", max_bytes=0)
     (ka, size), (kb, _) = (_cached(cache, s, age) for s, age in (("a", 300), ("b", 100)))
     heat = _write(cache.root / "outputs" / "text_wetlands_20260101-120000.tif", 3 * size)
-    own = _new(cache.root / "my.store", source="mine")  # a user's store, not named by a key
-    _fill(own, *_emb(4))
+    own = new_store(cache.root / "my.store", source="mine")  # a user's store, not named by a key
+    fill_store(own, *random_embeddings(4))
     own = own.finalize()
     odd = _write(cache.root / ("f" * 64) / "notes.txt", 10)  # key-like name, no store inside
     loose = _write(cache.root / "readme.txt", 5)
@@ -72,7 +72,7 @@ def test_outputs_and_foreign_folders_survive_an_overflowing_cache(tmp_path):
 def test_partials_count_but_are_never_evicted(tmp_path):
     cache = StoreCache(tmp_path / "c", max_bytes=0)
     ka, size = _cached(cache, "a", 50)
-    writing = _new(cache.path_for(cache.key("w", "m1", GRID)), source="w")
+    writing = new_store(cache.path_for(cache.key("w", "m1", GRID)), source="w")
     part_bytes = sum(f.stat().st_size for f in writing.folder.iterdir())
     assert writing.folder.name.endswith(".partial")
     assert cache.total_bytes() == size + part_bytes

@@ -10,9 +10,9 @@ import pytest
 import shapely
 from pyproj import CRS, Transformer
 
-from engine.bands import resolve_bands
 from engine.errors import InputError, RasterInputError
-from engine.vector_io import shapefile_field_names, to_wgs84, write_vector
+from engine.geo.vector import shapefile_field_names, to_wgs84, write_vector
+from engine.raster.bands import resolve_bands
 
 UTM = "EPSG:26914"
 PTS = [(487_000.0, 5_206_000.0), (488_500.5, 5_207_250.25)]
@@ -100,15 +100,15 @@ def test_shapefile_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     write_vector(target, _points()[:1], {"rank": np.array([7])}, UTM, geometry_type="Point")
     assert pyogrio.read_info(target)["features"] == 1 and not (tmp_path / "h.qix").exists()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    from engine import vector_io
+    from engine.geo import vector
 
-    real = vector_io._write_ogr
+    real = vector._write_ogr
 
     def half_then_fail(path, *a, **k):
         real(path, *a, **k)  # every part of the shapefile exists, then the writer fails
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(vector_io, "_write_ogr", half_then_fail)
+    monkeypatch.setattr(vector, "_write_ogr", half_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         write_vector(target, _points(), _fields(), UTM, geometry_type="Point")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -120,7 +120,7 @@ def test_unknown_vector_extension_names_every_format(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# -- band-mismatch messages (engine/bands.py) -------------------------------------------------
+# -- band-mismatch messages (engine/raster/bands.py) -------------------------------------------------
 RGBN = ("red", "green", "blue", "nir")
 
 

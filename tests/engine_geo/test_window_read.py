@@ -13,10 +13,12 @@ import pytest
 from affine import Affine
 
 from engine.contract import Preprocess
-from engine.embed import _WINDOW_MAX_VALUES, _read_batch, _rectangles, reader_threads
+from engine.embed.job import reader_threads
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.batch import WINDOW_MAX_VALUES, read_batch, rectangles
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
 from tests.engine_geo.conftest import UTM_CRS, UTM_ORIGIN, write_tif
 
 RGBN = ("red", "green", "blue", "nir")
@@ -48,8 +50,7 @@ def windowed(path, grid: TileGrid, bands, cells, batch: int = 32, **kw) -> np.nd
     """The new path, batch by batch as embed_raster reads."""
     with GdalReader(path, **kw) as r:
         parts = [
-            _read_batch(r, grid, bands, cells[k : k + batch])[0]
-            for k in range(0, len(cells), batch)
+            read_batch(r, grid, bands, cells[k : k + batch])[0] for k in range(0, len(cells), batch)
         ]
     return np.concatenate(parts)
 
@@ -181,8 +182,8 @@ def test_tile_only_readers_still_work(utm_tif, geo_tif):
             grid = grid_for_raster(r, pre(bands, 16, gsd), stride_px=10)
             cells = cells_of(grid)[:50]
             tile_only = SimpleNamespace(read_tile=r.read_tile)
-            a, na = _read_batch(tile_only, grid, bands, cells)
-            b, nb = _read_batch(r, grid, bands, cells)
+            a, na = read_batch(tile_only, grid, bands, cells)
+            b, nb = read_batch(r, grid, bands, cells)
         assert_same(a, b)
         np.testing.assert_array_equal(na, nb)
 
@@ -198,7 +199,7 @@ def test_read_window_refuses_partial_pixels(utm_tif):
 
 def test_rectangles_cover_each_cell_once():
     cells = [(r, c) for r in range(3, 8) for c in range(2, 9)][3:-4]  # ragged first/last rows
-    rects = list(_rectangles(cells, 14))
+    rects = list(rectangles(cells, 14))
     seen = sorted(i for *_, members in rects for i, _, _ in members)
     assert seen == list(range(len(cells)))
     for r0, c0, nr, nc, members in rects:
@@ -207,8 +208,8 @@ def test_rectangles_cover_each_cell_once():
             (r0 + i, c0 + j) for i in range(nr) for j in range(nc)
         }
     assert max(nr for _, _, nr, _, _ in rects) > 1  # full rows are stacked into one window
-    assert [len(m) for *_, m in _rectangles([(0, c) for c in range(10)], 4)] == [4, 4, 2]
-    assert _WINDOW_MAX_VALUES * 4 <= 64 * 2**20  # a window stays within 64 MB of float32
+    assert [len(m) for *_, m in rectangles([(0, c) for c in range(10)], 4)] == [4, 4, 2]
+    assert WINDOW_MAX_VALUES * 4 <= 64 * 2**20  # a window stays within 64 MB of float32
 
 
 def test_reader_threads_rule():
@@ -226,7 +227,7 @@ def test_reader_threads_rule():
 def test_embedding_through_windows_equals_the_old_path(shared_data, tmp_path):
     """embed_raster on real NAIP: the new reads give the store the old per-tile warps gave."""
     from engine.contract import Modality
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from tests.engine_geo.conftest import FakeModel
 
     tif = shared_data.joinpath(*NAIP)

@@ -10,11 +10,12 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from engine.ann import AnnIndex, default_folder, top_k_ann  # noqa: E402
 from engine.errors import CancelledError, EngineError, InputError, StoreError  # noqa: E402
-from engine.similarity import Hit, similarity, top_k  # noqa: E402
-from engine.store import EmbeddingStore  # noqa: E402
-from engine.streaming import top_k_chunked  # noqa: E402
+from engine.search.ann import AnnIndex, default_folder, top_k_ann  # noqa: E402
+from engine.search.hits import Hit, top_k  # noqa: E402
+from engine.search.similarity import similarity  # noqa: E402
+from engine.search.streaming import top_k_chunked  # noqa: E402
+from engine.store.npy import EmbeddingStore  # noqa: E402
 
 ROWS, COLS, D = 200, 100, 32  # 20,000 tiles
 

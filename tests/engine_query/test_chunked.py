@@ -9,10 +9,12 @@ import pytest
 import rasterio
 from pyproj import CRS
 
-from engine import streaming as sim
 from engine.errors import CancelledError, InputError
-from engine.similarity import _calibrate_exact, similarity, top_k, write_heatmap
-from engine.streaming import (
+from engine.search import streaming as sim
+from engine.search.calibration import calibrate_exact
+from engine.search.hits import top_k
+from engine.search.similarity import similarity, write_heatmap
+from engine.search.streaming import (
     heatmap_auto,
     hits_auto,
     score_histogram,
@@ -85,7 +87,7 @@ def test_score_histogram_percentiles_bound_and_ends(fx, rng):
     q = rng.standard_normal(8)
     scores = similarity(store, q)
     cal = score_histogram(store, q, bins=1 << 12)
-    exact = _calibrate_exact(scores)
+    exact = calibrate_exact(scores)
     got = cal.percentiles(scores)
     assert np.array_equal(np.isnan(got), np.isnan(scores))
     ok = np.isfinite(scores)
@@ -237,7 +239,7 @@ def test_auto_switch_picks_path_by_size(fx, rng, tmp_path, monkeypatch):
 def test_chunked_queries_and_ann_on_a_real_zarr_store(fx, rng, tmp_path):
     """The Zarr store (embeddings a sliceable array, not a memmap) gives the same results."""
     zarr = pytest.importorskip("zarr")
-    zs = pytest.importorskip("engine.zarr_store")
+    zs = pytest.importorskip("engine.store.zarr")
     mem = _store(fx, rng, 37, 23)
     s = zs.ZarrEmbeddingStore.create(tmp_path / "z.zarr", mem.grid, 8, "h", "fp", None, 8)
     zarr.open_array(s.folder / "embeddings", mode="r+")[...] = mem.embeddings
@@ -253,7 +255,7 @@ def test_chunked_queries_and_ann_on_a_real_zarr_store(fx, rng, tmp_path):
     with rasterio.open(path) as ds:
         np.testing.assert_array_equal(ds.read(1), similarity(mem, q))
     pytest.importorskip("faiss")
-    from engine.ann import AnnIndex, top_k_ann
+    from engine.search.ann import AnnIndex, top_k_ann
 
     index = AnnIndex.build(store, kind="flat")
     got = top_k_ann(store, index, q, 6, 1)

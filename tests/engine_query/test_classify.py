@@ -10,13 +10,8 @@ import rasterio
 from pyproj import CRS
 from shapely.geometry import box
 
-from engine.classify import (
-    Classification,
-    fit_logreg,
-    from_examples,
-    write_classification,
-    zero_shot,
-)
+from engine.classify.fit import fit_logreg
+from engine.classify.land_use import Classification, from_examples, write_classification, zero_shot
 from engine.errors import InputError
 
 D = 32

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.classify import LOW_MARGIN, resolve_prompts, zero_shot, zero_shot_warning
-from engine.cli_query import read_classes
+from engine.classify.land_use import zero_shot
+from engine.classify.prompts import LOW_MARGIN, resolve_prompts, zero_shot_warning
+from engine.cli.classify import read_classes
 from engine.contract import BundleSpec, Modality
 from engine.errors import InputError, ModelContractError
 
@@ -222,7 +223,7 @@ def test_read_classes_shapes(tmp_path):
 def test_cli_on_real_naip_with_default_bundle(shared_data, tmp_path, capsys):
     from pathlib import Path
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     bundle = str(Path(__file__).resolve().parents[2] / "resources/models/default")
     tif = shared_data / "naip_north_dakota" / "m_4709963_se_14_1_20200831.tif"

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import box
 
-import engine.classify_validation as V
-from engine.classify import Classification, from_examples, write_classification
+import engine.classify.report as R
+import engine.classify.validation as V
+from engine.classify.land_use import Classification, from_examples, write_classification
 from engine.errors import InputError
 
 D = 32
@@ -152,7 +153,7 @@ def test_min_confidence_reports_coverage(fx, rng):
 def test_report_files_are_written_together(fx, rng, tmp_path, monkeypatch):
     store, polys = _blocks(fx, rng)
     rep = V.cross_validate(store, polys, "prototype")
-    paths = V.write_validation_report(tmp_path / "r.html", rep, provenance={"model": "m"})
+    paths = R.write_validation_report(tmp_path / "r.html", rep, provenance={"model": "m"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r.md"]
     data = json.loads(paths[".json"].read_text())
     assert data["accuracy"] == 1.0 and data["provenance"] == {"model": "m"}
@@ -160,16 +161,15 @@ def test_report_files_are_written_together(fx, rng, tmp_path, monkeypatch):
     assert "<table" in paths[".html"].read_text() and "| town | 8 | 72 | 72 |" in (
         paths[".md"].read_text()
     )
-    assert V.default_report_path(tmp_path / "cls.tif") == tmp_path / "cls_validation.json"
+    assert R.default_report_path(tmp_path / "cls.tif") == tmp_path / "cls_validation.json"
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    import engine.classify_report as R
 
     monkeypatch.setattr(R, "render_markdown", lambda r: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        V.write_validation_report(tmp_path / "r.json", rep)
+        R.write_validation_report(tmp_path / "r.json", rep)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporaries
     with pytest.raises(InputError, match=".json, .html, .md"):
-        V.write_validation_report(tmp_path / "r.txt", rep)
+        R.write_validation_report(tmp_path / "r.txt", rep)
 
 
 def _toy(conf):
@@ -203,7 +203,7 @@ def test_min_confidence_marks_uncertain_tiles(fx, rng, tmp_path):
 
 def test_cli_few_shot_with_report_and_threshold(analytic_bundle, tmp_path, capsys):
     """embed a 4-colour raster, classify it from a GeoJSON of labelled boxes, check every file."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     data = np.zeros((4, 320, 320), np.uint8)
     colours = {"water": (60, 70, 200, 40), "veg": (50, 90, 50, 210), "bare": (210, 80, 60, 70)}

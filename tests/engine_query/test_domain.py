@@ -10,15 +10,15 @@ import rasterio
 from pyproj import Transformer
 
 from engine.contract import TrainingDomain
-from engine.domain import (
+from engine.errors import InputError
+from engine.grid import TileGrid
+from engine.search.domain import (
     domain_warning,
     grid_gsd_m,
     gsd_out_of_range,
     in_domain_lonlat,
     out_of_domain_mask,
 )
-from engine.errors import InputError
-from engine.grid import TileGrid
 
 
 def _utm_store(fx, rows=20, cols=30, valid=None):

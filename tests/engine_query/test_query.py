@@ -11,7 +11,7 @@ from shapely.geometry import Polygon, box
 
 from engine.contract import Modality
 from engine.errors import InputError
-from engine.query import (
+from engine.search.query import (
     Query,
     combine,
     dsm_query,

@@ -15,18 +15,11 @@ from hypothesis.extra.numpy import arrays
 from pyproj import CRS, Transformer
 
 from engine.errors import CancelledError, InputError
-from engine.query import Query
-from engine.similarity import (
-    CAL_MAX_ERROR,
-    Calibration,
-    _calibrate_exact,
-    calibrate,
-    chunked_dot,
-    similarity,
-    top_k,
-    write_heatmap,
-    write_hits,
-)
+from engine.search.calibration import CAL_MAX_ERROR, Calibration, calibrate, calibrate_exact
+from engine.search.hits import top_k, write_hits
+from engine.search.query import Query
+from engine.search.scoring import chunked_dot
+from engine.search.similarity import similarity, write_heatmap
 
 
 def _random_store(fx, rng, rows=7, cols=9, d=16, invalid=()):
@@ -254,19 +247,19 @@ def test_write_hits_failure_and_bad_extension(fx, rng, tmp_path, monkeypatch):
     hits = top_k(store, similarity(store, np.ones(16)), k=2)
     with pytest.raises(InputError, match=r"\.gpkg, \.geojson or \.shp"):
         write_hits(tmp_path / "hits.kml", hits, store.crs)
-    from engine import vector_io
+    from engine.geo import vector
 
-    real = vector_io._write_ogr
+    real = vector._write_ogr
 
     def half_then_fail(path, *a, **k):
         real(path, *a, **k)  # the temporary file exists, then the writer fails
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(vector_io, "_write_ogr", half_then_fail)
+    monkeypatch.setattr(vector, "_write_ogr", half_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         write_hits(tmp_path / "hits.gpkg", hits, store.crs)
     assert list(tmp_path.iterdir()) == []
-    assert vector_io.vector_driver("a.GeoJSON") == "GeoJSON"
+    assert vector.vector_driver("a.GeoJSON") == "GeoJSON"
 
 
 @pytest.mark.slow
@@ -287,7 +280,7 @@ def test_similarity_speed_million_tiles(fx):
 
 def test_works_on_a_real_memory_mapped_store(fx, rng, tmp_path):
     """The engine's own EmbeddingStore (float16 memmap on disk) gives the same heatmap."""
-    store_mod = pytest.importorskip("engine.store")
+    store_mod = pytest.importorskip("engine.store.npy")
     fake = _random_store(fx, rng, rows=9, cols=11, invalid=[(4, 4)])
     st = store_mod.EmbeddingStore.create(
         tmp_path / "s", fake.grid, 16, fake.model_hash, "src", block_tiles=4
@@ -309,7 +302,7 @@ def test_real_naip_scene_point_query_end_to_end(fx, shared_data, tmp_path):
     """Real NAIP imagery (EPSG:26914), tiles described by band statistics: a point query's best
     hit is the clicked tile itself, and the outputs carry the scene's CRS."""
     from engine.grid import TileGrid
-    from engine.query import point_query
+    from engine.search.query import point_query
 
     path = sorted((shared_data / "naip_north_dakota").glob("*.tif"))[-1]
     with rasterio.open(path) as ds:
@@ -385,7 +378,7 @@ def test_calibrate_histogram_within_bound_of_exact(rng):
     ok = np.isfinite(scores)
     cal = Calibration.from_scores(scores[ok])
     assert cal.max_error <= CAL_MAX_ERROR  # so calibrate took the histogram path
-    fast, exact = calibrate(scores), _calibrate_exact(scores)
+    fast, exact = calibrate(scores), calibrate_exact(scores)
     assert np.array_equal(np.isnan(fast), ~ok)
     assert np.max(np.abs(fast[ok] - exact[ok])) <= cal.max_error
     v, p = scores[ok], fast[ok]
@@ -401,7 +394,7 @@ def test_calibrate_falls_back_to_exact_on_heavy_ties(rng):
     scores = _tied_scores(rng, 100_000)
     scores[::2] = 0.25  # half the area has one score: no histogram bound holds
     assert Calibration.from_scores(scores[np.isfinite(scores)]).max_error > CAL_MAX_ERROR
-    np.testing.assert_array_equal(calibrate(scores), _calibrate_exact(scores))
+    np.testing.assert_array_equal(calibrate(scores), calibrate_exact(scores))
 
 
 def test_calibration_edge_cases():

@@ -100,7 +100,7 @@ def server():
 
 def make_bundle_zip(folder: Path, out: Path, pad: int = PAD_BYTES, **overrides) -> tuple[Path, str]:
     """An analytic bundle (plus ``pad`` random bytes in a notes file) packed into ``out``."""
-    from engine.model_unpack import pack_bundle
+    from engine.library.unpack import pack_bundle
     from tests.fixtures.analytic_bundle import make_analytic_bundle
 
     make_analytic_bundle(folder, **overrides)

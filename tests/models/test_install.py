@@ -7,8 +7,8 @@ import json
 import pytest
 
 from engine.errors import CancelledError, ModelInstallError
-from engine.model_install import install_bundle
-from engine.model_library import list_bundles
+from engine.library.install import install_bundle
+from engine.library.installed import list_bundles
 from tests.fixtures.analytic_bundle import break_bundle
 from tests.models.conftest import make_bundle_zip, visible
 
@@ -91,7 +91,7 @@ def test_cancelled_download_is_refused_and_leaves_nothing(server, bundle_zip, tm
     ],
 )
 def test_bundle_the_engine_cannot_run_is_refused(server, tmp_path, how, why):
-    from engine.model_unpack import pack_bundle
+    from engine.library.unpack import pack_bundle
     from tests.fixtures.analytic_bundle import make_analytic_bundle
 
     folder = make_analytic_bundle(tmp_path / "b")

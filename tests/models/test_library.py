@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import InputError
-from engine.model_install import install_bundle
-from engine.model_library import (
+from engine.library.install import install_bundle
+from engine.library.installed import (
     active_bundle,
     find_bundle,
     list_bundles,
@@ -119,7 +119,7 @@ def test_cli_pack_then_install_the_default_through_a_mirror_url(server, tmp_path
                                                                 monkeypatch):  # fmt: skip
     """The pinned default bundle: packing the checkout's model gives the pinned zip, and
     ``install --default`` fetches it from UNIGEO_MODEL_URL and verifies the pinned sha256."""
-    from engine.model_catalog import DEFAULT_BUNDLE, MODEL_URL_ENV
+    from engine.library.catalog import DEFAULT_BUNDLE, MODEL_URL_ENV
 
     assert main(["models", "pack", str(DEFAULT), "--out", str(tmp_path / "dist")]) == 0
     zip_path = tmp_path / "dist" / DEFAULT_BUNDLE.file_name

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InputError, ModelInstallError
-from engine.model_install import install_bundle
-from engine.model_unpack import (
+from engine.library.install import install_bundle
+from engine.library.unpack import (
     UnpackLimits,
     normalise_sha256,
     pack_bundle,

@@ -64,8 +64,8 @@ def _add(path: Path, name: str):
 
 def _heat(plugin, layer):
     from qgis.core import QgsProject
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import QuerySpec
 
     plugin.dock.area_combo.setCurrentIndex(1)
     token = plugin.controller.run_query(QuerySpec(texts=("water",)), layer, AreaChoice())

@@ -138,7 +138,7 @@ def _task_output(model_dir: Path, store: Path, spec, folder: Path):
 
 
 def test_classify_task_carries_the_warning(stores, analytic_bundle, good_bundle, tmp_path):
-    from unigeo.plugin.tasks import ClassifySpec
+    from unigeo.engine.pipeline import ClassifySpec
 
     out = _task_output(analytic_bundle, stores["analytic"], ClassifySpec(), tmp_path / "a")
     assert isinstance(out.warning, str) and "declares no measured zero-shot" in out.warning

@@ -88,7 +88,7 @@ def test_embedraster_refuses_a_folder_of_user_files(run, utm_tif, tmp_path):
 
 def test_embedraster_into_a_store_another_writer_holds(run, utm_tif, tmp_path):
     from qgis.core import QgsProcessingException
-    from unigeo.engine.store_guard import StoreLock
+    from unigeo.engine.store.guard import StoreLock
 
     out = tmp_path / "c.store"
     lock = StoreLock.acquire(out)  # what a running embed (CLI, task, Dask) holds
@@ -190,14 +190,15 @@ def model(unigeo_settings):
 
 def _grid(model, path: Path, extent=None):
     from unigeo.engine.contract import Modality
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
 
     reader = GdalReader(path)
     return reader, grid_for_raster(reader, model.spec(Modality.AERIAL).preprocess, extent=extent)
 
 
 def test_embed_task_into_a_folder_of_user_files_or_a_locked_store(model, utm_tif, tmp_path):
-    from unigeo.engine.store_guard import StoreLock
+    from unigeo.engine.store.guard import StoreLock
     from unigeo.plugin.tasks import EmbedTask
 
     reader, grid = _grid(model, utm_tif)
@@ -221,7 +222,8 @@ def test_embed_task_into_a_folder_of_user_files_or_a_locked_store(model, utm_tif
 
 
 def _heatmap_task(model, store: Path, out: Path, text: str):
-    from unigeo.plugin.tasks import HeatmapTask, QuerySpec
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.plugin.tasks import HeatmapTask
 
     task = HeatmapTask(model, store, QuerySpec(texts=(text,)), out)
     task.finished(task.run())
@@ -280,10 +282,11 @@ def coarse_layer(coarse_tif, qgis_new_project):
 def test_controller_warns_and_asks_before_a_very_large_embedding(
     qgis_iface, coarse_layer, unigeo_settings, monkeypatch
 ):
-    import unigeo.engine.embed_plan as plan
+    import unigeo.engine.embed.plan as plan
     from qgis.core import Qgis
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import EmbedTask, QuerySpec
+    from unigeo.plugin.tasks import EmbedTask
 
     box = (SMALL_EXTENT[0], SMALL_EXTENT[2], SMALL_EXTENT[1], SMALL_EXTENT[3])
     area = AreaChoice("extent", box, UTM_CRS)

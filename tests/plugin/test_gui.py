@@ -127,7 +127,8 @@ def test_click_on_map_makes_heatmap_in_source_group(plugin, qgis_iface, scene, q
 
 def test_unload_cancels_running_query(plugin, qgis_iface, qgis_app, tmp_path, qgis_new_project):
     from qgis.core import QgsProject, QgsRasterLayer
-    from unigeo.plugin.tasks import EngineTask, QuerySpec
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.plugin.tasks import EngineTask
 
     big = write_scene(tmp_path / "big.tif")  # replaced below by a larger raster
     import rasterio

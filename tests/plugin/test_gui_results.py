@@ -48,15 +48,15 @@ def _nodes(group_name: str) -> list:
 
 
 def _search(plugin, scene, text: str) -> None:
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import QuerySpec
 
     assert plugin.controller.run_query(QuerySpec(texts=(text,)), scene, AreaChoice()) > 0
 
 
 def test_newest_result_on_top_older_of_same_kind_unchecked_not_deleted(plugin, scene):
+    from unigeo.engine.pipeline import ClassifySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import ClassifySpec
 
     _search(plugin, scene, "water")
     _search(plugin, scene, "vegetation")
@@ -90,8 +90,8 @@ def test_result_in_a_hidden_group_is_shown(plugin, scene):
 
 def test_confidence_and_percentile_legends_are_fixed_ramps(plugin, scene):
     from qgis.core import QgsSingleBandPseudoColorRenderer
+    from unigeo.engine.pipeline import ClassifySpec
     from unigeo.plugin.controller import AreaChoice
-    from unigeo.plugin.tasks import ClassifySpec
 
     spec = ClassifySpec(class_prompts={"water": ("water",), "vegetation": ("vegetation",)})
     plugin.controller.classify(spec, scene, AreaChoice())

@@ -51,7 +51,7 @@ def _sync(task):
 
 def test_bundle_resolution_order_and_first_run_message(settings, bundle_zip, tmp_path, monkeypatch):
     from unigeo.engine.errors import ModelNotInstalledError
-    from unigeo.engine.model_install import install_bundle
+    from unigeo.engine.library.install import install_bundle
     from unigeo.plugin import settings as S
 
     assert settings.resolve_bundle() is None
@@ -76,7 +76,7 @@ def test_bundle_resolution_order_and_first_run_message(settings, bundle_zip, tmp
 
 
 def test_dialog_installs_lists_uses_and_removes(settings, bundle_zip, tmp_path, qgis_app):
-    from unigeo.engine.model_install import install_bundle
+    from unigeo.engine.library.install import install_bundle
     from unigeo.plugin.dialogs.model_manager_dialog import COLUMNS, ModelManagerDialog
 
     zip_path, sha = bundle_zip
@@ -202,7 +202,7 @@ def test_first_run_message_installs_the_default_in_one_click(
     tmp_path,
 ):
     from qgis.PyQt.QtWidgets import QPushButton
-    from unigeo.engine.model_catalog import PinnedBundle
+    from unigeo.engine.library.catalog import PinnedBundle
     from unigeo.plugin.dialogs import model_manager_dialog as M
 
     zip_path, sha = bundle_zip
@@ -240,7 +240,7 @@ def test_first_run_message_goes_once_a_model_installed_elsewhere_loads(
     it, because only the dialog told the plugin.
     """
     from qgis.PyQt.QtWidgets import QPushButton
-    from unigeo.engine.model_install import install_bundle
+    from unigeo.engine.library.install import install_bundle
     from unigeo.plugin.settings import first_run_short
 
     plugin = plugin_package.classFactory(qgis_iface)

@@ -57,7 +57,7 @@ def _sources() -> dict[str, Path]:
 def _old_big_store(folder: Path, age_s: float) -> Path:
     """A finalised 1.3 MB store (300 x 300 tiles, D = 7), last used ``age_s`` seconds ago."""
     from unigeo.engine.grid import TileGrid
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     grid = TileGrid("EPSG:32633", 1.0, 16, 16, 0, 0, 300, 300)
     store = EmbeddingStore.create(folder, grid, 7, "old-model", "old-source", block_tiles=300)
@@ -73,9 +73,9 @@ def test_unsaved_project_outputs_survive_cache_overflow(
 ):
     """The reviewer's t5: the first heatmap's file outlives the eviction the second one causes."""
     from qgis.core import QgsProject
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin import settings as S
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     profile_out = tmp_path / "profile" / "unigeo" / "outputs"
     monkeypatch.setattr(S, "default_output_folder", lambda: str(profile_out))
@@ -144,8 +144,9 @@ def test_reserve_output_claims_distinct_names(plugin_package, same_second, tmp_p
 def test_same_second_requests_never_share_a_file(qgis_iface, env, tmp_path, same_second):
     """The reviewer's t10b: two clicks in one second, finishing newest first."""
     import rasterio
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import HeatmapTask, QuerySpec
+    from unigeo.plugin.tasks import HeatmapTask
 
     scene = _layer(write_scene(tmp_path / "scene.tif"), "scene")
     ctl = Controller(qgis_iface, runner=sync_runner)

@@ -64,7 +64,7 @@ def test_provider_offers_every_algorithm(unigeo_provider):
 
 
 def test_embedraster_store_and_tiff(run, utm_store, utm_tif, tmp_path):
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     store = EmbeddingStore.open(utm_store)
     assert store.grid.shape == (20, 20) and store.crs == "EPSG:32633" and store.dim == 8
@@ -80,7 +80,8 @@ def test_embedraster_store_and_tiff(run, utm_store, utm_tif, tmp_path):
 
 def test_embedraster_cancel_leaves_no_output_then_resumes(run, utm_tif, tmp_path):
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
-    from unigeo.engine.store import EmbeddingStore, partial_path
+    from unigeo.engine.store.base import partial_path
+    from unigeo.engine.store.npy import EmbeddingStore
 
     out, tif = tmp_path / "c.store", tmp_path / "c.tif"
     fb = QgsProcessingFeedback()
@@ -266,7 +267,7 @@ def test_classify_custom_classes_and_bad_text(run, utm_store, tmp_path):
 def test_embedfeatures_points_and_polygons(run, utm_store, utm_tif, tmp_path):
     from qgis.core import QgsFeature, QgsField, QgsGeometry, QgsPointXY, QgsVectorLayer
     from qgis.PyQt.QtCore import QVariant
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     pts = QgsVectorLayer("Point?crs=EPSG:32633", "pts", "memory")
     pts.dataProvider().addAttributes([QgsField("name", QVariant.String)])
@@ -358,7 +359,7 @@ def test_gpsfield_embeddings_and_heatmap(run, tmp_path):
 
 
 def test_real_naip_embed_extent_and_heatmap(run, shared_data, tmp_path):
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     naip = str(shared_data / NAIP)
     extent = "486000,488000,5206000,5207500 [EPSG:26914]"
@@ -496,8 +497,8 @@ def test_model_builder_chain_embed_then_tophits(run, utm_tif, analytic_bundle, t
 
 def test_heatmap_reads_a_distributed_zarr_store(run, utm_store, tmp_path):
     """A store written by the Dask path (Zarr) is a valid STORE input, with identical results."""
-    from unigeo.engine.store import EmbeddingStore
-    from unigeo.engine.zarr_store import ZarrEmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
+    from unigeo.engine.store.zarr import ZarrEmbeddingStore
 
     src = EmbeddingStore.open(utm_store)
     z = ZarrEmbeddingStore.create(

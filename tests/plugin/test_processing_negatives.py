@@ -38,7 +38,7 @@ def utm_store(run, utm_tif, tmp_path_factory) -> Path:
 def engine_side(utm_store, analytic_bundle):
     """The store and model as the engine sees them, to build the same query directly."""
     from unigeo.engine.model import UniGeoModel
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     return EmbeddingStore.open(utm_store), UniGeoModel.load(analytic_bundle)
 
@@ -78,8 +78,8 @@ def read(path) -> tuple[np.ndarray, dict[str, str]]:
 
 def engine_cosine(store, terms: list[tuple[object, bool]]) -> np.ndarray:
     """Cosine band of the engine Query of ``terms`` (each term weight 1, as the GUI adds them)."""
-    from unigeo.engine.query import Query
-    from unigeo.engine.similarity import similarity
+    from unigeo.engine.search.query import Query
+    from unigeo.engine.search.similarity import similarity
 
     query = Query()
     for q, negative in terms:
@@ -88,7 +88,7 @@ def engine_cosine(store, terms: list[tuple[object, bool]]) -> np.ndarray:
 
 
 def test_negative_point_lowers_its_tile_and_matches_engine(run, utm_store, engine_side, tmp_path):
-    from unigeo.engine import query as Q
+    from unigeo.engine.search import query as Q
 
     store, _ = engine_side
     pos, neg = centre(15, 15), centre(14, 3)  # built, bare
@@ -115,7 +115,7 @@ def test_negative_point_lowers_its_tile_and_matches_engine(run, utm_store, engin
 
 def test_multiple_positives_multipoint_and_negative_polygon(run, utm_store, engine_side, tmp_path):
     from shapely.geometry import box
-    from unigeo.engine import query as Q
+    from unigeo.engine.search import query as Q
 
     store, model = engine_side
     water, veg, veg2 = centre(2, 2), centre(3, 16), centre(7, 12)
@@ -170,7 +170,7 @@ def test_tophits_refined_with_the_wrong_hits_as_negatives(run, utm_store, tmp_pa
 def test_gps_weight_mixes_into_extra_points_not_into_negatives(
     run, utm_store, engine_side, tmp_path
 ):
-    from unigeo.engine import query as Q
+    from unigeo.engine.search import query as Q
 
     store, model = engine_side
     pos, neg = centre(4, 15), centre(15, 4)

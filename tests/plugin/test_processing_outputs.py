@@ -130,7 +130,7 @@ def test_store_extent_outside_is_an_error(run, store, tmp_path):
 
 
 def test_windowed_array_matches_numpy_slicing():
-    from unigeo.engine.store_window import WindowedArray
+    from unigeo.engine.store.window import WindowedArray
 
     class Opaque:  # a non-NumPy array (like a Zarr one): only base[...] and shape/dtype
         def __init__(self, a):
@@ -170,7 +170,7 @@ def dsm_tif(tmp_path_factory) -> Path:
 
 def test_embedraster_dsm_modality(run, dsm_tif, tmp_path):
     from qgis.core import QgsProcessingException
-    from unigeo.engine.store import EmbeddingStore
+    from unigeo.engine.store.npy import EmbeddingStore
 
     out = tmp_path / "dsm.store"
     run("embedraster", INPUT=str(dsm_tif), MODALITY="dsm", OUTPUT_STORE=str(out))

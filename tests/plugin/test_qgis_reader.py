@@ -38,7 +38,8 @@ def _tiles(reader, grid, cells, bands=BANDS):
 
 
 def test_layer_reader_matches_rasterio_in_utm(qgis_app, plugin_package, smooth_utm_tif):
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     rio = GdalReader(smooth_utm_tif)
@@ -58,7 +59,8 @@ def test_layer_reader_matches_rasterio_in_utm(qgis_app, plugin_package, smooth_u
 
 
 def test_layer_reader_matches_rasterio_on_real_epsg4326(qgis_app, plugin_package, shared_data):
-    from unigeo.engine.raster_io import GdalReader, choose_grid_crs, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import choose_grid_crs, grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     path = shared_data / SWELLENDAM
@@ -81,7 +83,7 @@ def test_layer_reader_matches_rasterio_on_real_epsg4326(qgis_app, plugin_package
 
 
 def test_nodata_outside_and_thread_safety(qgis_app, plugin_package, smooth_utm_tif):
-    from unigeo.engine.raster_io import grid_for_raster
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     qr = QgsLayerReader(_layer(smooth_utm_tif))
@@ -133,7 +135,7 @@ def test_band_selection_fingerprint_and_errors(qgis_app, plugin_package, smooth_
 
 def test_reader_for_layer_picks_rasterio_for_files(qgis_app, plugin_package, smooth_utm_tif):
     from osgeo import gdal
-    from unigeo.engine.raster_io import GdalReader
+    from unigeo.engine.raster.gdal_reader import GdalReader
     from unigeo.plugin.qgis_reader import QgsLayerReader, reader_for_layer
 
     assert isinstance(reader_for_layer(_layer(smooth_utm_tif)), GdalReader)
@@ -199,7 +201,8 @@ def _xyz_tiles(src_tif, folder, zoom: int) -> str:
 
 def test_xyz_web_layer_reads_like_the_file(qgis_app, plugin_package, smooth_utm_tif, tmp_path):
     from qgis.core import QgsRasterLayer
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.plugin.qgis_reader import QgsLayerReader, reader_for_layer
 
     url = _xyz_tiles(smooth_utm_tif, tmp_path, 16)
@@ -247,7 +250,7 @@ def test_settings_roundtrip_and_defaults(qgis_app, plugin_package, monkeypatch):
 def test_uint16_layer_gets_the_same_percentile_stretch(qgis_app, plugin_package, tmp_path):
     from affine import Affine
     from osgeo import gdal
-    from unigeo.engine.raster_io import GdalReader
+    from unigeo.engine.raster.gdal_reader import GdalReader
     from unigeo.plugin.qgis_reader import QgsLayerReader
 
     from .conftest import smooth_array

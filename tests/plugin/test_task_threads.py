@@ -26,16 +26,16 @@ SCRIPT = textwrap.dedent(
     from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsTask
     app = QgsApplication([], False)
     app.initQgis()
-    from engine.query import _transform_xy
-    from engine.raster_io import choose_grid_crs  # noqa: F401  (imports pyproj users)
+    from engine.search.query import point_in_crs
+    from engine.raster.tiling import choose_grid_crs  # noqa: F401  (imports pyproj users)
     wkt = QgsCoordinateReferenceSystem("EPSG:32614").toWkt(
         QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
-    _transform_xy(500000.0, 5200000.0, "EPSG:32614", wkt)  # main thread first, as the plugin does
+    point_in_crs(500000.0, 5200000.0, "EPSG:32614", wkt)  # main thread first, as the plugin does
     results = []
 
     class Query(QgsTask):
         def run(self):
-            self.xy = _transform_xy(-99.0, 47.0, "EPSG:4326", wkt)
+            self.xy = point_in_crs(-99.0, 47.0, "EPSG:4326", wkt)
             return True
 
         def finished(self, ok):

@@ -94,8 +94,8 @@ def _group_layers(name: str) -> list:
 
 def test_heatmap_through_task_manager(qgis_app, qgis_iface, scene, env, tmp_path):
     import rasterio
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     ctl = Controller(qgis_iface)
     warnings = []
@@ -122,8 +122,9 @@ def test_heatmap_through_task_manager(qgis_app, qgis_iface, scene, env, tmp_path
 
 
 def test_second_query_reuses_store_and_drops_stale(qgis_iface, scene, env, tmp_path):
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import EmbedTask, HeatmapTask, QuerySpec
+    from unigeo.plugin.tasks import EmbedTask, HeatmapTask
 
     started = []
     ctl = Controller(qgis_iface, runner=lambda t: started.append(t))
@@ -143,9 +144,11 @@ def test_second_query_reuses_store_and_drops_stale(qgis_iface, scene, env, tmp_p
 
 
 def test_cancelled_tasks_leave_no_output(qgis_iface, scene, env, tmp_path):
-    from unigeo.engine.raster_io import GdalReader, grid_for_raster
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.engine.raster.gdal_reader import GdalReader
+    from unigeo.engine.raster.tiling import grid_for_raster
     from unigeo.plugin.model_cache import get_model
-    from unigeo.plugin.tasks import EmbedTask, HeatmapTask, QuerySpec
+    from unigeo.plugin.tasks import EmbedTask, HeatmapTask
 
     model = get_model()
     reader = GdalReader(scene.source())
@@ -169,8 +172,8 @@ def test_cancelled_tasks_leave_no_output(qgis_iface, scene, env, tmp_path):
 
 
 def test_engine_error_becomes_result_message(qgis_iface, scene, env, tmp_path):
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     ctl = Controller(qgis_iface, runner=sync_runner)
     far = QuerySpec(points=((0.0, 0.0, "EPSG:4326"),))  # nowhere near the scene
@@ -182,8 +185,8 @@ def test_engine_error_becomes_result_message(qgis_iface, scene, env, tmp_path):
 
 
 def test_point_query_over_current_extent(qgis_iface, scene, env):
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     ctl = Controller(qgis_iface, runner=sync_runner)
     half = AreaChoice("extent", (ORIGIN[0] + 320, ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1]), UTM)
@@ -198,8 +201,8 @@ def test_point_query_over_current_extent(qgis_iface, scene, env):
 
 def test_zero_shot_classification_layers(qgis_iface, scene, env, tmp_path):
     from qgis.core import QgsPalettedRasterRenderer
+    from unigeo.engine.pipeline import ClassifySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import ClassifySpec
 
     ctl = Controller(qgis_iface, runner=sync_runner)
     assert ctl.classify(ClassifySpec(), scene, AreaChoice())
@@ -216,8 +219,8 @@ def test_zero_shot_classification_layers(qgis_iface, scene, env, tmp_path):
 
 
 def test_few_shot_from_polygons(qgis_iface, scene, env):
+    from unigeo.engine.pipeline import ClassifySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import ClassifySpec
 
     x0, y0 = ORIGIN
     left = f"POLYGON(({x0} {y0},{x0 + 300} {y0},{x0 + 300} {y0 - 640},{x0} {y0 - 640},{x0} {y0}))"
@@ -232,8 +235,8 @@ def test_few_shot_from_polygons(qgis_iface, scene, env):
 def test_real_naip_text_query_in_domain(qgis_iface, env, shared_data, qgis_new_project):
     import rasterio
     from qgis.core import QgsProject, QgsRasterLayer
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     path = sorted((shared_data / "naip_north_dakota").glob("*.tif"))[-1]
     layer = QgsRasterLayer(str(path), "naip")
@@ -260,8 +263,8 @@ def test_real_naip_text_query_in_domain(qgis_iface, env, shared_data, qgis_new_p
 
 def test_polygon_area_masks_heatmap(qgis_iface, scene, env):
     import rasterio
+    from unigeo.engine.pipeline import QuerySpec
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     x0, y0 = ORIGIN
     tri = f"POLYGON(({x0} {y0},{x0 + 640} {y0},{x0} {y0 - 320},{x0} {y0}))"
@@ -280,9 +283,9 @@ def test_polygon_area_masks_heatmap(qgis_iface, scene, env):
 def test_large_store_heatmap_is_streamed_with_same_scores(qgis_iface, scene, env, monkeypatch):
     """Above CHUNKED_ABOVE_TILES an unmasked heatmap is written chunk by chunk: same cosine band."""
     import rasterio
-    from unigeo.engine import streaming
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.engine.search import streaming
     from unigeo.plugin.controller import AreaChoice, Controller
-    from unigeo.plugin.tasks import QuerySpec
 
     outputs = []
     for limit in (10**9, 0):  # in memory, then streamed

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from engine.cli import main as cli_main
+from engine.cli.main import main as cli_main
 
 UTM_CRS = "EPSG:32633"
 UTM_ORIGIN = (500_000.0, 5_000_000.0)

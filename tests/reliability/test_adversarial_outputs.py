@@ -47,7 +47,7 @@ def _q(cmd: str, store: Path, bundle: Path, out: Path, *extra) -> list:
 @pytest.mark.parametrize("inside", ["valid.npy", "embeddings.npy", "store.json", "ann/x.gpkg"])
 def test_output_inside_a_store_is_refused(inside, run_cli, store, analytic_bundle):
     """``--out s.store/valid.npy`` replaced the store's array with a GeoTIFF (store destroyed)."""
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     before = digest(store)
     cmd = "hits" if inside.endswith(".gpkg") else "heatmap"
@@ -151,8 +151,8 @@ def test_unknown_vector_extension_is_refused_before_anything(
 
 # -- concurrency ---------------------------------------------------------------------------------
 def test_two_threads_writing_one_heatmap_leave_one_whole_file(good_store, tmp_path):
-    from engine.similarity import write_heatmap
-    from engine.zarr_store import open_store
+    from engine.search.similarity import write_heatmap
+    from engine.store import open_store
 
     s = open_store(good_store)
     out = tmp_path / "h.tif"
@@ -178,8 +178,8 @@ def test_two_threads_writing_one_heatmap_leave_one_whole_file(good_store, tmp_pa
 def test_a_store_replaced_while_open_keeps_scoring_the_old_vectors(
     run_cli, analytic_bundle, tmp_path
 ):
-    from engine.similarity import similarity
-    from engine.zarr_store import open_store
+    from engine.search.similarity import similarity
+    from engine.store import open_store
 
     a = write_raster(tmp_path / "a.tif", random_uint8(seed=31))
     b = write_raster(tmp_path / "b.tif", random_uint8(seed=32))
@@ -197,7 +197,7 @@ def test_a_store_replaced_while_open_keeps_scoring_the_old_vectors(
 def test_a_stale_lock_file_of_a_killed_writer_does_not_block(
     run_cli, analytic_bundle, good_raster, tmp_path
 ):
-    from engine.store_guard import StoreLock
+    from engine.store.guard import StoreLock
 
     out = tmp_path / "s.store"
     StoreLock.file_for(out).write_text("pid 999999 on elsewhere since long ago\n")  # no flock
@@ -206,10 +206,11 @@ def test_a_stale_lock_file_of_a_killed_writer_does_not_block(
 
 
 def test_two_threads_embedding_one_store(analytic_bundle, tmp_path):
-    from engine.embed import embed_raster
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
-    from engine.zarr_store import open_store
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
+    from engine.store import open_store
 
     src = write_raster(tmp_path / "r.tif", random_uint8(size=512, seed=33))
     out = tmp_path / "s.store"
@@ -237,7 +238,7 @@ def test_dask_embed_into_a_store_another_writer_holds(
 ):
     """The distributed path takes the same single-writer lock, before any cluster starts."""
     pytest.importorskip("distributed")
-    from engine.store_guard import StoreLock
+    from engine.store.guard import StoreLock
 
     out = tmp_path / "s.zarr"
     lock = StoreLock.acquire(out)
@@ -251,8 +252,8 @@ def test_dask_embed_into_a_store_another_writer_holds(
 
 
 def test_two_index_builds_at_once_leave_a_valid_index(store):
-    from engine.ann import AnnIndex, default_folder
-    from engine.zarr_store import open_store
+    from engine.search.ann import AnnIndex, default_folder
+    from engine.store import open_store
 
     s = open_store(store)
     errors: list[BaseException] = []

@@ -43,7 +43,7 @@ def _q(cmd: str, store: Path, bundle: Path, out: Path, *extra) -> list:
 
 # -- resources and damaged files -----------------------------------------------------------------
 def test_truncated_embeddings_array_is_a_store_error(store):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     f = store / "embeddings.npy"
     f.write_bytes(f.read_bytes()[:200])
@@ -52,7 +52,7 @@ def test_truncated_embeddings_array_is_a_store_error(store):
 
 
 def test_array_replaced_by_a_folder_is_a_store_error(store):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     (store / "valid.npy").unlink()
     (store / "valid.npy").mkdir()
@@ -61,7 +61,7 @@ def test_array_replaced_by_a_folder_is_a_store_error(store):
 
 
 def test_store_json_in_latin_1_is_a_store_error(store):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     info = (store / "store.json").read_text().replace('"analytic"', '"analytïc"')
     (store / "store.json").write_bytes(info.encode("latin-1"))
@@ -79,15 +79,15 @@ def test_json_nested_100000_deep(what, store, tmp_path, run_cli, analytic_bundle
                                           "--classes", tmp_path / "c.json")))  # fmt: skip
         assert "--classes must be a JSON file" in line
     elif what == "ann index":
-        from engine.ann import AnnIndex
-        from engine.zarr_store import open_store
+        from engine.search.ann import AnnIndex
+        from engine.store import open_store
 
         (store / "ann").mkdir()
         (store / "ann" / "index.json").write_text(deep)
         with pytest.raises(StoreError, match="unreadable"):
             AnnIndex.load(open_store(store))
     else:
-        from engine.mosaic import collection_paths
+        from engine.raster.mosaic import collection_paths
 
         (tmp_path / "stac.json").write_text(deep)
         with pytest.raises(RasterInputError, match="cannot read the collection"):
@@ -203,7 +203,7 @@ def test_min_confidence_of_one_marks_every_tile_uncertain(
 
 
 def test_a_uint16_raster_saturated_at_65535(run_cli, analytic_bundle, tmp_path):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     src = write_raster(tmp_path / "u16.tif", np.full((4, 64, 64), 65535, np.uint16))
     assert (

@@ -80,7 +80,7 @@ def test_bad_raster_via_cli(case, extra, fragment, analytic_bundle, tmp_path, ru
 
 
 def test_bad_bands_selection_via_api(good_raster):
-    from engine.raster_io import GdalReader
+    from engine.raster.gdal_reader import GdalReader
 
     with pytest.raises(RasterInputError, match=r"bands=\[0, 9\] is invalid; the raster has bands"):
         GdalReader(good_raster, bands=[0, 9])
@@ -99,7 +99,7 @@ def test_extent_outside_raster(analytic_bundle, good_raster, tmp_path, run_cli):
 
 def test_utm_raster_next_to_the_antimeridian_embeds_fully(analytic_bundle, tmp_path, run_cli):
     """A UTM 60N raster reaching east of 180° is tiled in its own CRS: every tile is valid."""
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     # x = 830 km in zone 60 at 45 N lies east of 180°.
     src = write_raster(
@@ -113,7 +113,7 @@ def test_utm_raster_next_to_the_antimeridian_embeds_fully(analytic_bundle, tmp_p
 @pytest.mark.parametrize("size", [1, 8])
 def test_tiny_raster_gives_a_store_of_skipped_tiles(size, analytic_bundle, tmp_path, run_cli):
     """Smaller than one tile: one tile, skipped as mostly no data (a valid, empty store)."""
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     src = write_raster(tmp_path / "tiny.tif", random_uint8(4, size))
     rc, _ = run_cli(["embed", src, "--model", analytic_bundle, "--out", tmp_path / "s.store"])
@@ -276,7 +276,7 @@ def test_store_from_another_model_is_refused(good_store, tmp_path, run_cli):
 
 
 def test_store_folder_damaged(good_store, tmp_path):
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     with pytest.raises(StoreError):
         EmbeddingStore.open(tmp_path / "nowhere.store")

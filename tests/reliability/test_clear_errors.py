@@ -64,7 +64,7 @@ def test_grid_crs_in_degrees_or_feet_is_refused(run_cli, analytic_bundle, good_r
 @settings(max_examples=80, deadline=None)
 @given(st.text(max_size=30))
 def test_any_crs_text_is_accepted_or_one_input_error(text):
-    from engine import crs as C
+    from engine.geo import crs as C
 
     try:
         C.check_crs(text)
@@ -118,7 +118,7 @@ def test_store_metadata_of_wrong_type_or_range(
 
 
 def test_store_json_nested_too_deep_is_a_store_error(good_store, tmp_path):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     s = Path(shutil.copytree(good_store, tmp_path / "s.store"))
     (s / "store.json").write_text("[" * 100_000)
@@ -139,8 +139,8 @@ _KEYS = ["format_version", "dim", "block_tiles", "n_blocks", "model_hash", "sour
 @given(st.lists(st.tuples(st.sampled_from(_KEYS), _values), min_size=1, max_size=3))
 def test_any_store_json_mutation_opens_or_is_a_store_error(good_store, edits):
     """Whatever is put into store.json, opening and scoring the store gives only StoreError."""
-    from engine.similarity import similarity
-    from engine.zarr_store import open_store
+    from engine.search.similarity import similarity
+    from engine.store import open_store
 
     with tempfile.TemporaryDirectory() as d:
         s = Path(shutil.copytree(good_store, Path(d) / "s.store"))
@@ -314,7 +314,7 @@ def test_raster_placed_by_gcps_is_told_to_use_gdalwarp(run_cli, analytic_bundle,
 def test_cog_inside_a_zip_is_read_through_vsizip(run_cli, analytic_bundle, good_raster, tmp_path):
     from osgeo import gdal
 
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     gdal.Translate(str(tmp_path / "cog.tif"), str(good_raster), format="COG")
     with zipfile.ZipFile(tmp_path / "scene.zip", "w") as z:
@@ -338,19 +338,19 @@ STOPPED = """
 import sys, time
 from pathlib import Path
 marker = Path(sys.argv[1])
-import engine.vector_io as V
+import engine.geo.vector as V
 def verify(*a, **k):
     marker.write_text("writing")
     time.sleep(120)
 V._verify = verify
-import engine.store as S
+import engine.store.npy as S
 real_done = S.EmbeddingStore.mark_done
 def mark_done(self, block_id):
     real_done(self, block_id)
     marker.write_text("block done")
     time.sleep(120)
 S.EmbeddingStore.mark_done = mark_done
-from engine.cli import main
+from engine.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -390,8 +390,8 @@ def test_sigterm_during_hits_cleans_up_and_keeps_the_earlier_output(
 
 
 def test_sigterm_during_embed_keeps_a_resumable_store_and_frees_the_lock(analytic_bundle, tmp_path):
-    from engine.store_guard import StoreLock
-    from engine.zarr_store import open_store
+    from engine.store import open_store
+    from engine.store.guard import StoreLock
 
     src = write_raster(tmp_path / "big.tif", random_uint8(size=1024, seed=4))
     out = tmp_path / "s.store"

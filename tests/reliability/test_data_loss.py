@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from engine.errors import StoreError
-from engine.store import EmbeddingStore
-from engine.store_guard import StoreLock, check_target
-from engine.zarr_store import open_store
+from engine.store import open_store
+from engine.store.guard import StoreLock, check_target
+from engine.store.npy import EmbeddingStore
 from tests.reliability.conftest import leftovers, random_uint8, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +195,7 @@ def test_full_disk_while_embedding_is_a_clear_error_and_keeps_the_old_store(
 
 def test_disk_reservation_fails_cleanly_when_the_space_goes_away(tmp_path, small_disk):
     """The free-space check passed, then the disk filled: fallocate's ENOSPC, not a SIGBUS."""
-    from engine.store_guard import reserve
+    from engine.store.guard import reserve
 
     f = small_disk / "a.npy"
     f.write_bytes(b"")

@@ -33,9 +33,9 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-long write fails with EFB
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 if sys.argv[2] == "chunked":
-    import engine.streaming
-    engine.streaming.CHUNKED_ABOVE_TILES = 0  # the row-band GeoTIFF writer
-from engine.cli import main
+    import engine.search.streaming
+    engine.search.streaming.CHUNKED_ABOVE_TILES = 0  # the row-band GeoTIFF writer
+from engine.cli.main import main
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -44,7 +44,7 @@ sys.exit(main(sys.argv[3:]))
 def wide_store(tmp_path_factory, analytic_bundle) -> Path:
     """A 160 x 200-tile store of random unit vectors, embedded "with" the analytic bundle."""
     from engine.model import UniGeoModel
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     with UniGeoModel.load(analytic_bundle) as model:
         dim, model_hash = model.dim, model.model_hash

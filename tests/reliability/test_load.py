@@ -29,7 +29,7 @@ def _open_fds() -> int:
 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
-    from engine.store import EmbeddingStore
+    from engine.store.npy import EmbeddingStore
 
     rng = np.random.default_rng(7)
     grid = TileGrid("EPSG:32633", 10.0, 16, 16, -31_250, 3_125, ROWS, COLS)
@@ -49,7 +49,8 @@ def big_store(tmp_path_factory):
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
 def test_thousand_heatmap_queries_do_not_grow_memory_or_fds(big_store, tmp_path):
-    from engine.similarity import calibrate, similarity, write_heatmap
+    from engine.search.calibration import calibrate
+    from engine.search.similarity import similarity, write_heatmap
 
     rng = np.random.default_rng(0)
     queries = rng.standard_normal((N_QUERIES, DIM)).astype(np.float32)

@@ -41,7 +41,7 @@ ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EACCES, errno.EROFS, errn
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, analytic_bundle) -> dict[str, Path]:
     """Two rasters, the store of the first, and the bundle."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     d = tmp_path_factory.mktemp("fault_inputs")
     a = write_raster(d / "a.tif", random_uint8(size=64, seed=21))
@@ -73,11 +73,11 @@ def run_kind(run_cli, monkeypatch):
     """``run(kind, argv)``: the CLI in this process (streamed heatmaps forced for *-chunked)."""
 
     def run(kind: str, args: list[str]) -> tuple[int, str]:
-        import engine.streaming
+        import engine.search.streaming
 
         with monkeypatch.context() as mp:
             if kind == "heatmap-chunked":
-                mp.setattr(engine.streaming, "CHUNKED_ABOVE_TILES", 0)
+                mp.setattr(engine.search.streaming, "CHUNKED_ABOVE_TILES", 0)
             return run_cli(args)
 
     return run
@@ -164,7 +164,7 @@ def test_system_refuses_the_write(kind, point, inputs, run_kind, tmp_path, monke
         if point == "start":  # where each writer first touches the disk
             mp.setattr(tempfile, "mkdtemp", _failing(code, tempfile.mkdtemp))
             mp.setattr(tempfile, "mkstemp", _failing(code, tempfile.mkstemp))
-            mp.setattr("engine.store_guard.open", _failing(code, open), raising=False)
+            mp.setattr("engine.store.guard.open", _failing(code, open), raising=False)
         else:
             mp.setattr(os, "replace", _failing(code, os.replace))
         rc, err = run_kind(kind, argv(kind, out, inputs, 1))

@@ -1,7 +1,7 @@
 """Issue 16 item 8: a pixel size far outside the training range is warned about before embedding.
 
 A 1 km raster was silently upsampled 200x to 5 m (641,601 tiles, about an hour) though the bundle
-declares a 2-90 m training range. :func:`engine.embed_plan.plan_embedding` computes the tile
+declares a 2-90 m training range. :func:`engine.embed.plan.plan_embedding` computes the tile
 count, the time (from rates earlier stores recorded, else a conservative constant) and the
 warning; the CLI prints it (Processing and the GUI: tests/plugin/test_faults_plugin.py).
 """
@@ -17,14 +17,15 @@ import pytest
 from affine import Affine
 
 from engine.contract import Preprocess, TrainingDomain
-from engine.embed_plan import (
+from engine.embed.plan import (
     ASSUMED_TILES_PER_S,
     LARGE_JOB_S,
     duration_text,
     plan_embedding,
     recorded_tiles_per_s,
 )
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
 from tests.reliability.conftest import UTM_ORIGIN, random_uint8, write_raster
 
 ISSUE_DOMAIN = TrainingDomain(bboxes=(), gsd_range_m=(2.0, 90.0))
@@ -123,7 +124,7 @@ def _stdout_lines(capsys) -> list[str]:
 def test_cli_embed_warns_with_tiles_and_time(analytic_bundle, tmp_path, capsys):
     """The analytic bundle trains on 5-20 m; a 1 km raster gets the warning, in the CLI output,
     before any tile is embedded (an extent keeps this run short)."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     src = _raster(tmp_path / "coarse.tif", 1000.0, size=20)
     args = ["embed", str(src), "--model", str(analytic_bundle), "--out", str(tmp_path / "s.store")]
@@ -141,7 +142,7 @@ def test_cli_embed_warns_with_tiles_and_time(analytic_bundle, tmp_path, capsys):
 def test_cli_embed_in_range_estimates_from_recorded_rates(
     analytic_bundle, good_raster, tmp_path, capsys
 ):
-    from engine.cli import main
+    from engine.cli.main import main
     from engine.model import UniGeoModel
 
     with UniGeoModel.load(analytic_bundle) as model:

@@ -20,8 +20,8 @@ from pyproj import Transformer
 
 from engine.grid import TileGrid
 from engine.preprocess import validate_latlon
-from engine.raster_io import choose_grid_crs
-from engine.similarity import calibrate
+from engine.raster.tiling import choose_grid_crs
+from engine.search.calibration import calibrate
 
 FAST = settings(max_examples=60, deadline=None)
 lats = st.floats(-84.0, 84.0, allow_nan=False)  # UTM's range

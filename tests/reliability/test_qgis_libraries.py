@@ -43,11 +43,12 @@ args = json.loads(sys.argv[1])
 for lib in args["libs"]:  # as the qgis binary: the system's geo libraries first, globally
     ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
-from engine.cli import main
-from engine.query import region_query, tiles_in_polygon
-from engine.similarity import similarity, top_k, write_heatmap, write_hits
-from engine.streaming import write_heatmap_chunked
-from engine.zarr_store import open_store
+from engine.cli.main import main
+from engine.search.query import region_query, tiles_in_polygon
+from engine.search.similarity import similarity, write_heatmap
+from engine.search.hits import top_k, write_hits
+from engine.search.streaming import write_heatmap_chunked
+from engine.store import open_store
 
 out = args["out"]
 store = open_store(args["store"])
@@ -92,7 +93,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def test_engine_runs_with_the_system_geo_libraries_loaded_globally(
     good_store, analytic_bundle, tmp_path
 ):
-    from engine.zarr_store import open_store
+    from engine.store import open_store
 
     store = open_store(good_store)
     grid = store.grid

@@ -89,12 +89,15 @@ def no_network(monkeypatch) -> list[tuple]:
 
 
 def test_main_engine_paths_work_offline(no_network, analytic_bundle, good_raster, tmp_path):
-    from engine import classify as C
-    from engine import query as Q
-    from engine.embed import embed_raster
+    from engine.classify import land_use as C
+    from engine.embed.job import embed_raster
     from engine.model import UniGeoModel
-    from engine.raster_io import GdalReader, grid_for_raster
-    from engine.similarity import calibrate, similarity, top_k, write_heatmap, write_hits
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
+    from engine.search import query as Q
+    from engine.search.calibration import calibrate
+    from engine.search.hits import top_k, write_hits
+    from engine.search.similarity import similarity, write_heatmap
 
     out = tmp_path / "out"
     out.mkdir()
@@ -129,10 +132,11 @@ def test_failed_writes_leave_no_temporary_files(good_store, analytic_bundle, tmp
     """Every writer fails midway (the GDAL/OGR write raises): nothing but the old file remains."""
     from osgeo import gdal, ogr
 
-    from engine import classify as C
+    from engine.classify import land_use as C
     from engine.model import UniGeoModel
-    from engine.similarity import similarity, top_k, write_heatmap, write_hits
-    from engine.store import EmbeddingStore
+    from engine.search.hits import top_k, write_hits
+    from engine.search.similarity import similarity, write_heatmap
+    from engine.store.npy import EmbeddingStore
 
     store = EmbeddingStore.open(good_store)
     scores = similarity(store, np.ones(8, np.float32))

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from engine.contract import Modality
-from engine.embed import embed_raster
+from engine.embed.job import embed_raster
 from engine.grid import TileGrid
 from engine.model import UniGeoModel
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.tiling import grid_for_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "resources" / "models" / "default"

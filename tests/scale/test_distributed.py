@@ -12,8 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from engine.distributed import embed_distributed, model_loads
-from engine.zarr_store import ZarrEmbeddingStore, open_store
+from engine.scale.distributed import embed_distributed
+from engine.scale.worker import model_loads
+from engine.store import open_store
+from engine.store.zarr import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE, worker_pids
 

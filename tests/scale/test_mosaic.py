@@ -14,8 +14,9 @@ from rasterio.windows import Window
 
 from engine.contract import Preprocess
 from engine.errors import RasterInputError
-from engine.mosaic import MosaicReader, collection_paths, grid_for_sources, source_spec
-from engine.raster_io import GdalReader, grid_for_raster
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.mosaic import MosaicReader, collection_paths, grid_for_sources, source_spec
+from engine.raster.tiling import grid_for_raster
 
 PRE = Preprocess(size=16, bands=("red", "green", "blue", "nir"), mean=(0.35,) * 4,
                  std=(0.2,) * 4, gsd_m=10.0)  # fmt: skip

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from engine.cli import main
-from engine.distributed import embed_distributed
-from engine.zarr_store import ZarrEmbeddingStore, open_store
+from engine.cli.main import main
+from engine.scale.distributed import embed_distributed
+from engine.store import open_store
+from engine.store.zarr import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE, EXTENT, ROOT
 from .test_distributed import assert_same_store

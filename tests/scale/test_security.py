@@ -16,12 +16,12 @@ import urllib.request
 
 import pytest
 
-from engine import dask_security as S
-from engine.cli import main
-from engine.dask_cluster import DaskCluster
-from engine.distributed import embed_distributed
+from engine.cli.main import main
 from engine.errors import EngineError, InputError
-from engine.zarr_store import open_store
+from engine.scale import security as S
+from engine.scale.cluster import DaskCluster
+from engine.scale.distributed import embed_distributed
+from engine.store import open_store
 
 from .conftest import BLOCK, BUNDLE, ROOT
 from .test_distributed import assert_same_store
@@ -110,8 +110,8 @@ def refuse(*args, **kwargs):
     raise OSError("network access is blocked in this test")
 socket.socket.connect = socket.socket.connect_ex = refuse
 socket.create_connection = socket.getaddrinfo = refuse
-from engine.cli import main
-from engine.distributed import embed_distributed
+from engine.cli.main import main
+from engine.scale.distributed import embed_distributed
 from engine.errors import InputError
 from engine.grid import TileGrid
 naip, bundle, out, grid = sys.argv[1:5]

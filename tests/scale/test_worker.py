@@ -8,12 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine import distributed as D
 from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
-from engine.mosaic import source_spec
-from engine.raster_io import GdalReader
-from engine.zarr_store import ZarrEmbeddingStore
+from engine.raster.gdal_reader import GdalReader
+from engine.raster.mosaic import source_spec
+from engine.scale import distributed, security
+from engine.scale import worker as W
+from engine.store.zarr import ZarrEmbeddingStore
 
 from .conftest import BLOCK, BUNDLE
 
@@ -30,7 +31,7 @@ def job(tmp_path, naip, naip_grid):
     store = ZarrEmbeddingStore.create(tmp_path / "w.zarr", naip_grid, model.dim,
                                       model.model_hash, fp, None, BLOCK)  # fmt: skip
     bands = ("red", "green", "blue", "nir")
-    return D.BlockJob(str(BUNDLE), model.model_hash, None, 1, "aerial", source_spec(naip), fp,
+    return W.BlockJob(str(BUNDLE), model.model_hash, None, 1, "aerial", source_spec(naip), fp,
                       naip_grid.to_dict(), str(store.folder), BLOCK, bands, 32, 0.5)  # fmt: skip
 
 
@@ -38,16 +39,16 @@ def test_blocks_are_the_store_blocks():
     grid = TileGrid("EPSG:32633", 10.0, 16, 16, 0, 0, 7, 10)
     for bt in (1, 3, 4, 32):
         blocks = list(grid.iter_blocks(bt))
-        assert [D.block_of(grid, bt, i) for i in range(len(blocks))] == blocks
+        assert [W.block_of(grid, bt, i) for i in range(len(blocks))] == blocks
     with pytest.raises(InputError, match="outside"):
-        D.block_of(grid, 4, 6)
+        W.block_of(grid, 4, 6)
 
 
 def test_run_block_writes_then_marks_and_loads_once(job, tmp_path, reference_store):
-    before = D.MODEL_LOADS["count"]
-    stats = [D.run_block(job, b) for b in (0, 3, 62)]
-    assert D.MODEL_LOADS["count"] - before <= 1  # cached: later blocks reuse the model
-    assert D.worker_state(job)[0] is D.worker_state(job)[0]
+    before = W.MODEL_LOADS["count"]
+    stats = [W.run_block(job, b) for b in (0, 3, 62)]
+    assert W.MODEL_LOADS["count"] - before <= 1  # cached: later blocks reuse the model
+    assert W.worker_state(job)[0] is W.worker_state(job)[0]
     grid = TileGrid.from_dict(job.grid)
     z = ZarrEmbeddingStore.resume(tmp_path / "w.zarr", grid, 128, job.model_hash,
                                   job.source_fingerprint, None, BLOCK)  # fmt: skip
@@ -64,21 +65,26 @@ def test_run_block_writes_then_marks_and_loads_once(job, tmp_path, reference_sto
 def test_worker_refuses_other_files(job, tmp_path, shared_data):
     bad_model = dataclasses.replace(job, model_hash="0" * 64)
     with pytest.raises(ModelContractError, match="differs from the client"):
-        D.run_block(bad_model, 0)
+        W.run_block(bad_model, 0)
     other = shared_data / "naip_north_dakota" / "m_4709963_se_14_1_20200831.tif"
     bad_src = dataclasses.replace(job, sources=source_spec(other))
     with pytest.raises(RasterInputError, match="differ from the client"):
-        D.run_block(bad_src, 0)
+        W.run_block(bad_src, 0)
 
 
 def test_scheduler_strings():
-    assert D.local_workers("local:3") == 3 and D.local_workers("tcp://10.0.0.1:8786") == 0
+    assert (
+        security.local_workers("local:3") == 3
+        and security.local_workers("tcp://10.0.0.1:8786") == 0
+    )
     for bad in ("local:0", "local:x", "localhost:8786"):
         with pytest.raises(InputError, match="scheduler"):
-            D.local_workers(bad)
+            security.local_workers(bad)
 
 
 def test_bad_scheduler_fails_before_any_store(naip, naip_grid, tmp_path):
     with pytest.raises(InputError, match="local:N or tcp"):
-        D.embed_distributed(BUNDLE, naip, naip_grid, tmp_path / "x.zarr", scheduler="nope")
+        distributed.embed_distributed(
+            BUNDLE, naip, naip_grid, tmp_path / "x.zarr", scheduler="nope"
+        )
     assert not any(tmp_path.iterdir())

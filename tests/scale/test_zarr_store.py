@@ -11,8 +11,10 @@ import shapely
 
 from engine.errors import StoreError
 from engine.grid import TileGrid
-from engine.store import EmbeddingStore, partial_path
-from engine.zarr_store import ZarrEmbeddingStore, open_store
+from engine.store import open_store
+from engine.store.base import partial_path
+from engine.store.npy import EmbeddingStore
+from engine.store.zarr import ZarrEmbeddingStore
 
 pytest.importorskip("zarr")
 
@@ -67,8 +69,8 @@ def test_finalize_open_and_fancy_indexing(tmp_path):
 
 
 def test_queries_work_on_zarr(tmp_path):
-    from engine.query import region_query
-    from engine.similarity import similarity
+    from engine.search.query import region_query
+    from engine.search.similarity import similarity
 
     z, emb, valid = _filled(tmp_path / "a.zarr")
     scores = similarity(z, np.array([1.0, 0, 0], np.float32))

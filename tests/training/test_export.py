@@ -339,7 +339,7 @@ def test_identical_rows_are_refused(trained):
 
 
 def test_domain_has_one_box_per_training_area_and_the_training_gsds():
-    from engine.domain import gsd_out_of_range, in_domain_lonlat
+    from engine.search.domain import gsd_out_of_range, in_domain_lonlat
     from training.domain import domain_from_samples
 
     area = np.array(["nd", "nd", "za", "za", "globe", "globe", "street"], dtype=object)
@@ -395,7 +395,7 @@ def test_bundle_spec_takes_the_domain_from_the_training_split(trained, tmp_path)
 
 
 def test_toy_domain_covers_every_training_sample(trained):
-    from engine.domain import in_domain_lonlat
+    from engine.search.domain import in_domain_lonlat
     from training.export import bundle_spec
 
     trainer, _, _ = trained
@@ -407,7 +407,7 @@ def test_toy_domain_covers_every_training_sample(trained):
 
 
 def test_main_exports_with_the_training_domain_and_real_validation_rows(trained, tmp_path):
-    from engine.domain import in_domain_lonlat
+    from engine.search.domain import in_domain_lonlat
     from training.export import main
 
     trainer, _, run = trained
@@ -431,7 +431,7 @@ def real_dataset() -> Path:
 def test_real_dataset_domain_holds_every_training_imagery_sample(real_dataset):
     import pyarrow.parquet as pq
 
-    from engine.domain import gsd_out_of_range, in_domain_lonlat
+    from engine.search.domain import gsd_out_of_range, in_domain_lonlat
     from training.domain import dataset_domain
 
     d = dataset_domain(real_dataset)

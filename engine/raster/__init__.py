@@ -1,0 +1,29 @@
+"""Raster input: the reader protocol, the GDAL reader, bands and band choice, tiling, mosaics.
+
+A front end reads a raster through a :class:`RasterReader`: :class:`GdalReader` for a file, or
+its own over its data (the plugin's QGIS-layer reader), naming bands as :func:`canonical_band`
+does and resolving them with :func:`resolve_bands`. :func:`choose_bands` says which of a
+raster's bands feed the model's bands, and why. These are the names front ends use; the modules
+beside them (scaling, the warped and native read paths, batches, tiling) are the engine's own.
+"""
+
+from __future__ import annotations
+
+from .band_choice import ABSENT, BandChoice, choose_bands, user_choice
+from .bands import canonical_band, resolve_bands
+from .gdal_reader import GdalReader, close_all_readers
+from .reader import RasterReader
+from .source import is_virtual
+
+__all__ = [
+    "ABSENT",
+    "BandChoice",
+    "GdalReader",
+    "RasterReader",
+    "canonical_band",
+    "choose_bands",
+    "close_all_readers",
+    "is_virtual",
+    "resolve_bands",
+    "user_choice",
+]
