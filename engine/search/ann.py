@@ -29,6 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import EngineError, InputError, StoreError
+from ..store.guard import waiting_lock
 from .calibration import Calibration
 from .hits import Hit, check_k, nms
 from .scoring import (
@@ -242,13 +243,15 @@ class AnnIndex:
         faiss = _faiss()
         folder = Path(folder)
         blob = faiss.serialize_index(self.index).tobytes()
-        atomic_write_bytes(folder / "index.faiss", blob)
         buf = io.BytesIO()
         np.save(buf, self.sample)
-        atomic_write_bytes(folder / "sample.npy", buf.getvalue())
         info = {**self.info, "sha256": hashlib.sha256(blob).hexdigest()}
-        # index.json last: it names the digest of the index it describes
-        atomic_write_text(folder / "index.json", json.dumps(info, indent=1))
+        # one writer at a time, so two saves cannot pair one's json with the other's index
+        with waiting_lock(folder.with_name(f".{folder.name}.lock")):
+            atomic_write_bytes(folder / "index.faiss", blob)
+            atomic_write_bytes(folder / "sample.npy", buf.getvalue())
+            # index.json last: it names the digest of the index it describes
+            atomic_write_text(folder / "index.json", json.dumps(info, indent=1))
         return folder
 
     @classmethod

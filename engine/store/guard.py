@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -179,6 +179,27 @@ class StoreLock:
     @property
     def held(self) -> bool:
         return self._handle is not None
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | Path, timeout_s: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path``, waiting for another holder to finish.
+
+    For short writes of several files that must stay together (an ANN index), where a second
+    writer should wait rather than fail. Raises StoreError after ``timeout_s``.
+    """
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as handle:
+        deadline = time.monotonic() + timeout_s
+        while not _try_lock(handle):
+            if time.monotonic() > deadline:
+                raise StoreError(f"{lock} stayed locked for {timeout_s:.0f} s: {_holder(handle)}")
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            _unlock(handle)
 
 
 def _try_lock(handle: IO[str]) -> bool:
