@@ -29,7 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import EngineError, InputError, StoreError
-from ..store.guard import waiting_lock
+from ..store.guard import folder_lock
 from .calibration import Calibration
 from .hits import Hit, check_k, nms
 from .scoring import (
@@ -247,7 +247,7 @@ class AnnIndex:
         np.save(buf, self.sample)
         info = {**self.info, "sha256": hashlib.sha256(blob).hexdigest()}
         # one writer at a time, so two saves cannot pair one's json with the other's index
-        with waiting_lock(folder.with_name(f".{folder.name}.lock")):
+        with folder_lock(_existing_parent(folder)):
             atomic_write_bytes(folder / "index.faiss", blob)
             atomic_write_bytes(folder / "sample.npy", buf.getvalue())
             # index.json last: it names the digest of the index it describes
@@ -370,3 +370,11 @@ def top_k_ann(
         calibration = index.sample_calibration(vec)
     scores = scores[order]
     return nms(store.grid, flat[order], scores, calibration.percentiles(scores), k, r)
+
+
+def _existing_parent(folder: Path) -> Path:
+    """The nearest folder that exists: the index folder's own parent (usually the store)."""
+    p = folder.parent
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p

@@ -182,24 +182,34 @@ class StoreLock:
 
 
 @contextlib.contextmanager
-def waiting_lock(path: str | Path, timeout_s: float = 600.0) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path``, waiting for another holder to finish.
+def folder_lock(folder: str | Path, timeout_s: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock on the existing folder ``folder``, waiting for another holder.
 
     For short writes of several files that must stay together (an ANN index), where a second
-    writer should wait rather than fail. Raises StoreError after ``timeout_s``.
+    writer should wait rather than fail. The folder itself is locked (``flock`` on its
+    descriptor), so no lock file is left behind; without ``flock`` (Windows) it does nothing.
+    Raises StoreError after ``timeout_s``.
     """
-    lock = Path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+", encoding="utf-8") as handle:
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
         deadline = time.monotonic() + timeout_s
-        while not _try_lock(handle):
-            if time.monotonic() > deadline:
-                raise StoreError(f"{lock} stayed locked for {timeout_s:.0f} s: {_holder(handle)}")
-            time.sleep(0.05)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{folder} stayed locked for {timeout_s:.0f} s") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
-            _unlock(handle)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _try_lock(handle: IO[str]) -> bool:
