@@ -27,6 +27,7 @@ from ..errors import CancelledError, InputError, ModelContractError, StoreError
 from ..geo.render import footprint_meta
 from ..grid import TileGrid
 from ..raster.batch import Cell, read_chips
+from ..raster.layout import BandLayout, band_layout, optional_bands
 from ..raster.reader import RasterReader
 from ..store.guard import check_target, input_files
 from ..store.npy import EmbeddingStore
@@ -173,7 +174,7 @@ class _Pipeline:
         modality: Modality,
         reader: RasterReader,
         store: EmbeddingStore,
-        bands: Sequence[str],
+        bands: Sequence[str] | BandLayout,
         batch_size: int,
         max_nodata: float,
     ) -> None:
@@ -300,15 +301,18 @@ def embed_raster(
             progress(1.0)
         return done
     try:
+        layout = band_layout(reader, bands, optional_bands(spec.inputs, bands))
         # one probe read fails fast (bands, CRS) before anything is written
-        reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
+        reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, layout.read)
         info = dict(meta or {}, modality=modality.value, max_nodata=max_nodata)
         info.update(model_name=spec.model_name, model_version=spec.model_version)
         info.update(bands=list(bands), scaling=reader.scaling)
+        if not layout.complete:  # the encoder masks them (contract version 2)
+            info.update(absent_bands=list(layout.absent))
         info.update(footprint_meta(reader, grid))  # outputs are drawn inside the outline
         store = _open_store(store_path, grid, model, fp, info, block_tiles, resume)
         try:
-            pipe = _Pipeline(model, modality, reader, store, bands, batch_size, max_nodata)
+            pipe = _Pipeline(model, modality, reader, store, layout, batch_size, max_nodata)
             stats = _run(pipe, workers or reader_threads(model), progress, is_canceled)
             store.update_meta(**stats)
             final = store.finalize()

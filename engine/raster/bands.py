@@ -17,6 +17,8 @@ _ALIASES = {
     "green": ("green", "g"),
     "blue": ("blue", "b"),
     "nir": ("nir", "near-infrared", "near infrared", "nearinfrared", "infrared", "nir1"),
+    "swir1": ("swir1", "swir-1", "swir 1", "swir_1", "swir16", "shortwave infrared 1"),
+    "swir2": ("swir2", "swir-2", "swir 2", "swir_2", "swir22", "shortwave infrared 2"),
     "alpha": ("alpha", "a"),
 }
 _CANON = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import RasterInputError
 from ..grid import TileGrid
+from .layout import BandLayout
 from .reader import RasterReader
 
 Cell = tuple[int, int]
@@ -59,15 +60,21 @@ def read_batch(
 
 
 def read_chips(
-    reader: RasterReader, grid: TileGrid, bands: Sequence[str], cells: Sequence[Cell]
+    reader: RasterReader,
+    grid: TileGrid,
+    bands: Sequence[str] | BandLayout,
+    cells: Sequence[Cell],
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_batch`, with the tiles that overhang the raster's edge read shifted inside.
 
-    What the embedding pipeline and the Dask task read, so their stores agree.
+    With a :class:`~.layout.BandLayout`, only the bands the raster has are read and the others
+    come back as NaN planes (the no-data fraction counts the bands read). What the embedding
+    pipeline and the Dask task read, so their stores agree.
     """
-    chips, frac = read_batch(reader, grid, bands, cells)
-    shift_edge_tiles(reader, grid, bands, cells, chips, frac)
-    return chips, frac
+    layout = bands if isinstance(bands, BandLayout) else BandLayout(tuple(bands), tuple(bands))
+    chips, frac = read_batch(reader, grid, layout.read, cells)
+    shift_edge_tiles(reader, grid, layout.read, cells, chips, frac)
+    return layout.scatter(chips), frac
 
 
 def shift_edge_tiles(

@@ -25,6 +25,7 @@ from ..embed.job import check_model
 from ..errors import CancelledError, InputError, StoreError
 from ..geo.render import footprint_meta
 from ..grid import TileGrid
+from ..raster.layout import BandLayout, band_layout, optional_bands
 from ..raster.mosaic import SourceSpec, source_spec
 from ..store.guard import check_target
 from ..store.zarr import ZarrEmbeddingStore, is_zarr_store
@@ -44,8 +45,8 @@ def _prepare(
     modality: Modality,
     provider: str | None,
     threads: int,
-) -> tuple[Any, SourceSpec, str, dict[str, Any], tuple[str, ...]]:
-    """Validate model and inputs on the client: (model, spec, fingerprint, meta, bands)."""
+) -> tuple[Any, SourceSpec, str, dict[str, Any], BandLayout]:
+    """Validate model and inputs on the client: (model, spec, fingerprint, meta, band layout)."""
     from ..model import UniGeoModel
 
     model = UniGeoModel.load(bundle_dir, providers=provider, threads=threads)
@@ -54,15 +55,18 @@ def _prepare(
     src = sources if isinstance(sources, SourceSpec) else source_spec(sources)
     reader = src.open()
     try:
+        layout = band_layout(reader, bands, optional_bands(spec.inputs, bands))
         # one probe read fails fast (bands, CRS) before anything is written
-        reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, bands)
+        reader.read_tile(grid.tile_bounds(0, 0), grid.crs, grid.gsd, grid.tile_px, layout.read)
         fp, scaling = reader.fingerprint(), reader.scaling
         outline = footprint_meta(reader, grid)
     finally:
         reader.close()
     info = {"model_name": spec.model_name, "model_version": spec.model_version}
     info.update(bands=list(bands), scaling=scaling, **outline)
-    return model, src, fp, info, bands
+    if not layout.complete:  # the encoder masks them (contract version 2)
+        info.update(absent_bands=list(layout.absent))
+    return model, src, fp, info, layout
 
 
 def embed_distributed(
@@ -143,7 +147,7 @@ def embed_distributed(
         job = BlockJob(
             str(Path(bundle_dir).resolve()), model.model_hash, provider, threads_per_worker,
             modality.value, src, fp, grid.to_dict(), str(store.folder.resolve()), block_tiles,
-            bands, batch_size, max_nodata,
+            bands.wanted, batch_size, max_nodata, bands.read,
         )  # fmt: skip
     finally:
         model.close()  # the workers load their own; this one only validated the bundle

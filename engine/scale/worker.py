@@ -26,6 +26,7 @@ from ..embed.job import encode_into
 from ..errors import InputError, ModelContractError, RasterInputError
 from ..grid import TileGrid
 from ..raster.batch import read_chips
+from ..raster.layout import BandLayout
 from ..raster.mosaic import SourceSpec
 from ..store.zarr import mark_done_at, write_block_at
 
@@ -47,9 +48,10 @@ class BlockJob:
     grid: dict
     folder: str  # the store's ``.partial`` folder
     block_tiles: int
-    bands: tuple[str, ...]
+    bands: tuple[str, ...]  # the encoder's bands
     batch_size: int
     max_nodata: float
+    read_bands: tuple[str, ...] | None = None  # those the rasters have (None: all of them)
 
 
 _lock = threading.Lock()
@@ -140,12 +142,13 @@ def encode_block(
     emb, valid = np.zeros((nr, nc, model.dim), np.float32), np.zeros((nr, nc), bool)
     fraction = np.ones((nr, nc), np.float32)
     modality, encoded = Modality(job.modality), 0
+    layout = BandLayout(job.bands, job.read_bands or job.bands)
     batches = [cells[k : k + job.batch_size] for k in range(0, len(cells), job.batch_size)]
     queue: deque = deque()
     todo = iter(batches)
     while True:
         while len(queue) < 2 * _READERS_PER_WORKER and (b := next(todo, None)) is not None:
-            queue.append((b, _pool.submit(read_chips, reader, grid, job.bands, b)))
+            queue.append((b, _pool.submit(read_chips, reader, grid, layout, b)))
         if not queue:
             return emb, valid, fraction, encoded
         batch, fut = queue.popleft()
