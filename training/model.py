@@ -19,6 +19,14 @@ from .towers import DsmTower, SiglipImageTower, TextTower
 def create_tower(modality: Modality, cfg: ModelConfig) -> nn.Module:
     """Build the tower for ``modality`` from the model config."""
     d = cfg.embed_dim
+    if modality is Modality.AERIAL and cfg.aerial.kind == "effnet":
+        from .effnet_towers import AerialEffNetTower
+
+        return AerialEffNetTower(cfg.aerial, d)
+    if modality is Modality.STREETVIEW and cfg.streetview.kind == "effnet":
+        from .effnet_towers import StreetEffNetTower
+
+        return StreetEffNetTower(cfg.streetview, d)
     builders = {
         Modality.AERIAL: lambda: SiglipImageTower(cfg.aerial, d),
         Modality.STREETVIEW: lambda: SiglipImageTower(cfg.streetview, d),
