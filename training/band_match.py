@@ -47,13 +47,13 @@ def rebanded(
     Samples without an aerial chip get a mask of ones (their rows are masked out anyway).
     """
     out, masks = [], np.ones((len(samples), len(want)), dtype=np.float32)
-    same = tuple(source) == tuple(want)
     for i, s in enumerate(samples):
         s = dict(s)
         if "aerial" in s:
             x = np.asarray(s["aerial"], dtype=np.float32)
-            if not same:
-                x = match_bands(x, source, want)
+            src = tuple(s.pop("aerial_bands", None) or source)  # a sample may name its bands
+            if src != tuple(want):
+                x = match_bands(x, src, want)
             s["aerial"] = x
             masks[i] = band_presence(x[None])[0]
         out.append(s)

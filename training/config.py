@@ -45,8 +45,8 @@ class ImageTowerConfig:
     pretrained: bool = True  # effnet: ImageNet weights (False = random init, for the ablation)
     split: int = 11  # effnet: blocks [0, split) stay locked; stage 2 may fine-tune the rest
     head_hidden: int = 512  # effnet: width of the projection MLP
-    spectral_width: int = 64  # effnet aerial: per-pixel channels of the spectral stream; 0 = off
-    spectral_size: int = 32  # effnet aerial: side the spectral stream pools the chip to
+    spectral_width: int = 32  # effnet aerial: per-pixel channels of the spectral stream; 0 = off
+    spectral_size: int = 16  # effnet aerial: side the spectral stream pools the chip to
 
 
 @dataclass(frozen=True)
