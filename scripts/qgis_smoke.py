@@ -22,17 +22,27 @@ def check():
     try:
         report.write(f"active plugins: {active_plugins}\n")
         plugin = plugins["unigeo"]
-        algs = [a.id() for a in QgsApplication.processingRegistry().algorithms()
-                if a.provider() is not None and a.provider().id() == "unigeo"]
+        algs = [
+            a.id()
+            for a in QgsApplication.processingRegistry().algorithms()
+            if a.provider() is not None and a.provider().id() == "unigeo"
+        ]
         report.write(f"algorithms: {algs}\nactions: {[a.text() for a in plugin.actions]}\n")
         layer = QgsRasterLayer(os.environ["UNIGEO_SMOKE_RASTER"], "source")
         QgsProject.instance().addMapLayer(layer)
         iface.mapCanvas().setExtent(layer.extent())
         import processing
 
-        res = processing.run("unigeo:heatmap", {
-            "INPUT": layer, "BANDS": BANDS, "MODEL": os.environ["UNIGEO_SMOKE_MODEL"], "QUERY_TEXT": "water",
-            "OUTPUT": str(OUT / "heatmap.tif")})
+        res = processing.run(
+            "unigeo:heatmap",
+            {
+                "INPUT": layer,
+                "BANDS": BANDS,
+                "MODEL": os.environ["UNIGEO_SMOKE_MODEL"],
+                "QUERY_TEXT": "water",
+                "OUTPUT": str(OUT / "heatmap.tif"),
+            },
+        )
         report.write(f"heatmap: {res}\n")
         from unigeo.plugin import layers
 

@@ -134,15 +134,32 @@ def embed_cached(model: UniGeoCLIP, batch: dict[str, Any], stage: int = 1) -> di
             a = batch[key]
             head = t["aerial"].head_from_trunk if stage == 2 else t["aerial"].head
             out[key] = head(a["feat"], a["pixels"], a["band_mask"])
+    mask = batch.get("mask", {})
     if "streetview" in batch:
-        out["streetview"] = t["streetview"].head(batch["streetview"])
+        out["streetview"] = _present(
+            t["streetview"].head, batch["streetview"], mask.get("streetview")
+        )
     if "text" in batch:
         out["text"] = t["text"].head(batch["text"])
     if "dsm" in batch:
-        out["dsm"] = t["dsm"](batch["dsm"])
+        out["dsm"] = _present(t["dsm"], batch["dsm"], mask.get("dsm"))
     if "gps" in batch:
         out["gps"] = t["gps"](batch["gps"])
     return out
+
+
+def _present(fn: Any, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``fn`` on the rows that have the modality only; zero rows elsewhere (the loss masks them).
+
+    Few samples have a DSM or a street view, so this skips most of those towers' work.
+    """
+    if mask is None or bool(mask.all()):
+        return fn(x)
+    idx = torch.nonzero(mask, as_tuple=False).squeeze(1)
+    if idx.numel() == 0:
+        idx = idx.new_zeros(1)  # one row keeps the graph and the shape; the loss masks it
+    y = fn(x.index_select(0, idx))
+    return y.new_zeros((len(x), y.shape[1])).index_copy(0, idx, y)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

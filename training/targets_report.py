@@ -56,9 +56,15 @@ def _scene_rows(res: dict[str, Any], scene: str, keys: list[str]) -> list[str]:
     return rows
 
 
+def _label(key: str) -> str:
+    """Column name: the bundle folder, or the run folder of a checkpoint."""
+    p = Path(key)
+    return p.parent.name if p.suffix == ".pt" else (p.name or key)
+
+
 def markdown(res: dict[str, Any]) -> str:
     keys = list(res["bundles"])
-    head = "| measure | " + " | ".join(Path(k).name or k for k in keys) + " | baseline |"
+    head = "| measure | " + " | ".join(_label(k) for k in keys) + " | baseline |"
     sep = "|---" * (len(keys) + 2) + "|"
     lines = ["# Held-out targets (issue 18)", "", f"Dataset `{res['dataset']}`; areas never "
              f"trained on: {', '.join(res['holdout'])}. Bundles: " +
@@ -72,9 +78,11 @@ def markdown(res: dict[str, Any]) -> str:
                  + f" | chance {_f(cd[0].get('chance@1'))}, n {cd[0].get('n')} |")  # fmt: skip
     lines += ["", "## Bundle", "", head, sep,
               "| size (MB) | " + " | ".join(_f(res["bundles"][k]["size_mb"], 1) for k in keys)
-              + " | ≤ 60 |",
-              "| aerial chips/s (encode_tiles, interleaved) | "
-              + " | ".join(_f(res["speed_chips_per_s"][k], 0) for k in keys) + " | |", ""]  # fmt: skip
+              + " | ≤ 60 |"]  # fmt: skip
+    if "speed_chips_per_s" in res:
+        lines.append("| aerial chips/s (encode_tiles, interleaved) | "
+                     + " | ".join(_f(res["speed_chips_per_s"][k], 0) for k in keys) + " | |")  # fmt: skip
+    lines.append("")
     gp = res.get("gps_probes")
     if gp:
         lines += ["## GPS probes (linear / kNN-5, spatially blocked)", "", head, sep]

@@ -36,11 +36,23 @@ def class_names(root: Path) -> list[str]:
     return list(json.loads((root / "dataset.json").read_text())["class_names"])
 
 
-def bundle_mb(folder: Path) -> float:
-    """Megabytes of the files the bundle uses (bundle.json, encoders, tokenizer)."""
+def bundle_mb(folder: Path) -> float | None:
+    """Megabytes of the files the bundle uses (bundle.json, encoders, tokenizer); None for a
+    checkpoint."""
+    if not (folder / "bundle.json").is_file():
+        return None
     b = json.loads((folder / "bundle.json").read_text())
     files = ["bundle.json", b.get("tokenizer", "tokenizer.json"), *b["encoders"].values()]
     return sum((folder / f).stat().st_size for f in files if (folder / f).is_file()) / 1e6
+
+
+def open_model(path: Path, names: list[str], threads: int | None = None) -> Any:
+    """A bundle folder through the engine, or a checkpoint (.pt) through :class:`TorchModel`."""
+    if Path(path).suffix == ".pt":
+        from .torch_engine import TorchModel
+
+        return TorchModel(path, names)
+    return UniGeoModel.load(path, threads=threads)
 
 
 class _GpsAdapter(torch.nn.Module):
@@ -89,7 +101,7 @@ def speed(models: dict[str, UniGeoModel], chips: np.ndarray, rounds: int = 3) ->
 
 
 def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: int = 2000,
-        seed: int = 0, threads: int | None = None) -> dict[str, Any]:  # fmt: skip
+        seed: int = 0, threads: int | None = None, timing: bool = True) -> dict[str, Any]:  # fmt: skip
     """Every measure, for every bundle, on the same held-out chips."""
     names = class_names(root)
     src = dataset_bands(root) or ("red", "green", "blue", "nir")
@@ -101,7 +113,7 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
         lambda r: r["split"] == "test" and r["area_id"] not in holdout and len(r["aerial"]) > 1,
         dataset_bands=src,
     )
-    models = {str(b): UniGeoModel.load(b, threads=threads) for b in bundles}
+    models = {str(b): open_model(b, names, threads) for b in bundles}
     res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {}}
     for key, m in models.items():
         r: dict[str, Any] = {"size_mb": bundle_mb(Path(key)), "version": m.bundle.version,
@@ -109,7 +121,8 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
                              "cross_date": cross_date(m, dates)}  # fmt: skip
         res["bundles"][key] = r
         log.info("scored %s", key)
-    res["speed_chips_per_s"] = speed(models, scenes[0].first()[:256])
+    if timing:
+        res["speed_chips_per_s"] = speed(models, scenes[0].first()[:256])
     if gps_n:
         res["gps_probes"] = gps_probes(models, gps_n, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,15 +135,22 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Score bundles on held-out data (issue 18 targets).")
-    ap.add_argument("--bundle", action="append", required=True, type=Path, help="bundle folder")
+    ap.add_argument(
+        "--bundle",
+        action="append",
+        required=True,
+        type=Path,
+        help="bundle folder, or a checkpoint .pt (scored in torch, see torch_engine)",
+    )
     ap.add_argument("--dataset", required=True, type=Path, help="dataset folder")
     ap.add_argument("--holdout", nargs="+", required=True, help="area_ids never trained on")
     ap.add_argument("--out", required=True, type=Path, help="report folder")
     ap.add_argument("--gps-n", type=int, default=2000, help="points per GPS probe (0 = skip)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the encoding speed timing")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(a.bundle, a.dataset, a.holdout, a.out, a.gps_n, threads=a.threads)
+    run(a.bundle, a.dataset, a.holdout, a.out, a.gps_n, threads=a.threads, timing=not a.no_speed)
     print((a.out / "targets.md").read_text())
     return 0
 

@@ -184,3 +184,31 @@ def test_stage1_stage2_export_engine_parity(synth, tmp_path):
     zeros = chips.copy()
     zeros[:3, 4:] = 0.0
     assert np.abs(engine.encode_tiles(Modality.AERIAL, zeros)[:3] - got[:3]).max() > 1e-3
+
+
+def test_torch_model_scores_like_the_engine(synth, tmp_path):
+    """training.torch_engine.TorchModel (ablations are scored with it) matches the ONNX bundle."""
+    from training.checkpoint import load_model
+    from training.export import export_bundle, validation_inputs
+    from training.locked import run_stages
+    from training.torch_engine import TorchModel
+    from training.train import build_datasets, make_collate
+
+    cfg = lit_config(synth, tmp_path / "cache", steps=2, locked={"stage2_steps": 0})
+    run_stages(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    m, c = load_model(ckpt)
+    train, val = build_datasets(c)
+    export_bundle(m, c, validation_inputs(c, (val, train), make_collate(c)), tmp_path / "b", train)
+    engine, torch_model = UniGeoModel.load(tmp_path / "b", threads=1), TorchModel(ckpt, ["water"])
+    chips = np.random.default_rng(1).uniform(0, 1, (4, 6, 32, 32)).astype(np.float32)
+    chips[:2, 3:] = np.nan
+    for a, b in [
+        (engine.encode_tiles(Modality.AERIAL, chips), torch_model.encode_tiles(Modality.AERIAL, chips)),
+        (engine.encode_text(["forest", "open water"], templates=["{}", "a photo of {}"]),
+         torch_model.encode_text(["forest", "open water"], templates=["{}", "a photo of {}"])),
+        (engine.encode_gps([10.0, -33.5], [20.0, 151.2]),
+         torch_model.encode_gps([10.0, -33.5], [20.0, 151.2])),
+    ]:  # fmt: skip
+        np.testing.assert_allclose(a, b, atol=2e-4)
+    assert torch_model.bundle.class_prompts["water"][0] == "an aerial view of water"
