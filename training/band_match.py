@@ -69,3 +69,22 @@ def collate_banded(
     if "aerial" in batch:
         batch["aerial"] = {"pixels": batch["aerial"], "band_mask": torch.from_numpy(masks)}
     return batch
+
+
+def footprint_crop(chip: np.ndarray, gsd_m: float | None, footprint_m: float) -> np.ndarray:
+    """The centre of ``chip [C, H, W]`` that covers ``footprint_m`` of ground, as the engine tiles.
+
+    The engine resamples every raster to the tower's GSD and cuts tiles of its size, so a tile
+    covers ``engine.contract.footprint_m`` whatever the sensor: a 30 m Landsat tile of 320 m is
+    about 11 real pixels. Dataset chips of coarse sensors cover more (32 px x 30 m = 960 m);
+    training and evaluation take their centre so they see what the engine will feed. Chips that
+    cover less than the footprint (very fine imagery) are returned whole.
+    """
+    if not gsd_m or not footprint_m or gsd_m <= 0:
+        return chip
+    side = max(2, int(round(footprint_m / float(gsd_m))))
+    h, w = chip.shape[-2:]
+    if side >= min(h, w) or min(h, w) * gsd_m < 1.25 * footprint_m:
+        return chip
+    top, left = (h - side) // 2, (w - side) // 2
+    return chip[..., top : top + side, left : left + side]

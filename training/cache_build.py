@@ -9,6 +9,7 @@ depthwise convolutions on this 2-core machine; on a GPU it runs in torch.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.contract import Modality
-from engine.errors import ModelContractError
+from engine.contract import Modality, footprint_m
+from engine.errors import InputError, ModelContractError
 from engine.preprocess import TextTokenizer
 
-from .band_match import dataset_bands, match_bands, rebanded
+from .band_match import dataset_bands, footprint_crop, match_bands, rebanded
 from .config import TrainConfig
 from .data.collate import collate_samples
 from .data.format import MANIFEST, chip_to_float, parse_ref
@@ -75,6 +76,9 @@ def ensure_cache(model: UniGeoCLIP, cfg: TrainConfig, root: str | Path) -> Featu
         return FeatureCache.open(folder)
     t0 = time.perf_counter()
     build_cache(model, cfg, Path(root), folder)
+    if cache_folder(model, cfg, root) != folder:  # the dataset was rewritten while we read it
+        shutil.rmtree(folder, ignore_errors=True)
+        raise InputError(f"{root} changed while its feature cache was built; run again")
     log.info("feature cache %s: built in %.0f s", folder, time.perf_counter() - t0)
     return FeatureCache.open(folder)
 
@@ -147,9 +151,11 @@ def manifest_rows(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _aerial_chip(row: dict[str, Any], ref: str, store: ChipStore, src: tuple, want: tuple):
-    """One aerial view in the tower's bands (a format-2 chip stores only its sensor's bands)."""
-    chip = chip_to_float(np.array(store.load(ref)))
+def _aerial_chip(row: dict[str, Any], ref: str, store: ChipStore, src: tuple, want: tuple,
+                 foot: float = 0.0):  # fmt: skip
+    """One aerial view in the tower's bands (a format-2 chip stores only its sensor's bands),
+    cut to the contract's footprint ``foot`` (:func:`~training.band_match.footprint_crop`)."""
+    chip = footprint_crop(chip_to_float(np.array(store.load(ref))), row.get("gsd_m"), foot)
     bands = tuple(b.lower() for b in (row.get("aerial_bands") or src))
     if len(bands) != chip.shape[0]:
         raise ModelContractError(
@@ -164,9 +170,10 @@ def _aerial(model, cfg, rows, store, src_bands, run, w: CacheWriter) -> None:
     want, augs = tuple(cfg.model.aerial.bands), view_ids(cfg.locked.views)
     views = [(i, ref) for i, r in enumerate(rows) for ref in (r.get("aerial") or [])]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feat", "trunk", "pix", "mask")}
+    foot = footprint_m(pre)
     for chunk in _chunks(views):
         samples = [{"sample_id": str(i), "lat": 0.0, "lon": 0.0,
-                    "aerial": _aerial_chip(rows[i], ref, store, src_bands, want)}
+                    "aerial": _aerial_chip(rows[i], ref, store, src_bands, want, foot)}
                    for i, ref in chunk]  # fmt: skip
         fixed, masks = rebanded(samples, want, want)
         pixels = collate_samples(fixed, {Modality.AERIAL: pre})["aerial"]
@@ -203,7 +210,9 @@ def _street(model, cfg, rows, store, run, w: CacheWriter) -> None:
 def _dsm(cfg, rows, store, w: CacheWriter) -> None:
     pre = preprocess_for(Modality.DSM, cfg.model)
     have = [i for i, r in enumerate(rows) if r.get("dsm")]
-    chips = {i: np.array(store.load(rows[i]["dsm"]), dtype=np.float32) for i in have}
+    foot = footprint_m(pre)
+    chips = {i: footprint_crop(np.array(store.load(rows[i]["dsm"]), dtype=np.float32),
+                               rows[i].get("gsd_m"), foot) for i in have}  # fmt: skip
     have = [i for i in have if np.isfinite(chips[i]).any()]  # all-nodata chips are unusable
     index = np.full(len(rows), -1, dtype=np.int32)
     index[have] = np.arange(len(have), dtype=np.int32)

@@ -90,6 +90,7 @@ def cache_inputs(cfg: TrainConfig) -> dict[str, Any]:
         "aerial": {k: getattr(m.aerial, k) for k in ("image_size", "bands", "mean", "std",
                                                        "split")},
         "pix_size": PIX_SIZE,
+        "footprint_crop": True,  # coarse chips cut to the contract footprint (band_match)
         "streetview": {k: getattr(m.streetview, k) for k in ("image_size", "mean", "std")},
         "dsm": {k: getattr(m.dsm, k) for k in ("image_size", "dsm_center", "dsm_scale_m")},
         "text": {k: getattr(m.text, k) for k in ("kind", "max_length", "lowercase")},

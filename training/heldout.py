@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.contract import SPECTRAL_BANDS
 
+from .band_match import footprint_crop
 from .cache_build import manifest_rows
 from .data.collate import _resize
 from .data.format import chip_to_float
@@ -62,8 +63,10 @@ def _canonical(chip: np.ndarray, bands: tuple[str, ...], size: int) -> np.ndarra
 def load_scene(
     root: str | Path, name: str, keep: Callable[[dict[str, Any]], bool], size: int = 64,
     dataset_bands: tuple[str, ...] = ("red", "green", "blue", "nir"), max_views: int = 32,
+    footprint: float = 320.0,
 ) -> Scene:  # fmt: skip
-    """The samples of ``root`` with aerial imagery for which ``keep(row)`` is true."""
+    """The samples of ``root`` with aerial imagery for which ``keep(row)`` is true, each view
+    cut to ``footprint`` metres (what the engine tiles; :func:`band_match.footprint_crop`)."""
     root = Path(root)
     store = ChipStore(root)
     rows = [r for r in manifest_rows(root) if r.get("aerial") and keep(r)]
@@ -71,8 +74,10 @@ def load_scene(
     for r in rows:
         bands = tuple(b.lower() for b in (r.get("aerial_bands") or dataset_bands))
         refs = r["aerial"][:max_views]
-        views.append(np.stack([_canonical(chip_to_float(np.array(store.load(x))), bands, size)
-                               for x in refs]))  # fmt: skip
+        g = r.get("gsd_m")
+        views.append(np.stack([
+            _canonical(footprint_crop(chip_to_float(np.array(store.load(x))), g, footprint),
+                       bands, size) for x in refs]))  # fmt: skip
         d = list(r.get("aerial_dates") or [])
         dates.append((d + [""] * len(refs))[: len(refs)])
     return Scene(name, rows, views, dates)

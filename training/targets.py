@@ -178,9 +178,11 @@ def cross_date(model: UniGeoModel, scene: Scene) -> dict[str, Any]:
     places that have both dates, and the R@1 are averaged weighted by places (chance = 1/n).
     """
     by_pair: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    dated = any(any(ds) for ds in scene.dates)
     for i, ds in enumerate(scene.dates):
-        # views without dates (format 1 datasets) are taken as one date each, in view order
-        ds = [d or f"view {j}" for j, d in enumerate(ds)] if not any(ds) else ds
+        # Format 1 datasets record no dates: their views are taken as one date each. In a
+        # dataset with dates, undated views are other crops of one image, not other dates.
+        ds = ds if dated else [f"view {j}" for j in range(len(ds))]
         for a in range(len(ds)):
             for b in range(a + 1, len(ds)):
                 if ds[a] and ds[b] and ds[a] != ds[b]:
