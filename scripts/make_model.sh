@@ -18,7 +18,9 @@ DATA=${DATA:-data-cache/dataset_v2}
 WORK=${WORK:-out/default_train}
 CONFIG=${CONFIG:-lit_cpu}
 HOLDOUT=${HOLDOUT:-havel_s2 sfbay_l7}
-THREADS=${THREADS:-$(nproc)}
+# One torch thread: on this shared 2-core machine a 2-thread step spin-waited 10x slower
+# under load than a 1-thread one (same losses); set THREADS=2 on an idle machine.
+THREADS=${THREADS:-1}
 OUT_BUNDLE=${OUT_BUNDLE:-resources/models/default}
 [ -f "$DATA/samples.parquet" ] || bash scripts/make_data.sh "$DATA"
 start=$(date +%s)

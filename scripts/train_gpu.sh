@@ -7,7 +7,8 @@
 #              default: the config's data.source, or "toy")
 #     STEPS    optimiser steps of stage 1 / of the run (default: the config's, 600 for `small`)
 #     --set    further config overrides
-# Environment: PY (python, default .venv/bin/python), CONFIG (default lit_gpu), DEVICE (default
+# Environment: PY (python, default .venv/bin/python), CONFIG (default lit_gpu; small when DATA
+# is "toy"), DEVICE (default
 # cuda; "cpu" runs the same code on the CPU, which only checks the script itself), NPROC (GPUs
 # for torchrun, end-to-end configs only), PEAK_TFLOPS (per-GPU dense bf16 peak for MFU, default
 # 989 = H100/H200 datasheet; end-to-end configs).
@@ -25,7 +26,8 @@ shift $(( $# < 3 ? $# : 3 ))
 PY=${PY:-.venv/bin/python}
 PEAK=${PEAK_TFLOPS:-989}
 NPROC=${NPROC:-1}
-CONFIG=${CONFIG:-lit_gpu}
+# the toy world only feeds end-to-end configs: `train_gpu.sh OUT toy` keeps meaning `small`
+if [ "$DATA" = toy ]; then CONFIG=${CONFIG:-small}; else CONFIG=${CONFIG:-lit_gpu}; fi
 DEVICE=${DEVICE:-cuda}
 OUT=$(realpath -m "$OUT")
 cd "$(dirname "$0")/.."

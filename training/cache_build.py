@@ -30,14 +30,15 @@ from .config import TrainConfig
 from .data.collate import collate_samples
 from .data.format import MANIFEST, chip_to_float, parse_ref
 from .data.reader import ChipStore
+from .domain import class_prompts
 from .effnet_towers import dihedral, view_ids
 from .feature_cache import (
     META,
     PIX_SIZE,
     CacheWriter,
     FeatureCache,
-    cache_inputs,
-    cache_key,
+    component_inputs,
+    component_key,
     data_fingerprint,
     module_fingerprint,
 )
@@ -62,25 +63,38 @@ def weights_fingerprints(model: UniGeoCLIP) -> dict[str, str]:
     return out
 
 
-def cache_folder(model: UniGeoCLIP, cfg: TrainConfig, root: str | Path) -> Path:
-    """Where the cache for this model, config and dataset lives (existing or not)."""
-    key = cache_key(cfg, data_fingerprint(root), weights_fingerprints(model))
-    return Path(cfg.locked.cache_dir) / key
+def cache_folders(model: UniGeoCLIP, cfg: TrainConfig, root: str | Path,
+                  data_fp: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """Where each cache component for this model, config and dataset lives (existing or not)."""
+    data_fp = data_fp or data_fingerprint(root)
+    w = weights_fingerprints(model)
+    mods = set(cfg.model.modalities)
+    comps = {"base": ""}
+    if "aerial" in mods:
+        comps["aerial"] = w.get("aerial", "")
+    if "streetview" in mods:
+        comps["street"] = w.get("streetview", "")
+    if "text" in mods:
+        comps["text"] = w.get("text", "")
+    base = Path(cfg.locked.cache_dir)
+    return {c: base / component_key(cfg, c, data_fp, fp) for c, fp in comps.items()}
 
 
 def ensure_cache(model: UniGeoCLIP, cfg: TrainConfig, root: str | Path) -> FeatureCache:
-    """Open the cache of (data, weights, config), building it first when it does not exist."""
-    folder = cache_folder(model, cfg, root)
-    if (folder / META).is_file():
-        log.info("feature cache %s: reused", folder)
-        return FeatureCache.open(folder)
-    t0 = time.perf_counter()
-    build_cache(model, cfg, Path(root), folder)
-    if cache_folder(model, cfg, root) != folder:  # the dataset was rewritten while we read it
-        shutil.rmtree(folder, ignore_errors=True)
-        raise InputError(f"{root} changed while its feature cache was built; run again")
-    log.info("feature cache %s: built in %.0f s", folder, time.perf_counter() - t0)
-    return FeatureCache.open(folder)
+    """Open the cache of (data, weights, config), building the missing components first."""
+    data_fp = data_fingerprint(root)
+    folders = cache_folders(model, cfg, root, data_fp)
+    missing = [c for c, f in folders.items() if not (f / META).is_file()]
+    if missing:
+        t0 = time.perf_counter()
+        build_cache(model, cfg, Path(root), {c: folders[c] for c in missing})
+        if data_fingerprint(root) != data_fp:  # the dataset was rewritten while we read it
+            for c in missing:
+                shutil.rmtree(folders[c], ignore_errors=True)
+            raise InputError(f"{root} changed while its feature cache was built; run again")
+        log.info("feature cache: built %s in %.0f s", ", ".join(missing), time.perf_counter() - t0)
+    log.info("feature cache: %s", ", ".join(f.name for f in folders.values()))
+    return FeatureCache.open(folders)
 
 
 class _Backbone(nn.Module):
@@ -114,6 +128,9 @@ def backbone_runner(tower: nn.Module, size: int, device: torch.device, tmp: Path
                       dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
+    # No spin-waiting between ops: on a shared CPU spinning threads stall each other (a
+    # 2-thread torch step ran 10x slower than a 1-thread one under load here).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = net(x)[1].numpy()
@@ -224,9 +241,20 @@ def _dsm(cfg, rows, store, w: CacheWriter) -> None:
     w.put_parts("dsm", parts, (0, 1, pre.size, pre.size), np.float16)
 
 
-def _text(model, cfg, rows, device, w: CacheWriter) -> list[str]:
+def _sample_texts(row: dict[str, Any], names: list[str]) -> list[str]:
+    """A sample's captions: the dataset's phrasings, and for a labelled sample the zero-shot
+    prompts of its class ("an aerial view of farm fields"; derived from the label, like the
+    dataset's own captions), so class prompts without a place name meet the imagery in training."""
+    texts = [t for t in (row.get("text") or []) if t and t.strip()]
+    lab = row.get("landuse")
+    if lab is not None and 0 <= lab < len(names) and row.get("aerial"):
+        texts += list(class_prompts([names[lab]])[names[lab]])
+    return texts
+
+
+def _text(model, cfg, rows, device, w: CacheWriter, names: list[str]) -> list[str]:
     tower, pre = model.towers["text"], preprocess_for(Modality.TEXT, cfg.model)
-    pairs = [(i, t) for i, r in enumerate(rows) for t in (r.get("text") or []) if t and t.strip()]
+    pairs = [(i, t) for i, r in enumerate(rows) for t in _sample_texts(r, names)]
     uniq = sorted({t for _, t in pairs})
     uid = {t: k for k, t in enumerate(uniq)}
     tok = TextTokenizer(tokenizer_path(cfg.model.text), pre.max_text_length, pre.lowercase)
@@ -250,40 +278,60 @@ def _text(model, cfg, rows, device, w: CacheWriter) -> list[str]:
     return uniq
 
 
-def build_cache(model: UniGeoCLIP, cfg: TrainConfig, root: Path, folder: Path) -> Path:
-    """Compute and publish the cache of every sample (all splits) of the dataset ``root``."""
-    mods = set(cfg.model.modalities)
-    rows = manifest_rows(root)
+def _build_one(comp: str, model: UniGeoCLIP, cfg: TrainConfig, root: Path, rows: list,
+               folder: Path, device: torch.device) -> None:  # fmt: skip
     store = ChipStore(root)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     w = CacheWriter(folder)
+    meta: dict[str, Any] = {"component": comp, "dataset": str(root),
+                            "inputs": component_inputs(cfg, comp)}  # fmt: skip
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if "aerial" in mods:
-                t = model.towers["aerial"]
-                run = backbone_runner(t, cfg.model.aerial.image_size, device, Path(tmp))
+            if comp == "aerial":
+                run = backbone_runner(model.towers["aerial"], cfg.model.aerial.image_size, device,
+                                      Path(tmp))  # fmt: skip
                 src = dataset_bands(root) or tuple(cfg.model.aerial.bands)
                 _aerial(model, cfg, rows, store, src, run, w)
-            if "streetview" in mods:
-                t = model.towers["streetview"]
-                run = backbone_runner(t, cfg.model.streetview.image_size, device, Path(tmp))
+            elif comp == "street":
+                run = backbone_runner(model.towers["streetview"], cfg.model.streetview.image_size,
+                                      device, Path(tmp))  # fmt: skip
                 _street(model, cfg, rows, store, run, w)
-        if "dsm" in mods:
-            _dsm(cfg, rows, store, w)
-        texts = _text(model, cfg, rows, device, w) if "text" in mods else []
-        w.put("lat", np.array([r["lat"] for r in rows], dtype=np.float64))
-        w.put("lon", np.array([r["lon"] for r in rows], dtype=np.float64))
-        w.put("landuse", np.array([-1 if r["landuse"] is None else r["landuse"] for r in rows],
-                                  dtype=np.int16))  # fmt: skip
-        meta: dict[str, Any] = {
-            **cache_inputs(cfg), "dataset": str(root), "texts": texts,
-            "sample_id": [r["sample_id"] for r in rows], "area": [r["area_id"] for r in rows],
-            "split": [r["split"] for r in rows],
-            "gps": [bool(r.get("gps_provenance")) for r in rows],
-            "groups": [r.get("groups") or [] for r in rows],
-            "dates": [r.get("aerial_dates") or [] for r in rows],
-        }  # fmt: skip
-        return w.publish(meta)
+            elif comp == "text":
+                meta["texts"] = _text(model, cfg, rows, device, w, class_names(root))
+            else:
+                _base(cfg, rows, store, w, meta)
+        w.publish(meta)
     except BaseException:
         w.abort()
         raise
+
+
+def _base(cfg: TrainConfig, rows: list, store: ChipStore, w: CacheWriter, meta: dict) -> None:
+    if "dsm" in cfg.model.modalities:
+        _dsm(cfg, rows, store, w)
+    w.put("lat", np.array([r["lat"] for r in rows], dtype=np.float64))
+    w.put("lon", np.array([r["lon"] for r in rows], dtype=np.float64))
+    w.put("landuse", np.array([-1 if r["landuse"] is None else r["landuse"] for r in rows],
+                              dtype=np.int16))  # fmt: skip
+    meta.update({
+        "sample_id": [r["sample_id"] for r in rows], "area": [r["area_id"] for r in rows],
+        "split": [r["split"] for r in rows], "gps": [bool(r.get("gps_provenance")) for r in rows],
+        "groups": [r.get("groups") or [] for r in rows],
+        "dates": [r.get("aerial_dates") or [] for r in rows],
+    })  # fmt: skip
+
+
+def class_names(root: Path) -> list[str]:
+    """The dataset's land-use class names (``dataset.json``)."""
+    import json
+
+    return list(json.loads((root / "dataset.json").read_text()).get("class_names", []))
+
+
+def build_cache(model: UniGeoCLIP, cfg: TrainConfig, root: Path, folders: dict[str, Path]) -> None:
+    """Compute and publish the given cache components for every sample (all splits) of ``root``."""
+    rows = manifest_rows(root)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    for comp, folder in folders.items():
+        t0 = time.perf_counter()
+        _build_one(comp, model, cfg, root, rows, folder, device)
+        log.info("feature cache %s: %.0f s", folder.name, time.perf_counter() - t0)

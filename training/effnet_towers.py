@@ -106,23 +106,28 @@ class AerialEffNetTower(_EffNetBase):
     def __init__(self, cfg: ImageTowerConfig, embed_dim: int) -> None:
         super().__init__(cfg)
         h = cfg.head_hidden
-        self.cnn_proj = nn.Sequential(nn.LayerNorm(FEATURE_DIM), nn.Linear(FEATURE_DIM, h))
+        # Both streams end in a LayerNorm of the same width, so neither dominates the fusion by
+        # scale (the spectral stream carries what ImageNet RGB features miss at 10-30 m).
+        self.cnn_proj = nn.Sequential(
+            nn.LayerNorm(FEATURE_DIM), nn.Linear(FEATURE_DIM, h), nn.GELU(), nn.LayerNorm(h)
+        )
         self.spectral: SpectralStream | None = None
+        self.spec_norm: nn.Module = nn.Identity()
         d_spec = 0
         if cfg.spectral_width > 0:
             self.spectral = SpectralStream(
-                cfg.bands, cfg.mean, cfg.std, cfg.spectral_width, h // 2, cfg.spectral_size
+                cfg.bands, cfg.mean, cfg.std, cfg.spectral_width, h, cfg.spectral_size
             )
-            d_spec = h // 2
+            self.spec_norm, d_spec = nn.LayerNorm(h), h
         self.fuse = _mlp(h + d_spec, h, embed_dim)
         init_weights(self.cnn_proj)
         init_weights(self.fuse)
 
     def head(self, feat: Tensor, pixels: Tensor, band_mask: Tensor) -> Tensor:
         """Embedding from the pooled CNN feature and the chip's bands (after the cache)."""
-        z = nn.functional.gelu(self.cnn_proj(feat))
+        z = self.cnn_proj(feat)
         if self.spectral is not None:
-            z = torch.cat([z, self.spectral(pixels, band_mask)], dim=1)
+            z = torch.cat([z, self.spec_norm(self.spectral(pixels, band_mask))], dim=1)
         return l2_normalize(self.fuse(z))
 
     def head_from_trunk(self, trunk: Tensor, pixels: Tensor, band_mask: Tensor) -> Tensor:

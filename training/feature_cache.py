@@ -1,11 +1,12 @@
 """The locked-image feature cache: what the frozen backbones compute, once, fp16 on disk.
 
-A cache is one folder ``<cache_dir>/<key>/`` whose key is the sha256 of everything its contents
-depend on: the dataset's files (:func:`data_fingerprint`), the backbones' weights
-(:func:`module_fingerprint` of the aerial/street CNN and the text encoder), the towers'
-preprocessing, the augmented views and the backbone split. Change any of them and the key
-changes, so a stale cache is never read; an unchanged rebuild finds its cache and skips the
-backbones entirely. ``meta.json`` is written last: a folder without it is incomplete and rebuilt.
+A cache is one folder per component (:data:`COMPONENTS`), ``<cache_dir>/<component>-<key>/``,
+whose key is the sha256 of everything its contents depend on: the dataset's files
+(:func:`data_fingerprint`), the frozen weights it ran (:func:`module_fingerprint` of the
+aerial/street CNN or the text encoder), the preprocessing, the augmented views and the backbone
+split. Change any of them and that key changes, so a stale cache is never read; an unchanged
+rebuild finds its cache and skips the backbones entirely. ``meta.json`` is written last: a
+folder without it is incomplete and rebuilt.
 
 Arrays (``N`` samples; ``V`` aerial chip views, i.e. dates; ``A`` augmented views):
 
@@ -81,50 +82,77 @@ def module_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_inputs(cfg: TrainConfig) -> dict[str, Any]:
-    """The config values a cache's contents depend on (besides data and weights)."""
+COMPONENTS = ("base", "aerial", "street", "text")
+"""A cache is one folder per component, each keyed separately, so a change to one (say the
+text prompts) rebuilds that one only: ``base`` (per-sample metadata, coordinates, labels,
+DSM chips), ``aerial``, ``street`` (frozen CNN outputs), ``text`` (frozen text-encoder outputs)."""
+TEXT_VERSION = 2  # bump when the captions a sample gets change (see cache_build._sample_texts)
+
+
+def component_inputs(cfg: TrainConfig, component: str) -> dict[str, Any]:
+    """The config values one component's contents depend on (besides data and weights)."""
     m, lk = cfg.model, cfg.locked
-    return {
-        "format": CACHE_FORMAT,
-        "modalities": list(m.modalities),
-        "aerial": {k: getattr(m.aerial, k) for k in ("image_size", "bands", "mean", "std",
-                                                       "split")},
-        "pix_size": PIX_SIZE,
-        "footprint_crop": True,  # coarse chips cut to the contract footprint (band_match)
-        "streetview": {k: getattr(m.streetview, k) for k in ("image_size", "mean", "std")},
-        "dsm": {k: getattr(m.dsm, k) for k in ("image_size", "dsm_center", "dsm_scale_m")},
-        "text": {k: getattr(m.text, k) for k in ("kind", "max_length", "lowercase")},
-        "views": lk.views,
-        "street_views": lk.street_views,
-    }  # fmt: skip
+    if component == "aerial":
+        return {"aerial": {k: getattr(m.aerial, k) for k in ("image_size", "bands", "mean", "std",
+                                                              "split")},
+                "pix_size": PIX_SIZE, "views": lk.views,
+                "footprint_crop": True}  # coarse chips cut to the contract footprint  # fmt: skip
+    if component == "street":
+        return {"street": {k: getattr(m.streetview, k) for k in ("image_size", "mean", "std")},
+                "street_views": lk.street_views}  # fmt: skip
+    if component == "text":
+        return {"text": {k: getattr(m.text, k) for k in ("kind", "max_length", "lowercase")},
+                "text_version": TEXT_VERSION}  # fmt: skip
+    return {"dsm": {k: getattr(m.dsm, k) for k in ("image_size", "dsm_center", "dsm_scale_m")},
+            "footprint": m.aerial.image_size * m.aerial.gsd_m}  # fmt: skip
 
 
-def cache_key(cfg: TrainConfig, data_fp: str, weights_fp: dict[str, str]) -> str:
-    """The cache folder name: sha256 of data, weights and :func:`cache_inputs`."""
-    doc = {"data": data_fp, "weights": weights_fp, "inputs": cache_inputs(cfg)}
+def cache_inputs(cfg: TrainConfig) -> dict[str, Any]:
+    """Every component's config inputs (recorded in the base component's metadata)."""
+    return {"format": CACHE_FORMAT, **{c: component_inputs(cfg, c) for c in COMPONENTS}}
+
+
+def component_key(cfg: TrainConfig, component: str, data_fp: str, weights_fp: str = "") -> str:
+    """A component's folder name: ``<component>-`` + sha256 of data, weights and inputs."""
+    doc = {"format": CACHE_FORMAT, "data": data_fp, "weights": weights_fp,
+           "inputs": component_inputs(cfg, component)}  # fmt: skip
     text = json.dumps(doc, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return f"{component}-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @dataclass
 class FeatureCache:
-    """An opened cache: arrays memory-mapped read-only, per-sample metadata in memory."""
+    """An opened cache: the components' arrays memory-mapped read-only, metadata in memory."""
 
-    folder: Path
+    folders: dict[str, Path]
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, folder: str | Path) -> FeatureCache:
-        folder = Path(folder)
-        meta_path = folder / META
-        if not meta_path.is_file():
-            raise InputError(f"{folder} is not a complete feature cache (no {META})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != CACHE_FORMAT:
-            raise InputError(f"{folder}: cache format {meta.get('format')} != {CACHE_FORMAT}")
-        arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
-        return cls(folder, meta, arrays)
+    def open(cls, folders: dict[str, Path]) -> FeatureCache:
+        """Open the component folders (``base`` required: it holds the metadata)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {}
+        for comp, folder in folders.items():
+            meta_path = Path(folder) / META
+            if not meta_path.is_file():
+                raise InputError(f"{folder} is not a complete feature cache (no {META})")
+            m = json.loads(meta_path.read_text(encoding="utf-8"))
+            if m.get("format") != CACHE_FORMAT:
+                raise InputError(f"{folder}: cache format {m.get('format')} != {CACHE_FORMAT}")
+            if comp == "base":
+                meta = m
+            elif "texts" in m:
+                meta["texts"] = m["texts"]
+            arrays.update({p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))})
+        if "sample_id" not in meta:
+            raise InputError("a feature cache needs its base component (sample metadata)")
+        return cls(dict(folders), meta, arrays)
+
+    @property
+    def folder(self) -> Path:
+        """The base component's folder (what logs and checkpoints name)."""
+        return self.folders["base"]
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
@@ -158,6 +186,7 @@ class CacheWriter:
         self.put(name, arr.astype(dtype, copy=False))
 
     def publish(self, meta: dict[str, Any]) -> Path:
+        meta = {"format": CACHE_FORMAT, **meta}
         (self.stage / META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
         if self.target.exists():
             shutil.rmtree(self.target)

@@ -125,7 +125,7 @@ class LockedTrainer:
         emb = embed_cached(self.model, batch, self.stage)
         view = emb.pop("aerial_view", None)
         scale = self.model.temperature_scale()
-        out = self.loss_fn(emb, batch["mask"], scale, self.model.logit_bias)
+        out = self.loss_fn(emb, batch["mask"], scale, self.model.logit_bias, batch.get("groups"))
         total, stats = out.total, dict(out.pairs)
         if view is not None and "aerial" in batch["mask"]:
             v = infonce_pair(emb["aerial"], view, batch["mask"]["aerial"], scale)

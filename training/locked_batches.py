@@ -109,6 +109,10 @@ class CachedBatches:
             rows, mask["text"] = self._pick(self.text, idx, rng)
             uid = np.asarray(c["text_uid"])[rows]
             out["text"] = torch.from_numpy(np.asarray(c["text_feat"][uid], dtype=np.float32))
+            # a caption shared by two samples makes them no negatives of each other
+            out["groups"] = {
+                "text": torch.from_numpy(np.where(mask["text"], uid, -1 - np.arange(len(idx))))
+            }
         if "dsm" in self.mods and c.has("dsm"):
             di = np.asarray(c["dsm_index"])[idx]
             mask["dsm"] = di >= 0

@@ -7,6 +7,7 @@ indices per pixel (NDVI, NDWI, MNDWI, NDBI), and summarises the chip by
 
 * per-band and per-index mean and standard deviation,
 * per-index fractions above 0 (water for NDWI/MNDWI, vegetation for NDVI, built-up for NDBI),
+* per-band and per-index histograms (share of the chip's pixels in each of 8 bins),
 * a small learned per-pixel network (1x1 convolutions) pooled by mean and max,
 
 then projects them with an MLP. A band the sensor lacks is *masked*: its values, every index that
@@ -67,6 +68,20 @@ def _masked_moments(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     return mean * m, std * m
 
 
+def _histogram(x: Tensor, m: Tensor, lo: float, hi: float, bins: int) -> Tensor:
+    """Share of pixels per bin of ``[lo, hi]`` for each channel, times presence: ``[B, C*bins]``.
+
+    Written with comparisons (differences of "share above edge") so it exports to plain ONNX;
+    the outer bins also take the values beyond ``lo`` / ``hi``.
+    """
+    edges = torch.linspace(lo, hi, bins + 1, dtype=x.dtype, device=x.device)[1:-1]
+    above = (x.unsqueeze(2) >= edges.view(1, 1, -1, 1, 1)).to(x.dtype).mean(dim=(3, 4))
+    ones = torch.ones_like(above[:, :, :1])
+    zeros = torch.zeros_like(above[:, :, :1])
+    share = torch.cat([ones, above], 2) - torch.cat([above, zeros], 2)  # [B, C, bins]
+    return (share * m.unsqueeze(2)).flatten(1)
+
+
 class SpectralStream(nn.Module):
     """Spectral features of a chip: ``(pixels normalised, band_mask) -> [B, out_dim]``.
 
@@ -76,6 +91,8 @@ class SpectralStream(nn.Module):
         width: channels of the per-pixel network.
         out_dim: output width.
         size: side the chip is average-pooled to first (statistics barely change, cost does).
+        bins: histogram bins per band (over [0, 1]) and per index (over [-1, 1]): the share of
+            the chip's pixels in each, a distribution the mean and std alone do not give.
     """
 
     def __init__(
@@ -86,6 +103,7 @@ class SpectralStream(nn.Module):
         width: int = 64,
         out_dim: int = 256,
         size: int = 16,
+        bins: int = 8,
     ) -> None:
         super().__init__()
         if len(bands) != len(mean) or len(bands) != len(std):
@@ -96,12 +114,13 @@ class SpectralStream(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
         pix_in = 2 * (c + k)  # values and presence flags
+        self.bins = bins
         # Per-pixel MLP as Linear layers on [B, pixels, channels]: the same as 1x1 convolutions,
         # but one GEMM each (torch's CPU 1x1 convolution was 10x slower here, in training).
         self.pixel = nn.Sequential(
             nn.Linear(pix_in, width), nn.GELU(), nn.Linear(width, width), nn.GELU()
         )
-        n_stats = 2 * c + 3 * k + c + k + 2 * width
+        n_stats = 2 * c + 3 * k + c + k + 2 * width + bins * (c + k)
         self.mlp = nn.Sequential(
             nn.LayerNorm(n_stats), nn.Linear(n_stats, out_dim), nn.GELU(),
             nn.Linear(out_dim, out_dim),
@@ -114,7 +133,8 @@ class SpectralStream(nn.Module):
 
     def features(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
         """The chip summary before the MLP, in this order: band means, band stds, index means,
-        index stds, index fractions above 0, band flags, index flags, pooled pixel network."""
+        index stds, index fractions above 0, band flags, index flags, pooled pixel network,
+        band histograms, index histograms."""
         x = self.raw(pixels)
         if x.shape[-1] != self.size:
             x = F.adaptive_avg_pool2d(x, self.size)
@@ -129,7 +149,8 @@ class SpectralStream(nn.Module):
         pix = torch.cat([x, idx, flags[:, :, None, None].expand(-1, -1, *hw)], dim=1)
         h = self.pixel(pix.flatten(2).transpose(1, 2))  # [B, H*W, width]
         pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
-        return torch.cat([b_mean, b_std, i_mean, i_std, i_frac, flags, pooled], dim=1)
+        hists = [_histogram(x, m, 0.0, 1.0, self.bins), _histogram(idx, im, -1.0, 1.0, self.bins)]
+        return torch.cat([b_mean, b_std, i_mean, i_std, i_frac, flags, pooled, *hists], dim=1)
 
     def forward(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
         return self.mlp(self.features(pixels, band_mask))

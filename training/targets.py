@@ -204,10 +204,11 @@ def cross_date(model: UniGeoModel, scene: Scene) -> dict[str, Any]:
 
 
 def pair_retrieval(model: UniGeoModel, scene: Scene, emb: np.ndarray) -> dict[str, Any]:
-    """aerial <-> GPS and aerial <-> text R@10 within the scene (caption ties are hits)."""
+    """aerial <-> GPS and aerial <-> text R@10 within the scene (identical captions are hits)."""
     lat = np.array(scene.column("lat"), dtype=np.float64)
     lon = np.array(scene.column("lon"), dtype=np.float64)
-    caps = [(r.get("text") or [""])[0] for r in scene.rows]
+    # the most specific phrasing (the longest: cover shares, elevation, place) of each sample
+    caps = [max(r.get("text") or [""], key=len) for r in scene.rows]
     gps = model.encode_gps(lat, lon)
     txt = model.encode_text(caps)
     groups = caption_groups(caps)

@@ -107,6 +107,11 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
     src = dataset_bands(root) or ("red", "green", "blue", "nir")
     scenes = [load_scene(root, a, lambda r, a=a: r["area_id"] == a, dataset_bands=src)
               for a in holdout]  # fmt: skip
+    # places never trained on inside the training areas (spatial test blocks), all areas pooled
+    scenes.append(load_scene(
+        root, "test split (places never trained on)",
+        lambda r: r["split"] == "test" and r["area_id"] not in holdout
+        and r["area_id"] != "global_bluemarble", dataset_bands=src))  # fmt: skip
     dates = load_scene(
         root,
         "test split, multi-date",

@@ -94,35 +94,61 @@ def test_cache_holds_what_the_frozen_backbone_computes(built, synth):
 def test_cache_is_reused_and_invalidated_by_data_and_backbone(built, synth, tmp_path):
     import shutil
 
-    from training.cache_build import cache_folder
+    from training.cache_build import cache_folders
 
     model, cfg, cache = built
-    same = cache_folder(model, cfg, synth)
-    assert same == cache.folder  # unchanged data and weights: the same cache
-    # the data change: one byte of one chip file
+    assert cache_folders(model, cfg, synth) == cache.folders  # same data and weights: reused
+    assert set(cache.folders) == {"base", "aerial", "street", "text"}
+    # the data change: one byte of one chip file changes every component
     data2 = tmp_path / "ds2"
     shutil.copytree(synth, data2)
     shard = sorted((data2 / "aerial").glob("*.npy"))[0]
     arr = np.load(shard)
     arr.flat[-1] = (int(arr.flat[-1]) + 1) % 255 if arr.dtype == np.uint8 else arr.flat[-1] * 0.5
     np.save(shard, arr)
-    assert cache_folder(model, cfg, data2).name != cache.folder.name
-    # the backbone change: one weight of the locked aerial CNN
+    changed = cache_folders(model, cfg, data2)
+    assert all(changed[c].name != cache.folders[c].name for c in cache.folders)
+    # the backbone change: one weight of the locked aerial CNN -> the aerial features only
     with torch.no_grad():
         model.towers["aerial"].backbone._blocks[3]._project_conv.weight[0, 0, 0, 0] += 1e-3
     try:
-        assert cache_folder(model, cfg, synth).name != cache.folder.name
+        f = cache_folders(model, cfg, synth)
+        assert f["aerial"] != cache.folders["aerial"]
+        assert {c: f[c] for c in ("base", "street", "text")} == {
+            c: cache.folders[c] for c in ("base", "street", "text")
+        }
     finally:
         with torch.no_grad():
             model.towers["aerial"].backbone._blocks[3]._project_conv.weight[0, 0, 0, 0] -= 1e-3
-    assert cache_folder(model, cfg, synth) == cache.folder
+    assert cache_folders(model, cfg, synth) == cache.folders
+    # the text encoder is part of the text key
+    with torch.no_grad():
+        next(model.towers["text"].encoder.parameters()).view(-1)[0] += 1e-3
+    try:
+        assert cache_folders(model, cfg, synth)["text"] != cache.folders["text"]
+    finally:
+        with torch.no_grad():
+            next(model.towers["text"].encoder.parameters()).view(-1)[0] -= 1e-3
     # a head is not cached: changing it keeps the cache
     with torch.no_grad():
         model.towers["aerial"].fuse[0].weight.add_(1.0)
-    assert cache_folder(model, cfg, synth) == cache.folder
-    # and the augmented views are part of the key
+    assert cache_folders(model, cfg, synth) == cache.folders
+    # and the augmented views are part of the aerial key
     other = lit_config(synth, Path(cfg.locked.cache_dir), locked={"views": 3})
-    assert cache_folder(model, other, synth).name != cache.folder.name
+    f = cache_folders(model, other, synth)
+    assert f["aerial"] != cache.folders["aerial"] and f["text"] == cache.folders["text"]
+
+
+def test_labelled_samples_get_their_class_prompts_as_captions(built):
+    _, _, cache = built
+    texts = cache.meta["texts"]
+    assert "an aerial view of forest" in texts or "an aerial view of water" in texts
+    lab = np.asarray(cache["landuse"])
+    owner = np.asarray(cache["text_sample"])
+    uid = np.asarray(cache["text_uid"])
+    prompts = {i for i, t in enumerate(texts) if t.startswith("an aerial view of ")}
+    with_prompt = {int(owner[k]) for k in range(len(owner)) if int(uid[k]) in prompts}
+    assert with_prompt and all(lab[i] >= 0 for i in with_prompt)
 
 
 def test_stage1_stage2_export_engine_parity(synth, tmp_path):

@@ -93,3 +93,17 @@ def test_stream_pools_to_its_size(size):
     s = SpectralStream(BANDS, MEAN, STD, width=8, out_dim=16, size=8)
     out = s(torch.randn(2, 6, size, size), torch.ones(2, 6))
     assert out.shape == (2, 16) and torch.isfinite(out).all()
+
+
+def test_histograms_count_pixels_per_bin():
+    from training.spectral import _histogram
+
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, :, :2] = 0.05  # half the pixels in bin 0 of [0, 1] (8 bins)
+    x[0, 0, :, 2:] = 0.95  # half in bin 7
+    x[0, 1] = 1.0  # the top edge belongs to the last bin
+    h = _histogram(x, torch.tensor([[1.0, 0.0]]), 0.0, 1.0, 8).view(2, 8)
+    assert h[0].tolist() == [0.5, 0, 0, 0, 0, 0, 0, 0.5]
+    assert h[1].sum() == 0  # an absent band: masked
+    h1 = _histogram(x, torch.ones(1, 2), 0.0, 1.0, 8).view(2, 8)
+    assert h1[1].tolist() == [0, 0, 0, 0, 0, 0, 0, 1.0]
