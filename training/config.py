@@ -110,6 +110,8 @@ class ModelConfig:
     init_logit_scale: float = 2.6593  # log(1/0.07), CLIP's starting temperature
     max_logit_scale: float = 4.6052  # log(100): clamp so the temperature cannot collapse
     init_logit_bias: float = -10.0  # sigmoid loss only: SigLIP's starting bias
+    label_classes: int = 0  # > 0: a linear land-use head on the aerial embedding (training only)
+    spectral_recon: bool = False  # a linear decoder of the chip's spectral statistics (training)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class LockedConfig:
     stage2_steps: int = 0  # stage 2: fine-tune the backbone blocks after model.aerial.split
     stage2_lr: float = 1e-4  # peak learning rate of the unfrozen backbone blocks
     band_dropout: float = 0.3  # chance to hide each present non-RGB band of a training chip
+    label_weight: float = 0.0  # weight of the land-use cross-entropy (model.label_classes > 0)
+    view_weight: float = 1.0  # weight of the same-place term (two dates / views of one chip)
+    recon_weight: float = 0.0  # weight of decoding the chip statistics from the aerial embedding
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,14 @@ class SameConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, **kw: object) -> None:
-        super().__init__(c_in, c_out, kernel, stride, padding=0, **kw)  # type: ignore[arg-type]
+        # stride 1, odd kernel: TF's SAME is the symmetric k // 2, done by the convolution itself
+        # (no Pad node in the exported graph: 12 of Lite0's 17 convolutions)
+        pad = kernel // 2 if stride == 1 and kernel % 2 else 0
+        super().__init__(c_in, c_out, kernel, stride, padding=pad, **kw)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.padding != (0, 0):
+            return super().forward(x)
         pads = []
         for size in (int(x.shape[-1]), int(x.shape[-2])):  # F.pad order: last axis first
             s, k = self.stride[0], self.kernel_size[0]

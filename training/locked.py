@@ -36,7 +36,6 @@ from .model import UniGeoCLIP
 from .sampler import GeoClusteredBatchSampler
 
 log = logging.getLogger(__name__)
-VIEW_WEIGHT = 1.0  # weight of the same-place aerial view term beside each modality pair
 
 
 def train_indices(cache: FeatureCache, cfg: TrainConfig) -> np.ndarray:
@@ -129,9 +128,25 @@ class LockedTrainer:
         total, stats = out.total, dict(out.pairs)
         if view is not None and "aerial" in batch["mask"]:
             v = infonce_pair(emb["aerial"], view, batch["mask"]["aerial"], scale)
-            n = max(1, len(out.pairs))
-            total = (total * n + VIEW_WEIGHT * v) / (n + VIEW_WEIGHT)
+            n, vw = max(1, len(out.pairs)), self.cfg.locked.view_weight
+            total = (total * n + vw * v) / (n + vw)
             stats["aerial-view"] = float(v.detach())
+        rw, rec = self.cfg.locked.recon_weight, self.model.recon_head
+        if rw > 0 and rec is not None and "aerial" in emb:
+            a, ok = batch["aerial"], batch["mask"]["aerial"]
+            with torch.no_grad():
+                target = self.model.towers["aerial"].spectral.summary(a["pixels"], a["band_mask"])
+            mse = nn.functional.mse_loss(rec(emb["aerial"][ok]), target[ok]) * target.shape[1]
+            total = total + rw * mse
+            stats["spectral-recon"] = float(mse.detach())
+        w, head = self.cfg.locked.label_weight, self.model.label_head
+        if w > 0 and head is not None and "aerial" in emb:
+            lab = batch["landuse"]
+            ok = (lab >= 0) & (lab < head.out_features) & batch["mask"]["aerial"]
+            if bool(ok.any()):
+                ce = nn.functional.cross_entropy(head(emb["aerial"][ok]), lab[ok])
+                total = total + w * ce
+                stats["landuse-ce"] = float(ce.detach())
         return total, stats
 
     def train_step(self, order: list[int], rng: np.random.Generator) -> dict[str, float]:

@@ -127,6 +127,7 @@ class CachedBatches:
             out["gps"] = torch.from_numpy(ll.astype(np.float32))
             mask["gps"] = self.gps[idx]
         out["mask"] = {k: torch.from_numpy(np.asarray(v, dtype=bool)) for k, v in mask.items()}
+        out["landuse"] = torch.from_numpy(np.asarray(c["landuse"])[idx].astype(np.int64))
         return out
 
 

@@ -131,10 +131,7 @@ class SpectralStream(nn.Module):
         """Undo the engine's normalisation: band values back in [0, 1]."""
         return (pixels * self.std + self.mean).clamp(0.0, 1.0)
 
-    def features(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
-        """The chip summary before the MLP, in this order: band means, band stds, index means,
-        index stds, index fractions above 0, band flags, index flags, pooled pixel network,
-        band histograms, index histograms."""
+    def _parts(self, pixels: Tensor, band_mask: Tensor) -> dict[str, Tensor]:
         x = self.raw(pixels)
         if x.shape[-1] != self.size:
             x = F.adaptive_avg_pool2d(x, self.size)
@@ -148,9 +145,34 @@ class SpectralStream(nn.Module):
         flags = torch.cat([m, im], dim=1)
         pix = torch.cat([x, idx, flags[:, :, None, None].expand(-1, -1, *hw)], dim=1)
         h = self.pixel(pix.flatten(2).transpose(1, 2))  # [B, H*W, width]
-        pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
-        hists = [_histogram(x, m, 0.0, 1.0, self.bins), _histogram(idx, im, -1.0, 1.0, self.bins)]
-        return torch.cat([b_mean, b_std, i_mean, i_std, i_frac, flags, pooled, *hists], dim=1)
+        return {
+            "b_mean": b_mean, "b_std": b_std, "i_mean": i_mean, "i_std": i_std,
+            "i_frac": i_frac, "flags": flags,
+            "pooled": torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1),
+            "b_hist": _histogram(x, m, 0.0, 1.0, self.bins),
+            "i_hist": _histogram(idx, im, -1.0, 1.0, self.bins),
+        }  # fmt: skip
+
+    def features(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
+        """The chip summary before the MLP, in this order: band means, band stds, index means,
+        index stds, index fractions above 0, band flags, index flags, pooled pixel network,
+        band histograms, index histograms."""
+        return torch.cat(list(self._parts(pixels, band_mask).values()), dim=1)
+
+    def summary(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
+        """The fixed (unlearned) statistics of the chip: moments, index shares, histograms.
+
+        What the locked trainer asks the embedding to keep linearly recoverable
+        (``locked.recon_weight``), so a few-shot linear probe on the embedding has at least what
+        a probe on pixel statistics has."""
+        p = self._parts(pixels, band_mask)
+        keys = ("b_mean", "b_std", "i_mean", "i_std", "i_frac", "b_hist", "i_hist")
+        return torch.cat([p[k] for k in keys], dim=1)
+
+    @property
+    def summary_dim(self) -> int:
+        c, k = len(self.mean.view(-1)), len(self.pairs)
+        return 2 * c + 3 * k + self.bins * (c + k)
 
     def forward(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
         return self.mlp(self.features(pixels, band_mask))

@@ -207,8 +207,7 @@ def pair_retrieval(model: UniGeoModel, scene: Scene, emb: np.ndarray) -> dict[st
     """aerial <-> GPS and aerial <-> text R@10 within the scene (identical captions are hits)."""
     lat = np.array(scene.column("lat"), dtype=np.float64)
     lon = np.array(scene.column("lon"), dtype=np.float64)
-    # the most specific phrasing (the longest: cover shares, elevation, place) of each sample
-    caps = [max(r.get("text") or [""], key=len) for r in scene.rows]
+    caps = specific_captions(scene)
     gps = model.encode_gps(lat, lon)
     txt = model.encode_text(caps)
     groups = caption_groups(caps)
@@ -218,6 +217,16 @@ def pair_retrieval(model: UniGeoModel, scene: Scene, emb: np.ndarray) -> dict[st
     for k, r in out.items():
         r["chance@10"] = chance_at_k(groups if "text" in k else np.arange(len(caps)), 10)
     return out
+
+
+def specific_captions(scene: Scene) -> list[str]:
+    """Each sample's most specific phrasing: the one the fewest samples of the scene share
+    (then the longest): cover shares and elevation rather than the scene-wide climate line."""
+    from collections import Counter
+
+    texts = [list(r.get("text") or [""]) for r in scene.rows]
+    freq = Counter(t for ts in texts for t in set(ts))
+    return [min(ts, key=lambda t: (freq[t], -len(t))) for ts in texts]
 
 
 def chance_at_k(groups: np.ndarray, k: int) -> float:

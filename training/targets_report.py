@@ -79,6 +79,9 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "## Bundle", "", head, sep,
               "| size (MB) | " + " | ".join(_f(res["bundles"][k]["size_mb"], 1) for k in keys)
               + " | ≤ 60 |"]  # fmt: skip
+    if "e2e_tiles_per_s" in res:
+        lines.append("| end-to-end tiles/s, demo scene (embed_raster, interleaved) | "
+                     + " | ".join(_f(res["e2e_tiles_per_s"][k], 0) for k in keys) + " | |")  # fmt: skip
     if "speed_chips_per_s" in res:
         lines.append("| aerial chips/s (encode_tiles, interleaved) | "
                      + " | ".join(_f(res["speed_chips_per_s"][k], 0) for k in keys) + " | |")  # fmt: skip
