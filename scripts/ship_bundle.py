@@ -101,6 +101,17 @@ def assemble(
     return stage
 
 
+def store_fp16(stage: Path, tower: str) -> None:
+    """Store ``tower``'s weights as fp16 in the staged bundle (checked: min cosine 0.9999 and
+    batch-independent, see training.weight_storage) and drop the fp32 file it replaces."""
+    from training.weight_storage import rewrite_bundle_tower
+
+    src = stage / BundleSpec.read(stage).encoders[Modality(tower)]
+    dst = rewrite_bundle_tower(stage, tower)
+    src.unlink()
+    print(f"ship: {tower} weights stored as fp16: {dst.name} ({dst.stat().st_size / 1e6:.1f} MB)")
+
+
 def check(stage: Path, max_mb: float) -> float:
     from engine.model import UniGeoModel
 
@@ -143,11 +154,19 @@ def main() -> int:
         help="modalities shipped as the plain fp32 export even if an .opt.onnx exists",
     )
     ap.add_argument("--max-mb", type=float, default=60.0)
+    ap.add_argument(
+        "--w16",
+        nargs="*",
+        default=[],
+        help="towers whose weights are stored as fp16 (training.weight_storage)",
+    )
     ap.add_argument("--description", default="")
     a = ap.parse_args()
     ev = evaluation(a.targets, a.zero_shot_scene) if a.targets else None
     stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description, a.plain,
                      tuple(a.holdout), ev)  # fmt: skip
+    for tower in a.w16:
+        store_fp16(stage, tower)
     size = check(stage, a.max_mb)
     old = a.out.with_name(a.out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -186,7 +186,7 @@ def export_variants(
         v = path.with_suffix(f".{kind}.onnx")
         if kind == "int8":
             opt = path.with_suffix(".opt.onnx")
-            src = opt if method == "matmul" and opt.is_file() else path
+            src = opt if method in ("matmul", "embedding") and opt.is_file() else path
             quantize_int8(src, v, method, calib if calib is not None else inputs)
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
