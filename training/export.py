@@ -310,10 +310,11 @@ def int8_methods(int8: bool | str | dict[str, str], mods: list[Modality]) -> dic
 
 
 def _parse_int8(values: list[str] | None) -> dict[str, str]:
-    """CLI ``--int8 [METHOD] [MODALITY=METHOD ...]``; a bare ``--int8`` means dynamic."""
+    """CLI ``--int8 [METHOD] [MODALITY=METHOD ...]``; a bare ``--int8`` means dynamic for every
+    tower, ``MODALITY=METHOD`` entries alone quantise those towers only."""
     if values is None:
         return {}
-    out = {"*": "dynamic"} if not values or "=" in values[0] else {"*": values[0]}
+    out = {"*": "dynamic"} if not values else ({} if "=" in values[0] else {"*": values[0]})
     out.update(v.split("=", 1) for v in values if "=" in v)
     return out
 
