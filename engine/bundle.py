@@ -18,7 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .contract import BUNDLE_FILE, META_SPEC_KEY, BundleSpec, EncoderSpec, Modality
+from .contract import (
+    BUNDLE_FILE,
+    META_SPEC_KEY,
+    BundleSpec,
+    EncoderSpec,
+    Modality,
+    check_footprints,
+)
 from .errors import ModelContractError
 
 # The engine has no `onnx` dependency, so the top-level protobuf fields are read here.
@@ -321,6 +328,7 @@ def load_bundle(folder: str | Path) -> LoadedBundle:
         headers[modality] = check_runtime_support(path)
         specs[modality] = _encoder_spec(spec, modality, path, headers[modality])
         files[modality] = path
+    check_footprints(specs, str(folder / BUNDLE_FILE))
     tok = None
     if Modality.TEXT in spec.encoders:
         tok = folder / spec.tokenizer

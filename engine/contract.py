@@ -19,8 +19,14 @@ from typing import Any
 
 from .errors import ModelContractError
 
-FORMAT_VERSION = 1
-"""Version of this contract. The engine refuses files with a newer format version."""
+FORMAT_VERSION = 2
+"""Version of this contract. The engine refuses files with a newer format version.
+
+Version 2 (2026-12): the aerial encoder takes a second input, ``band_mask`` ``[batch, bands]``
+(1 = the sensor has the band, 0 = it does not), so one encoder serves sensors with and without
+e.g. SWIR; and a bundle's aerial and DSM encoders cover one ground footprint
+(:func:`footprint_m`). Version 1 files (aerial input ``pixels`` only) still load.
+"""
 
 META_SPEC_KEY = "unigeo.spec"
 """ONNX ``metadata_props`` key whose value is the JSON-encoded :class:`EncoderSpec`."""
@@ -48,19 +54,59 @@ class Modality(str, Enum):
 
 # Input tensor names and dtypes per modality; export must use exactly these.
 INPUT_NAMES: dict[Modality, tuple[str, ...]] = {
-    Modality.AERIAL: ("pixels",),
+    Modality.AERIAL: ("pixels", "band_mask"),
     Modality.STREETVIEW: ("pixels",),
     Modality.DSM: ("heights",),
     Modality.TEXT: ("input_ids", "attention_mask"),
     Modality.GPS: ("latlon",),
 }
+# What format version 1 used where it differed: its aerial encoder had no band mask.
+_V1_INPUT_NAMES: dict[Modality, tuple[str, ...]] = {Modality.AERIAL: ("pixels",)}
 INPUT_DTYPES: dict[str, str] = {
     "pixels": "float32",
+    "band_mask": "float32",
     "heights": "float32",
     "input_ids": "int64",
     "attention_mask": "int64",
     "latlon": "float32",
 }
+
+
+# Canonical spectral band names (the engine matches a raster's bands to these by name).
+SPECTRAL_BANDS = ("red", "green", "blue", "nir", "swir1", "swir2")
+FOOTPRINT_RTOL = 0.01
+"""Aerial and DSM footprints of one bundle may differ by this fraction (rounding of gsd_m)."""
+
+
+def input_names(modality: Modality, format_version: int = FORMAT_VERSION) -> tuple[str, ...]:
+    """The input names of ``modality``'s encoder in a file of ``format_version``."""
+    if format_version < 2 and modality in _V1_INPUT_NAMES:
+        return _V1_INPUT_NAMES[modality]
+    return INPUT_NAMES[modality]
+
+
+def footprint_m(p: Preprocess) -> float:
+    """Ground side of one chip in metres (``size * gsd_m``); 0 when the GSD is free."""
+    return float(p.size) * float(p.gsd_m)
+
+
+def check_footprints(specs: dict[Modality, EncoderSpec], where: str) -> None:
+    """Refuse a format-2 bundle whose aerial and DSM encoders cover different ground footprints.
+
+    The engine tiles a DSM and an image of the same place with the same tile grid; a DSM
+    tower trained on another footprint would be fed chips it never saw (version 1 bundles
+    did exactly that: 64 px at 2 m = 128 m against 64 px at 5 m = 320 m, and still load).
+    """
+    a, d = specs.get(Modality.AERIAL), specs.get(Modality.DSM)
+    if a is None or d is None or min(a.format_version, d.format_version) < 2:
+        return
+    fa, fd = footprint_m(a.preprocess), footprint_m(d.preprocess)
+    if fa > 0 and fd > 0 and abs(fa - fd) > FOOTPRINT_RTOL * fa:
+        raise _fail(
+            where,
+            f"the aerial encoder covers {fa:g} m per chip but the DSM encoder {fd:g} m: "
+            "re-export the bundle with one footprint (DSM gsd_m = aerial footprint / DSM size)",
+        )
 
 
 def _fail(where: str, msg: str) -> ModelContractError:
@@ -178,7 +224,7 @@ class EncoderSpec:
             )
         if not 2 <= self.dim <= 8192:
             raise _fail(where, f"embedding dim {self.dim} is out of range")
-        want = INPUT_NAMES[self.modality]
+        want = input_names(self.modality, self.format_version)
         if tuple(self.inputs) != want:
             raise _fail(
                 where, f"{self.modality.value} inputs must be {list(want)}, got {list(self.inputs)}"
@@ -193,6 +239,8 @@ class EncoderSpec:
         if self.modality in (Modality.AERIAL, Modality.STREETVIEW):
             if self.inputs["pixels"][1:] != [len(p.bands), p.size, p.size]:
                 raise _fail(where, "pixels shape does not match bands and size")
+            if "band_mask" in self.inputs and self.inputs["band_mask"][1:] != [len(p.bands)]:
+                raise _fail(where, "band_mask shape must be [batch, number of bands]")
         elif self.modality is Modality.DSM:
             if self.inputs["heights"][1:] != [1, p.size, p.size]:
                 raise _fail(where, "heights shape does not match size")
@@ -227,7 +275,8 @@ class EncoderSpec:
             ):
                 raise _fail(where, f"input '{k}' shape must be a list of ints and '{BATCH_AXIS}'")
         # JSON objects are unordered (to_json even sorts keys): restore the contract's order.
-        want = INPUT_NAMES[modality]
+        fv = d.get("format_version")
+        want = input_names(modality, fv if isinstance(fv, int) else FORMAT_VERSION)
         order = [k for k in want if k in inputs] + [k for k in inputs if k not in want]
         spec = cls(
             modality=modality,

@@ -19,6 +19,7 @@ from .contract import OUTPUT_NAME, BundleSpec, EncoderSpec, Modality
 from .errors import EngineError, InputError, ModelContractError
 from .preprocess import (
     TextTokenizer,
+    band_presence,
     check_text_meaning,
     normalize_dsm,
     normalize_image,
@@ -153,15 +154,22 @@ class UniGeoModel:
             return self._tokenizer
 
     def encode_tiles(
-        self, modality: Modality, chips: np.ndarray, batch_size: int = 32
+        self,
+        modality: Modality,
+        chips: np.ndarray,
+        batch_size: int = 32,
+        band_mask: Any = None,
     ) -> np.ndarray:
         """Embed image or DSM chips.
 
         Args:
             modality: ``AERIAL`` / ``STREETVIEW`` (chips float ``[N, C, H, W]`` in [0, 1]) or
                 ``DSM`` (``[N, 1, H, W]`` heights in metres); NaN marks nodata.
-            chips: the chips, matching the spec's bands and size.
+            chips: the chips, matching the spec's bands and size. A band the source lacks is
+                an all-NaN plane: an encoder with a ``band_mask`` input (format 2) masks it.
             batch_size: chips per inference call (one for a :meth:`batch_coupled` tower).
+            band_mask: optional ``[C]`` or ``[N, C]`` 0/1 presence of the spec's bands; by
+                default it is read from the chips (:func:`~engine.preprocess.band_presence`).
 
         Returns:
             float32 ``[N, D]``, rows L2-normalised.
@@ -181,6 +189,11 @@ class UniGeoModel:
 
             def feeds(s: slice) -> dict[str, np.ndarray]:
                 return {name: normalize_dsm(x[s], p.dsm_center, p.dsm_scale_m)}
+        elif "band_mask" in spec.inputs:
+            bm = band_presence(x, band_mask)
+
+            def feeds(s: slice) -> dict[str, np.ndarray]:
+                return {name: normalize_image(x[s], p.mean, p.std), "band_mask": bm[s]}
         else:
 
             def feeds(s: slice) -> dict[str, np.ndarray]:

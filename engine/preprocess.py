@@ -54,6 +54,37 @@ def normalize_image(x01: np.ndarray, mean: Sequence[float], std: Sequence[float]
     return out
 
 
+def band_presence(x01: np.ndarray, band_mask: Any = None) -> np.ndarray:
+    """Which bands each chip really has: float32 ``[N, C]``, 1 = present, 0 = absent.
+
+    A reader that knows a band is missing (a raster without SWIR fed to a model that has SWIR
+    bands) returns that band as an all-NaN plane; this turns such planes into the mask the
+    aerial encoder takes (format version 2), so an absent band is masked inside the model
+    instead of being read as a band of zeros. A chip with no data in any band keeps every
+    band (it is nodata, not a different sensor).
+
+    Args:
+        x01: chips ``[N, C, H, W]`` (NaN = nodata).
+        band_mask: optional explicit presence, ``[C]`` or ``[N, C]`` of 0/1 (or bools); it
+            wins over what the NaN planes say.
+
+    Raises:
+        InputError: ``band_mask`` has the wrong shape or values other than 0 and 1.
+    """
+    n, c = x01.shape[0], x01.shape[1]
+    if band_mask is not None:
+        bm = np.asarray(band_mask, dtype=np.float32)
+        if bm.shape not in ((c,), (n, c)) or not np.isin(bm, (0.0, 1.0)).all():
+            raise InputError(
+                f"band_mask must be {c} (or {n} x {c}) values of 0/1, one per model band, "
+                f"got shape {bm.shape}"
+            )
+        return np.ascontiguousarray(np.broadcast_to(bm, (n, c)), dtype=np.float32)
+    has = np.isfinite(x01).any(axis=(2, 3))  # [N, C]
+    has |= ~has.any(axis=1, keepdims=True)
+    return has.astype(np.float32)
+
+
 def normalize_dsm(heights: np.ndarray, center: str, scale_m: float) -> np.ndarray:
     """Make surface heights relative to each chip: ``(h - centre(chip)) / scale_m``.
 

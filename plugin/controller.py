@@ -250,10 +250,12 @@ class Controller(QObject):
                 f"'{layer.name()}': {choice.reason}. Pick them in the UniGeo search dock under "
                 "Where › Bands."
             )
-        if choice.absent:  # only bundles that declare optional bands get here
+        present = [w for w in optional if w not in choice.absent]
+        if present != list(optional[: len(present)]):  # the engine reads them by position
             raise RasterInputError(
-                f"'{layer.name()}' has no {', '.join(choice.absent)}; this UniGeo version cannot "
-                "feed a model with absent bands yet"
+                f"'{layer.name()}' has {', '.join(present)} but no {', '.join(choice.absent)}: "
+                f"map the model's optional bands in order ({', '.join(optional)}) in the UniGeo "
+                "search dock under Where › Bands, or name the raster's bands"
             )
         return choice
 

@@ -19,7 +19,7 @@ from typing import Any
 from qgis.core import Qgis, QgsRasterLayer, QgsSettings
 
 from ..engine.errors import RasterInputError
-from ..engine.raster import BandChoice, choose_bands, user_choice
+from ..engine.raster import BandChoice, choose_bands, optional_bands, user_choice
 
 LAYER_PROPERTY = "unigeo/bands"
 SETTINGS_PREFIX = "unigeo/bands/"
@@ -54,13 +54,14 @@ def hints(layer: QgsRasterLayer) -> tuple[str, ...]:
 def wanted_bands(model: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The model's aerial band names and those it can do without (masked when absent).
 
-    Bundles whose aerial tower masks absent bands list them as ``optional_bands`` in the aerial
-    preprocessing; older ones have none, so every band is required.
+    An aerial tower with a ``band_mask`` input (contract version 2) masks every band but red,
+    green and blue when a raster lacks it; older ones need every band.
     """
     from ..engine.contract import Modality
 
-    prep = model.spec(Modality.AERIAL).preprocess
-    return tuple(prep.bands), tuple(getattr(prep, "optional_bands", ()) or ())
+    spec = model.spec(Modality.AERIAL)
+    bands = tuple(spec.preprocess.bands)
+    return bands, optional_bands(spec.inputs, bands)
 
 
 def auto_choice(

@@ -257,7 +257,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--worlds", nargs="+", default=["synthetic", "real"],
                     help=f"names in {sorted(WORLDS)} or dataset folders")  # fmt: skip
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                    choices=sorted({*VARIANTS, "frozen", "finetuned", "random"}))  # fmt: skip
     ap.add_argument("--set", action="append", default=[], help="override for every run")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/model/ablations")
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: a temp dir)")
@@ -266,7 +267,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-determinism", action="store_true", help="skip the same-seed rerun")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite ablations.md/png from OUT/ablations.json")  # fmt: skip
+    ap.add_argument("--locked", action="store_true",
+                    help="ablate the locked-image model instead (training.ablate_locked): "
+                    "frozen / finetuned / random / pivot / gps1 on --config lit_cpu")  # fmt: skip
+    ap.add_argument("--stage2-steps", type=int, default=300, help="--locked: stage 2 steps")
     return ap.parse_args(argv)
+
+
+def run_locked(a: argparse.Namespace) -> int:
+    """``--locked``: every locked-image variant trained and scored on the held-out areas."""
+    from training.ablate_locked import VARIANTS as LOCKED
+    from training.ablate_locked import run
+
+    over: dict[str, Any] = {}
+    for s in a.set:
+        over = merge(over, parse_override(s))
+    base = a.config if a.config != "tiny" else "lit_cpu"
+    chosen = a.variants != list(VARIANTS)  # the old grid's default means "every variant"
+    names = [v for v in a.variants if v in LOCKED] if chosen else list(LOCKED)
+    work = a.work or (ROOT / "out" / "ablations_locked")
+    res = run(base, names, a.steps, a.stage2_steps, work, a.out, over)
+    print((a.out / "scores" / "targets.md").read_text())
+    return 0 if res else 1
 
 
 def run_one(task: tuple) -> dict[str, Any]:
@@ -315,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(a.threads)
+    if a.locked:
+        return run_locked(a)
     if a.report_only:
         src = a.out / "ablations.json"
         if not src.is_file():

@@ -21,8 +21,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from scripts.plugin_loader import load_plugin_package  # noqa: E402
 
 SCENE = ("localtileserver", "1.0.0", "localtileserver/tiler/data/landsat.tif")
-# Landsat 7 ETM+ bands B1..B7: the model's (red, green, blue, nir) are bands 3, 2, 1, 4.
-SCENE_BANDS = [3, 2, 1, 4]
+# Landsat 7 ETM+ bands B1..B7: the model's (red, green, blue, nir, swir1, swir2) are bands 3, 2, 1, 4, 5, 7.
+SCENE_BANDS = [3, 2, 1, 4, 5, 7]
 TEXT_QUERY = "open water"
 # A point on the Great Salt Lake's southern shore, in WGS84 (lon, lat).
 POINT_LONLAT = (-112.62, 40.74)

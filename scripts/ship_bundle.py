@@ -1,7 +1,8 @@
 """Assemble the shipped default bundle from an exported one: pick int8 towers, set the domain.
 
-    python scripts/ship_bundle.py --bundle out/default_train/bundle --dataset data-cache/dataset \
-        --out resources/models/default --int8 text aerial --max-mb 50
+    python scripts/ship_bundle.py --bundle out/default_train/bundle --dataset data-cache/dataset_v2 \
+        --out resources/models/default --int8 text --holdout havel_s2 sfbay_l7 \
+        --targets out/default_train/targets/targets.json
 
 - Uses ``<modality>.int8.onnx`` for the modalities named by ``--int8`` (export keeps an int8
   variant only when its cosine to fp32 is >= 0.99), fp32 for the rest: the file the exported
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.contract import BundleSpec, Modality, TrainingDomain  # noqa: E402
-from training.domain import COARSE_GSD_M, PAD_DEG, dataset_domain  # noqa: E402, F401
+from training.domain import COARSE_GSD_M, PAD_DEG, class_prompts, dataset_domain  # noqa: E402, F401
 
 CLASS_COLORS = {
     "water": "#3a7bd5",
@@ -39,17 +40,39 @@ CLASS_COLORS = {
     "industrial": "#7b3294",
     "bare": "#bf812d",
     "wetland": "#41b6c4",
+    "shrubland": "#8c6d31",
 }
 
 
-def training_domain(dataset: Path) -> TrainingDomain:
-    """The shipped domain: :func:`training.domain.dataset_domain` of the ``train`` split."""
-    return dataset_domain(dataset, "train")
+def training_domain(dataset: Path, holdout: tuple[str, ...] = ()) -> TrainingDomain:
+    """The shipped domain: :func:`training.domain.dataset_domain` of the ``train`` split,
+    without the areas held out of training."""
+    return dataset_domain(dataset, "train", holdout)
+
+
+def evaluation(targets: Path, scene: str) -> dict:
+    """bundle.json's ``evaluation`` block from a training.targets_run report (the new bundle's
+    column is the first ``--bundle`` of that run)."""
+    import json
+
+    res = json.loads(targets.read_text())
+    first = next(iter(res["bundles"].values()))
+    zs = first["scenes"][scene]["zero_shot"]
+    return {
+        "zero_shot": {"accuracy": round(zs["accuracy"], 4), "n_test": zs["n"],
+                      "classes": len(zs["classes"]), "chance": round(zs["chance"], 4),
+                      "majority": round(zs["majority"], 4),
+                      "coarse_accuracy": round(zs.get("coarse", {}).get("accuracy", 0.0), 4)},
+        "source": f"training.targets_run on {scene} (never trained on), {res['dataset']}: "
+                  "aerial embeddings vs the bundle's class prompts through the text tower; "
+                  "see docs/MODEL_CARD.md",
+    }  # fmt: skip
 
 
 def assemble(
-    src: Path, dataset: Path, out: Path, int8: list[str], description: str, plain: list[str] = ()
-) -> Path:
+    src: Path, dataset: Path, out: Path, int8: list[str], description: str, plain: list[str] = (),
+    holdout: tuple[str, ...] = (), evaluation_block: dict | None = None,
+) -> Path:  # fmt: skip
     spec = BundleSpec.read(src)
     stage = out.with_name(out.name + ".staging")
     shutil.rmtree(stage, ignore_errors=True)
@@ -64,16 +87,29 @@ def assemble(
         shutil.copy2(src / use, stage / use)
         encoders[m] = use
     shutil.copy2(src / spec.tokenizer, stage / spec.tokenizer)
-    colors = {c: CLASS_COLORS[c] for c in spec.class_prompts if c in CLASS_COLORS}
+    prompts = class_prompts(list(spec.class_prompts))
+    colors = {c: CLASS_COLORS[c] for c in prompts if c in CLASS_COLORS}
     shipped = BundleSpec(
         name=spec.name, version=spec.version, dim=spec.dim, encoders=encoders,
-        tokenizer=spec.tokenizer, class_prompts=spec.class_prompts, class_colors=colors,
+        tokenizer=spec.tokenizer, class_prompts=prompts, class_colors=colors,
         prompt_templates=("{}", "an aerial view of {}", "a satellite image of {}"),
-        provenance=spec.provenance, training_domain=training_domain(dataset),
-        description=description, logit_scale=spec.logit_scale, evaluation=spec.evaluation,
+        provenance=spec.provenance, training_domain=training_domain(dataset, holdout),
+        description=description, logit_scale=spec.logit_scale,
+        evaluation=evaluation_block or spec.evaluation,
     )  # fmt: skip
     shipped.write(stage)
     return stage
+
+
+def store_fp16(stage: Path, tower: str) -> None:
+    """Store ``tower``'s weights as fp16 in the staged bundle (checked: min cosine 0.9999 and
+    batch-independent, see training.weight_storage) and drop the fp32 file it replaces."""
+    from training.weight_storage import rewrite_bundle_tower
+
+    src = stage / BundleSpec.read(stage).encoders[Modality(tower)]
+    dst = rewrite_bundle_tower(stage, tower)
+    src.unlink()
+    print(f"ship: {tower} weights stored as fp16: {dst.name} ({dst.stat().st_size / 1e6:.1f} MB)")
 
 
 def check(stage: Path, max_mb: float) -> float:
@@ -107,19 +143,30 @@ def main() -> int:
     )
     ap.add_argument("--dataset", required=True, type=Path, help="the dataset it was trained on")
     ap.add_argument("--out", default=ROOT / "resources" / "models" / "default", type=Path)
-    ap.add_argument(
-        "--int8", nargs="*", default=["text", "aerial"], help="modalities shipped as int8"
-    )
+    ap.add_argument("--int8", nargs="*", default=["text"], help="modalities shipped as int8")
+    ap.add_argument("--holdout", nargs="*", default=[], help="areas never trained on")
+    ap.add_argument("--targets", type=Path, help="targets.json of training.targets_run")
+    ap.add_argument("--zero-shot-scene", default="havel_s2", help="labelled held-out area")
     ap.add_argument(
         "--plain",
         nargs="*",
         default=[],
         help="modalities shipped as the plain fp32 export even if an .opt.onnx exists",
     )
-    ap.add_argument("--max-mb", type=float, default=50.0)
+    ap.add_argument("--max-mb", type=float, default=60.0)
+    ap.add_argument(
+        "--w16",
+        nargs="*",
+        default=[],
+        help="towers whose weights are stored as fp16 (training.weight_storage)",
+    )
     ap.add_argument("--description", default="")
     a = ap.parse_args()
-    stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description, a.plain)
+    ev = evaluation(a.targets, a.zero_shot_scene) if a.targets else None
+    stage = assemble(a.bundle, a.dataset, a.out, a.int8, a.description, a.plain,
+                     tuple(a.holdout), ev)  # fmt: skip
+    for tower in a.w16:
+        store_fp16(stage, tower)
     size = check(stage, a.max_mb)
     old = a.out.with_name(a.out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

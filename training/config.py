@@ -31,8 +31,9 @@ VIT_ARCHS: dict[str, tuple[int, int, int]] = {
 
 @dataclass(frozen=True)
 class ImageTowerConfig:
-    """A SigLIP-style ViT for aerial or street-level images."""
+    """An image tower: a SigLIP-style ViT, or the pretrained EfficientNet-Lite0 with heads."""
 
+    kind: str = "vit"  # "vit" (SigLIP-style, from scratch or init_from) or "effnet" (Lite0)
     arch: str = "micro"  # named size in VIT_ARCHS (ignored when init_from is set)
     image_size: int = 64  # input side in pixels (H = W)
     patch_size: int = 16  # ViT patch side in pixels
@@ -41,6 +42,11 @@ class ImageTowerConfig:
     std: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)  # per-band std of [0, 1] inputs
     gsd_m: float = 0.0  # ground sample distance the tower trains at; 0 = any (street photos)
     init_from: str = ""  # local SigLIP checkpoint directory; "" = train from scratch
+    pretrained: bool = True  # effnet: ImageNet weights (False = random init, for the ablation)
+    split: int = 11  # effnet: blocks [0, split) stay locked; stage 2 may fine-tune the rest
+    head_hidden: int = 512  # effnet: width of the projection MLP
+    spectral_width: int = 32  # effnet aerial: per-pixel channels of the spectral stream; 0 = off
+    spectral_size: int = 16  # effnet aerial: side the spectral stream pools the chip to
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,9 @@ class DsmTowerConfig:
     image_size: int = 32  # input side in pixels
     patch_size: int = 8  # patch side in pixels
     num_registers: int = 4  # learned register tokens (Darcet et al. 2024)
-    gsd_m: float = 2.0  # DSM ground sample distance the tower trains at
+    # DSM-only models: the GSD; with an aerial tower the DSM GSD is the aerial footprint / size
+    # (one footprint for both, engine.contract.footprint_m), and this value is not used.
+    gsd_m: float = 2.0
     dsm_center: str = "median"  # subtract the chip's "median" or "min" height
     dsm_scale_m: float = 10.0  # heights are divided by this after centring
 
@@ -67,6 +75,7 @@ class TextTowerConfig:
     scratch_width: int = 64  # "scratch" only: hidden width
     scratch_depth: int = 2  # "scratch" only: layers
     scratch_heads: int = 2  # "scratch" only: attention heads
+    head_hidden: int = 0  # projection: 0 = one linear layer, > 0 = an MLP of this width
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class ModelConfig:
     init_logit_scale: float = 2.6593  # log(1/0.07), CLIP's starting temperature
     max_logit_scale: float = 4.6052  # log(100): clamp so the temperature cannot collapse
     init_logit_bias: float = -10.0  # sigmoid loss only: SigLIP's starting bias
+    label_classes: int = 0  # > 0: a linear land-use head on the aerial embedding (training only)
+    spectral_recon: bool = False  # a linear decoder of the chip's spectral statistics (training)
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,22 @@ class DataConfig:
     cluster_cell_deg: float = 0.5  # cell side (degrees) that defines a geographic cluster
     num_workers: int = 0  # DataLoader workers per rank; -1 = auto (the CPUs this rank can use)
     seed: int = 0  # data and sampler seed
+    holdout_areas: tuple[str, ...] = ()  # area_ids never trained on (every split): evaluation
+
+
+@dataclass(frozen=True)
+class LockedConfig:
+    """The locked-image training stages (LiT, Zhai et al. 2022) on cached backbone features."""
+
+    cache_dir: str = "data-cache/features"  # feature caches, one folder per data+backbone key
+    views: int = 4  # augmented (dihedral) views cached per aerial chip view
+    street_views: int = 2  # augmented views per street-level photo (identity, mirror)
+    stage2_steps: int = 0  # stage 2: fine-tune the backbone blocks after model.aerial.split
+    stage2_lr: float = 1e-4  # peak learning rate of the unfrozen backbone blocks
+    band_dropout: float = 0.3  # chance to hide each present non-RGB band of a training chip
+    label_weight: float = 0.0  # weight of the land-use cross-entropy (model.label_classes > 0)
+    view_weight: float = 1.0  # weight of the same-place term (two dates / views of one chip)
+    recon_weight: float = 0.0  # weight of decoding the chip statistics from the aerial embedding
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    locked: LockedConfig = field(default_factory=LockedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-safe dict (tuples become lists)."""
@@ -219,7 +247,11 @@ def validate(cfg: TrainConfig) -> None:
     if not m.modalities or set(m.modalities) - known:
         raise InputError(f"model.modalities must be a subset of {sorted(known)}")
     for name, tower in (("aerial", m.aerial), ("streetview", m.streetview)):
-        if tower.image_size % tower.patch_size:
+        if tower.kind not in ("vit", "effnet"):
+            raise InputError(f"model.{name}.kind must be 'vit' or 'effnet'")
+        if tower.kind == "effnet" and not 1 <= tower.split <= 16:
+            raise InputError(f"model.{name}.split must be in 1..16 (EfficientNet-Lite0 blocks)")
+        if tower.kind == "vit" and tower.image_size % tower.patch_size:
             raise InputError(f"model.{name}: image_size must be a multiple of patch_size")
         if not (len(tower.bands) == len(tower.mean) == len(tower.std)):
             raise InputError(f"model.{name}: bands, mean and std need the same length")

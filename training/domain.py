@@ -88,17 +88,27 @@ def domain_from_samples(
     return TrainingDomain(bboxes=boxes, gsd_range_m=(float(gsd[ok].min()), float(gsd[ok].max())))
 
 
-def dataset_domain(root: str | Path, split: str = "train") -> TrainingDomain:
-    """The domain of the ``split`` samples of a dataset folder built by ``training.data``."""
-    from .data.format import read_manifest
+def dataset_domain(
+    root: str | Path, split: str = "train", exclude_areas: tuple[str, ...] = ()
+) -> TrainingDomain:
+    """The domain of the ``split`` samples of a dataset folder built by ``training.data``.
 
-    t = read_manifest(root, columns=_COLUMNS)
+    ``exclude_areas``: areas held out of training (``data.holdout_areas``) are not domain.
+    """
+    import pyarrow.parquet as pq
+
+    from .data.format import MANIFEST
+
+    # Only these columns are read (any dataset format version); split names are not checked.
+    t = pq.read_table(Path(root) / MANIFEST, columns=_COLUMNS)
+    area = np.asarray(t.column("area_id").to_pylist(), dtype=object)
     sel = np.asarray(t.column("split").to_pylist(), dtype=object) == split
+    sel &= ~np.isin(area, list(exclude_areas))
     has = [
         np.array([bool(v) for v in t.column(c).to_pylist()], dtype=bool) for c in ("aerial", "dsm")
     ]
     return domain_from_samples(
-        np.asarray(t.column("area_id").to_pylist(), dtype=object)[sel],
+        area[sel],
         t.column("lat").to_numpy()[sel],
         t.column("lon").to_numpy()[sel],
         t.column("gsd_m").to_numpy(zero_copy_only=False)[sel],
@@ -129,6 +139,14 @@ def training_domain(dataset: Any, gsd_m: float | None = None) -> TrainingDomain:
     return TrainingDomain(gsd_range_m=open_gsd)
 
 
+def class_prompts(names: list[str]) -> dict[str, tuple[str, ...]]:
+    """Zero-shot prompts per class: the nouns the training captions use for it
+    (``training.data.landuse.CLASS_PHRASES``) as an aerial view; final (not templated again)."""
+    from .data.landuse import CLASS_PHRASES
+
+    return {c: tuple(f"an aerial view of {p}" for p in CLASS_PHRASES.get(c, (c,))) for c in names}
+
+
 def dataset_labels(dataset: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
     """Class prompts and per-modality provenance from a toy world or a training.data folder."""
     if hasattr(dataset, "class_prompts"):
@@ -136,7 +154,7 @@ def dataset_labels(dataset: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, 
     info = getattr(dataset, "info", None)
     if info is None:
         return {}, {}
-    prompts = {c: (c, f"an aerial view of {c}") for c in info.class_names}
+    prompts = class_prompts(info.class_names)
     # A modality is labelled by its commonest provenance among the dataset's samples.
     prov = {}
     for m, counts in info.provenance.items():

@@ -186,7 +186,7 @@ def export_variants(
         v = path.with_suffix(f".{kind}.onnx")
         if kind == "int8":
             opt = path.with_suffix(".opt.onnx")
-            src = opt if method == "matmul" and opt.is_file() else path
+            src = opt if method in ("matmul", "embedding") and opt.is_file() else path
             quantize_int8(src, v, method, calib if calib is not None else inputs)
         else:
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -310,10 +310,11 @@ def int8_methods(int8: bool | str | dict[str, str], mods: list[Modality]) -> dic
 
 
 def _parse_int8(values: list[str] | None) -> dict[str, str]:
-    """CLI ``--int8 [METHOD] [MODALITY=METHOD ...]``; a bare ``--int8`` means dynamic."""
+    """CLI ``--int8 [METHOD] [MODALITY=METHOD ...]``; a bare ``--int8`` means dynamic for every
+    tower, ``MODALITY=METHOD`` entries alone quantise those towers only."""
     if values is None:
         return {}
-    out = {"*": "dynamic"} if not values or "=" in values[0] else {"*": values[0]}
+    out = {"*": "dynamic"} if not values else ({} if "=" in values[0] else {"*": values[0]})
     out.update(v.split("=", 1) for v in values if "=" in v)
     return out
 

@@ -55,10 +55,19 @@ def _weight(cfg: LossConfig, a: str, b: str) -> float:
     return float(cfg.weights.get(f"{a}-{b}", cfg.weights.get(f"{b}-{a}", 1.0)))
 
 
-def infonce_pair(za: Tensor, zb: Tensor, valid: Tensor, scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE over the rows where ``valid``; both directions averaged."""
+def infonce_pair(
+    za: Tensor, zb: Tensor, valid: Tensor, scale: Tensor, same: Tensor | None = None
+) -> Tensor:
+    """Symmetric InfoNCE over the rows where ``valid``; both directions averaged.
+
+    ``same`` (optional ``[B, B]`` bool): off-diagonal pairs that are not negatives, e.g. two
+    samples with the same caption; they are left out of both softmaxes.
+    """
     logits = scale * (za.float() @ zb.float().T)
     logits = logits.masked_fill(~valid[None, :], _MASKED).masked_fill(~valid[:, None], _MASKED)
+    if same is not None:
+        eye = torch.eye(len(valid), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same & ~eye, _MASKED)
     diag = logits.diagonal()
     row = torch.logsumexp(logits, dim=1) - diag
     col = torch.logsumexp(logits, dim=0) - diag
@@ -102,7 +111,10 @@ class AllToAllLoss(nn.Module):
         mask: dict[str, Tensor],
         scale: Tensor,
         bias: Tensor | None = None,
+        groups: dict[str, Tensor] | None = None,
     ) -> LossOutput:
+        """``groups``: optional per-modality ids; in a pair with that modality, two rows with the
+        same id (the same caption) are not each other's negatives (InfoNCE only)."""
         total = sum(z.float().sum() * 0.0 for z in emb.values())  # keeps the graph if no pair
         wsum = 0.0
         stats: dict[str, float] = {}
@@ -115,11 +127,22 @@ class AllToAllLoss(nn.Module):
             if self.cfg.kind == "sigmoid":
                 term = sigmoid_pair(emb[a], emb[b], valid, scale, bias)
             else:
-                term = infonce_pair(emb[a], emb[b], valid, scale)
+                term = infonce_pair(emb[a], emb[b], valid, scale, _same(groups, a, b))
             total = total + w * term
             wsum += w
             stats[f"{a}-{b}"] = float(term.detach())
         return LossOutput(total=total / wsum if wsum else total, pairs=stats)
+
+
+def _same(groups: dict[str, Tensor] | None, a: str, b: str) -> Tensor | None:
+    """Pairs of rows with the same group id in modality ``a`` or ``b`` (None: no groups)."""
+    out = None
+    for m in (a, b):
+        if groups and m in groups:
+            g = groups[m]
+            eq = g[:, None] == g[None, :]
+            out = eq if out is None else out | eq
+    return out
 
 
 def naive_all_to_all(

@@ -19,6 +19,14 @@ from .towers import DsmTower, SiglipImageTower, TextTower
 def create_tower(modality: Modality, cfg: ModelConfig) -> nn.Module:
     """Build the tower for ``modality`` from the model config."""
     d = cfg.embed_dim
+    if modality is Modality.AERIAL and cfg.aerial.kind == "effnet":
+        from .effnet_towers import AerialEffNetTower
+
+        return AerialEffNetTower(cfg.aerial, d)
+    if modality is Modality.STREETVIEW and cfg.streetview.kind == "effnet":
+        from .effnet_towers import StreetEffNetTower
+
+        return StreetEffNetTower(cfg.streetview, d)
     builders = {
         Modality.AERIAL: lambda: SiglipImageTower(cfg.aerial, d),
         Modality.STREETVIEW: lambda: SiglipImageTower(cfg.streetview, d),
@@ -49,6 +57,15 @@ class UniGeoCLIP(nn.Module):
         self.towers = nn.ModuleDict({m: create_tower(Modality(m), cfg) for m in cfg.modalities})
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        # Training only (never exported): land-use classes as a linear read-out of the aerial
+        # embedding, so the embedding keeps land cover linearly separable (training.locked).
+        self.label_head = nn.Linear(cfg.embed_dim, cfg.label_classes) if cfg.label_classes else None
+        # Training only: the chip's spectral statistics decoded linearly from the aerial
+        # embedding, so a linear few-shot probe on it has what pixel statistics have.
+        spec = getattr(self.towers["aerial"], "spectral", None) if "aerial" in self.towers else None
+        self.recon_head = (
+            nn.Linear(cfg.embed_dim, spec.summary_dim) if cfg.spectral_recon and spec else None
+        )
 
     @property
     def modalities(self) -> list[Modality]:

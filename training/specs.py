@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.contract import BATCH_AXIS, INPUT_NAMES, EncoderSpec, Modality, Preprocess
+from engine.contract import BATCH_AXIS, INPUT_NAMES, EncoderSpec, Modality, Preprocess, footprint_m
 
 from .config import ModelConfig
 
@@ -23,7 +23,7 @@ def preprocess_for(modality: Modality, cfg: ModelConfig) -> Preprocess:
         return Preprocess(
             size=d.image_size,
             bands=("height",),
-            gsd_m=d.gsd_m,
+            gsd_m=dsm_gsd_m(cfg),
             dsm_center=d.dsm_center,
             dsm_scale_m=d.dsm_scale_m,
         )
@@ -32,10 +32,28 @@ def preprocess_for(modality: Modality, cfg: ModelConfig) -> Preprocess:
     return Preprocess()
 
 
+def dsm_gsd_m(cfg: ModelConfig) -> float:
+    """The DSM tower's GSD: one footprint with the aerial tower when the model has both.
+
+    ``engine.contract.footprint_m`` of the DSM spec then equals the aerial one, so the engine
+    tiles a DSM over the ground an aerial chip covers, as the training pairs do.
+    """
+    a = cfg.aerial
+    if Modality.AERIAL.value in cfg.modalities and a.gsd_m > 0:
+        aerial = Preprocess(size=a.image_size, gsd_m=a.gsd_m)
+        return round(footprint_m(aerial) / cfg.dsm.image_size, 6)
+    return cfg.dsm.gsd_m
+
+
 def input_shapes(modality: Modality, cfg: ModelConfig) -> dict[str, list[int | str]]:
     """Contract input name -> shape with the dynamic batch axis first."""
     p = preprocess_for(modality, cfg)
-    if modality in (Modality.AERIAL, Modality.STREETVIEW):
+    if modality is Modality.AERIAL:
+        return {
+            "pixels": [BATCH_AXIS, len(p.bands), p.size, p.size],
+            "band_mask": [BATCH_AXIS, len(p.bands)],
+        }
+    if modality is Modality.STREETVIEW:
         return {"pixels": [BATCH_AXIS, len(p.bands), p.size, p.size]}
     if modality is Modality.DSM:
         return {"heights": [BATCH_AXIS, 1, p.size, p.size]}

@@ -69,7 +69,9 @@ class SiglipImageTower(nn.Module):
         self.proj = nn.Linear(self.vit.config.hidden_size, embed_dim)
         init_weights(self.proj)
 
-    def forward(self, pixels: Tensor) -> Tensor:
+    def forward(self, pixels: Tensor, band_mask: Tensor | None = None) -> Tensor:
+        if band_mask is not None:  # aerial (contract v2): an absent band is its mean, 0
+            pixels = pixels * band_mask.to(pixels.dtype)[:, :, None, None]
         pooled = self.vit(pixel_values=pixels).pooler_output
         return l2_normalize(self.proj(pooled))
 
@@ -165,17 +167,29 @@ class TextTower(nn.Module):
         super().__init__()
         self.kind = cfg.kind
         self.encoder = _build_text_encoder(cfg)
-        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim)
+        width = self.encoder.config.hidden_size
+        if cfg.head_hidden > 0:
+            self.proj: nn.Module = nn.Sequential(
+                nn.Linear(width, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, embed_dim)
+            )
+        else:
+            self.proj = nn.Linear(width, embed_dim)
         init_weights(self.proj)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def pool(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's pooled text feature (what the locked-image stage caches)."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         if self.kind == "siglip":
-            pooled = out.pooler_output
-        else:
-            m = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)
+            return out.pooler_output
+        m = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def head(self, pooled: Tensor) -> Tensor:
+        """Embedding from the pooled feature."""
         return l2_normalize(self.proj(pooled))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.head(self.pool(input_ids, attention_mask))
 
 
 def _build_text_encoder(cfg: TextTowerConfig) -> nn.Module:

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -24,6 +25,7 @@ from engine.contract import Modality
 from engine.errors import InputError
 from engine.preprocess import TextTokenizer
 
+from .band_match import collate_banded, dataset_bands
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_state
 from .config import OptimConfig, TrainConfig, load_config, merge, parse_override
 from .data.collate import collate_samples
@@ -62,7 +64,7 @@ def build_datasets(
             f"data.source {d.source!r} is neither 'toy' nor a dataset folder built by "
             "'python -m training.data' (no dataset.json there)"
         )
-    train = ChipDataset(root, "train", m.modalities, train=True, seed=d.seed)
+    train = drop_areas(ChipDataset(root, "train", m.modalities, train=True, seed=d.seed), d)
     val = ChipDataset(root, held_out, m.modalities, train=False, seed=d.seed)
     if len(train) < d.batch_size or len(val) == 0:
         raise InputError(
@@ -70,6 +72,15 @@ def build_datasets(
             f"({d.batch_size}) train samples and some val samples"
         )
     return train, val
+
+
+def drop_areas(ds: Any, d: Any) -> Any:
+    """``ds`` without the samples of ``d.holdout_areas`` (areas kept for evaluation only)."""
+    if not d.holdout_areas:
+        return ds
+    areas = np.asarray(ds.table.column("area_id").to_pylist(), dtype=object)
+    ds.table = ds.table.filter(~np.isin(areas, list(d.holdout_areas)))
+    return ds
 
 
 def dataset_coords(ds: torch.utils.data.Dataset) -> tuple[list[float], list[float]]:
@@ -81,14 +92,23 @@ def dataset_coords(ds: torch.utils.data.Dataset) -> tuple[list[float], list[floa
     return [s["lat"] for s in samples], [s["lon"] for s in samples]
 
 
-def make_collate(cfg: TrainConfig):
-    """Batch builder with the towers' own preprocessing (the engine's functions: no skew)."""
+def make_collate(cfg: TrainConfig, source_bands: tuple[str, ...] | None = None):
+    """Batch builder with the towers' own preprocessing (the engine's functions: no skew).
+
+    Aerial chips are matched to the tower's bands by name (``source_bands``, default the
+    dataset's own, see :mod:`training.band_match`) and come out as ``{"pixels", "band_mask"}``.
+    """
     pre = all_preprocess(cfg.model)
     tok = None
     if Modality.TEXT in pre:
         p = pre[Modality.TEXT]
         tok = TextTokenizer(tokenizer_path(cfg.model.text), p.max_text_length, p.lowercase)
-    return partial(collate_samples, preprocess=pre, tokenizer=tok)
+    base = partial(collate_samples, preprocess=pre, tokenizer=tok)
+    if Modality.AERIAL not in pre:
+        return base
+    want = tuple(cfg.model.aerial.bands)
+    src = source_bands or dataset_bands(cfg.data.source) or want
+    return partial(collate_banded, base=base, source=src, want=want)
 
 
 def build_optimizer(model: UniGeoCLIP, cfg: OptimConfig, text_pretrained: bool):

@@ -79,13 +79,29 @@ def check_rewrite(src: Path, dst: Path, inputs: dict[str, np.ndarray]) -> tuple[
 
 
 def image_inputs(path: Path, n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random chips shaped like an image tower's ``pixels`` input (normalised scale)."""
+    """Random inputs of a tower: chips shaped like ``pixels`` (normalised scale), a ``band_mask``
+    (aerial towers of contract version 2) with some bands absent, or texts of random words."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [n, *(int(d) for d in inp.shape[1:])]
-    return {inp.name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+    rng = np.random.default_rng(seed)
+    out = {}
+    for inp in sess.get_inputs():
+        shape = [n, *(int(d) for d in inp.shape[1:])]
+        if inp.name == "band_mask":  # aerial, contract v2: every band present but the last
+            out[inp.name] = np.ones(shape, np.float32)
+            out[inp.name][: n // 2, -1] = 0.0
+        elif inp.name == "input_ids":  # text: random word ids (1000..19999 are real words)
+            out[inp.name] = rng.integers(1000, 20000, size=shape).astype(np.int64)
+        elif inp.name == "attention_mask":  # texts of 4..L tokens
+            lengths = rng.integers(4, shape[1] + 1, size=shape[0])
+            out[inp.name] = (np.arange(shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        elif inp.name == "latlon":
+            out[inp.name] = np.stack([rng.uniform(-80, 80, n), rng.uniform(-180, 180, n)], 1)
+            out[inp.name] = out[inp.name].astype(np.float32)
+        else:
+            out[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
 
 
 def rewrite_bundle_tower(bundle: Path, tower: str) -> Path:

@@ -12,18 +12,22 @@ from __future__ import annotations
 from .band_choice import ABSENT, BandChoice, choose_bands, user_choice
 from .bands import canonical_band, resolve_bands
 from .gdal_reader import GdalReader, close_all_readers
+from .layout import BandLayout, band_layout, optional_bands
 from .reader import RasterReader
 from .source import is_virtual
 
 __all__ = [
     "ABSENT",
     "BandChoice",
+    "BandLayout",
     "GdalReader",
     "RasterReader",
+    "band_layout",
     "canonical_band",
     "choose_bands",
     "close_all_readers",
     "is_virtual",
+    "optional_bands",
     "resolve_bands",
     "user_choice",
 ]

@@ -207,7 +207,7 @@ def test_graph_that_breaks_its_spec(tmp_path):
     folder = make_analytic_bundle(tmp_path / "b", modalities=[Modality.AERIAL])
     break_bundle(folder, "wrong_input_name")
     m = UniGeoModel.load(folder)
-    with pytest.raises(ModelContractError, match=r"inputs \['renamed'\].*re-export"):
+    with pytest.raises(ModelContractError, match=r"inputs \['renamed', 'band_mask'\].*re-export"):
         m.encode_tiles(Modality.AERIAL, _chips(0, 1))
 
 

@@ -70,7 +70,8 @@ def test_create_session_reports_cpu_and_threads(bundle):
     assert rep.active == CPU and rep.threads == 1 and rep.requested == "cpu"
     assert rep.fallback_reason is None and rep.device == "CPU (1 threads)" and not rep.is_gpu
     x = np.zeros((2, 4, 16, 16), dtype=np.float32)
-    assert sess.run(["embedding"], {"pixels": x})[0].shape == (2, 8)
+    feeds = {"pixels": x, "band_mask": np.ones((2, 4), dtype=np.float32)}  # contract v2
+    assert sess.run(["embedding"], feeds)[0].shape == (2, 8)
     _, rep = create_session(bundle / "gps.onnx")
     assert rep.threads == (os.cpu_count() or 1) and rep.requested == "auto"
 

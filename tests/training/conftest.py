@@ -43,3 +43,28 @@ def trained(tmp_path_factory):
     trainer = Trainer(cfg, out)
     rows = trainer.fit()
     return trainer, rows, out
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """``../shared/data`` (or $UNIGEO_SHARED_DATA): real photos and rasters; skip when absent."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = Path(os.environ.get("UNIGEO_SHARED_DATA", root.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip("../shared/data is not present (set UNIGEO_SHARED_DATA to its path)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The pretrained EfficientNet-Lite0 (skip when neither the package nor its wheel is here)."""
+    from engine.errors import ModelContractError
+    from training.efficientnet import load_pretrained
+
+    try:
+        return load_pretrained()
+    except ModelContractError as e:
+        pytest.skip(str(e))

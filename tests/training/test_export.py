@@ -259,6 +259,7 @@ def test_int8_methods_per_tower_from_the_command_line():
     mods = list(Modality)
     assert int8_methods(_parse_int8(None), mods) == {}
     assert set(int8_methods(_parse_int8([]), mods).values()) == {"dynamic"}  # bare --int8
+    assert int8_methods(_parse_int8(["text=embedding"]), mods) == {"text": "embedding"}
     got = int8_methods(_parse_int8(["matmul", "text=dynamic"]), mods)
     assert got == {"aerial": "matmul", "streetview": "matmul", "dsm": "matmul",
                    "text": "dynamic", "gps": "matmul"}  # fmt: skip

@@ -109,3 +109,32 @@ def test_temperature_is_clamped(cfg):
     with torch.no_grad():
         m.logit_scale.fill_(50.0)
     assert torch.isclose(m.temperature_scale(), torch.tensor(100.0), rtol=1e-4)
+
+
+def test_shared_captions_are_not_negatives():
+    """Two samples with the same caption: with groups the pair is left out of the softmax."""
+    import torch
+
+    from training.config import LossConfig
+    from training.losses import AllToAllLoss, infonce_pair
+
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    txt = img.clone()
+    txt[1] = txt[0]  # samples 0 and 1 share a caption: identical text embeddings
+    valid = torch.ones(4, dtype=torch.bool)
+    scale = torch.tensor(10.0)
+    same = torch.tensor([0, 0, 2, 3])[:, None] == torch.tensor([0, 0, 2, 3])[None, :]
+    plain = infonce_pair(img, txt, valid, scale)
+    masked = infonce_pair(img, txt, valid, scale, same)
+    assert masked < plain
+    # the masked loss equals the loss without the shared pair's off-diagonal terms
+    logits = scale * img @ txt.T
+    logits[0, 1] = logits[1, 0] = -1e4
+    want = 0.5 * ((logits.logsumexp(1) - logits.diagonal()).mean()
+                  + (logits.logsumexp(0) - logits.diagonal()).mean())  # fmt: skip
+    torch.testing.assert_close(masked, want)
+    loss = AllToAllLoss(LossConfig(mode="all"), ["aerial", "text"])
+    emb, mask = {"aerial": img, "text": txt}, {"aerial": valid, "text": valid}
+    out = loss(emb, mask, scale, None, {"text": torch.tensor([0, 0, 2, 3])})
+    torch.testing.assert_close(out.total, masked)

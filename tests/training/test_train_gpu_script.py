@@ -55,3 +55,27 @@ def test_gpu_script_without_a_gpu_says_so_and_writes_nothing(tmp_path):
     assert res.returncode == 2
     assert "no CUDA GPU visible" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_gpu_script_runs_the_locked_stages_for_an_effnet_config(tmp_path):
+    """CONFIG with an EfficientNet aerial tower: cache, stage 1, stage 2, export."""
+    import yaml
+
+    from engine.contract import BundleSpec, Modality
+    from training.data.synth import SynthConfig, generate
+
+    from .test_locked import lit_config
+
+    data = tmp_path / "ds"
+    generate(SynthConfig(size=72, chip_px=32, street_px=32, seed=3), data)
+    cfg = lit_config(data, tmp_path / "cache", locked={"stage2_steps": 2})
+    conf = tmp_path / "lit_small.yaml"
+    conf.write_text(yaml.safe_dump(cfg.to_dict()))
+    res = _run(tmp_path / "run", {"DEVICE": "cpu", "CONFIG": str(conf)}, str(data), "3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = tmp_path / "run" / "train"
+    for f in ("stage1.pt", "stage2.pt", "checkpoint.pt", "metrics_stage1.csv"):
+        assert (train / f).is_file(), f
+    assert "== locked-image training:" in res.stdout
+    spec = BundleSpec.read(tmp_path / "run" / "bundle")
+    assert spec.format_version == 2 and set(spec.encoders) == set(Modality)

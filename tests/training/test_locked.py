@@ -1,0 +1,240 @@
+"""Locked-image training: the feature cache (and when it is invalidated), stage 1 -> stage 2 ->
+export -> engine parity, and resuming a stage mid-way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.contract import Modality
+from engine.model import UniGeoModel
+from training.config import load_config
+
+BANDS6 = ["red", "green", "blue", "nir", "swir1", "swir2"]
+
+
+def lit_config(source: Path, cache: Path, **over):
+    """lit_cpu shrunk to seconds: random-init Lite0 (no weights download), scratch text."""
+    from training.config import merge
+
+    base = {
+        "steps": 6, "log_every": 2, "ckpt_every": 3, "device": "cpu",
+        "model": {
+            "embed_dim": 16,
+            "aerial": {"pretrained": False, "image_size": 32, "gsd_m": 2.0, "head_hidden": 32,
+                       "spectral_width": 8, "spectral_size": 8},
+            "streetview": {"pretrained": False, "image_size": 32, "head_hidden": 32},
+            "dsm": {"image_size": 32, "patch_size": 8},
+            "text": {"kind": "scratch", "max_length": 16, "scratch_width": 32, "head_hidden": 0},
+            "gps": {"width": 32, "depth": 1, "heads": 4, "num_registers": 1},
+        },
+        "optim": {"warmup_steps": 2},
+        "data": {"source": str(source), "batch_size": 8},
+        "locked": {"cache_dir": str(cache), "views": 2, "stage2_steps": 4},
+    }  # fmt: skip
+    return load_config("lit_cpu", merge(base, over))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    from training.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    generate(SynthConfig(size=72, chip_px=32, street_px=32, seed=3), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(synth, tmp_path_factory):
+    """A model and its cache on the synthetic dataset."""
+    from training.cache_build import ensure_cache
+    from training.model import UniGeoCLIP
+
+    cfg = lit_config(synth, tmp_path_factory.mktemp("cache"))
+    torch.manual_seed(0)
+    model = UniGeoCLIP(cfg.model)
+    return model, cfg, ensure_cache(model, cfg, synth)
+
+
+def test_cache_holds_what_the_frozen_backbone_computes(built, synth):
+    from training.band_match import dataset_bands, rebanded
+    from training.data.collate import collate_samples
+    from training.data.format import chip_to_float
+    from training.data.reader import ChipStore
+    from training.specs import preprocess_for
+
+    model, cfg, cache = built
+    rows = json.loads((synth / "dataset.json").read_text())
+    assert rows["bands"]["aerial"] == ["red", "green", "blue", "nir"]
+    a = cache["aerial_feat"]
+    assert a.dtype == np.float16 and a.shape[1:] == (2, 1280)
+    assert cache["aerial_mask"].shape[1] == 6
+    # synthetic chips are RGBN: SWIR bands are absent in every cached view
+    assert (np.asarray(cache["aerial_mask"])[:, 4:] == 0).all()
+    assert (np.asarray(cache["aerial_mask"])[:, :4] == 1).all()
+    from training.cache_build import manifest_rows
+
+    row = manifest_rows(synth)[int(cache["aerial_sample"][0])]
+    chip = chip_to_float(np.array(ChipStore(synth).load(row["aerial"][0])))
+    fixed, mask = rebanded([{"sample_id": "x", "lat": 0, "lon": 0, "aerial": chip}],
+                           dataset_bands(synth), BANDS6)  # fmt: skip
+    px = collate_samples(fixed, {Modality.AERIAL: preprocess_for(Modality.AERIAL, cfg.model)})
+    tower = model.towers["aerial"]
+    with torch.no_grad():
+        want = tower.features(tower.backbone_input(px["aerial"], torch.from_numpy(mask)))
+    np.testing.assert_allclose(
+        np.asarray(a[0, 0], np.float32), want[0].numpy(), atol=2e-2, rtol=1e-2
+    )
+
+
+def test_cache_is_reused_and_invalidated_by_data_and_backbone(built, synth, tmp_path):
+    import shutil
+
+    from training.cache_build import cache_folders
+
+    model, cfg, cache = built
+    assert cache_folders(model, cfg, synth) == cache.folders  # same data and weights: reused
+    assert set(cache.folders) == {"base", "aerial", "street", "text"}
+    # the data change: one byte of one chip file changes every component
+    data2 = tmp_path / "ds2"
+    shutil.copytree(synth, data2)
+    shard = sorted((data2 / "aerial").glob("*.npy"))[0]
+    arr = np.load(shard)
+    arr.flat[-1] = (int(arr.flat[-1]) + 1) % 255 if arr.dtype == np.uint8 else arr.flat[-1] * 0.5
+    np.save(shard, arr)
+    changed = cache_folders(model, cfg, data2)
+    assert all(changed[c].name != cache.folders[c].name for c in cache.folders)
+    # the backbone change: one weight of the locked aerial CNN -> the aerial features only
+    with torch.no_grad():
+        model.towers["aerial"].backbone._blocks[3]._project_conv.weight[0, 0, 0, 0] += 1e-3
+    try:
+        f = cache_folders(model, cfg, synth)
+        assert f["aerial"] != cache.folders["aerial"]
+        assert {c: f[c] for c in ("base", "street", "text")} == {
+            c: cache.folders[c] for c in ("base", "street", "text")
+        }
+    finally:
+        with torch.no_grad():
+            model.towers["aerial"].backbone._blocks[3]._project_conv.weight[0, 0, 0, 0] -= 1e-3
+    assert cache_folders(model, cfg, synth) == cache.folders
+    # the text encoder is part of the text key
+    with torch.no_grad():
+        next(model.towers["text"].encoder.parameters()).view(-1)[0] += 1e-3
+    try:
+        assert cache_folders(model, cfg, synth)["text"] != cache.folders["text"]
+    finally:
+        with torch.no_grad():
+            next(model.towers["text"].encoder.parameters()).view(-1)[0] -= 1e-3
+    # a head is not cached: changing it keeps the cache
+    with torch.no_grad():
+        model.towers["aerial"].fuse[0].weight.add_(1.0)
+    assert cache_folders(model, cfg, synth) == cache.folders
+    # and the augmented views are part of the aerial key
+    other = lit_config(synth, Path(cfg.locked.cache_dir), locked={"views": 3})
+    f = cache_folders(model, other, synth)
+    assert f["aerial"] != cache.folders["aerial"] and f["text"] == cache.folders["text"]
+
+
+def test_labelled_samples_get_their_class_prompts_as_captions(built):
+    _, _, cache = built
+    texts = cache.meta["texts"]
+    assert "an aerial view of forest" in texts or "an aerial view of water" in texts
+    lab = np.asarray(cache["landuse"])
+    owner = np.asarray(cache["text_sample"])
+    uid = np.asarray(cache["text_uid"])
+    prompts = {i for i, t in enumerate(texts) if t.startswith("an aerial view of ")}
+    with_prompt = {int(owner[k]) for k in range(len(owner)) if int(uid[k]) in prompts}
+    assert with_prompt and all(lab[i] >= 0 for i in with_prompt)
+
+
+def test_stage1_stage2_export_engine_parity(synth, tmp_path):
+    from training.checkpoint import load_model
+    from training.export import export_bundle, validation_inputs
+    from training.locked import run_stages
+    from training.train import build_datasets, make_collate
+
+    cfg = lit_config(synth, tmp_path / "cache")
+    # stage 1 (6 steps) then stage 2 stopped at step 2 of 4: resumable
+    run_stages(cfg, tmp_path / "run", stop=2)
+    assert (tmp_path / "run" / "stage1.pt").is_file() and (tmp_path / "run" / "stage2.pt").is_file()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    s1 = torch.load(tmp_path / "run" / "stage1.pt", weights_only=True)
+    assert s1["step"] == 6 and s1["extra"]["stage"] == 1
+    model = run_stages(cfg, tmp_path / "run")  # resumes stage 2 at step 2
+    s2 = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)
+    assert s2["step"] == 4
+    # stage 2 trained the aerial backbone's tail, never the trunk (it is cached)
+    b1, b2 = s1["model"], s2["model"]
+    # an uninterrupted run (same cache) ends with the same weights as the resumed one
+    full = run_stages(cfg, tmp_path / "run_full").state_dict()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(full[k], v, rtol=0, atol=1e-6, msg=k)
+    tail = "towers.aerial.backbone._blocks.12._project_conv.weight"
+    trunk = "towers.aerial.backbone._blocks.2._project_conv.weight"
+    assert not torch.equal(b1[tail], b2[tail]) and torch.equal(b1[trunk], b2[trunk])
+    # export the final checkpoint and run it through the engine
+    m2, cfg2 = load_model(tmp_path / "run" / "checkpoint.pt")
+    train, val = build_datasets(cfg2)
+    collate = make_collate(cfg2)
+    batch = validation_inputs(cfg2, (val, train), collate)
+    export_bundle(m2, cfg2, batch, tmp_path / "bundle", train)
+    engine = UniGeoModel.load(tmp_path / "bundle", threads=1)
+    spec = engine.spec(Modality.AERIAL)
+    assert list(spec.inputs) == ["pixels", "band_mask"] and list(spec.preprocess.bands) == BANDS6
+    assert spec.preprocess.size * spec.preprocess.gsd_m == 64.0
+    assert engine.spec(Modality.DSM).preprocess.gsd_m == 2.0  # one footprint: 32 px x 2 m
+    rng = np.random.default_rng(0)
+    chips = rng.uniform(0.05, 0.6, size=(5, 6, 32, 32)).astype(np.float32)
+    chips[:3, 4:] = np.nan  # three chips from a sensor without SWIR
+    got = engine.encode_tiles(Modality.AERIAL, chips)
+    from engine.preprocess import band_presence, normalize_image
+
+    mask = band_presence(chips)
+    assert mask[:3].tolist() == [[1, 1, 1, 1, 0, 0]] * 3 and mask[3:].min() == 1
+    p = spec.preprocess
+    with torch.no_grad():
+        want = m2.towers["aerial"](torch.from_numpy(normalize_image(chips, p.mean, p.std)),
+                                   torch.from_numpy(mask)).numpy()  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the masked SWIR planes' contents do not matter: NaN or anything else with mask 0
+    other = chips.copy()
+    other[:3, 4:] = 0.9
+    np.testing.assert_allclose(
+        engine.encode_tiles(Modality.AERIAL, other, band_mask=mask), got, atol=1e-5
+    )
+    # ... while a SWIR of zeros that is declared present gives another embedding
+    zeros = chips.copy()
+    zeros[:3, 4:] = 0.0
+    assert np.abs(engine.encode_tiles(Modality.AERIAL, zeros)[:3] - got[:3]).max() > 1e-3
+
+
+def test_torch_model_scores_like_the_engine(synth, tmp_path):
+    """training.torch_engine.TorchModel (ablations are scored with it) matches the ONNX bundle."""
+    from training.checkpoint import load_model
+    from training.export import export_bundle, validation_inputs
+    from training.locked import run_stages
+    from training.torch_engine import TorchModel
+    from training.train import build_datasets, make_collate
+
+    cfg = lit_config(synth, tmp_path / "cache", steps=2, locked={"stage2_steps": 0})
+    run_stages(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    m, c = load_model(ckpt)
+    train, val = build_datasets(c)
+    export_bundle(m, c, validation_inputs(c, (val, train), make_collate(c)), tmp_path / "b", train)
+    engine, torch_model = UniGeoModel.load(tmp_path / "b", threads=1), TorchModel(ckpt, ["water"])
+    chips = np.random.default_rng(1).uniform(0, 1, (4, 6, 32, 32)).astype(np.float32)
+    chips[:2, 3:] = np.nan
+    for a, b in [
+        (engine.encode_tiles(Modality.AERIAL, chips), torch_model.encode_tiles(Modality.AERIAL, chips)),
+        (engine.encode_text(["forest", "open water"], templates=["{}", "a photo of {}"]),
+         torch_model.encode_text(["forest", "open water"], templates=["{}", "a photo of {}"])),
+        (engine.encode_gps([10.0, -33.5], [20.0, 151.2]),
+         torch_model.encode_gps([10.0, -33.5], [20.0, 151.2])),
+    ]:  # fmt: skip
+        np.testing.assert_allclose(a, b, atol=2e-4)
+    assert torch_model.bundle.class_prompts["water"][0] == "an aerial view of water"
