@@ -115,9 +115,10 @@ def zero_shot_landuse(
     prompts = [t.format(n.replace("_", " ")) for n in class_names for t in ZERO_SHOT_TEMPLATES]
     samples = [{"text": p, "lat": 0.0, "lon": 0.0, "sample_id": str(i)}
                for i, p in enumerate(prompts)]  # fmt: skip
-    full = make_collate(cfg)  # a partial of collate_samples: reuse its text preprocessing
-    pre = {Modality.TEXT: full.keywords["preprocess"][Modality.TEXT]}
-    batch = collate_samples(samples, pre, full.keywords["tokenizer"])
+    full = make_collate(cfg)  # a partial (maybe wrapped by the band matcher): its preprocessing
+    base = full.keywords.get("base", full)
+    pre = {Modality.TEXT: base.keywords["preprocess"][Modality.TEXT]}
+    batch = collate_samples(samples, pre, base.keywords["tokenizer"])
     model.eval()
     device = next(model.parameters()).device
     txt = model(move(batch, device))["text"].float().cpu().numpy()

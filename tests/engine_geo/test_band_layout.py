@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.contract import Modality
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
 from engine.raster.batch import read_chips
@@ -43,7 +44,9 @@ def test_a_four_band_raster_feeds_a_six_band_encoder(naip_like):
             r.check_bands(SIX)  # without a band mask: refused, as before
         lay = band_layout(r, SIX, ("nir", "swir1", "swir2"))
         assert lay.read == ("red", "green", "blue", "nir")
-        grid = TileGrid.for_extent("EPSG:32633", 10.0, 16, None, r.bounds, origin=r.bounds[:1] + r.bounds[3:])
+        grid = TileGrid.for_extent(
+            "EPSG:32633", 10.0, 16, None, r.bounds, origin=r.bounds[:1] + r.bounds[3:]
+        )
         chips, frac = read_chips(r, grid, lay, [(0, 0), (1, 1)])
         direct, _ = read_chips(r, grid, lay.read, [(0, 0), (1, 1)])
     assert chips.shape == (2, 6, 16, 16)
@@ -64,3 +67,40 @@ def test_red_green_blue_are_never_optional(tmp_path):
     two = write_raster(tmp_path / "two.tif", random_uint8(bands=2, size=32))
     with GdalReader(two) as r, pytest.raises(RasterInputError, match="needs 6 band"):
         band_layout(r, SIX, ("nir", "swir1", "swir2"))
+
+
+def test_an_rgb_raster_embeds_with_the_nir_masked(analytic_bundle, tmp_path):
+    """End to end (CLI): a 3-band raster feeds the 4-band analytic encoder, NIR masked.
+
+    Its store must hold what the encoder gives the RGBN chips of the same place with the NIR
+    masked (whatever the NIR values), and differ from the RGBN store (a real NIR counts).
+    """
+    from engine.cli.main import main as cli_main
+    from engine.model import UniGeoModel
+    from engine.store import open_store
+
+    rgbn = random_uint8(bands=4, size=64, seed=5)
+    paths = {
+        "rgb": write_raster(tmp_path / "rgb.tif", rgbn[:3]),
+        "rgbn": write_raster(tmp_path / "rgbn.tif", rgbn),
+    }
+    emb = {}
+    for k, p in paths.items():
+        out = tmp_path / f"{k}.store"
+        assert cli_main(["embed", str(p), "--model", str(analytic_bundle), "--out", str(out)]) == 0
+        s = open_store(out)
+        emb[k], grid = np.array(s.embeddings), s.grid
+        assert s.valid.all() and np.isfinite(emb[k]).all()
+        assert s.meta.get("absent_bands", []) == (["nir"] if k == "rgb" else [])
+        s.close()
+    assert np.abs(emb["rgb"] - emb["rgbn"]).max() > 1e-3
+    cells = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
+    with GdalReader(paths["rgbn"]) as r:
+        chips, _ = read_chips(r, grid, ("red", "green", "blue", "nir"), cells)
+    model = UniGeoModel.load(analytic_bundle)
+    try:
+        want = model.encode_tiles(Modality.AERIAL, chips, band_mask=[1, 1, 1, 0])
+    finally:
+        model.close()
+    got = emb["rgb"].reshape(-1, emb["rgb"].shape[-1])
+    np.testing.assert_allclose(got, want, atol=1e-3)  # the store keeps float16

@@ -84,7 +84,7 @@ def test_cancelled_download_is_refused_and_leaves_nothing(server, bundle_zip, tm
     "how, why",
     [
         ("bad_opset", "opset 99"),
-        ("wrong_input_name", "inputs \\['renamed'\\]"),
+        ("wrong_input_name", "inputs \\['renamed'"),
         ("missing_tokenizer", "tokenizer 'tokenizer.json' is missing"),
         ("wrong_dim", "outputs D=9 but bundle.json says dim=8"),
         ("truncated", "corrupt or truncated"),

@@ -260,10 +260,10 @@ def test_gpsfield_resolution_in_degrees_is_explained(run, tmp_path):
 def test_band_mismatch_in_processing_names_bands_parameter(run, tmp_path):
     from qgis.core import QgsProcessingException
 
-    src = tmp_path / "rgb.tif"
-    profile = dict(driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+    src = tmp_path / "two.tif"  # red, green and blue are never optional (NIR is: band mask)
+    profile = dict(driver="GTiff", width=64, height=64, count=2, dtype="uint8",
                    crs="EPSG:32633", transform=Affine(10, 0, 500_000, 0, -10, 5_003_200))  # fmt: skip
     with rasterio.open(src, "w", **profile) as dst:
-        dst.write(np.full((3, 64, 64), 90, np.uint8))
-    with pytest.raises(QgsProcessingException, match="needs 4 band.*3 data band.*cannot provide"):
+        dst.write(np.full((2, 64, 64), 90, np.uint8))
+    with pytest.raises(QgsProcessingException, match="needs 4 band.*2 data band.*cannot provide"):
         run("embedraster", INPUT=str(src), OUTPUT_STORE=str(tmp_path / "s.store"))
