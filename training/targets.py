@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.class_prompts import resolve_prompts
+from engine.classify.prompts import resolve_prompts
 from engine.contract import SPECTRAL_BANDS, Modality
 from engine.model import UniGeoModel
 

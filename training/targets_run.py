@@ -111,8 +111,9 @@ def e2e_speed(models: dict[str, Any], raster: Path, numbers: dict[str, int], rep
     import shutil
     import tempfile
 
-    from engine.embed import embed_raster
-    from engine.raster_io import RasterioReader, grid_for_raster
+    from engine.embed.job import embed_raster
+    from engine.raster.gdal_reader import GdalReader
+    from engine.raster.tiling import grid_for_raster
 
     times: dict[str, list[float]] = {k: [] for k in models}
     n_tiles: dict[str, int] = {}
@@ -120,7 +121,7 @@ def e2e_speed(models: dict[str, Any], raster: Path, numbers: dict[str, int], rep
         for r in range(repeats + 1):  # the first round warms up (sessions, file cache)
             for k, m in models.items():
                 spec = m.spec(Modality.AERIAL).preprocess
-                reader = RasterioReader(raster, bands=[numbers[b] for b in spec.bands])
+                reader = GdalReader(raster, bands=[numbers[b] for b in spec.bands])
                 grid = grid_for_raster(reader, spec)
                 store = Path(tmp) / "store"
                 shutil.rmtree(store, ignore_errors=True)
