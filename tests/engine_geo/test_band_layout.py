@@ -43,7 +43,9 @@ def test_a_four_band_raster_feeds_a_six_band_encoder(naip_like):
             r.check_bands(SIX)  # without a band mask: refused, as before
         lay = band_layout(r, SIX, ("nir", "swir1", "swir2"))
         assert lay.read == ("red", "green", "blue", "nir")
-        grid = TileGrid.for_extent("EPSG:32633", 10.0, 16, None, r.bounds, origin=r.bounds[:1] + r.bounds[3:])
+        grid = TileGrid.for_extent(
+            "EPSG:32633", 10.0, 16, None, r.bounds, origin=r.bounds[:1] + r.bounds[3:]
+        )
         chips, frac = read_chips(r, grid, lay, [(0, 0), (1, 1)])
         direct, _ = read_chips(r, grid, lay.read, [(0, 0), (1, 1)])
     assert chips.shape == (2, 6, 16, 16)
