@@ -32,9 +32,9 @@ if not __package__:
     sys.path.insert(0, str(_HERE.parent))
 
 from bench.common import ROOT, machine_info, md_table  # noqa: E402
-from engine.contract import Modality  # noqa: E402
 from engine.embed.job import embed_raster  # noqa: E402
 from engine.model import UniGeoModel  # noqa: E402
+from engine.model.contract import Modality  # noqa: E402
 from engine.raster.gdal_reader import GdalReader  # noqa: E402
 from engine.raster.tiling import grid_for_raster  # noqa: E402
 from engine.scale.distributed import embed_distributed  # noqa: E402

@@ -26,9 +26,9 @@ try:
 except ImportError:  # run as a script
     from common import ROOT, time_fn, time_interleaved  # type: ignore[no-redef]
 
-from engine.contract import Modality
 from engine.embed.job import embed_raster
 from engine.model import UniGeoModel
+from engine.model.contract import Modality
 from engine.raster.batch import read_batch
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.contract import EncoderSpec, Modality, Preprocess  # noqa: E402
 from engine.embed.job import embed_raster  # noqa: E402
+from engine.model.contract import EncoderSpec, Modality, Preprocess  # noqa: E402
 from engine.raster.gdal_reader import GdalReader  # noqa: E402
 from engine.raster.tiling import grid_for_raster  # noqa: E402
 

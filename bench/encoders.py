@@ -27,7 +27,7 @@ try:
 except ImportError:  # run as a script
     from common import ROOT, time_blocks  # type: ignore[no-redef]
 
-from engine.contract import INPUT_DTYPES, Modality
+from engine.model.contract import INPUT_DTYPES, Modality
 
 # Fused-operator counts reported per tower (fixed keys, so the table has one column set).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "FastGelu", "Gelu", "BiasGelu",

@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         app, ctl = start(tmp, args.model)
         model = ctl.model()
-        from unigeo.engine.contract import Modality  # importable once start() loaded the plugin
+        from unigeo.engine.model.contract import (
+            Modality,  # importable once start() loaded the plugin
+        )
 
         pre = model.spec(Modality.AERIAL).preprocess
         tile_m = pre.size * pre.gsd_m

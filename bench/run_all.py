@@ -22,7 +22,7 @@ from bench import embed_e2e, encoders, extra_sections, query_latency, training_t
 from bench.common import ROOT, fit_power, machine_info, md_table
 from bench.misses import explain_misses
 from engine.atomic import atomic_path, atomic_write_text
-from engine.contract import Modality
+from engine.model.contract import Modality
 
 CHECKPOINT = ROOT / "out" / "default_train" / "checkpoint.pt"
 FULL = dict(enc_repeats=5, scales=[1, 2, 3, 4], e2e_repeats=3,
@@ -111,13 +111,13 @@ def _e2e_variants() -> list[dict[str, Any]]:
 def _spinning(on: bool) -> Any:
     """Context in which engine sessions get ``session.intra_op.allow_spinning`` = ``on``.
 
-    Patches engine.sessions._session_options for the experiment only: it measures the
+    Patches engine.model.sessions._session_options for the experiment only: it measures the
     proposed engine fix without changing the engine.
     """
     import contextlib
     from unittest import mock
 
-    from engine import sessions
+    from engine.model import sessions
 
     if on:
         return contextlib.nullcontext()

@@ -8,8 +8,8 @@ as ``<plugin>.engine`` inside QGIS.
 Front ends (the plugin's GUI and Processing, ``python -m engine``) call :mod:`.pipeline`, one
 function per use case; the packages below it hold one concept each: ``raster`` (reading),
 ``geo`` (GDAL/OGR/OSR), ``store``, ``embed`` (and ``scale`` on Dask), ``search``, ``classify``,
-``library`` (the model manager) and ``cli``. The model itself is ``contract``, ``bundle``,
-``preprocess``, ``sessions`` and ``model``.
+``library`` (the model manager), ``cli`` and ``model`` (the contract, bundles, preprocessing,
+sessions and ``UniGeoModel``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A front end turns what it has (QGIS layers and dialogs, Processing parameters, command-line
 flags) into plain values, calls one function here and shows the result, so a feature or a fix
-lands once. Front ends import this module, :mod:`.errors`, :mod:`.contract` (the model's data
+lands once. Front ends import this module, :mod:`.errors`, :mod:`.model` (the model's data
 types), :mod:`.raster` (reading rasters, choosing bands) and :mod:`.library` (the model manager);
 everything else is the engine's inside (tests/test_layering.py holds the plugin to that).
 """
@@ -21,7 +21,6 @@ from .classify.prompts import default_classify_mode
 from .classify.report import ValidationReport, report_paths, write_validation_report
 from .classify.spec import ClassifySpec, classify, validate
 from .classify.validation import UNCERTAIN
-from .contract import Modality
 from .embed.job import embed_raster
 from .embed.plan import EmbedPlan, plan_embedding, recorded_tiles_per_s
 from .errors import InputError, StoreError
@@ -29,8 +28,10 @@ from .geo.outputs import OutputInfo, read_output
 from .geo.tiff import write_embeddings_tiff
 from .geo.vector import VECTOR_DRIVERS
 from .grid import Bounds, TileGrid
-from .model import UniGeoModel
-from .preprocess import read_exif_latlon
+from .model.contract import Modality
+from .model.core import UniGeoModel
+from .model.preprocess import read_exif_latlon
+from .model.sessions import resolve_providers
 from .raster.reader import RasterReader
 from .raster.tiling import grid_for_raster
 from .search import domain
@@ -40,7 +41,6 @@ from .search.gps_field import encode_field, field_grid, write_field
 from .search.hits import Hit, write_hits
 from .search.query import Query, place_embedding, tiles_in_polygon
 from .search.spec import Place, QuerySpec, Region, build_query
-from .sessions import resolve_providers
 from .store import open_store as open_any_store
 from .store.cache import StoreCache
 from .store.window import DEFAULT_MAX_NODATA, keep_tiles, restrict_nodata, store_window

@@ -57,7 +57,7 @@ def wanted_bands(model: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     An aerial tower with a ``band_mask`` input (contract version 2) masks every band but red,
     green and blue when a raster lacks it; older ones need every band.
     """
-    from ..engine.contract import Modality
+    from ..engine.model import Modality
 
     spec = model.spec(Modality.AERIAL)
     bands = tuple(spec.preprocess.bands)

@@ -20,8 +20,8 @@ from typing import Any
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from ..engine import pipeline
-from ..engine.contract import Modality
 from ..engine.errors import CancelledError, EngineError, InputError, describe_os_error
+from ..engine.model import Modality
 from ..engine.pipeline import ClassifySpec, QuerySpec
 
 log = logging.getLogger("unigeo.plugin")

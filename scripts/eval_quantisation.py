@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.contract import Modality  # noqa: E402
+from engine.model.contract import Modality  # noqa: E402
 
 PAIRS = [(Modality.TEXT, Modality.AERIAL), (Modality.AERIAL, Modality.TEXT),
          (Modality.GPS, Modality.AERIAL), (Modality.AERIAL, Modality.GPS),

@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.contract import BundleSpec, Modality, TrainingDomain  # noqa: E402
+from engine.model.bundle_spec import BundleSpec, TrainingDomain  # noqa: E402
+from engine.model.contract import Modality  # noqa: E402
 from training.domain import COARSE_GSD_M, PAD_DEG, class_prompts, dataset_domain  # noqa: E402, F401
 
 CLASS_COLORS = {

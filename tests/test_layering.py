@@ -23,7 +23,7 @@ def engine_modules() -> list[str]:
 
 def test_engine_has_modules():
     mods = engine_modules()
-    assert "engine" in mods and "engine.contract" in mods
+    assert "engine" in mods and "engine.model.contract" in mods
 
 
 def test_every_engine_module_imports_without_torch_or_qgis():
@@ -93,13 +93,13 @@ def test_engine_and_plugin_source_never_import_those_wheels():
 
 
 # -- the engine's public entry and its inside -------------------------------------------------
-# What front ends may import: the use cases (pipeline), the errors, the model contract's data
-# types, raster input (readers, band choice) and the model manager. Everything else is the
-# engine's inside and may move without touching the plugin.
+# What front ends may import: the use cases (pipeline), the errors, the model's face (the
+# contract's data types, UniGeoModel), raster input (readers, band choice) and the model manager.
+# Everything else is the engine's inside and may move without touching the plugin.
 PUBLIC_ENTRY = (
     "engine.pipeline",
     "engine.errors",
-    "engine.contract",
+    "engine.model",
     "engine.raster",
     "engine.library",
 )

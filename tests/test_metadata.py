@@ -63,7 +63,7 @@ def test_package_zip_has_runtime_files_only(tmp_path):
     assert zips
     names = zipfile.ZipFile(zips[-1]).namelist()
     assert "unigeo/metadata.txt" in names and "unigeo/__init__.py" in names
-    assert "unigeo/engine/contract.py" in names and "unigeo/plugin/unigeo_plugin.py" in names
+    assert "unigeo/engine/model/contract.py" in names and "unigeo/plugin/unigeo_plugin.py" in names
     for banned in ("training/", "tests/", "bench/", "docs/", "scripts/", ".ci/"):
         assert not any(n.startswith("unigeo/" + banned) for n in names), banned
     assert all(n.startswith("unigeo/") for n in names)

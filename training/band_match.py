@@ -3,7 +3,7 @@
 A dataset stores each chip in its own band order (``dataset.json`` ``bands.aerial``) and a
 band a source lacks as an all-NaN plane (Swellendam orthophotos have no NIR, NAIP no SWIR).
 The tower takes its own bands in its own order: a band the dataset does not have at all becomes
-an all-NaN plane too, and :func:`engine.preprocess.band_presence` turns the NaN planes into the
+an all-NaN plane too, and :func:`engine.model.preprocess.band_presence` turns the NaN planes into the
 ``band_mask`` the aerial encoder takes, exactly as the engine does at inference.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.preprocess import band_presence
+from engine.model.preprocess import band_presence
 
 
 def dataset_bands(source: str | Path) -> tuple[str, ...] | None:
@@ -75,7 +75,7 @@ def footprint_crop(chip: np.ndarray, gsd_m: float | None, footprint_m: float) ->
     """The centre of ``chip [C, H, W]`` that covers ``footprint_m`` of ground, as the engine tiles.
 
     The engine resamples every raster to the tower's GSD and cuts tiles of its size, so a tile
-    covers ``engine.contract.footprint_m`` whatever the sensor: a 30 m Landsat tile of 320 m is
+    covers ``engine.model.contract.footprint_m`` whatever the sensor: a 30 m Landsat tile of 320 m is
     about 11 real pixels. Dataset chips of coarse sensors cover more (32 px x 30 m = 960 m);
     training and evaluation take their centre so they see what the engine will feed. Chips that
     cover less than the footprint (very fine imagery) are returned whole.

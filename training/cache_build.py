@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.contract import Modality, footprint_m
 from engine.errors import InputError, ModelContractError
-from engine.preprocess import TextTokenizer
+from engine.model.contract import Modality, footprint_m
+from engine.model.preprocess import TextTokenizer
 
 from .band_match import dataset_bands, footprint_crop, match_bands, rebanded
 from .config import TrainConfig

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from engine.contract import Modality
 from engine.errors import InputError
+from engine.model.contract import Modality
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -58,7 +58,7 @@ class DsmTowerConfig:
     patch_size: int = 8  # patch side in pixels
     num_registers: int = 4  # learned register tokens (Darcet et al. 2024)
     # DSM-only models: the GSD; with an aerial tower the DSM GSD is the aerial footprint / size
-    # (one footprint for both, engine.contract.footprint_m), and this value is not used.
+    # (one footprint for both, engine.model.contract.footprint_m), and this value is not used.
     gsd_m: float = 2.0
     dsm_center: str = "median"  # subtract the chip's "median" or "min" height
     dsm_scale_m: float = 10.0  # heights are divided by this after centring

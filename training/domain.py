@@ -1,7 +1,7 @@
 """What a bundle says about its training data: the domain (area boxes, GSD range) and labels.
 
 The engine warns when a store lies outside the bundle's
-:class:`~engine.contract.TrainingDomain` (``engine/domain.py``), so the domain must describe
+:class:`~engine.model.bundle_spec.TrainingDomain` (``engine/domain.py``), so the domain must describe
 the *training* imagery, not the held-out set and not one union box around everything:
 
 - one padded WGS84 box per training area whose samples carry imagery (aerial or DSM) at a
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import PROVENANCES, TrainingDomain
+from engine.model.bundle_spec import PROVENANCES, TrainingDomain
 
 log = logging.getLogger(__name__)
 

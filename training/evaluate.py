@@ -104,7 +104,7 @@ def zero_shot_landuse(
     Class vectors are the normalised mean of the text tower's embeddings of
     :data:`ZERO_SHOT_TEMPLATES` filled with the class name (what the engine's classifier does).
     """
-    from engine.contract import Modality
+    from engine.model.contract import Modality
 
     from .data.collate import collate_samples
     from .train import make_collate, move

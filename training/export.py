@@ -2,7 +2,7 @@
 
 ``python -m training.export --checkpoint out/train/checkpoint.pt --out bundle/`` writes
 ``bundle.json``, one ``<modality>.onnx`` per tower (opset 17, dynamic ``batch`` axis, contract
-input names and dtypes, the :class:`~engine.contract.EncoderSpec` in ``metadata_props``) and
+input names and dtypes, the :class:`~engine.model.contract.EncoderSpec` in ``metadata_props``) and
 ``tokenizer.json``. Every file is run in onnxruntime against torch on real inputs and refused if
 max |Δ| exceeds the tolerance.
 
@@ -40,15 +40,9 @@ import onnx
 import torch
 from torch import nn
 
-from engine.contract import (
-    BATCH_AXIS,
-    INPUT_NAMES,
-    OUTPUT_NAME,
-    TOKENIZER_FILE,
-    BundleSpec,
-    Modality,
-)
 from engine.errors import ModelContractError
+from engine.model.bundle_spec import TOKENIZER_FILE, BundleSpec
+from engine.model.contract import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, Modality
 
 from .config import TrainConfig
 from .domain import dataset_labels, training_domain

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import INPUT_DTYPES, INPUT_NAMES, Modality
 from engine.errors import ModelContractError
+from engine.model.contract import INPUT_DTYPES, INPUT_NAMES, Modality
 
 from .config import TrainConfig
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from engine.atomic import atomic_path, atomic_write_text
-from engine.contract import Modality
 from engine.errors import InputError, ModelContractError
+from engine.model.contract import Modality
 
 from .data.sources import RegistryFile, land_mask, registry_bytes
 from .evaluate import linear_probe

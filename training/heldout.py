@@ -2,7 +2,7 @@
 
 Reads a dataset folder (format 1 or 2) directly, so any bundle can be scored on it through the
 engine: every aerial view is expanded to the canonical bands
-(:data:`engine.contract.SPECTRAL_BANDS`, NaN for a band the sensor lacks) and resized to the
+(:data:`engine.model.contract.SPECTRAL_BANDS`, NaN for a band the sensor lacks) and resized to the
 chip side the towers were trained at (the same resize the training collate applies). Truths for
 text-to-map hits come from the chip itself (water: MNDWI > 0 where SWIR exists, else NDWI > 0;
 vegetation: NDVI) and from the land-use labels (OSM polygons in the labelled area).
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import SPECTRAL_BANDS
+from engine.model.contract import SPECTRAL_BANDS
 
 from .band_match import footprint_crop
 from .cache_build import manifest_rows

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.contract import Modality
 from engine.errors import InputError
+from engine.model.contract import Modality
 
 from .config import LossConfig
 

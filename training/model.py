@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engine.contract import INPUT_NAMES, Modality
+from engine.model.contract import INPUT_NAMES, Modality
 
 from .config import ModelConfig
 from .gps import GpsEncoder

@@ -22,8 +22,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from engine.contract import INPUT_DTYPES, INPUT_NAMES, META_SPEC_KEY, OUTPUT_NAME, Modality
 from engine.errors import ModelContractError
+from engine.model.contract import INPUT_DTYPES, INPUT_NAMES, META_SPEC_KEY, OUTPUT_NAME, Modality
 
 from .config import TrainConfig
 from .model import UniGeoCLIP

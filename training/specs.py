@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from engine.contract import BATCH_AXIS, INPUT_NAMES, EncoderSpec, Modality, Preprocess, footprint_m
+from engine.model.contract import (
+    BATCH_AXIS,
+    INPUT_NAMES,
+    EncoderSpec,
+    Modality,
+    Preprocess,
+    footprint_m,
+)
 
 from .config import ModelConfig
 
@@ -35,7 +42,7 @@ def preprocess_for(modality: Modality, cfg: ModelConfig) -> Preprocess:
 def dsm_gsd_m(cfg: ModelConfig) -> float:
     """The DSM tower's GSD: one footprint with the aerial tower when the model has both.
 
-    ``engine.contract.footprint_m`` of the DSM spec then equals the aerial one, so the engine
+    ``engine.model.contract.footprint_m`` of the DSM spec then equals the aerial one, so the engine
     tiles a DSM over the ground an aerial chip covers, as the training pairs do.
     """
     a = cfg.aerial

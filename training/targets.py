@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from engine.classify.prompts import resolve_prompts
-from engine.contract import SPECTRAL_BANDS, Modality
 from engine.model import UniGeoModel
+from engine.model.contract import SPECTRAL_BANDS, Modality
 
 from .band_match import match_bands
 from .evaluate import caption_groups, retrieval

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from engine.atomic import atomic_write_text
-from engine.contract import Modality
 from engine.model import UniGeoModel
+from engine.model.contract import Modality
 
 from .band_match import dataset_bands
 from .heldout import load_scene

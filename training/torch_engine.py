@@ -2,7 +2,7 @@
 
 The ablations train several models; exporting each to ONNX only to score it would cost minutes
 per run. :class:`TorchModel` runs the torch towers on exactly the engine's preprocessing
-(``engine.preprocess``: normalisation, band mask from NaN planes, tokenizer, coordinate checks),
+(``engine.model.preprocess``: normalisation, band mask from NaN planes, tokenizer, coordinate checks),
 so :mod:`training.targets` scores a checkpoint as it scores a bundle; the export parity test
 (tests/training/test_locked.py) bounds the difference by 1e-4.
 """
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.contract import BundleSpec, EncoderSpec, Modality
-from engine.preprocess import (
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import EncoderSpec, Modality
+from engine.model.preprocess import (
     TextTokenizer,
     band_presence,
     normalize_dsm,

@@ -1,6 +1,6 @@
 """The image, DSM and text towers; each maps its contract inputs to ``[B, D]`` unit vectors.
 
-Every tower's ``forward`` takes exactly the tensors named in ``engine.contract.INPUT_NAMES`` for
+Every tower's ``forward`` takes exactly the tensors named in ``engine.model.contract.INPUT_NAMES`` for
 its modality, in that order, so the ONNX export and the engine see the same signature.
 """
 

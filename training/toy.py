@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.contract import Modality
+from engine.model.contract import Modality
 
 CLASS_WORDS = (
     "cropland", "forest", "water", "housing", "industry", "wetland", "grassland", "orchard",

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine.contract import Modality
 from engine.errors import InputError
-from engine.preprocess import TextTokenizer
+from engine.model.contract import Modality
+from engine.model.preprocess import TextTokenizer
 
 from .band_match import collate_banded, dataset_bands
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_state

@@ -20,8 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.atomic import atomic_path, atomic_write_text
-from engine.contract import OUTPUT_NAME
 from engine.errors import ModelContractError
+from engine.model.contract import OUTPUT_NAME
 
 from .optimize import run_onnx
 

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import staging_folder
-from ..contract import Modality
 from ..errors import InputError
 from ..geo.geometry import GeometryLike
 from ..geo.render import render_for
 from ..geo.tiff import hex_to_rgba, publish_tiff, write_grid_raster
+from ..model.contract import Modality
 from ..search.query import tiles_in_polygon
 from ..search.scoring import chunked_dot
 from .fit import Linear, fit_classifier, normalise_rows, softmax
@@ -50,7 +50,7 @@ from .prompts import (
 )
 
 if TYPE_CHECKING:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
     from ..store.npy import EmbeddingStore
 
 NODATA_CLASS = -1  # in Classification.class_raster

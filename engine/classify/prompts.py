@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 
 if TYPE_CHECKING:
-    from ..contract import BundleSpec
+    from ..model.bundle_spec import BundleSpec
 
 DEFAULT_TEMPERATURE = 0.01  # only when a bundle declares no logit_scale (and few-shot prototypes)
 MIN_ZERO_SHOT_ACCURACY = 0.5  # a declared zero-shot accuracy below this gives a warning

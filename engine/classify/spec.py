@@ -18,7 +18,7 @@ from .report import ValidationReport
 from .validation import apply_min_confidence, cross_validate
 
 if TYPE_CHECKING:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
     from ..store.npy import EmbeddingStore
 
 

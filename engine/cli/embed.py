@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import pipeline
-from ..contract import Modality
 from ..errors import InputError
+from ..model.contract import Modality
 from .common import add_command, add_model_args, floats, ints, load_model, progress_bar
 
 

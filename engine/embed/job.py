@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..contract import EncoderSpec, Modality
 from ..errors import CancelledError, InputError, ModelContractError, StoreError
 from ..geo.render import footprint_meta
 from ..grid import TileGrid
+from ..model.contract import EncoderSpec, Modality
 from ..raster.batch import Cell, read_chips
 from ..raster.layout import BandLayout, band_layout, optional_bands
 from ..raster.reader import RasterReader

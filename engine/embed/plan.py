@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..contract import TrainingDomain
 from ..errors import EngineError
 from ..grid import TileGrid
+from ..model.bundle_spec import TrainingDomain
 from ..raster.tiling import raster_gsd_m
 from ..search.domain import grid_gsd_m, gsd_out_of_range
 

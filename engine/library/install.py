@@ -3,7 +3,7 @@
 Everything happens in a hidden staging folder inside the models folder (same file system): the
 download (resumed over HTTP Range when the connection drops), the sha256 check (before anything
 is unpacked), the safe unzip, and the checks that the engine can run the bundle (its contract
-with :func:`engine.bundle.load_bundle`, then one onnxruntime session and one sample per tower).
+with :func:`engine.model.bundle.load_bundle`, then one onnxruntime session and one sample per tower).
 Only then is the bundle renamed into place, atomically, as ``<models>/<name>-<version>``. On any
 failure or cancel the staging folder is deleted: nothing partial is ever left that looks
 installed. Entry points: :func:`install_bundle`, :func:`install_default`, and the CLI
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import staging_folder
-from ..bundle import LoadedBundle, load_bundle
-from ..contract import Modality
 from ..errors import CancelledError, EngineError, ModelContractError, ModelInstallError
+from ..model.bundle import LoadedBundle, load_bundle
+from ..model.contract import Modality
 from .catalog import DEFAULT_BUNDLE, default_models_dir
 from .download import download
 from .installed import InstalledBundle, active_bundle, set_active, summarise
@@ -248,7 +248,7 @@ def validate_bundle(folder: str | Path, consequence: str = "nothing was installe
     Raises:
         ModelInstallError: the contract is broken or onnxruntime cannot load or run a tower.
     """
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
 
     try:
         loaded = load_bundle(folder)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
-from ..contract import BUNDLE_FILE, BundleSpec
 from ..errors import InputError, ModelContractError
+from ..model.bundle_spec import BUNDLE_FILE, BundleSpec
 
 ACTIVE_FILE = "active.json"
 LICENCE_KEYS = ("license", "licence")  # optional bundle.json fields the card shows

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_path, atomic_write_text
-from ..contract import BUNDLE_FILE, BundleSpec
 from ..errors import CancelledError, InputError, ModelInstallError
+from ..model.bundle_spec import BUNDLE_FILE, BundleSpec
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold: no build time leaks in
 _SHA_LINE = re.compile(r"^\s*([0-9a-fA-F]{64})\b")

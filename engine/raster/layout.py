@@ -5,7 +5,7 @@ without the bands a sensor lacks (NAIP and orthophotos have no SWIR; a plain RGB
 :func:`band_layout` finds the bands a reader can supply (by name, or by the user's explicit
 numbers in the model's order), and :meth:`BandLayout.scatter` puts what was read back into the
 model's band order with absent bands as all-NaN planes, which the model turns into its mask
-(:func:`engine.preprocess.band_presence`). Red, green and blue are never optional.
+(:func:`engine.model.preprocess.band_presence`). Red, green and blue are never optional.
 """
 
 from __future__ import annotations

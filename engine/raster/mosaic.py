@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Preprocess
 from ..errors import InputError, RasterInputError
 from ..geo import crs as crs_mod
 from ..grid import DEFAULT_MAX_TILES, Bounds, TileGrid
+from ..model.contract import Preprocess
 from .gdal_reader import GdalReader
 from .reader import RasterReader
 from .source import gdal_name, is_virtual

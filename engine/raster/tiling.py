@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-from ..contract import Preprocess
 from ..errors import RasterInputError
 from ..geo import crs as crs_mod
 from ..geo.crs import WGS84
 from ..grid import DEFAULT_MAX_TILES, Bounds, TileGrid
+from ..model.contract import Preprocess
 from .reader import RasterReader
 
 

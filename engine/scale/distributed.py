@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Modality
 from ..embed.job import check_model
 from ..errors import CancelledError, InputError, StoreError
 from ..geo.render import footprint_meta
 from ..grid import TileGrid
+from ..model.contract import Modality
 from ..raster.layout import BandLayout, band_layout, optional_bands
 from ..raster.mosaic import SourceSpec, source_spec
 from ..store.guard import check_target
@@ -47,7 +47,7 @@ def _prepare(
     threads: int,
 ) -> tuple[Any, SourceSpec, str, dict[str, Any], BandLayout]:
     """Validate model and inputs on the client: (model, spec, fingerprint, meta, band layout)."""
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
 
     model = UniGeoModel.load(bundle_dir, providers=provider, threads=threads)
     spec = check_model(model, modality, grid)

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import Modality
 from ..embed.job import encode_into
 from ..errors import InputError, ModelContractError, RasterInputError
 from ..grid import TileGrid
+from ..model.contract import Modality
 from ..raster.batch import read_chips
 from ..raster.layout import BandLayout
 from ..raster.mosaic import SourceSpec
@@ -73,7 +73,7 @@ def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], close: str) -
 
 
 def _load_model(job: BlockJob) -> Any:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
 
     model = UniGeoModel.load(job.bundle_dir, providers=job.provider, threads=job.threads)
     if model.model_hash != job.model_hash:

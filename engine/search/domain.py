@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..contract import TrainingDomain
 from ..errors import InputError
 from ..geo import crs as C
 from ..grid import TileGrid
+from ..model.bundle_spec import TrainingDomain
 
 if TYPE_CHECKING:
     from ..store.npy import EmbeddingStore

@@ -20,7 +20,7 @@ from ..grid import Bounds, TileGrid
 from .similarity import write_score_map
 
 if TYPE_CHECKING:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
     from .query import Query
 
 MAX_VALUES = 256_000_000  # cells x bands of an embedding field (1 GB of float32)

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..contract import Modality
 from ..errors import InputError
 from ..geo import crs as C
 from ..geo.geometry import GeometryLike, cells_inside
+from ..model.contract import Modality
 
 if TYPE_CHECKING:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
     from ..store.npy import EmbeddingStore
 
 WGS84 = "EPSG:4326"

@@ -19,7 +19,7 @@ from ..geo.geometry import GeometryLike, union
 from . import query as Q
 
 if TYPE_CHECKING:
-    from ..model import UniGeoModel
+    from ..model.core import UniGeoModel
     from ..store.npy import EmbeddingStore
 
 

@@ -19,8 +19,8 @@ from qgis.core import (
 )
 
 from ...engine import pipeline
-from ...engine.contract import Modality
 from ...engine.errors import CancelledError, EngineError, describe_os_error
+from ...engine.model import Modality
 from ...engine.pipeline import Region
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings

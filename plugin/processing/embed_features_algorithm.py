@@ -28,7 +28,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...engine import pipeline
-from ...engine.contract import Modality
+from ...engine.model import Modality
 from ..qgis_reader import qgs_crs
 from .base import UniGeoAlgorithm
 from .common import engine_errors

@@ -17,8 +17,8 @@ from qgis.core import (
 )
 
 from ...engine import pipeline
-from ...engine.contract import Modality
 from ...engine.errors import RasterInputError
+from ...engine.model import Modality
 from ...engine.raster import GdalReader, is_virtual
 from ..qgis_reader import reader_for_layer
 from ..settings import Settings

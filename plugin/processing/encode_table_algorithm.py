@@ -32,8 +32,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ...engine.contract import Modality
 from ...engine.errors import EngineError
+from ...engine.model import Modality
 from ...engine.pipeline import read_exif_latlon
 from .base import UniGeoAlgorithm
 from .common import engine_errors

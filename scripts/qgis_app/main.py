@@ -92,7 +92,7 @@ class Context:
 
     def load_model_facts(self, folder: Path) -> None:
         """Load the model UniGeo uses now (it must be ``folder``) and keep its geometry."""
-        from unigeo.engine.contract import Modality
+        from unigeo.engine.model.contract import Modality
 
         model = self.plugin.controller.model()
         ensure(

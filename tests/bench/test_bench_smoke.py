@@ -17,8 +17,8 @@ from bench import (
     training_throughput,
 )
 from bench.common import fit_power, machine_info, md_table, time_fn, time_interleaved
-from engine.contract import Modality
 from engine.model import UniGeoModel
+from engine.model.contract import Modality
 
 
 def test_timing_helpers() -> None:

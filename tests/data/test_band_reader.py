@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.contract import Modality, Preprocess
 from engine.errors import InputError
+from engine.model.contract import Modality, Preprocess
 from training.data.collate import collate_samples
 from training.data.format import DatasetFormatError, DatasetInfo, read_manifest
 from training.data.reader import ChipDataset, dihedral, expand_bands

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from engine.contract import Modality, Preprocess
 from engine.errors import InputError
-from engine.preprocess import TextTokenizer
+from engine.model.contract import Modality, Preprocess
+from engine.model.preprocess import TextTokenizer
 from training.data.collate import collate_samples
 from training.data.reader import ChipDataset, ShardedChipDataset
 

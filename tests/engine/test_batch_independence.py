@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.contract import Modality
 from engine.errors import ModelContractError
 from engine.model import UniGeoModel
-from engine.sessions import couples_batch
+from engine.model.contract import Modality
+from engine.model.sessions import couples_batch
 
 BUNDLE = Path(__file__).resolve().parents[2] / "resources" / "models" / "default"
 NAIP = ("naip_north_dakota", "m_4709963_se_14_1_20200831.tif")
@@ -122,7 +122,7 @@ def test_sub_extent_embeds_equal_full_raster_on_overlap(naip: Path, tmp_path: Pa
 
 
 def test_couples_batch_scans_the_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.sessions as sessions
+    import engine.model.sessions as sessions
 
     monkeypatch.setattr(sessions, "_SCAN_CHUNK", 16)
     for at in range(0, 40, 3):  # the op name at every offset, also across chunk boundaries

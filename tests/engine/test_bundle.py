@@ -9,9 +9,10 @@ import shutil
 import onnx
 import pytest
 
-from engine.bundle import load_bundle
-from engine.contract import BundleSpec, EncoderSpec, Modality
 from engine.errors import ModelContractError
+from engine.model.bundle import load_bundle
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import EncoderSpec, Modality
 from tests.fixtures.analytic_bundle import BREAKAGES, break_bundle, make_analytic_bundle
 
 

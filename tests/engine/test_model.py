@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.bundle import load_bundle
-from engine.contract import Modality
 from engine.errors import EngineError, InputError, ModelContractError, ProviderUnavailableError
 from engine.model import UniGeoModel
-from engine.preprocess import normalize_dsm, normalize_image, prepare_photo
-from engine.sessions import CPU
+from engine.model.bundle import load_bundle
+from engine.model.contract import Modality
+from engine.model.preprocess import normalize_dsm, normalize_image, prepare_photo
+from engine.model.sessions import CPU
 from tests.fixtures.analytic_bundle import (
     AERIAL_MEAN,
     AERIAL_STD,

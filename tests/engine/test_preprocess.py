@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import InputError, ModelContractError
-from engine.preprocess import (
+from engine.model.preprocess import (
     TextTokenizer,
     normalize_dsm,
     normalize_image,

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from engine import sessions
-from engine.bundle import probe_model_bytes, read_onnx_header, runtime_limits
-from engine.contract import META_SPEC_KEY, EncoderSpec, Modality
 from engine.errors import ModelContractError, ProviderUnavailableError
-from engine.sessions import (
+from engine.model import sessions
+from engine.model.bundle import probe_model_bytes, read_onnx_header, runtime_limits
+from engine.model.contract import META_SPEC_KEY, EncoderSpec, Modality
+from engine.model.sessions import (
     CPU,
     CUDA,
     TENSORRT,

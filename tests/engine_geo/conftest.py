@@ -16,7 +16,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp
 
-from engine.contract import EncoderSpec, Modality, Preprocess
+from engine.model.contract import EncoderSpec, Modality, Preprocess
 
 UTM_CRS = "EPSG:32633"
 UTM_ORIGIN = (500_000.0, 5_000_064.0)  # top-left corner; multiples of the 32-m test cells

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.contract import Modality
 from engine.embed.job import embed_raster
 from engine.errors import CancelledError, InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
+from engine.model.contract import Modality
 from engine.raster.batch import read_chips
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster

@@ -11,9 +11,9 @@ import pytest
 from affine import Affine
 from pyproj import Transformer
 
-from engine.contract import Preprocess
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
+from engine.model.contract import Preprocess
 from engine.raster.bands import resolve_bands
 from engine.raster.gdal_reader import GdalReader, close_all_readers
 from engine.raster.tiling import choose_grid_crs, grid_for_raster, raster_gsd_m

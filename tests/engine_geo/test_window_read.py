@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from engine.contract import Preprocess
 from engine.embed.job import reader_threads
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
+from engine.model.contract import Preprocess
 from engine.raster.batch import WINDOW_MAX_VALUES, read_batch, rectangles
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster
@@ -226,8 +226,8 @@ def test_reader_threads_rule():
 
 def test_embedding_through_windows_equals_the_old_path(shared_data, tmp_path):
     """embed_raster on real NAIP: the new reads give the store the old per-tile warps gave."""
-    from engine.contract import Modality
     from engine.embed.job import embed_raster
+    from engine.model.contract import Modality
     from tests.engine_geo.conftest import FakeModel
 
     tif = shared_data.joinpath(*NAIP)

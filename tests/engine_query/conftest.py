@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.contract import BundleSpec, Modality
 from engine.grid import TileGrid
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import Modality
 
 UTM = "EPSG:32633"
 CELL = 10.0  # metres per tile cell (gsd 1 m x 10 px)

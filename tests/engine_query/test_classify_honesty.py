@@ -15,8 +15,9 @@ import rasterio
 from engine.classify.land_use import zero_shot
 from engine.classify.prompts import LOW_MARGIN, resolve_prompts, zero_shot_warning
 from engine.cli.classify import read_classes
-from engine.contract import BundleSpec, Modality
 from engine.errors import InputError, ModelContractError
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import Modality
 
 D = 16
 NAMES = ("water", "crops", "town")

@@ -9,9 +9,9 @@ import pytest
 import rasterio
 from pyproj import Transformer
 
-from engine.contract import TrainingDomain
 from engine.errors import InputError
 from engine.grid import TileGrid
+from engine.model.bundle_spec import TrainingDomain
 from engine.search.domain import (
     domain_warning,
     grid_gsd_m,

@@ -9,8 +9,8 @@ import pytest
 from pyproj import Transformer
 from shapely.geometry import Polygon, box
 
-from engine.contract import Modality
 from engine.errors import InputError
+from engine.model.contract import Modality
 from engine.search.query import (
     Query,
     combine,

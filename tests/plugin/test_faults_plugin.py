@@ -189,7 +189,7 @@ def model(unigeo_settings):
 
 
 def _grid(model, path: Path, extent=None):
-    from unigeo.engine.contract import Modality
+    from unigeo.engine.model.contract import Modality
     from unigeo.engine.raster.gdal_reader import GdalReader
     from unigeo.engine.raster.tiling import grid_for_raster
 

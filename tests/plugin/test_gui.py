@@ -192,7 +192,7 @@ def test_photo_with_exif_gps_is_marked_on_map(plugin, shared_data, qgis_iface):
     dock.mark_button.click()
     (layer,) = QgsProject.instance().mapLayersByName("photo location: 01.jpg")
     pt = next(layer.getFeatures()).geometry().asPoint()
-    from unigeo.engine.preprocess import read_exif_latlon
+    from unigeo.engine.model.preprocess import read_exif_latlon
 
     lat, lon = read_exif_latlon(photo)
     assert 55.69 < lat < 55.71 and 13.19 < lon < 13.20  # Lund

@@ -195,7 +195,7 @@ def test_unload_takes_markers_off_the_canvas(plugin, qgis_iface):
 def test_classify_dialog_mode_follows_the_declared_accuracy(
     evaluation, mode, said, qgis_new_project, plugin_package
 ):
-    from unigeo.engine.contract import BundleSpec
+    from unigeo.engine.model.bundle_spec import BundleSpec
     from unigeo.plugin.dialogs.classify_dialog import ClassifyDialog
 
     shipped = BundleSpec.read(ROOT / "resources" / "models" / "default")

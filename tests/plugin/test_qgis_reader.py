@@ -15,7 +15,7 @@ SWELLENDAM = "swellendam/3320D_2010_315_RGB_LATLNG.tif"
 
 
 def _preprocess(size: int = 16, gsd: float = 10.0):
-    from unigeo.engine.contract import Preprocess
+    from unigeo.engine.model.contract import Preprocess
 
     return Preprocess(size=size, bands=BANDS, mean=(0.35,) * 4, std=(0.2,) * 4, gsd_m=gsd)
 

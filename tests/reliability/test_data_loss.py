@@ -251,8 +251,8 @@ def test_changed_external_weights_change_the_model_hash_and_reembed(
 ):
     """Issue 16 item 5: weights in an ONNX external-data file were not hashed; a store made
     with the old weights was silently reused after they changed."""
-    from engine.bundle import load_bundle
     from engine.model import UniGeoModel
+    from engine.model.bundle import load_bundle
 
     data = _externalise(bundle_copy)
     h1 = load_bundle(bundle_copy).model_hash
@@ -275,8 +275,8 @@ def test_changed_external_weights_change_the_model_hash_and_reembed(
 def test_external_data_outside_the_bundle_is_refused(bundle_copy, tmp_path):
     import onnx
 
-    from engine.bundle import load_bundle
     from engine.errors import ModelContractError
+    from engine.model.bundle import load_bundle
 
     _externalise(bundle_copy)
     model = onnx.load(bundle_copy / "aerial.onnx", load_external_data=False)
@@ -299,7 +299,7 @@ def test_16_bit_and_float_photos_are_rescaled_not_saturated(kind, tmp_path):
     """Issue 16 item 6: `.convert("RGB")` turned a 16-bit PNG solid white, a float TIFF black."""
     from PIL import Image
 
-    from engine.preprocess import prepare_photo
+    from engine.model.preprocess import prepare_photo
 
     src = sorted(LUND.glob("*.jpg"))[0]
     gray = np.asarray(Image.open(src).convert("L"), dtype=np.uint8)
@@ -326,7 +326,7 @@ def test_photo_with_values_it_cannot_place_is_refused(tmp_path):
     from PIL import Image
 
     from engine.errors import InputError
-    from engine.preprocess import prepare_photo
+    from engine.model.preprocess import prepare_photo
 
     for name, arr in {
         "neg.tif": np.full((40, 40), -3.0, np.float32),
@@ -357,7 +357,7 @@ DEFAULT_TOKENIZER = ROOT / "resources" / "models" / "default" / "tokenizer.json"
 def test_text_without_meaning_is_refused_or_warned(text, outcome):
     """Issue 16: meaningless text used to embed silently, all to one vector (cosine 1.0)."""
     from engine.errors import InputError
-    from engine.preprocess import TextTokenizer, check_text_meaning
+    from engine.model.preprocess import TextTokenizer, check_text_meaning
 
     tok = TextTokenizer(DEFAULT_TOKENIZER, 32, lowercase=True)
     if outcome in ("holds no word", "knows none"):

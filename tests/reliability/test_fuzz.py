@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis, bounded) of every reader of untrusted files: only domain errors escape.
 
 Readers: ``BundleSpec.from_dict``/``read``, ``EncoderSpec.from_json``, the ONNX header reader
-``engine.bundle.read_onnx_header``, and the dataset readers of ``training.data.format``. Each
+``engine.model.bundle.read_onnx_header``, and the dataset readers of ``training.data.format``. Each
 input is a mutation of a valid document (values swapped for random JSON, keys dropped, bytes
 flipped, inserted or cut), so most runs get deep into the parser before failing.
 """
@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from engine.bundle import read_onnx_header
-from engine.contract import META_SPEC_KEY, BundleSpec, EncoderSpec
 from engine.errors import EngineError
+from engine.model.bundle import read_onnx_header
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import META_SPEC_KEY, EncoderSpec
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

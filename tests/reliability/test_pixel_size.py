@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from engine.contract import Preprocess, TrainingDomain
 from engine.embed.plan import (
     ASSUMED_TILES_PER_S,
     LARGE_JOB_S,
@@ -24,6 +23,8 @@ from engine.embed.plan import (
     plan_embedding,
     recorded_tiles_per_s,
 )
+from engine.model.bundle_spec import TrainingDomain
+from engine.model.contract import Preprocess
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster
 from tests.reliability.conftest import UTM_ORIGIN, random_uint8, write_raster

@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 from pyproj import Transformer
 
 from engine.grid import TileGrid
-from engine.preprocess import validate_latlon
+from engine.model.preprocess import validate_latlon
 from engine.raster.tiling import choose_grid_crs
 from engine.search.calibration import calibrate
 

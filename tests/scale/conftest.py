@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.contract import Modality
 from engine.embed.job import embed_raster
 from engine.grid import TileGrid
 from engine.model import UniGeoModel
+from engine.model.contract import Modality
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.tiling import grid_for_raster
 

@@ -12,8 +12,8 @@ import rasterio
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from rasterio.windows import Window
 
-from engine.contract import Preprocess
 from engine.errors import RasterInputError
+from engine.model.contract import Preprocess
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.mosaic import MosaicReader, collection_paths, grid_for_sources, source_spec
 from engine.raster.tiling import grid_for_raster

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.preprocess import prepare_photo
+from engine.model.preprocess import prepare_photo
 from training import efficientnet as E
 
 # ImageNet-1k class indices of the cathedral's kind of scene.

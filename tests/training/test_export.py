@@ -14,16 +14,16 @@ import onnx
 import pytest
 import torch
 
-from engine.contract import (
+from engine.errors import ModelContractError
+from engine.model.bundle_spec import BundleSpec
+from engine.model.contract import (
     BATCH_AXIS,
     INPUT_NAMES,
     META_SPEC_KEY,
     OUTPUT_NAME,
-    BundleSpec,
     EncoderSpec,
     Modality,
 )
-from engine.errors import ModelContractError
 from training.export import export_bundle, run_onnx, tower_inputs_np
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.contract import Modality
 from engine.model import UniGeoModel
+from engine.model.contract import Modality
 from training.config import load_config
 
 BANDS6 = ["red", "green", "blue", "nir", "swir1", "swir2"]
@@ -191,7 +191,7 @@ def test_stage1_stage2_export_engine_parity(synth, tmp_path):
     chips = rng.uniform(0.05, 0.6, size=(5, 6, 32, 32)).astype(np.float32)
     chips[:3, 4:] = np.nan  # three chips from a sensor without SWIR
     got = engine.encode_tiles(Modality.AERIAL, chips)
-    from engine.preprocess import band_presence, normalize_image
+    from engine.model.preprocess import band_presence, normalize_image
 
     mask = band_presence(chips)
     assert mask[:3].tolist() == [[1, 1, 1, 1, 0, 0]] * 3 and mask[3:].min() == 1

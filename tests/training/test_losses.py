@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.contract import Modality
 from engine.errors import InputError
+from engine.model.contract import Modality
 from training.config import LossConfig
 from training.losses import AllToAllLoss, naive_all_to_all, select_pairs
 

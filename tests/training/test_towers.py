@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.contract import Modality
 from engine.errors import ModelContractError
+from engine.model.contract import Modality
 from training.config import ImageTowerConfig, TextTowerConfig
 from training.model import UniGeoCLIP, tower_inputs
 from training.towers import SiglipImageTower, TextTower

@@ -21,7 +21,7 @@ def _run(out: Path, env_extra: dict[str, str], *args: str) -> subprocess.Complet
 
 
 def test_gpu_script_trains_reports_evaluates_and_exports(tmp_path):
-    from engine.contract import BundleSpec
+    from engine.model.bundle_spec import BundleSpec
 
     sets = ["--set", "data.num_samples=96", "--set", "data.num_val=48",
             "--set", "data.batch_size=16"]  # fmt: skip
@@ -61,7 +61,8 @@ def test_gpu_script_runs_the_locked_stages_for_an_effnet_config(tmp_path):
     """CONFIG with an EfficientNet aerial tower: cache, stage 1, stage 2, export."""
     import yaml
 
-    from engine.contract import BundleSpec, Modality
+    from engine.model.bundle_spec import BundleSpec
+    from engine.model.contract import Modality
     from training.data.synth import SynthConfig, generate
 
     from .test_locked import lit_config

@@ -22,8 +22,8 @@ def bundle(trained, tmp_path_factory):
 
 
 def test_rewrite_halves_the_tower_and_the_engine_gives_the_same_embeddings(bundle):
-    from engine.contract import Modality
     from engine.model import UniGeoModel
+    from engine.model.contract import Modality
     from training.weight_storage import rewrite_bundle_tower
 
     src = bundle / json.loads((bundle / "bundle.json").read_text())["encoders"]["aerial"]

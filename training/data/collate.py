@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.contract import Modality, Preprocess
 from engine.errors import InputError
-from engine.preprocess import TextTokenizer, normalize_dsm, normalize_image, validate_latlon
+from engine.model.contract import Modality, Preprocess
+from engine.model.preprocess import TextTokenizer, normalize_dsm, normalize_image, validate_latlon
 
 
 def _resize(x: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -94,7 +94,7 @@ def collate_samples(
     Args:
         samples: sample dicts (see :mod:`training.data.reader`).
         preprocess: the Preprocess of each tower to feed; modalities not listed are skipped.
-        tokenizer: :class:`engine.preprocess.TextTokenizer` (or a callable giving ids, mask);
+        tokenizer: :class:`engine.model.preprocess.TextTokenizer` (or a callable giving ids, mask);
             needed when ``preprocess`` lists the text tower.
 
     Returns:

@@ -40,8 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.contract import PROVENANCES, Modality
 from engine.errors import InputError
+from engine.model.bundle_spec import PROVENANCES
+from engine.model.contract import Modality
 
 FORMAT_VERSION = 2
 MANIFEST = "samples.parquet"

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from engine.contract import Modality
+from engine.model.contract import Modality
 
 from .format import (
     MANIFEST,

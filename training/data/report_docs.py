@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomic import atomic_path, atomic_write_text
-from engine.contract import Modality
+from engine.model.contract import Modality
 
 from .format import DatasetInfo, read_manifest
 from .reader import ChipStore, row_to_sample

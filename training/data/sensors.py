@@ -3,8 +3,8 @@
 Every source of the real dataset names its sensor; its raw pixels become model values in [0, 1]
 by the sensor's rule (reflectance products: reflectance / ``reflectance_max`` of the band;
 8-bit display products: value / 255). Bands are matched by name to :data:`MODEL_BANDS`; a band a
-sensor lacks stays absent (NaN), never filled from another band. The table is plain JSON next to
-``engine/contract.py`` so the engine applies the same numbers at inference (see the table's
+sensor lacks stays absent (NaN), never filled from another band. The table is plain JSON in
+``engine/`` so the engine applies the same numbers at inference (see the table's
 ``about``).
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
-from engine.preprocess import prepare_photo, read_exif_latlon
+from engine.model.preprocess import prepare_photo, read_exif_latlon
 
 from .text import TextContext, describe
 from .writer import SampleRecord
@@ -29,7 +29,7 @@ def build_street_photos(
     """Yield one sample (street view + GPS + text) per photo with an EXIF position.
 
     The photo is prepared exactly as the engine prepares a query photo
-    (:func:`engine.preprocess.prepare_photo`: EXIF orientation, short side resize, centre
+    (:func:`engine.model.preprocess.prepare_photo`: EXIF orientation, short side resize, centre
     crop), so training and serving see the same pixels. Photos without a GPS tag are skipped
     with a warning.
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from pyproj import CRS, Transformer
 
-from engine.contract import Modality
 from engine.errors import InputError
+from engine.model.contract import Modality
 
 from .landuse import (
     CROPLAND,

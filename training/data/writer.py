@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.contract import PROVENANCES, Modality
+from engine.model.bundle_spec import PROVENANCES
+from engine.model.contract import Modality
 
 from .format import (
     CHIP_MODALITIES,

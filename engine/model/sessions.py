@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EngineError, ModelContractError, ProviderUnavailableError
 from .bundle import check_runtime_support
 from .contract import OUTPUT_NAME
-from .errors import EngineError, ModelContractError, ProviderUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .contract import (
-    BUNDLE_FILE,
-    META_SPEC_KEY,
-    BundleSpec,
-    EncoderSpec,
-    Modality,
-    check_footprints,
-)
-from .errors import ModelContractError
+from ..errors import ModelContractError
+from .bundle_spec import BUNDLE_FILE, BundleSpec, check_footprints
+from .contract import META_SPEC_KEY, EncoderSpec, Modality
 
 # The engine has no `onnx` dependency, so the top-level protobuf fields are read here.
 # ModelProto: 1 ir_version, 7 graph, 8 opset_import {1 domain, 2 version}, 14 metadata_props

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EngineError, InputError, ModelContractError
 from .bundle import LoadedBundle, load_bundle
-from .contract import OUTPUT_NAME, BundleSpec, EncoderSpec, Modality
-from .errors import EngineError, InputError, ModelContractError
+from .bundle_spec import BundleSpec
+from .contract import OUTPUT_NAME, EncoderSpec, Modality
 from .preprocess import (
     TextTokenizer,
     band_presence,
@@ -169,7 +170,7 @@ class UniGeoModel:
                 an all-NaN plane: an encoder with a ``band_mask`` input (format 2) masks it.
             batch_size: chips per inference call (one for a :meth:`batch_coupled` tower).
             band_mask: optional ``[C]`` or ``[N, C]`` 0/1 presence of the spec's bands; by
-                default it is read from the chips (:func:`~engine.preprocess.band_presence`).
+                default it is read from the chips (:func:`~engine.model.preprocess.band_presence`).
 
         Returns:
             float32 ``[N, D]``, rows L2-normalised.

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelContractError
+from ..errors import InputError, ModelContractError
 
 _GPS_IFD = 0x8825  # EXIF pointer to the GPS sub-directory
 _PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<PAD>")
