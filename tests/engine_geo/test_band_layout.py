@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.contract import Modality
+from engine.model.contract import Modality
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
 from engine.raster.batch import read_chips
