@@ -29,8 +29,9 @@ except ImportError:  # run as a script
 from engine.embed.job import embed_raster
 from engine.model import UniGeoModel
 from engine.model.contract import Modality
-from engine.raster.batch import read_batch
+from engine.raster.batch import read_chips
 from engine.raster.gdal_reader import GdalReader
+from engine.raster.layout import BandLayout, band_layout, optional_bands
 from engine.raster.tiling import grid_for_raster
 
 DEFAULT_BUNDLE = ROOT / "resources" / "models" / "default"
@@ -67,13 +68,14 @@ def mosaic_raster(src_path: Path | None, dst: Path, scale: int, size: int = 720)
     return dst
 
 
-def preload_chips(reader: Any, grid: Any, bands: tuple[str, ...]) -> np.ndarray:
+def preload_chips(reader: Any, grid: Any, bands: BandLayout) -> np.ndarray:
     """Every tile of ``grid`` as float32 chips, the usable ones only (as embed_raster keeps).
 
-    Read as embed_raster reads them (``read_batch``: one window per row of a block).
+    Read as embed_raster reads them (``read_chips``: one window per row of a block, bands the
+    raster lacks as NaN planes for an encoder that masks them).
     """
     cells = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
-    parts = [read_batch(reader, grid, bands, cells[k : k + 32]) for k in range(0, len(cells), 32)]
+    parts = [read_chips(reader, grid, bands, cells[k : k + 32]) for k in range(0, len(cells), 32)]
     chips = np.concatenate([p[0] for p in parts])
     nodata = np.concatenate([p[1] for p in parts])
     return chips[(nodata <= 0.5) & (nodata < 1.0)]
@@ -110,8 +112,9 @@ def bench_raster(
     blocks from its cache). ``old_path`` also times the previous release's read path.
     """
     spec = model.spec(Modality.AERIAL)
-    bands = spec.preprocess.bands
     with GdalReader(raster) as reader:
+        wanted = tuple(spec.preprocess.bands)
+        bands = band_layout(reader, wanted, optional_bands(spec.inputs, wanted))
         grid = grid_for_raster(reader, spec.preprocess)
         chips = preload_chips(reader, grid, bands)
 

@@ -42,7 +42,7 @@ class PinnedBundle:
         return os.environ.get(MODEL_URL_ENV, "").strip() or self.url
 
     def size_label(self) -> str:
-        """The download size for buttons and messages, e.g. ``38.7 MB``."""
+        """The download size for buttons and messages, e.g. ``55.0 MB``."""
         return f"{self.size / 1e6:.1f} MB"
 
 
@@ -51,13 +51,13 @@ class PinnedBundle:
 # size from dist/model/<file>.sha256 (tests/test_package.py fails until they agree).
 DEFAULT_BUNDLE = PinnedBundle(
     name="unigeo-default",
-    version="0.1.0",
+    version="0.2.0",
     url=(
         "https://github.com/unigeo/unigeo/releases/download/"
-        "model-unigeo-default-0.1.0/unigeo-default-0.1.0.zip"
+        "model-unigeo-default-0.2.0/unigeo-default-0.2.0.zip"
     ),
-    sha256="3100f41cb41e0be6d960b43fdeedcaacad5b638355911f0bc08059b61f5234e9",
-    size=38_661_938,
+    sha256="076df5fbddf08b7b7be9d304504f270099c330c14baab89165bcebb101f7c66b",
+    size=55_008_682,
 )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.model.contract import Modality
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
+from engine.model.contract import Modality
 from engine.raster.batch import read_chips
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.layout import BandLayout, band_layout, optional_bands

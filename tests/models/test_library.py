@@ -26,19 +26,21 @@ DEFAULT = ROOT / "resources" / "models" / "default"
 
 
 def test_card_summary_of_the_default_bundle(tmp_path):
-    folder = tmp_path / "unigeo-default-0.1.0"
+    folder = tmp_path / "unigeo-default-0.2.0"
     folder.mkdir()
     shutil.copy(DEFAULT / "bundle.json", folder)  # listing reads bundle.json only
     b = summarise(folder, active=True)
-    assert (b.name, b.version, b.active, b.problem) == ("unigeo-default", "0.1.0", True, "")
+    assert (b.name, b.version, b.active, b.problem) == ("unigeo-default", "0.2.0", True, "")
     assert b.modalities == ("aerial", "streetview", "dsm", "text", "gps")
     assert b.provenance["streetview"] == "synthetic"
-    assert b.domain.startswith("5 areas (W,S,E,N: -77.10,38.76,-77.00,38.86;")
-    assert b.domain.endswith("and 2 more); GSD 2-90 m")
-    assert b.accuracies == ("zero-shot land use 1.5 % (n_test 68, classes 7)",)
+    assert b.domain.startswith("17 areas (W,S,E,N: -77.10,38.76,-77.00,38.86;")
+    assert b.domain.endswith("and 14 more); GSD 1-130 m")
+    assert b.accuracies[0].startswith(
+        "zero-shot land use 20.9 % (n_test 478, classes 9, chance 0.1111"
+    )
     assert b.licence == "" and b.size_bytes == (DEFAULT / "bundle.json").stat().st_size
     lines = b.card_lines()
-    assert lines[0] == "unigeo-default 0.1.0  (active)"
+    assert lines[0] == "unigeo-default 0.2.0  (active)"
     assert "  licence: not declared in bundle.json" in lines
     assert "  modalities: aerial (real), streetview (synthetic), dsm (derived), text (derived), " \
         "gps (real)" in lines  # fmt: skip
@@ -129,7 +131,10 @@ def test_cli_pack_then_install_the_default_through_a_mirror_url(server, tmp_path
     models = tmp_path / "profile" / "unigeo" / "models"
     assert main(["models", "install", "--default", "--models-dir", str(models)]) == 0
     out = capsys.readouterr().out
-    assert "installed: unigeo-default 0.1.0" in out and DEFAULT_BUNDLE.sha256 in out
+    assert (
+        f"installed: unigeo-default {DEFAULT_BUNDLE.version}" in out
+        and DEFAULT_BUNDLE.sha256 in out
+    )
     assert server.requests == [("/mirror/default.zip", None)]
-    assert active_bundle(models) == models / "unigeo-default-0.1.0"
-    assert visible(models) == ["active.json", "unigeo-default-0.1.0"]
+    assert active_bundle(models) == models / f"unigeo-default-{DEFAULT_BUNDLE.version}"
+    assert visible(models) == ["active.json", f"unigeo-default-{DEFAULT_BUNDLE.version}"]

@@ -58,7 +58,7 @@ def test_bundle_resolution_order_and_first_run_message(settings, bundle_zip, tmp
     with pytest.raises(ModelNotInstalledError) as e:
         settings.bundle_path()
     msg = str(e.value)
-    assert "Model manager > Install default model" in msg and "38.7 MB" in msg
+    assert "Model manager > Install default model" in msg and "55.0 MB" in msg
     assert f'models install --default --models-dir "{tmp_path / "models"}"' in msg
     shipped = tmp_path / "shipped"
     shipped.mkdir()
@@ -248,7 +248,7 @@ def test_first_run_message_goes_once_a_model_installed_elsewhere_loads(
     try:
         item = plugin.first_run_item
         assert item is not None and item.text() == first_run_short()
-        assert "38.7 MB download" in item.text() and len(item.text()) < 100  # one line in the bar
+        assert "55.0 MB download" in item.text() and len(item.text()) < 100  # one line in the bar
         assert item.findChild(QPushButton, "UniGeoInstallDefaultModel") is not None
         install_bundle(bundle_zip[0], settings.models_path())  # what unigeo:installmodel runs
         assert plugin.first_run_item is not None  # nothing has told the plugin yet

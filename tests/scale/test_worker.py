@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import InputError, ModelContractError, RasterInputError
 from engine.grid import TileGrid
+from engine.model.contract import Modality
 from engine.raster.gdal_reader import GdalReader
 from engine.raster.mosaic import source_spec
 from engine.scale import distributed, security
@@ -30,9 +31,11 @@ def job(tmp_path, naip, naip_grid):
         fp = r.fingerprint()
     store = ZarrEmbeddingStore.create(tmp_path / "w.zarr", naip_grid, model.dim,
                                       model.model_hash, fp, None, BLOCK)  # fmt: skip
-    bands = ("red", "green", "blue", "nir")
+    bands = tuple(model.spec(Modality.AERIAL).preprocess.bands)  # the encoder's
+    read = ("red", "green", "blue", "nir")  # NAIP's; the encoder masks the rest (if any)
     return W.BlockJob(str(BUNDLE), model.model_hash, None, 1, "aerial", source_spec(naip), fp,
-                      naip_grid.to_dict(), str(store.folder), BLOCK, bands, 32, 0.5)  # fmt: skip
+                      naip_grid.to_dict(), str(store.folder), BLOCK, bands, 32, 0.5,
+                      read if read != bands else None)  # fmt: skip
 
 
 def test_blocks_are_the_store_blocks():
