@@ -40,7 +40,7 @@ def build_model(config: str, checkpoint: Path | None = None) -> tuple[Any, Any]:
 
     from training.checkpoint import load_model
     from training.config import load_config
-    from training.model import UniGeoCLIP
+    from training.models.model import UniGeoCLIP
 
     if checkpoint is not None and Path(checkpoint).is_file():
         model, cfg = load_model(checkpoint)

@@ -28,7 +28,7 @@ def pipeline_rate(config: str, source: str, batches: int = 3, batch: int = 128) 
     import os
 
     from training.config import load_config
-    from training.train import build_datasets, make_collate
+    from training.steps import build_datasets, make_collate
 
     cwd = os.getcwd()
     os.chdir(ROOT)  # dataset paths are relative to the repository

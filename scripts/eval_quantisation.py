@@ -53,7 +53,7 @@ def embed_all(
 def main() -> int:
     from training.checkpoint import load_model
     from training.evaluate import retrieval
-    from training.train import build_datasets, make_collate
+    from training.steps import build_datasets, make_collate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, type=Path)

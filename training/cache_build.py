@@ -31,7 +31,6 @@ from .data.collate import collate_samples
 from .data.format import MANIFEST, chip_to_float, parse_ref
 from .data.reader import ChipStore
 from .domain import class_prompts
-from .effnet_towers import dihedral, view_ids
 from .feature_cache import (
     META,
     PIX_SIZE,
@@ -42,9 +41,10 @@ from .feature_cache import (
     data_fingerprint,
     module_fingerprint,
 )
-from .model import UniGeoCLIP
+from .models.effnet_towers import dihedral, view_ids
+from .models.model import UniGeoCLIP
+from .models.towers import tokenizer_path
 from .specs import preprocess_for
-from .towers import tokenizer_path
 
 log = logging.getLogger(__name__)
 CHUNK = 64

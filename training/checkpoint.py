@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model from a checkpoint's stored config and load its weights (eval mode)."""
-    from .model import UniGeoCLIP
+    from .models.model import UniGeoCLIP
 
     ckpt = load_checkpoint(path, map_location)
     cfg: TrainConfig = ckpt["config"]

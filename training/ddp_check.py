@@ -20,11 +20,11 @@ from torch import nn
 
 from .config import TrainConfig, load_config
 from .losses import AllToAllLoss
-from .model import UniGeoCLIP
+from .models.model import UniGeoCLIP
 
 
 def _global_batch(cfg: TrainConfig, n: int) -> dict:
-    from .train import build_datasets, make_collate
+    from .steps import build_datasets, make_collate
 
     train, _ = build_datasets(cfg)
     return make_collate(cfg)([train[i] for i in range(n)])
@@ -40,7 +40,7 @@ def _slice(batch, lo: int, hi: int):
 
 def loss_and_grads(model: nn.Module, core: UniGeoCLIP, cfg: TrainConfig, batch: dict):
     """One forward/backward; returns the loss and {param name: grad} (zeros for no grad)."""
-    from .train import compute_loss
+    from .steps import compute_loss
 
     loss_fn = AllToAllLoss(cfg.loss, list(cfg.model.modalities))
     out = compute_loss(model, loss_fn, batch)

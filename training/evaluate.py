@@ -44,7 +44,7 @@ EARTH_RADIUS_M = 6_371_008.8
 @torch.no_grad()
 def embed_dataset(model: torch.nn.Module, ds: Any, cfg: TrainConfig, batch_size: int = 64):
     """Embeddings, masks, coordinates, labels, raw-pixel features, captions and areas of a dataset."""
-    from .train import make_collate, move
+    from .steps import make_collate, move
 
     collate = make_collate(cfg)
     device = next(model.parameters()).device
@@ -107,7 +107,7 @@ def zero_shot_landuse(
     from engine.model.contract import Modality
 
     from .data.collate import collate_samples
-    from .train import make_collate, move
+    from .steps import make_collate, move
 
     idx = np.flatnonzero(keep & (labels >= 0) & np.isfinite(emb).all(1))
     if len(idx) < 2 or not class_names or "text" not in getattr(model, "towers", {}):
@@ -354,7 +354,7 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_model
-    from .train import build_datasets
+    from .steps import build_datasets
 
     ap = argparse.ArgumentParser(description="Evaluate a UniGeoCLIP checkpoint on held-out data.")
     ap.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training.train")

@@ -53,7 +53,8 @@ from .export_inputs import (  # noqa: F401  (re-exported: callers import them fr
     tower_inputs_np,
     validation_inputs,
 )
-from .model import UniGeoCLIP
+from .models.model import UniGeoCLIP
+from .models.towers import tokenizer_path
 from .optimize import (  # noqa: F401  (re-exported: callers import them from here)
     ATTENTION_OPS,
     INT8_METHODS,
@@ -69,7 +70,6 @@ from .optimize import (  # noqa: F401  (re-exported: callers import them from he
     unfuse_skip_layernorm,
 )
 from .specs import encoder_spec
-from .towers import tokenizer_path
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -329,7 +329,7 @@ def bundle_spec(model: UniGeoCLIP, cfg: TrainConfig, dataset: Any = None) -> Bun
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import load_model
-    from .train import build_datasets, make_collate
+    from .steps import build_datasets, make_collate
 
     ap = argparse.ArgumentParser(description="Export a checkpoint as a UniGeo model bundle.")
     ap.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training.train")

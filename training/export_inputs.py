@@ -132,12 +132,12 @@ def validation_inputs(
     Args:
         cfg: the checkpoint's config (towers, preprocessing).
         datasets: searched in order, e.g. ``(held_out, train)``; samples are spread over each.
-        collate: batch builder (default :func:`training.train.make_collate` of ``cfg``).
+        collate: batch builder (default :func:`training.steps.make_collate` of ``cfg``).
         n: rows per tower.
         batch: a collated batch to take the rows from instead of ``datasets``.
     """
     if collate is None:
-        from .train import make_collate
+        from .steps import make_collate
 
         collate = make_collate(cfg)
     out = ValidationInputs({}, {})

@@ -36,7 +36,7 @@ EMBED_DIM = 512  # output dimension (GeoCLIP's shared image-GPS space)
 _A1, _A2, _A3, _A4 = 1.340264, -0.081106, 0.000893, 0.003796
 # GeoCLIP scales the unit-sphere projection by SF / 180. SF = 180 / x_max, so x lies in
 # [-1, 1] while y keeps the map's aspect ratio (|y| <= ~0.4867): this is not the same
-# normalisation as training.gps.equal_earth, which stretches y to [-1, 1] as well.
+# normalisation as training.models.gps.equal_earth, which stretches y to [-1, 1] as well.
 SCALE_FACTOR = 66.50336
 
 

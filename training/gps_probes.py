@@ -31,8 +31,8 @@ from engine.errors import InputError, ModelContractError
 from engine.model.contract import Modality
 
 from .data.sources import RegistryFile, land_mask, registry_bytes
-from .evaluate import linear_probe
 from .geoclip_baseline import default_cache, load_geoclip_location_encoder
+from .probes import linear_probe
 
 log = logging.getLogger(__name__)
 BLOCK_DEG = 10.0  # side of the spatial blocks of the global tasks

@@ -32,7 +32,7 @@ from .feature_cache import FeatureCache
 from .locked_batches import CachedBatches, embed_cached, to_device
 from .losses import AllToAllLoss, infonce_pair
 from .metrics_log import MetricsLog
-from .model import UniGeoCLIP
+from .models.model import UniGeoCLIP
 from .sampler import GeoClusteredBatchSampler
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from .config import TrainConfig
-from .effnet_towers import dihedral
 from .feature_cache import FeatureCache
-from .model import UniGeoCLIP
+from .models.effnet_towers import dihedral
+from .models.model import UniGeoCLIP
 
 RGB = ("red", "green", "blue")
 

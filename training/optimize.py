@@ -26,7 +26,7 @@ from engine.errors import ModelContractError
 from engine.model.contract import INPUT_DTYPES, INPUT_NAMES, META_SPEC_KEY, OUTPUT_NAME, Modality
 
 from .config import TrainConfig
-from .model import UniGeoCLIP
+from .models.model import UniGeoCLIP
 from .specs import encoder_spec
 
 log = logging.getLogger(__name__)

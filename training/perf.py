@@ -21,7 +21,7 @@ def step_flops(trainer: Any) -> float:
     Runs one uncounted-by-the-optimiser step on a fresh batch: gradients are cleared afterwards
     and the data stream restarts at the trainer's step, so the run itself is unchanged.
     """
-    from .train import compute_loss
+    from .steps import compute_loss
 
     batch = next(trainer.batches(workers=0))  # one batch: no worker pool to start
     trainer.model.train()

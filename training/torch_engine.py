@@ -28,8 +28,8 @@ from engine.model.preprocess import (
 
 from .checkpoint import load_model
 from .domain import class_prompts
+from .models.towers import tokenizer_path
 from .specs import encoder_spec
-from .towers import tokenizer_path
 
 
 class TorchModel:

@@ -110,8 +110,7 @@ class UniGeoModel:
         """The onnxruntime session of ``modality``, created on first use and checked.
 
         Raises:
-            ModelContractError: the file cannot be loaded or its inputs/output differ from
-                its spec.
+            ModelContractError: the file cannot be loaded or its inputs/output differ from its spec.
         """
         spec = self.spec(modality)
         sess, _ = self._cache.get(self.loaded.files[spec.modality], self.providers, self.threads)

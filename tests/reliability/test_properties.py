@@ -156,7 +156,7 @@ torch = pytest.importorskip("torch")
 @given(st.lists(st.tuples(st.floats(-90, 90), st.floats(-180, 180)), min_size=2, max_size=40))
 def test_equal_earth_on_random_points(pts):
     """Finite, inside [-1, 1]², odd in lon and lat, and order-preserving along each axis."""
-    from training.gps import equal_earth
+    from training.models.gps import equal_earth
 
     p = torch.tensor(pts, dtype=torch.float64)
     xy = equal_earth(p)

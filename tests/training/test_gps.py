@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.config import GpsTowerConfig
-from training.gps import GpsEncoder, equal_earth, single_scale
+from training.models.gps import GpsEncoder, equal_earth, single_scale
 
 
 def test_equal_earth_is_finite_bounded_and_hits_its_extremes():
@@ -39,7 +39,7 @@ def test_equal_earth_matches_pyproj():
     pyproj = pytest.importorskip("pyproj")
     pts = torch.tensor([[47.0, -99.1], [-34.0, 20.5], [55.7, 13.2], [-8.4, -74.5]])
     x, y = pyproj.Proj("+proj=eqearth +R=1")(pts[:, 1].numpy(), pts[:, 0].numpy())
-    from training.gps import EE_MAX_X, EE_MAX_Y
+    from training.models.gps import EE_MAX_X, EE_MAX_Y
 
     ours = equal_earth(pts)
     assert torch.allclose(ours[:, 0], torch.tensor(x, dtype=torch.float64) / EE_MAX_X, atol=1e-6)

@@ -16,7 +16,7 @@ from training import gps_probes as gp
 from training.checkpoint import save_checkpoint
 from training.evaluate import knn_accuracy
 from training.evaluate import markdown as eval_markdown
-from training.model import UniGeoCLIP
+from training.models.model import UniGeoCLIP
 
 from .conftest import tiny_config
 

@@ -38,7 +38,7 @@ def test_bf16_training_on_gpu_lowers_loss_and_exports(cuda, tmp_path):
 
 def test_gps_tower_is_batch_independent_under_bf16_autocast(cuda):
     from training.config import GpsTowerConfig
-    from training.gps import GpsEncoder
+    from training.models.gps import GpsEncoder
 
     enc = GpsEncoder(GpsTowerConfig(), 32).to(cuda).eval()
     pts = torch.tensor([[47.0, -99.1], [-34.0, 20.5], [55.7, 13.2]], device=cuda)

@@ -52,7 +52,7 @@ def synth(tmp_path_factory) -> Path:
 def built(synth, tmp_path_factory):
     """A model and its cache on the synthetic dataset."""
     from training.cache_build import ensure_cache
-    from training.model import UniGeoCLIP
+    from training.models.model import UniGeoCLIP
 
     cfg = lit_config(synth, tmp_path_factory.mktemp("cache"))
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def test_stage1_stage2_export_engine_parity(synth, tmp_path):
     from training.checkpoint import load_model
     from training.export import export_bundle, validation_inputs
     from training.locked import run_stages
-    from training.train import build_datasets, make_collate
+    from training.steps import build_datasets, make_collate
 
     cfg = lit_config(synth, tmp_path / "cache")
     # stage 1 (6 steps) then stage 2 stopped at step 2 of 4: resumable
@@ -217,8 +217,8 @@ def test_torch_model_scores_like_the_engine(synth, tmp_path):
     from training.checkpoint import load_model
     from training.export import export_bundle, validation_inputs
     from training.locked import run_stages
+    from training.steps import build_datasets, make_collate
     from training.torch_engine import TorchModel
-    from training.train import build_datasets, make_collate
 
     cfg = lit_config(synth, tmp_path / "cache", steps=2, locked={"stage2_steps": 0})
     run_stages(cfg, tmp_path / "run")

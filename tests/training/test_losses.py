@@ -103,7 +103,7 @@ def test_pair_selection_modes():
 
 
 def test_temperature_is_clamped(cfg):
-    from training.model import UniGeoCLIP
+    from training.models.model import UniGeoCLIP
 
     m = UniGeoCLIP(cfg.model.__class__(modalities=("gps",)))
     with torch.no_grad():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.spectral import INDICES, SpectralStream, compute_indices, index_pairs
+from training.models.spectral import INDICES, SpectralStream, compute_indices, index_pairs
 
 BANDS = ("red", "green", "blue", "nir", "swir1", "swir2")
 MEAN, STD = (0.3,) * 6, (0.2,) * 6
@@ -96,7 +96,7 @@ def test_stream_pools_to_its_size(size):
 
 
 def test_histograms_count_pixels_per_bin():
-    from training.spectral import _histogram
+    from training.models.spectral import _histogram
 
     x = torch.zeros(1, 2, 4, 4)
     x[0, 0, :, :2] = 0.05  # half the pixels in bin 0 of [0, 1] (8 bins)

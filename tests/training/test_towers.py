@@ -10,8 +10,8 @@ import torch
 from engine.errors import ModelContractError
 from engine.model.contract import Modality
 from training.config import ImageTowerConfig, TextTowerConfig
-from training.model import UniGeoCLIP, tower_inputs
-from training.towers import SiglipImageTower, TextTower
+from training.models.model import UniGeoCLIP, tower_inputs
+from training.models.towers import SiglipImageTower, TextTower
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_init_from_a_local_siglip_checkpoint_adapts_bands_and_size(tmp_path):
 def test_minilm_text_tower_is_pretrained_and_ignores_padding():
     from tokenizers import Tokenizer
 
-    from training.towers import tokenizer_path
+    from training.models.towers import tokenizer_path
 
     tower = TextTower(TextTowerConfig(kind="minilm"), 16).eval()
     assert tower.encoder.config.hidden_size == 384 and tower.encoder.config.num_hidden_layers == 6
@@ -117,7 +117,7 @@ def test_text_tower_from_a_local_siglip_text_checkpoint(tmp_path):
 
     from transformers import SiglipTextConfig, SiglipTextModel
 
-    from training.towers import minilm_dir, tokenizer_path
+    from training.models.towers import minilm_dir, tokenizer_path
 
     tc = SiglipTextConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,

@@ -67,7 +67,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 def _rgb(chip: np.ndarray, bands: list[str] | None = None) -> np.ndarray:
     """An H×W×3 image of a chip (true colour, else false colour), contrast-stretched."""
-    from .report_docs import render_rgb
+    from .pictures import render_rgb
 
     if bands and len(bands) == chip.shape[0]:
         return render_rgb(chip, bands)
@@ -125,7 +125,7 @@ def contact_sheet(root: str | Path, out_png: str | Path, n: int = 8) -> Path:
         text = "\n".join((r["text"] or ["(no text)"])[:3])
         ax_row[3].text(0, 0.5, text, fontsize=7, va="center", wrap=True)
     fig.tight_layout()
-    from .report_docs import save_png
+    from .pictures import save_png
 
     out_png = save_png(fig, Path(out_png), 80)  # a 256-colour PNG: a third of the size
     plt.close(fig)

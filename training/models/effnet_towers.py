@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from engine.errors import ModelContractError
 
+from ..config import ImageTowerConfig
 from .blocks import init_weights, l2_normalize
-from .config import ImageTowerConfig
 from .efficientnet import FEATURE_DIM, RGB_MEAN, RGB_STD, EfficientNetLite, load_pretrained
 from .spectral import SpectralStream
 
@@ -100,7 +100,7 @@ class AerialEffNetTower(_EffNetBase):
     """Aerial chips: ``(pixels [B, C, S, S], band_mask [B, C]) -> [B, D]``.
 
     A texture stream (EfficientNet-Lite0 on RGB) and a spectral stream over every band
-    (:class:`~training.spectral.SpectralStream`) are fused before the projection.
+    (:class:`~training.models.spectral.SpectralStream`) are fused before the projection.
     """
 
     def __init__(self, cfg: ImageTowerConfig, embed_dim: int) -> None:

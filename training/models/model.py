@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from engine.model.contract import INPUT_NAMES, Modality
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .gps import GpsEncoder
 from .towers import DsmTower, SiglipImageTower, TextTower
 

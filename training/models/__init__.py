@@ -1,0 +1,1 @@
+"""The networks: UniGeoCLIP, its towers and their building blocks (EfficientNet, spectral, GPS)."""
