@@ -10,6 +10,7 @@ from typing import Any
 from .. import pipeline
 from ..errors import InputError
 from ..model.contract import Modality
+from ..raster.sensors import sensor_names
 from .common import add_command, add_model_args, floats, ints, load_model, progress_bar
 
 
@@ -66,8 +67,16 @@ def add_embed_parser(sub: Any) -> None:
     p.add_argument(
         "--scale",
         default=None,
-        help="dtype (uint8/255), percentile, or a number (default: dtype for aerial; for dsm 1, "
-        "i.e. heights in metres as the DSM encoder was trained)",
+        help="dtype (uint8/255), percentile, sensor:NAME, or a number (default: dtype for "
+        "aerial; for dsm 1, i.e. heights in metres as the DSM encoder was trained)",
+    )
+    p.add_argument(
+        "--sensor",
+        default=None,
+        choices=sensor_names(),
+        help="scale raw pixels by this sensor's rule from engine/sensors.json, as the model's "
+        "training chips were (e.g. sentinel2_l2a for a stack of Sentinel-2 L2A bands); "
+        "same as --scale sensor:NAME",
     )
     p.add_argument("--stride", type=int, default=None, help="tile stride in pixels (default: tile)")
     p.add_argument("--extent", default=None, help="minx,miny,maxx,maxy (default: whole raster)")
@@ -133,7 +142,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dsm = modality is Modality.DSM
     # A DSM is read in metres with area-average resampling, as its encoder was trained (and as
     # Processing reads it); imagery is scaled to [0, 1] and resampled bilinearly.
+    if args.sensor and args.scale is not None:
+        raise InputError("give --sensor or --scale, not both")
     scale = _scale(args.scale) if args.scale is not None else (1.0 if dsm else "dtype")
+    if args.sensor:
+        scale = f"sensor:{args.sensor}"
     src = source_spec(args.raster, args.asset, bands, scale,
                       resampling="average" if dsm else "bilinear")  # fmt: skip
     extent = floats(args.extent, 4, "--extent") if args.extent else None

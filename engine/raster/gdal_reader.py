@@ -36,7 +36,7 @@ from ..geo.gdal_errors import gdal_errors
 from ..grid import Bounds
 from .bands import alpha_bands, band_names, resolve_bands
 from .native import NativePlan, lattice_phase, native_source, pixel_shape, read_native, split_pixel
-from .scaling import apply_scaling, scaling_for
+from .scaling import apply_scaling, scaling_for, sensor_of, sensor_offset_span
 from .source import (
     affine,
     band_dtype,
@@ -72,8 +72,10 @@ class GdalReader:
         bands: explicit 1-based band numbers in the model's band order; default: match by name,
             else take the non-alpha bands in order.
         scale: ``"dtype"`` (uint8 / 255, other types by percentile stretch), ``"percentile"``
-            (per-band 2-98 % stretch computed once from a decimated read of the whole raster)
-            or a number to divide by (``1.0`` keeps DSM metres).
+            (per-band 2-98 % stretch computed once from a decimated read of the whole raster),
+            ``"sensor:<name>"`` (the sensor's rule from ``engine/sensors.json``, as its training
+            chips were scaled; its no-data value unless ``nodata`` is given) or a number to
+            divide by (``1.0`` keeps DSM metres).
         nodata: value that marks no data, overriding the file's own.
         resampling: GDAL resampling name: ``"bilinear"`` for images, ``"average"`` or
             ``"nearest"`` for a DSM.
@@ -99,6 +101,9 @@ class GdalReader:
             check_source(ds, self.path.name)
             self._describe(ds)
             self._explicit = self._check_explicit(bands)
+            self._sensor = sensor_of(scale)
+            if nodata is None and self._sensor is not None:
+                nodata = self._sensor.nodata  # e.g. 0 in Sentinel-2 and Landsat products
             self._nodata = nodata
             self._lo, self._span, self.scaling = scaling_for(ds, scale, nodata, self.path.name)
             self._ident = file_ident(self._name, ds)
@@ -213,7 +218,7 @@ class GdalReader:
                 f"read_window needs bounds that are a whole number of {gsd:g}-unit pixels, got "
                 f"{tuple(round(v, 3) for v in bounds)}"
             )
-        return self._scale(self._read_raw(bounds, grid_crs, gsd, idx, int(h), int(w)), idx)
+        return self._scale(self._read_raw(bounds, grid_crs, gsd, idx, int(h), int(w)), idx, bands)
 
     def read_tile(
         self, bounds: Bounds, grid_crs: str, gsd: float, size: int, bands: Sequence[str]
@@ -221,9 +226,9 @@ class GdalReader:
         """Float32 ``[len(bands), size, size]`` of ``bounds`` (grid CRS) at ``gsd``, NaN = no data."""
         idx = self.check_bands(bands)
         if pixel_shape(bounds, gsd) == (size, size):
-            return self._scale(self._read_raw(bounds, grid_crs, gsd, idx, size, size), idx)
+            return self._scale(self._read_raw(bounds, grid_crs, gsd, idx, size, size), idx, bands)
         # a tile at another pixel size than gsd: GDAL resamples the window to size x size
-        return self._scale(self._read_warped(bounds, grid_crs, gsd, idx, size, size), idx)
+        return self._scale(self._read_warped(bounds, grid_crs, gsd, idx, size, size), idx, bands)
 
     def _read_raw(
         self, bounds: Bounds, grid_crs: str, gsd: float, idx: list[int], h: int, w: int
@@ -261,7 +266,10 @@ class GdalReader:
             f"(truncated or corrupt file?): {e}"
         )
 
-    def _scale(self, out: np.ndarray, idx: list[int]) -> np.ndarray:
+    def _scale(self, out: np.ndarray, idx: list[int], bands: Sequence[str]) -> np.ndarray:
+        if self._sensor is not None:  # the rule depends on the model band each band feeds
+            lo, span = sensor_offset_span(self._sensor, bands)
+            return apply_scaling(out, lo, span, list(range(1, len(bands) + 1)), clip=True)
         clip = self.scaling.startswith("percentile")
         return apply_scaling(out, self._lo, self._span, idx, clip)
 

@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RasterInputError
+from ..errors import InputError, RasterInputError
 from ..geo.gdal_errors import gdal_errors, osgeo
+from .sensors import Sensor, get_sensor
+
+SENSOR_PREFIX = "sensor:"
 
 PERCENTILES = (2.0, 98.0)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -37,6 +40,10 @@ def scaling_for(
         ``(offset, span, description)``.
     """
     n = src.RasterCount
+    sensor = sensor_of(scale)
+    if sensor is not None:  # per model band, applied at read time (band_offset_span)
+        _decimated_valid(src, nodata, name)
+        return np.zeros(n), np.ones(n), SENSOR_PREFIX + sensor.name
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not (scale > 0 and math.isfinite(scale)):
             raise RasterInputError(f"scale must be a positive number, got {scale}")
@@ -45,10 +52,47 @@ def scaling_for(
     if scale == "dtype" and src.GetRasterBand(1).DataType == osgeo()[0].GDT_Byte:
         return np.zeros(n), np.full(n, 255.0), "uint8/255"
     if scale not in ("dtype", "percentile"):
-        raise RasterInputError(f"scale must be 'dtype', 'percentile' or a number, got {scale!r}")
+        raise RasterInputError(
+            f"scale must be 'dtype', 'percentile', 'sensor:<name>' or a number, got {scale!r}"
+        )
     lo, hi = band_percentiles(src, nodata, name)
     desc = "percentile2-98:" + ",".join(f"{a:.6g}..{b:.6g}" for a, b in zip(lo, hi, strict=False))
     return lo, np.maximum(hi - lo, 1e-12), desc
+
+
+def sensor_of(scale: Any) -> Sensor | None:
+    """The sensor of a ``"sensor:<name>"`` scale, else None.
+
+    Raises:
+        RasterInputError: the name is not in ``engine/sensors.json`` (the message lists them).
+    """
+    if not (isinstance(scale, str) and scale.startswith(SENSOR_PREFIX)):
+        return None
+    try:
+        return get_sensor(scale[len(SENSOR_PREFIX) :].strip())
+    except InputError as e:
+        raise RasterInputError(str(e)) from None
+
+
+def sensor_offset_span(sensor: Sensor, bands: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (offset, span) of ``sensor``'s rule for the model ``bands`` read.
+
+    Raises:
+        RasterInputError: a band the sensor table has no rule for (only imagery bands have one).
+    """
+    from .bands import canonical_band
+
+    pairs = []
+    for b in bands:
+        key = canonical_band(b)
+        if key not in sensor.reflectance_max:
+            raise RasterInputError(
+                f"sensor scaling ({sensor.name}) applies to imagery bands "
+                f"({', '.join(sensor.reflectance_max)}), not {b!r}"
+            )
+        pairs.append(sensor.offset_span(key))
+    lo, span = (np.array(v, dtype=np.float64) for v in zip(*pairs, strict=True))
+    return lo, span
 
 
 def _decimated_valid(src: Any, nodata: float | None, name: str) -> list[np.ndarray]:

@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
+from engine.raster.sensors import MODEL_BANDS, TABLE_PATH, get_sensor, load_table
 from tests.data.registry_cuts import DEB_CACHE
 from training.data.build_raster import RasterSource, build_area
 from training.data.scenes import BandFile, View
-from training.data.sensors import (
-    MODEL_BANDS,
-    TABLE_PATH,
-    band_order,
-    custom_sensor,
-    get_sensor,
-    load_table,
-)
+from training.data.sensors import band_order, custom_sensor
 from training.data.sources import read_member
 
 SAT = "usr/lib/R/site-library/satellite/extdata"

@@ -139,7 +139,9 @@ def test_scaling_for_each_mode(utm_tif, dsm_tif, geo_dir):
     assert desc == "divide:2" and span.tolist() == [2.0] * 4
     with pytest.raises(RasterInputError, match="positive number"):
         scaling.scaling_for(src, float("nan"), None, "utm.tif")
-    with pytest.raises(RasterInputError, match="'dtype', 'percentile' or a number"):
+    with pytest.raises(
+        RasterInputError, match="'dtype', 'percentile', 'sensor:<name>' or a number"
+    ):
         scaling.scaling_for(src, "minmax", None, "utm.tif")
     src = gdal.Open(str(dsm_tif))  # float32 h = 100 + col, 96 columns
     lo, span, desc = scaling.scaling_for(src, "dtype", None, "dsm.tif")

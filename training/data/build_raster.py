@@ -25,6 +25,7 @@ from pyproj import Transformer
 from shapely import STRtree, box
 
 from engine.errors import RasterInputError
+from engine.raster.sensors import Sensor, get_sensor
 
 from .chip_record import ChipFacts, ChipViews, make_record
 from .dsm import osm_heights, rasterize_heights, read_vector
@@ -40,7 +41,7 @@ from .scenes import (
     view_of_file,
     wgs84_bounds,
 )
-from .sensors import Sensor, custom_sensor, get_sensor
+from .sensors import custom_sensor
 from .writer import SampleRecord
 
 log = logging.getLogger(__name__)

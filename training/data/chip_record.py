@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.raster.sensors import Sensor
+
 from .landuse import SYNTH_CLASS_NAMES, cover_fractions, derive_label
 from .polygon_labels import ChipLabels
 from .render_street import render_street
-from .sensors import Sensor
 from .text import TextContext, describe
 from .writer import SampleRecord
 

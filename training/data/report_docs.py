@@ -17,11 +17,11 @@ import numpy as np
 
 from engine.atomic import atomic_write_text
 from engine.model.contract import Modality
+from engine.raster.sensors import TABLE_PATH
 
 from .format import DatasetInfo, read_manifest
 from .pictures import render_rgb, save_png
 from .reader import ChipStore, row_to_sample
-from .sensors import TABLE_PATH
 
 KIND_COLOUR = {"sentinel2": "#1f77b4", "landsat": "#2ca02c", "display8": "#ff7f0e",
                "worldview2": "#9467bd", "dsm": "#8c564b", "photo": "#e377c2"}  # fmt: skip

@@ -28,8 +28,7 @@ from rasterio.warp import transform_bounds
 
 from engine.errors import RasterInputError
 from engine.grid import TileGrid
-
-from .sensors import MODEL_BANDS, Sensor
+from engine.raster.sensors import MODEL_BANDS, Sensor
 
 MASK_KINDS = ("fmask", "l8_bqa_pre")
 
