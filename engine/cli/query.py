@@ -83,14 +83,19 @@ def add_heatmap_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_heatmap)
 
 
-def cmd_heatmap(args: argparse.Namespace) -> int:
-    """Write the query's similarity heatmap GeoTIFF; returns the exit code."""
+def _query_job(args: argparse.Namespace) -> tuple[Any, Any, Any, dict]:
+    """What heatmap and hits share: checked paths, model, store, query and provenance."""
     check_paths({"--out": args.out}, _query_inputs(args))
-    spec = query_spec(args)
+    spec = query_spec(args)  # a bad query fails before the model loads
     model = load_model(args)
     store = open_store(args, model)
     query = pipeline.build_query(spec, store, model)
-    prov = pipeline.provenance(model, store, query=query.description())
+    return model, store, query, pipeline.provenance(model, store, query=query.description())
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    """Write the query's similarity heatmap GeoTIFF; returns the exit code."""
+    model, store, query, prov = _query_job(args)
     pipeline.heatmap(args.out, store, query, percentiles=not args.no_percentile, provenance=prov)
     warn = pipeline.domain_warning(store, model)
     if warn:
@@ -119,12 +124,7 @@ def add_hits_parser(sub: Any) -> None:
 
 def cmd_hits(args: argparse.Namespace) -> int:
     """Write the query's top-k places (exact, or via the ANN index); returns the exit code."""
-    check_paths({"--out": args.out}, _query_inputs(args))
-    spec = query_spec(args)
-    model = load_model(args)
-    store = open_store(args, model)
-    query = pipeline.build_query(spec, store, model)
-    prov = pipeline.provenance(model, store, query=query.description())
+    model, store, query, prov = _query_job(args)
     hits = pipeline.hits(
         args.out, store, query, args.k, args.min_distance, args.polygons, prov, ann=args.ann
     )

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError, RasterInputError
 from ..geo.gdal_errors import gdal_errors, osgeo
+from .bands import canonical_band
 from .sensors import Sensor, get_sensor
 
 SENSOR_PREFIX = "sensor:"
@@ -80,8 +81,6 @@ def sensor_offset_span(sensor: Sensor, bands: Any) -> tuple[np.ndarray, np.ndarr
     Raises:
         RasterInputError: a band the sensor table has no rule for (only imagery bands have one).
     """
-    from .bands import canonical_band
-
     pairs = []
     for b in bands:
         key = canonical_band(b)
