@@ -11,7 +11,10 @@ Every variant trains on the same data and feature views for the same number of o
   the split for ``stage2_steps``;
 * ``random``     the same network randomly initialised and frozen (its own feature cache);
 * ``pivot``      ImageBind-style loss: only pairs with the aerial image (plus the view term);
-* ``gps1``       single-scale GPS encoder (sigma 256) instead of 2^0, 2^4, 2^8, 2^12.
+* ``gps1``       single-scale GPS encoder (sigma 256) instead of 2^0, 2^4, 2^8, 2^12;
+* ``radiometric`` frozen, with a random per-chip and per-band gain on the spectral stream's input;
+* ``cnndrop``    frozen, the texture stream hidden from the head for 30 % of training chips;
+* ``robust``     both of the last two.
 
 All variants are scored together by :mod:`training.targets_run` (checkpoints through
 :class:`training.torch_engine.TorchModel`) on the held-out areas, so the table compares them on
@@ -40,6 +43,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "pivot": ("aerial-pivot loss (pairs with aerial only)",
               {"loss": {"mode": "pivot", "pivot": "aerial"}}),
     "gps1": ("single-scale GPS (sigma 256)", {"model": {"gps": {"sigmas": [256.0]}}}),
+    "radiometric": ("frozen + radiometric augmentation of the spectral input (r 0.3)",
+                    {"locked": {"radiometric": 0.3}}),
+    "cnndrop": ("frozen + texture-stream dropout (p 0.3)", {"locked": {"cnn_dropout": 0.3}}),
+    "robust": ("frozen + radiometric (r 0.3) + texture-stream dropout (p 0.3)",
+               {"locked": {"radiometric": 0.3, "cnn_dropout": 0.3}}),
 }  # fmt: skip
 
 

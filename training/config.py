@@ -168,6 +168,11 @@ class LockedConfig:
     label_weight: float = 0.0  # weight of the land-use cross-entropy (model.label_classes > 0)
     view_weight: float = 1.0  # weight of the same-place term (two dates / views of one chip)
     recon_weight: float = 0.0  # weight of decoding the chip statistics from the aerial embedding
+    # radiometric augmentation of the spectral stream's input: a per-chip gain exp(U(-r, r)) and
+    # a per-band gain exp(U(-r/3, r/3)) on the [0, 1] band values (sensors, seasons, haze differ
+    # in brightness; 0 = off)
+    radiometric: float = 0.0
+    cnn_dropout: float = 0.0  # chance to hide a training chip's texture (CNN) stream from the head
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,34 @@ class CachedBatches:
         if pix.shape[-1] != size:  # the stream pools to its size; pooling twice is the same
             pix = torch.nn.functional.adaptive_avg_pool2d(pix, size)
         mask = np.asarray(c["aerial_mask"][rows], dtype=np.float32)
-        if train and self.cfg.locked.band_dropout > 0:
-            drop = (rng.random(mask.shape) < self.cfg.locked.band_dropout) & self.droppable
+        lk = self.cfg.locked
+        if train and lk.band_dropout > 0:
+            drop = (rng.random(mask.shape) < lk.band_dropout) & self.droppable
             mask = np.where(drop, 0.0, mask).astype(np.float32)
-        return {"feat": feat, "pixels": pix, "band_mask": torch.from_numpy(mask)}, ok
+        out = {"feat": feat, "pixels": pix, "band_mask": torch.from_numpy(mask)}
+        if train and lk.radiometric > 0:
+            out["pixels"] = self._radiometric(pix, rng)
+        if train and lk.cnn_dropout > 0:
+            keep = (rng.random(len(idx)) >= lk.cnn_dropout).astype(np.float32)
+            out["cnn_keep"] = torch.from_numpy(keep)
+        return out, ok
+
+    def _radiometric(self, pix: Tensor, rng: np.random.Generator) -> Tensor:
+        """Band values under a random per-chip and per-band gain (see ``locked.radiometric``).
+
+        Applied on the [0, 1] values the spectral stream reads (the engine's normalisation undone
+        and redone), clipped to [0, 1]; a chip-wide gain leaves every normalised-difference index
+        unchanged, a per-band one moves it a little.
+        """
+        a = self.cfg.model.aerial
+        mean = torch.tensor(a.mean, dtype=pix.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(a.std, dtype=pix.dtype).view(1, -1, 1, 1)
+        r = self.cfg.locked.radiometric
+        b, c = pix.shape[:2]
+        gain = np.exp(rng.uniform(-r, r, (b, 1)) + rng.uniform(-r / 3, r / 3, (b, c)))
+        g = torch.from_numpy(gain.astype(np.float32)).view(b, c, 1, 1)
+        raw = ((pix * std + mean) * g).clamp(0.0, 1.0)
+        return (raw - mean) / std
 
     def batch(
         self, idx: list[int], rng: np.random.Generator, stage: int = 1, train: bool = True
@@ -138,7 +162,7 @@ def embed_cached(model: UniGeoCLIP, batch: dict[str, Any], stage: int = 1) -> di
         if key in batch:
             a = batch[key]
             head = t["aerial"].head_from_trunk if stage == 2 else t["aerial"].head
-            out[key] = head(a["feat"], a["pixels"], a["band_mask"])
+            out[key] = head(a["feat"], a["pixels"], a["band_mask"], a.get("cnn_keep"))
     mask = batch.get("mask", {})
     if "streetview" in batch:
         out["streetview"] = _present(

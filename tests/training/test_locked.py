@@ -139,6 +139,48 @@ def test_cache_is_reused_and_invalidated_by_data_and_backbone(built, synth, tmp_
     assert f["aerial"] != cache.folders["aerial"] and f["text"] == cache.folders["text"]
 
 
+def test_radiometric_gain_and_texture_dropout_reach_the_head(built):
+    """locked.radiometric scales the spectral input by a bounded gain (indices barely move);
+    locked.cnn_dropout zeroes the texture stream of the dropped chips only; evaluation gets
+    neither."""
+    from dataclasses import replace
+
+    from training.locked_batches import CachedBatches, embed_cached
+
+    model, cfg, cache = built
+    lk = replace(cfg.locked, radiometric=0.3, cnn_dropout=0.5, band_dropout=0.0)
+    aug = CachedBatches(cache, replace(cfg, locked=lk))
+    idx = list(range(min(8, cache.n)))
+    plain = aug.batch(idx, np.random.default_rng(1), train=False)["aerial"]
+    assert "cnn_keep" not in plain  # evaluation: no augmentation
+    a = aug.batch(idx, np.random.default_rng(1))["aerial"]
+    keep = a["cnn_keep"].numpy()
+    assert set(np.unique(keep)) <= {0.0, 1.0}
+    raw0 = (plain["pixels"] * 0.5 + 0.5).numpy()
+    raw1 = (a["pixels"] * 0.5 + 0.5).numpy()
+    assert raw1.min() >= 0.0 and raw1.max() <= 1.0
+    bright = raw0 > 0.05
+    ratio = raw1[bright] / raw0[bright]
+    hi = np.exp(0.3 + 0.1) + 1e-4
+    assert ratio.max() <= hi and ratio[raw1[bright] < 0.999].min() >= 1 / hi
+    assert not np.allclose(raw0, raw1)
+    # NDVI moves by at most the per-band part of the gain
+    ndvi = lambda r: (r[:, 3] - r[:, 0]) / (r[:, 3] + r[:, 0] + 1e-4)  # noqa: E731
+    ok = (raw0[:, [0, 3]] > 0.05).all(1) & (raw1[:, [0, 3]] < 0.999).all(1)
+    assert np.abs(ndvi(raw1)[ok] - ndvi(raw0)[ok]).max() < 0.1
+    tower = model.towers["aerial"]
+    a["feat"] = torch.randn(a["feat"].shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z_all = tower.head(a["feat"], a["pixels"], a["band_mask"])
+        z_drop = embed_cached(model, {"aerial": a}, stage=1)["aerial"]
+        z_none = tower.head(a["feat"], a["pixels"], a["band_mask"], torch.zeros(len(idx)))
+    kept, dropped = keep == 1, keep == 0
+    torch.testing.assert_close(z_drop[kept], z_all[kept])
+    torch.testing.assert_close(z_drop[dropped], z_none[dropped])
+    assert dropped.any() and kept.any()  # this seed drops some chips, keeps others
+    assert not torch.allclose(z_drop[dropped], z_all[dropped])
+
+
 def test_labelled_samples_get_their_class_prompts_as_captions(built):
     _, _, cache = built
     texts = cache.meta["texts"]

@@ -123,16 +123,24 @@ class AerialEffNetTower(_EffNetBase):
         init_weights(self.cnn_proj)
         init_weights(self.fuse)
 
-    def head(self, feat: Tensor, pixels: Tensor, band_mask: Tensor) -> Tensor:
-        """Embedding from the pooled CNN feature and the chip's bands (after the cache)."""
+    def head(self, feat: Tensor, pixels: Tensor, band_mask: Tensor,
+             cnn_keep: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Embedding from the pooled CNN feature and the chip's bands (after the cache).
+
+        ``cnn_keep [B]`` (training only, ``locked.cnn_dropout``): 0 hides a chip's texture
+        stream, so the spectral stream alone must place it; inference always keeps it.
+        """
         z = self.cnn_proj(feat)
+        if cnn_keep is not None:
+            z = z * cnn_keep.to(z.dtype)[:, None]
         if self.spectral is not None:
             z = torch.cat([z, self.spec_norm(self.spectral(pixels, band_mask))], dim=1)
         return l2_normalize(self.fuse(z))
 
-    def head_from_trunk(self, trunk: Tensor, pixels: Tensor, band_mask: Tensor) -> Tensor:
+    def head_from_trunk(self, trunk: Tensor, pixels: Tensor, band_mask: Tensor,
+                        cnn_keep: Tensor | None = None) -> Tensor:  # fmt: skip
         """Embedding from the cached trunk output (stage 2 fine-tunes the blocks after it)."""
-        return self.head(self.backbone.tail(trunk, self.split), pixels, band_mask)
+        return self.head(self.backbone.tail(trunk, self.split), pixels, band_mask, cnn_keep)
 
     def forward(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
         x = self.backbone_input(pixels, band_mask)
