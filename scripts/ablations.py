@@ -257,8 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--worlds", nargs="+", default=["synthetic", "real"],
                     help=f"names in {sorted(WORLDS)} or dataset folders")  # fmt: skip
+    from training.ablate_locked import VARIANTS as LOCKED
+
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                    choices=sorted({*VARIANTS, "frozen", "finetuned", "random"}))  # fmt: skip
+                    choices=sorted({*VARIANTS, *LOCKED}))  # fmt: skip
     ap.add_argument("--set", action="append", default=[], help="override for every run")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/model/ablations")
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: a temp dir)")
