@@ -181,7 +181,9 @@ class Controller(QObject):
     ) -> None:
         """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
         s = self.settings()
-        reader = reader_for_layer(layer, bands=self.bands_for(layer, model).bands)
+        reader = reader_for_layer(
+            layer, bands=self.bands_for(layer, model).bands, scale=source_bands.scaling(layer)
+        )
         grid = pipeline.tile_grid(
             model, reader, stride_px=s.stride_arg(), extent=area.extent, extent_crs=area.crs
         )
@@ -267,6 +269,7 @@ class Controller(QObject):
             "source": layer.name(),
             "source_path": layer.source(),
             "bands": f"{bands.text()} ({bands.reason})",
+            "scaling": source_bands.scaling(layer),
             "area": area.kind,
             "stride_px": self.settings().stride_px or "tile size",
         }

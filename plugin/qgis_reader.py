@@ -30,7 +30,9 @@ from qgis.core import (
 )
 
 from ..engine.errors import RasterInputError
-from ..engine.raster import GdalReader, canonical_band, resolve_bands
+from ..engine.raster import GdalReader, canonical_band, resolve_bands, sensor_of
+
+AUTO_SCALE = "dtype"  # 8-bit / 255, other types a 2-98 % stretch (the readers' default)
 
 _FILL = -3.0e38  # warper nodata: NaN as nodata makes GDAL's warper return NaN everywhere
 _MAX_OVERSAMPLE = 4  # read at most 4x the tile's pixel density, whatever the native resolution
@@ -308,11 +310,25 @@ def _warp(
     return arr
 
 
-def reader_for_layer(layer: QgsRasterLayer, bands: Sequence[int] | None = None):
-    """The fastest reader for ``layer``: GdalReader for a plain GDAL file, else QgsLayerReader."""
+def reader_for_layer(
+    layer: QgsRasterLayer, bands: Sequence[int] | None = None, scale: str = AUTO_SCALE
+):
+    """The fastest reader for ``layer``: GdalReader for a plain GDAL file, else QgsLayerReader.
+
+    ``scale``: ``"dtype"`` (8-bit / 255, other types a 2-98 % stretch) or ``"sensor:<name>"``
+    (the sensor's training rule on raw values, :mod:`engine.raster.sensors`), which needs the
+    raster file.
+    """
     if layer is None or not layer.isValid():
         raise RasterInputError("the raster layer is not valid; check its source")
     path = Path(layer.source().split("|")[0])
     if layer.providerType() == "gdal" and path.is_file():
-        return GdalReader(path, bands=bands)
+        return GdalReader(path, bands=bands, scale=scale)
+    sensor = sensor_of(scale)
+    if sensor is not None:
+        raise RasterInputError(
+            f"'{layer.name()}' is not a raster file ({layer.providerType()} layer): scaling by "
+            f"the {sensor.name} rule reads the file's raw values. Save the layer as a GeoTIFF "
+            "first, or use automatic scaling"
+        )
     return QgsLayerReader(layer, bands=bands)

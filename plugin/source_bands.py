@@ -6,6 +6,9 @@ layer source twice: as a custom property of the layer (saved in the project, so 
 with it) and in QgsSettings under ``unigeo/bands/`` keyed by the source (so the same file
 added to another project gets it too). A remembered choice that no longer fits the raster or
 the model is ignored.
+
+The pixel scaling (automatic, or a sensor's training rule for raw products) is remembered the
+same way, under ``unigeo/scaling``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from typing import Any
 from qgis.core import Qgis, QgsRasterLayer, QgsSettings
 
 from ..engine.errors import RasterInputError
-from ..engine.raster import BandChoice, choose_bands, optional_bands, user_choice
+from ..engine.raster import BandChoice, choose_bands, optional_bands, sensor_names, user_choice
+from .qgis_reader import AUTO_SCALE
 
 LAYER_PROPERTY = "unigeo/bands"
 SETTINGS_PREFIX = "unigeo/bands/"
+SCALING_PROPERTY = "unigeo/scaling"
+SCALING_PREFIX = "unigeo/scaling/"
+SENSOR_PREFIX = "sensor:"
 # QGIS names bands "Band 3" or, with a GDAL description, "Band 3: B3" ("Band" is translated)
 _BAND_NAME = re.compile(r"^\S+ \d+\s*:\s*(.*)$")
 _ARGB = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
@@ -107,3 +114,33 @@ def current_choice(
 ) -> BandChoice:
     """The remembered choice, else UniGeo's own."""
     return remembered(layer, wanted, optional) or auto_choice(layer, wanted, optional)
+
+
+# -- pixel scaling ------------------------------------------------------------------------------
+def _scaling_key(layer: QgsRasterLayer) -> str:
+    return SCALING_PREFIX + hashlib.sha1(layer.source().encode()).hexdigest()[:16]  # noqa: S324
+
+
+def scaling(layer: QgsRasterLayer) -> str:
+    """The reader's ``scale`` for ``layer``: ``"dtype"``, or ``"sensor:<name>"`` when the user
+    chose a sensor that the table still has."""
+    text = str(
+        layer.customProperty(SCALING_PROPERTY, "") or QgsSettings().value(_scaling_key(layer), "")
+    )
+    if text.startswith(SENSOR_PREFIX) and text[len(SENSOR_PREFIX) :] in sensor_names():
+        return text
+    return AUTO_SCALE
+
+
+def remember_scaling(layer: QgsRasterLayer, scale: str) -> None:
+    """Keep ``scale`` (``"dtype"`` or ``"sensor:<name>"``) for ``layer``; ``"dtype"`` forgets."""
+    if scale == AUTO_SCALE:
+        layer.removeCustomProperty(SCALING_PROPERTY)
+        QgsSettings().remove(_scaling_key(layer))
+        return
+    name = scale[len(SENSOR_PREFIX) :] if scale.startswith(SENSOR_PREFIX) else ""
+    if name not in sensor_names():
+        raise RasterInputError(f"unknown pixel scaling {scale!r}; known sensors: "
+                               f"{', '.join(sensor_names())}")  # fmt: skip
+    layer.setCustomProperty(SCALING_PROPERTY, scale)
+    QgsSettings().setValue(_scaling_key(layer), scale)

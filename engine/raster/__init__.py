@@ -2,7 +2,8 @@
 
 A front end reads a raster through a :class:`RasterReader`: :class:`GdalReader` for a file, or
 its own over its data (the plugin's QGIS-layer reader), naming bands as :func:`canonical_band`
-does and resolving them with :func:`resolve_bands`. :func:`choose_bands` says which of a
+does and resolving them with :func:`resolve_bands`; ``scale="sensor:<name>"`` of a reader
+applies a sensor's training rule (:func:`sensor_names`). :func:`choose_bands` says which of a
 raster's bands feed the model's bands, and why. These are the names front ends use; the modules
 beside them (scaling, the warped and native read paths, batches, tiling) are the engine's own.
 """
@@ -14,6 +15,8 @@ from .bands import canonical_band, resolve_bands
 from .gdal_reader import GdalReader, close_all_readers
 from .layout import BandLayout, band_layout, optional_bands
 from .reader import RasterReader
+from .scaling import sensor_of
+from .sensors import Sensor, get_sensor, sensor_names
 from .source import is_virtual
 
 __all__ = [
@@ -22,12 +25,16 @@ __all__ = [
     "BandLayout",
     "GdalReader",
     "RasterReader",
+    "Sensor",
     "band_layout",
     "canonical_band",
     "choose_bands",
     "close_all_readers",
+    "get_sensor",
     "is_virtual",
     "optional_bands",
     "resolve_bands",
+    "sensor_names",
+    "sensor_of",
     "user_choice",
 ]

@@ -1,7 +1,9 @@
 """The dock's band choice: which band of the source raster feeds each of the model's bands.
 
 Shows UniGeo's choice for the layer (and why), one drop-down per model band to change it, and
-*Auto* to go back to UniGeo's choice. A change is remembered per layer source
+*Auto* to go back to UniGeo's choice. Below them, *Scaling* says how raw values become the
+model's: automatic (8-bit / 255, other types a 2-98 % stretch) or a sensor's training rule for
+raw products (Sentinel-2, Landsat: absolute reflectance). Both are remembered per layer source
 (:mod:`..source_bands`); the controller reads the same memory, so every search uses what the
 panel shows.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qgis.core import QgsRasterLayer
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -22,7 +25,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...engine.errors import RasterInputError
-from ...engine.raster import ABSENT, BandChoice, user_choice
+from ...engine.raster import ABSENT, BandChoice, get_sensor, sensor_names, user_choice
 from .. import source_bands as SB
 
 PER_ROW = 3  # model bands per row of drop-downs
@@ -58,6 +61,24 @@ class BandPanel(QWidget):
         self.auto_button.clicked.connect(self.reset_auto)
         row.addWidget(self.auto_button)
         lay.addLayout(row)
+        srow = QHBoxLayout()
+        srow.addWidget(QLabel("Scaling"))
+        self.scaling_combo = QComboBox()
+        self.scaling_combo.setObjectName("UniGeoScaling")
+        self.scaling_combo.addItem("Automatic (8-bit / 255, else 2-98 % stretch)", SB.AUTO_SCALE)
+        for name in sensor_names():
+            self.scaling_combo.addItem(name, SB.SENSOR_PREFIX + name)
+            self.scaling_combo.setItemData(
+                self.scaling_combo.count() - 1, get_sensor(name).description, Qt.ToolTipRole
+            )
+        self.scaling_combo.setToolTip(
+            "How raw pixel values become the model's. A sensor's rule (its training scaling: "
+            "absolute reflectance) suits raw Sentinel-2 / Landsat products; automatic stretches "
+            "each raster to its own range"
+        )
+        self.scaling_combo.currentIndexChanged.connect(self._scaling_changed)
+        srow.addWidget(self.scaling_combo, 1)
+        lay.addLayout(srow)
         self._filling = False
         self._built: tuple = ()
 
@@ -73,6 +94,7 @@ class BandPanel(QWidget):
         self.layer, self.wanted, self.choice = None, (), None
         self._build([])
         self.auto_button.setEnabled(False)  # nothing was picked by hand to forget
+        self.scaling_combo.setEnabled(False)
         self._show_reason(why, ok=False)
 
     def refresh(self) -> None:
@@ -80,6 +102,7 @@ class BandPanel(QWidget):
         if self.layer is None or not self.wanted:
             self.choice = None
             self._build([])
+            self.scaling_combo.setEnabled(False)
             self._show_reason("Choose a source raster", ok=True)
             return
         self.choice = SB.current_choice(self.layer, self.wanted, self.optional)
@@ -90,6 +113,10 @@ class BandPanel(QWidget):
         self._filling = True
         for i, combo in enumerate(self.combos):
             combo.setCurrentIndex(max(0, combo.findData(shown[i] if shown else UNSET)))
+        self.scaling_combo.setCurrentIndex(
+            max(0, self.scaling_combo.findData(SB.scaling(self.layer)))
+        )
+        self.scaling_combo.setEnabled(True)
         self._filling = False
         self.auto_button.setEnabled(self.choice.source == "user")
         self.use_button.setVisible(not self.choice.decided)
@@ -135,6 +162,15 @@ class BandPanel(QWidget):
     def _changed(self) -> None:
         if not self._filling:
             self.apply()
+
+    def scaling(self) -> str:
+        """The scaling drop-down's reader ``scale`` (``"dtype"`` or ``"sensor:<name>"``)."""
+        return str(self.scaling_combo.currentData())
+
+    def _scaling_changed(self) -> None:
+        if self._filling or self.layer is None:
+            return
+        SB.remember_scaling(self.layer, self.scaling())
 
     def apply(self) -> None:
         """Remember the drop-downs' bands for this layer (a complete, valid selection only)."""

@@ -33,8 +33,9 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ...engine import pipeline
 from ...engine.pipeline import DEFAULT_MAX_NODATA, Place, QuerySpec, Region
+from ...engine.raster import sensor_names
 from .. import model_cache
-from ..qgis_reader import qgs_crs
+from ..qgis_reader import AUTO_SCALE, qgs_crs
 from ..settings import PROVIDERS, Settings, first_run_message
 from . import help as texts
 from .common import (
@@ -47,6 +48,8 @@ from .common import (
     parse_latlon,
 )
 
+AUTO_SENSOR = "auto"  # SENSOR's default: the readers' own scaling
+
 
 class UniGeoAlgorithm(QgsProcessingAlgorithm):
     """Common parameters and helpers; subclasses set ``NAME`` and their own parameters."""
@@ -56,6 +59,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
     PROVIDER = "PROVIDER"
     INPUT = "INPUT"
     BANDS = "BANDS"
+    SENSOR = "SENSOR"
     STORE = "STORE"
     EXTENT = "EXTENT"
     MAX_NODATA = "MAX_NODATA"
@@ -142,6 +146,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
                 allowMultiple=True,
             )
         )
+        self.add_sensor_param()
         if with_extent:
             self.addParameter(
                 QgsProcessingParameterExtent(
@@ -170,6 +175,27 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             )
             nodata.setFlags(nodata.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(nodata)
+
+    def add_sensor_param(self) -> None:
+        """SENSOR: how raw pixel values become the model's: automatic, or a sensor's rule."""
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.SENSOR,
+                self.tr(
+                    "Pixel scaling: auto (8-bit / 255, other types a 2-98 % stretch) or the "
+                    "sensor's training rule for raw products"
+                ),
+                options=[AUTO_SENSOR, *sensor_names()],
+                defaultValue=AUTO_SENSOR,
+                usesStaticStrings=True,  # SENSOR="sentinel2_l1c" in scripts, not an index
+                optional=True,
+            )
+        )
+
+    def scale_of(self, parameters: dict, context: QgsProcessingContext) -> str:
+        """The readers' ``scale`` for SENSOR: ``"dtype"`` or ``"sensor:<name>"``."""
+        name = self.parameterAsEnumString(parameters, self.SENSOR, context) or AUTO_SENSOR
+        return AUTO_SCALE if name == AUTO_SENSOR else f"sensor:{name}"
 
     def source_store(
         self,
@@ -215,7 +241,8 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             wkt = layer.crs().toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
             extent = ((rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()), wkt)
-        return embed_cached(model, layer, bands, feedback, extent)
+        scale = self.scale_of(parameters, context)
+        return embed_cached(model, layer, bands, feedback, extent, scale=scale)
 
     def store_extent(
         self,

@@ -22,7 +22,7 @@ from ...engine import pipeline
 from ...engine.errors import CancelledError, EngineError, describe_os_error
 from ...engine.model import Modality
 from ...engine.pipeline import Region
-from ..qgis_reader import reader_for_layer
+from ..qgis_reader import AUTO_SCALE, reader_for_layer
 from ..settings import Settings
 from .outputs import style_output
 
@@ -104,13 +104,17 @@ def embed_cached(
     feedback: QgsProcessingFeedback,
     extent: tuple[tuple[float, float, float, float], str] | None = None,
     stride_px: int | None = None,
+    scale: str = AUTO_SCALE,
 ) -> Any:
-    """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store."""
+    """Embed ``layer`` (or ``extent`` of it) into the store cache, or reuse the cached store.
+
+    ``scale`` is the reader's (``"dtype"`` or ``"sensor:<name>"``); it is part of the cache key.
+    """
     s = Settings.load()
     with engine_errors():
         if not model.has(Modality.AERIAL):
             raise QgsProcessingException("the model has no aerial encoder to embed rasters with")
-        reader = reader_for_layer(layer, bands=bands)
+        reader = reader_for_layer(layer, bands=bands, scale=scale)
         box, box_crs = extent if extent is not None else (None, None)
         stride = stride_px or s.stride_arg()
         grid = pipeline.tile_grid(model, reader, stride_px=stride, extent=box, extent_crs=box_crs)

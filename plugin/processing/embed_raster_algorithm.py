@@ -20,7 +20,7 @@ from ...engine import pipeline
 from ...engine.errors import RasterInputError
 from ...engine.model import Modality
 from ...engine.raster import GdalReader, is_virtual
-from ..qgis_reader import reader_for_layer
+from ..qgis_reader import AUTO_SCALE, reader_for_layer
 from ..settings import Settings
 from .base import UniGeoAlgorithm
 from .common import BLOCK_TILES, canceled_of, engine_errors, progress_of, warn_before_embedding
@@ -47,6 +47,7 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
                 allowMultiple=True,
             )
         )
+        self.add_sensor_param()
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.MODALITY,
@@ -100,9 +101,10 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
         modality = Modality(
             self.parameterAsEnumString(parameters, self.MODALITY, context) or "aerial"
         )
+        scale = self.scale_of(parameters, context)
         model = self.load_model(parameters, context)
         with engine_errors():
-            reader = modality_reader(layer, bands, modality, model)
+            reader = modality_reader(layer, bands, modality, model, scale)
             grid = pipeline.tile_grid(model, reader, modality, stride_px=stride, extent=extent)
             s = Settings.load()
             if not store_dir or store_dir == "TEMPORARY_OUTPUT":
@@ -133,12 +135,15 @@ class EmbedRasterAlgorithm(UniGeoAlgorithm):
 MODALITIES = (Modality.AERIAL, Modality.DSM)
 
 
-def modality_reader(layer, bands: list[int] | None, modality: Modality, model):
+def modality_reader(
+    layer, bands: list[int] | None, modality: Modality, model, scale: str = AUTO_SCALE
+):
     """The reader of ``layer`` for ``modality``; errors that say which MODALITY fits.
 
     A DSM is read in metres (no 0-1 scaling) with area-average resampling, as the DSM encoder
-    was trained; that needs a GDAL raster file. A one-band raster read for the aerial encoder
-    of a bundle that has a DSM encoder is pointed to ``MODALITY=dsm``.
+    was trained; that needs a GDAL raster file, and a sensor's ``scale`` does not apply. A
+    one-band raster read for the aerial encoder of a bundle that has a DSM encoder is pointed
+    to ``MODALITY=dsm``.
     """
     if not model.has(modality):
         raise QgsProcessingException(
@@ -147,6 +152,10 @@ def modality_reader(layer, bands: list[int] | None, modality: Modality, model):
             + " or a bundle that has one"
         )
     if modality is Modality.DSM:
+        if scale != AUTO_SCALE:
+            raise QgsProcessingException(
+                "SENSOR scales imagery; a DSM is read in metres: leave SENSOR at auto"
+            )
         path = layer.source().split("|")[0]
         if layer.providerType() != "gdal" or not (Path(path).is_file() or is_virtual(path)):
             raise QgsProcessingException(
@@ -154,7 +163,7 @@ def modality_reader(layer, bands: list[int] | None, modality: Modality, model):
                 "(save it as a GeoTIFF first)"
             )
         return GdalReader(path, bands=bands, scale=1.0, resampling="average")
-    reader = reader_for_layer(layer, bands=bands)
+    reader = reader_for_layer(layer, bands=bands, scale=scale)
     if bands is None and reader.band_count == 1 and model.has(Modality.DSM):
         wanted = model.spec(Modality.AERIAL).preprocess.bands
         raise RasterInputError(

@@ -27,13 +27,22 @@ _QUERY_HELP = (
     "term (positive or negative) is recorded in the output's metadata "
     "(UNIGEO_QUERY, UNIGEO_QUERY_TERMS).</p>"
 )
+_SENSOR_HELP = (
+    "<p><b>SENSOR</b> says how raw pixel values become the model's: 'auto' (default) divides "
+    "8-bit rasters by 255 and stretches other types between their 2nd and 98th percentiles; a "
+    "sensor name (e.g. sentinel2_l1c, landsat8_c2_l2) applies that product's training rule "
+    "(reflectance scale, offset and no-data value, engine/sensors.json) per model band, so "
+    "brightness is absolute rather than relative to the scene. It needs a raster file. On the "
+    "held-out Sentinel-2 scene the sensor rule gave better land-use zero-shot but worse "
+    "open-water hits than the stretch (docs/MODEL_CARD.md): try both on your data.</p>"
+)
 _SOURCE_HELP = (
     "<p><b>Source</b>: an embedding store folder (STORE, from 'Embed raster'), or a raster "
     "layer (INPUT) that is embedded on demand into the UniGeo cache (embedded once, reused "
     "next time). EXTENT limits the area: with INPUT only that part is embedded; with STORE "
     "only the store's tiles within EXTENT are used (same tiles, same embeddings), so the "
     "output covers EXTENT alone and percentiles are ranks within it. An EXTENT outside the "
-    "store is an error.</p>"
+    "store is an error.</p>" + _SENSOR_HELP
 )
 _LOAD_HELP = (
     "<p>Outputs opened after the run are styled as in the UniGeo panel, with the model, query "
@@ -59,6 +68,7 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "the UniGeo cache). OUTPUT_TIFF optionally writes the embeddings as a multi-band "
         "float32 GeoTIFF (one band per dimension, one pixel per tile).</p><p>The run is "
         "resumable: cancel it and run it again with the same parameters to continue.</p>"
+        + _SENSOR_HELP
         + _MODEL_HELP,
     ),
     "heatmap": (

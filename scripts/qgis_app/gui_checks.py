@@ -106,8 +106,13 @@ def gui_text_search(ctx) -> dict:
     )
     ensure("open water" in layer.name(), f"layer named '{layer.name()}'")
     got = V.heatmap(layer.source(), ctx.inputs.srs_wkt, ctx.tile_m)
+    scaling = dock.band_panel.scaling_combo  # Where › Bands › Scaling: automatic for 8-bit NAIP
+    ensure(scaling.isEnabled() and scaling.count() > 1, "the Scaling drop-down offers nothing")
+    ensure(scaling.currentData() == "dtype", f"Scaling shows {scaling.currentData()!r}")
+    abstract = layer.metadata().abstract()
+    ensure("scaling: dtype" in abstract, "the heatmap's metadata does not record the scaling")
     ctx.screenshot("text_search", (layer,))
-    return {**got, "layer": layer.name()}
+    return {**got, "layer": layer.name(), "scaling_choices": scaling.count()}
 
 
 def gui_point_clicks(ctx) -> dict:

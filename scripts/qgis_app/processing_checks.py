@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qgis.core import (
     QgsApplication,
     QgsProcessingAlgRunnerTask,
@@ -142,6 +143,21 @@ def alg_heatmap_text(ctx) -> dict:
     ensure(lyr2.name() == want, f"layer of {named.name} named '{lyr2.name()}', expected '{want}'")
     V.heatmap(named, ctx.inputs.srs_wkt, ctx.tile_m)
     return {**got, "layer": lyr.name(), "named_output_layer": lyr2.name()}
+
+
+def alg_heatmap_sensor(ctx) -> dict:
+    """SENSOR=display8 (8-bit display products: value / 255) on the 8-bit NAIP window: the same
+    cosines as the automatic scaling (uint8 / 255), through a store of its own in the cache."""
+    auto, rule = ctx.outputs / "heatmap_auto.tif", ctx.outputs / "heatmap_display8.tif"
+    params = {"INPUT": str(ctx.inputs.raster), "QUERY_TEXT": "open water"}
+    run_task("unigeo:heatmap", {**params, "OUTPUT": str(auto)})
+    run_task("unigeo:heatmap", {**params, "SENSOR": "display8", "OUTPUT": str(rule)})
+    a, b = V.band(auto, 1), V.band(rule, 1)
+    ensure(np.array_equal(np.isfinite(a), np.isfinite(b)), "valid cells differ with SENSOR")
+    gap = float(np.nanmax(np.abs(a - b)))
+    ensure(gap < 1e-5, f"SENSOR=display8 moved the 8-bit cosines by {gap}")
+    got = V.heatmap(rule, ctx.inputs.srs_wkt, ctx.tile_m)
+    return {**got, "max_abs_diff_vs_auto": gap}
 
 
 def alg_heatmap_point(ctx) -> dict:
@@ -363,6 +379,7 @@ def alg_gpsfield_text(ctx) -> dict:
 CHECKS = [
     ("alg_embedraster", alg_embedraster),
     ("alg_heatmap_text", alg_heatmap_text),
+    ("alg_heatmap_sensor_display8", alg_heatmap_sensor),
     ("alg_heatmap_point", alg_heatmap_point),
     ("alg_heatmap_points_extra_negative", alg_heatmap_points),
     ("alg_heatmap_polygon", alg_heatmap_polygon),

@@ -51,6 +51,11 @@ def _band(ds, i: int) -> np.ndarray:
     return a
 
 
+def band(path: str | Path, i: int = 1) -> np.ndarray:
+    """Band ``i`` of a raster file as float64, its no-data cells NaN."""
+    return _band(_open_raster(path), i)
+
+
 def _grid(ds, path, srs_wkt: str, cell: float | None, finer: bool = False) -> dict[str, Any]:
     """CRS and pixel size: one tile, or (``finer``: heatmaps and class maps drawn inside the
     raster's outline) the tile split into k x k pixels, 1 <= k <= 8."""

@@ -165,3 +165,48 @@ def test_web_layer_colour_is_red_green_blue_alpha_never_nir(plugin, tmp_path):
     assert not choice.decided and "no nir" in choice.reason  # the alpha band is no NIR
     choice = source_bands.auto_choice(layer, RGBN, optional=("nir",))
     assert choice.mapping == (1, 2, 3, 0) and choice.absent == ("nir",)
+
+
+def test_dock_scaling_is_remembered_used_and_recorded(plugin, tmp_path):
+    import rasterio
+    from qgis.core import QgsProject, QgsRasterLayer
+    from unigeo.engine.pipeline import QuerySpec
+    from unigeo.plugin import source_bands
+    from unigeo.plugin.controller import AreaChoice
+
+    from tests.plugin.test_processing_sensor import S2, write_s2
+
+    s2_tif = write_s2(tmp_path / "s2_l1c.tif")
+    layer = QgsRasterLayer(str(s2_tif), "s2")
+    assert layer.isValid()
+    source_bands.forget(layer)
+    source_bands.remember_scaling(layer, "dtype")
+    QgsProject.instance().addMapLayer(layer)
+    plugin.dock.layer_combo.setLayer(layer)
+    combo = plugin.dock.band_panel.findChild(type(plugin.dock.band_panel.scaling_combo),
+                                             "UniGeoScaling")  # fmt: skip
+    assert combo is not None and combo.isEnabled() and combo.currentData() == "dtype"
+    assert combo.findData(f"sensor:{S2}") > 0
+
+    def heat() -> np.ndarray:
+        plugin.dock.area_combo.setCurrentIndex(1)
+        token = plugin.controller.run_query(QuerySpec(texts=("nir",)), layer, AreaChoice())
+        assert token > 0
+        group = QgsProject.instance().layerTreeRoot().findGroup(layer.name())
+        out = group.findLayers()[0].layer()  # the newest result is on top
+        with rasterio.open(out.source()) as src:
+            return src.read(1), out.metadata().abstract()
+
+    cos_auto, meta_auto = heat()
+    assert "scaling: dtype" in meta_auto
+    combo.setCurrentIndex(combo.findData(f"sensor:{S2}"))
+    assert source_bands.scaling(layer) == f"sensor:{S2}"
+    again = QgsRasterLayer(str(s2_tif), "same file, another layer")  # remembered per source
+    assert source_bands.scaling(again) == f"sensor:{S2}"
+    cos_s2, meta_s2 = heat()
+    assert f"scaling: sensor:{S2}" in meta_s2
+    assert np.nanmax(np.abs(cos_s2 - cos_auto)) > 0.05  # another store, another map
+    combo.setCurrentIndex(combo.findData("dtype"))  # back to automatic: forgotten
+    assert source_bands.scaling(again) == "dtype"
+    with pytest.raises(Exception, match="unknown pixel scaling"):
+        source_bands.remember_scaling(layer, "sensor:no_such_sensor")
