@@ -112,6 +112,47 @@ def _chunk_bands(
     return [cos, cal.percentiles(cos) if cal else np.full_like(cos, np.nan)]
 
 
+def _edge_filled(
+    render: Any, store: Any, vec: np.ndarray, cal: Any, r0: int, rows: list[np.ndarray]
+) -> list[np.ndarray]:
+    """A chunk's bands with every skipped edge cell showing its neighbour (``Render.fill``).
+
+    As the in-memory path draws them; a neighbour in the row just above or below the chunk is
+    scored here (a few tiles of at most two rows).
+    """
+    if render.source is None:
+        return rows
+    h, cols = rows[0].shape
+    src = render.source[r0 : r0 + h].reshape(-1)
+    lo, hi = r0 * cols, (r0 + h) * cols
+    own = np.arange(lo, hi)
+    if np.array_equal(src, own):
+        return rows
+    inside = (src >= lo) & (src < hi)
+    outer = src[~inside]
+    extra: list[np.ndarray] = []
+    if outer.size:
+        rr, cc = np.divmod(outer, cols)
+        emb = np.empty((outer.size, vec.shape[0]), dtype=np.float32)
+        for r in np.unique(rr):  # whole rows: works for memory-mapped and Zarr stores alike
+            at = rr == r
+            emb[at] = np.asarray(store.embeddings[int(r)], dtype=np.float32)[cc[at]]
+        cos = (emb @ np.asarray(vec, dtype=np.float32)).astype(np.float32)
+        cos[~np.asarray(store.valid, dtype=bool)[rr, cc]] = np.nan
+        extra = [cos]
+        if len(rows) > 1:
+            extra.append(cal.percentiles(cos) if cal else np.full_like(cos, np.nan))
+    out = []
+    for i, band in enumerate(rows):
+        flat = band.reshape(-1)
+        new = np.empty_like(flat)
+        new[inside] = flat[src[inside] - lo]
+        if outer.size:
+            new[~inside] = extra[i]
+        out.append(new.reshape(h, cols))
+    return out
+
+
 def _part(
     progress: Callable[[float], None] | None, a: float, b: float
 ) -> Callable[[float], None] | None:
@@ -222,6 +263,7 @@ def write_heatmap_chunked(
             )
             for r0, r1, block in chunked_dot(store, vec[:, None], None, done, is_canceled, workers):
                 rows = _chunk_bands(store, r0, r1, block, cal if percentiles else None, count)
+                rows = _edge_filled(render, store, vec, cal, r0, rows)
                 for i in range(count):
                     pixels, f0 = render.expand(rows[i], r0, np.nan)
                     if pixels.size:

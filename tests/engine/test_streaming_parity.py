@@ -47,6 +47,7 @@ class Store:
     embeddings: np.ndarray
     valid: np.ndarray
     model_hash: str = "parity"
+    meta: dict | None = None
 
     @property
     def dim(self) -> int:
@@ -173,6 +174,42 @@ def test_heatmap_cells_match(tmp_path, name, shape):
     else:  # calibrate() ranks exactly here; the streamed map is within CAL_MAX_ERROR
         assert score_histogram(store, q, refine=True).max_error <= CAL_MAX_ERROR
         np.testing.assert_allclose(pct_b, pct_a, rtol=0, atol=CAL_MAX_ERROR + 1e-4)
+
+
+def test_heatmap_drawn_inside_the_outline_fills_edge_cells_across_chunks(tmp_path):
+    """A store with the raster's outline is drawn finer, cropped to it, and each skipped cell the
+    outline cuts shows its valid neighbour; the streamed path must draw the same pixels, also
+    where that neighbour lies in the chunk above or below (4 chunks of 13 rows here)."""
+    from dataclasses import replace
+
+    from engine.geo.render import render_for
+
+    rows, cols = 40, 300
+    base = scenario("plain", rows, cols)
+    x0, y1 = base.grid.origin_x, base.grid.origin_y
+    # a diagonal edge: about 7.5 cells per row, crossing every row and every chunk boundary
+    wkt = f"POLYGON (({x0} {y1}, {x0 + 3000} {y1}, {x0} {y1 - 400}, {x0} {y1}))"
+    cy = y1 - (np.arange(rows)[:, None] + 0.5) * 10.0
+    cx = x0 + (np.arange(cols)[None, :] + 0.5) * 10.0
+    valid = base.valid & ((cx - x0) < 3000.0 * (cy - (y1 - 400)) / 400.0)  # centre inside
+    store = replace(base, valid=valid)
+    store.embeddings[~valid] = 0
+    store.meta = {"footprint_wkt": wkt, "source_gsd_m": 2.5}
+    render = render_for(store)
+    assert render is not None and render.k == 4 and render.source is not None
+    moved = render.source != np.arange(rows * cols).reshape(rows, cols)
+    src_rows = render.source[moved] // cols
+    edge_rows = np.nonzero(moved)[0]
+    crossing = [r for r, s in zip(edge_rows, src_rows, strict=True) if r // 13 != s // 13]
+    assert crossing  # some edge cells show a neighbour from another chunk
+    q = Query().add(Q)
+    a = write_heatmap(tmp_path / "a.tif", store, similarity(store, q))
+    b = heatmap_auto(tmp_path / "b.tif", store, q, chunked=True)
+    cos_a, pct_a, prof_a = read_bands(a)
+    cos_b, pct_b, prof_b = read_bands(b)
+    assert prof_a["width"] == prof_b["width"] == render.out.cols
+    np.testing.assert_array_equal(cos_b, cos_a)  # NaN positions included
+    np.testing.assert_allclose(pct_b, pct_a, rtol=0, atol=CAL_MAX_ERROR + 1e-4)
 
 
 def test_valid_tiles_holding_nan_are_refused_by_both_paths(tmp_path):
