@@ -45,6 +45,26 @@ def train_indices(cache: FeatureCache, cfg: TrainConfig) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+# Settings a resumed run may change: where the data lives, logging and checkpoint cadence.
+RESUME_MAY_CHANGE = ("data.source", "device", "log_every", "ckpt_every", "eval_every")
+
+
+def config_changes(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """Dotted names of the settings that differ between a checkpoint's run and this one."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(saved.to_dict()), flat(current.to_dict())
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE]
+
+
 def freeze_for_stage(model: UniGeoCLIP, stage: int) -> list[nn.Parameter]:
     """Freeze the cached parts; return the aerial backbone parameters stage 2 trains."""
     tail: list[nn.Parameter] = []
@@ -171,10 +191,23 @@ class LockedTrainer:
                                {"stage": self.stage, "cache": str(self.cache.folder)})  # fmt: skip
 
     def resume(self) -> bool:
-        """Continue from ``stage<k>.pt`` when it exists; True if it did."""
+        """Continue from ``stage<k>.pt`` when it exists and belongs to this run; True if it did.
+
+        A checkpoint of another configuration (``make model`` after the recipe changed) is not
+        resumed, which would ship the old run under the new name: it is moved aside to
+        ``stage<k>.stale.pt`` (nothing is lost) and the stage starts afresh.
+        """
         if not self.ckpt.is_file():
             return False
         ck = load_checkpoint(self.ckpt, self.device)
+        changed = config_changes(ck["config"], self.cfg)
+        if changed:
+            stale = self.ckpt.with_suffix(".stale.pt")
+            self.ckpt.replace(stale)
+            log.warning("stage %d: %s was trained with another configuration (%s); moved to %s, "
+                        "starting afresh", self.stage, self.ckpt, ", ".join(changed[:6]),
+                        stale.name)  # fmt: skip
+            return False
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])

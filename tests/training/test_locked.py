@@ -254,6 +254,24 @@ def test_stage1_stage2_export_engine_parity(synth, tmp_path):
     assert np.abs(engine.encode_tiles(Modality.AERIAL, zeros)[:3] - got[:3]).max() > 1e-3
 
 
+def test_a_checkpoint_of_another_recipe_is_moved_aside_not_resumed(synth, tmp_path):
+    """make model after the recipe changed must train the new recipe, not ship the old run."""
+    from training.locked import config_changes, run_stages
+
+    cfg = lit_config(synth, tmp_path / "cache", locked={"stage2_steps": 0, "radiometric": 0.0})
+    run_stages(cfg, tmp_path / "run", stop=3)  # interrupted: same recipe resumes at step 3
+    old = torch.load(tmp_path / "run" / "stage1.pt", weights_only=True)
+    assert old["step"] == 3
+    new = lit_config(synth, tmp_path / "cache", locked={"stage2_steps": 0, "radiometric": 0.3},
+                     data={"source": str(synth) + "/"})  # fmt: skip
+    assert config_changes(cfg, new) == ["locked.radiometric"]  # the data path may move
+    run_stages(new, tmp_path / "run")
+    stale = torch.load(tmp_path / "run" / "stage1.stale.pt", weights_only=True)
+    assert stale["step"] == 3 and stale["config"]["locked"]["radiometric"] == 0.0
+    done = torch.load(tmp_path / "run" / "stage1.pt", weights_only=True)
+    assert done["step"] == 6 and done["config"]["locked"]["radiometric"] == 0.3
+
+
 def test_torch_model_scores_like_the_engine(synth, tmp_path):
     """training.torch_engine.TorchModel (ablations are scored with it) matches the ONNX bundle."""
     from training.checkpoint import load_model
