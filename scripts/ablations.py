@@ -254,7 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="tiny", help="base config (name or YAML path)")
     ap.add_argument("--steps", type=int, default=150, help="optimiser steps of every run")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="seeds of every run (default 0 1 2; with --locked: 0)")  # fmt: skip
     ap.add_argument("--worlds", nargs="+", default=["synthetic", "real"],
                     help=f"names in {sorted(WORLDS)} or dataset folders")  # fmt: skip
     from training.ablate_locked import VARIANTS as LOCKED
@@ -288,8 +289,11 @@ def run_locked(a: argparse.Namespace) -> int:
     chosen = a.variants != list(VARIANTS)  # the old grid's default means "every variant"
     names = [v for v in a.variants if v in LOCKED] if chosen else list(LOCKED)
     work = a.work or (ROOT / "out" / "ablations_locked")
-    res = run(base, names, a.steps, a.stage2_steps, work, a.out, over)
+    seeds = tuple(a.seeds or [0])
+    res = run(base, names, a.steps, a.stage2_steps, work, a.out, over, seeds=seeds)
     print((a.out / "scores" / "targets.md").read_text())
+    if len(seeds) > 1:
+        print((a.out / "seeds.md").read_text())
     return 0 if res else 1
 
 
@@ -338,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a = parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
+    if a.seeds is None and not a.locked:
+        a.seeds = [0, 1, 2]
     torch.set_num_threads(a.threads)
     if a.locked:
         return run_locked(a)

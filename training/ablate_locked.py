@@ -59,38 +59,108 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def variant_config(base: str, variant: str, steps: int, stage2: int,
-                   over: dict[str, Any]) -> TrainConfig:  # fmt: skip
-    """The config of one variant: same data, seed and total steps for every variant."""
+                   over: dict[str, Any], seed: int = 0) -> TrainConfig:  # fmt: skip
+    """The config of one variant: same data, seed and total steps for every variant.
+
+    ``seed`` sets both the initialisation (``seed``) and the batch order (``data.seed``).
+    """
     d = merge(over, VARIANTS[variant][1])
     if variant == "finetuned":
         d = merge(d, {"steps": steps, "locked": {"stage2_steps": stage2}})
     else:
         d = merge(d, {"steps": steps + stage2, "locked": {"stage2_steps": 0}})
+    if seed:
+        d = merge(d, {"seed": seed, "data": {"seed": seed}})
     return load_config(base, merge(d, {"ckpt_every": 10**9}))
 
 
+def run_name(variant: str, seed: int) -> str:
+    """A run's folder and column name: the variant, with ``-seed<k>`` beyond seed 0."""
+    return variant if seed == 0 else f"{variant}-seed{seed}"
+
+
+# The measures the seed summary reports: (label, path in a bundle's scores of targets.json).
+SUMMARY: list[tuple[str, tuple[str, ...]]] = [
+    ("zero-shot Havel", ("scenes", "havel_s2", "zero_shot", "accuracy")),
+    ("zero-shot SF Bay", ("scenes", "sfbay_l7", "zero_shot", "accuracy")),
+    ("coarse Havel", ("scenes", "havel_s2", "zero_shot", "coarse", "accuracy")),
+    ("coarse SF Bay", ("scenes", "sfbay_l7", "zero_shot", "coarse", "accuracy")),
+    ("few-shot Havel", ("scenes", "havel_s2", "few_shot", "embedding", "mean")),
+    (
+        "zero-shot test split",
+        ("scenes", "test split (places never trained on)", "zero_shot", "accuracy"),
+    ),  # fmt: skip
+    ("cross-date R@1", ("cross_date", "R@1")),
+]
+
+
+def _get(d: Any, path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return float(d) if isinstance(d, (int, float)) else None
+
+
+def seed_summary(scores: dict[str, Any], runs: dict[str, list[str]]) -> str:
+    """Markdown: per variant, the mean and the range over its seeds of the key held-out measures.
+
+    ``runs`` maps a variant to the checkpoint keys of its seeds in ``scores`` (targets.json).
+    """
+    rows = []
+    for label, path in [*SUMMARY, ("GPS land/sea linear", ()), ("GPS land/sea kNN-5", ())]:
+        cells = []
+        for keys in runs.values():
+            if path:
+                vals = [_get(scores["bundles"].get(k, {}), path) for k in keys]
+            else:
+                kind = "linear" if "linear" in label else "knn5"
+                probe = scores.get("gps_probes", {}).get("land_sea", {})
+                vals = [_get(probe, (k, kind)) for k in keys]
+            got = [x for x in vals if x is not None]
+            if not got:
+                cells.append("–")
+                continue
+            mean = sum(got) / len(got)
+            spread = f" ({min(got):.3f}–{max(got):.3f})" if len(got) > 1 else ""
+            cells.append(f"{mean:.3f}{spread}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    n = max((len(k) for k in runs.values()), default=0)
+    head = ["| measure | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    return (f"Mean over {n} seed(s) (min–max in brackets), scored together in one run.\n\n"
+            + "\n".join(head + rows) + "\n")  # fmt: skip
+
+
 def run(base: str, variants: list[str], steps: int, stage2: int, work: Path, out: Path,
-        over: dict[str, Any], gps_n: int = 2000) -> dict[str, Any]:  # fmt: skip
-    """Train every variant (resuming any that stopped) and score them side by side."""
+        over: dict[str, Any], gps_n: int = 2000, seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:  # fmt: skip
+    """Train every variant for every seed (resuming any that stopped), score them side by side
+    and, with more than one seed, summarise each variant over its seeds (``seeds.md``)."""
     from .locked import run_stages
     from .targets_run import run as score
 
     ckpts, walls, cfg = [], {}, None
+    runs: dict[str, list[str]] = {}
     for v in variants:
-        cfg = variant_config(base, v, steps, stage2, over)
-        folder = work / v
-        t0 = time.perf_counter()
-        if not (folder / "checkpoint.pt").is_file():
-            run_stages(cfg, folder)
-        walls[v] = time.perf_counter() - t0
-        ckpts.append(folder / "checkpoint.pt")
-        log.info("ablation %s trained (%.0f s)", v, walls[v])
+        for seed in seeds:
+            cfg = variant_config(base, v, steps, stage2, over, seed)
+            name = run_name(v, seed)
+            folder = work / name
+            t0 = time.perf_counter()
+            if not (folder / "checkpoint.pt").is_file():
+                run_stages(cfg, folder)
+            walls[name] = time.perf_counter() - t0
+            ckpts.append(folder / "checkpoint.pt")
+            runs.setdefault(v, []).append(str(folder / "checkpoint.pt"))
+            log.info("ablation %s trained (%.0f s)", name, walls[name])
     assert cfg is not None
     res = score(ckpts, Path(cfg.data.source), list(cfg.data.holdout_areas), out / "scores",
                 gps_n=gps_n, timing=False)  # fmt: skip
-    doc = {"base_config": base, "steps": steps, "stage2_steps": stage2,
+    doc = {"base_config": base, "steps": steps, "stage2_steps": stage2, "seeds": list(seeds),
            "variants": {v: VARIANTS[v][0] for v in variants}, "train_wall_s": walls,
            "scores": "scores/targets.json"}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    if len(seeds) > 1:
+        doc["seed_summary"] = "seeds.md"
+        atomic_write_text(out / "seeds.md", seed_summary(res, runs))
     atomic_write_text(out / "locked.json", json.dumps(doc, indent=1) + "\n")
     return {"doc": doc, "scores": res}

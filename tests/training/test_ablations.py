@@ -83,3 +83,34 @@ def test_variant_configs_change_only_the_ablated_setting(ablations):
     assert ablations.run_config("tiny", {}, "toy", "gps1", 1, 10).model.gps.sigmas == (256.0,)
     pairs = ablations.run_config("tiny", {}, "toy", "pairs", 1, 10).loss.pairs
     assert "streetview-gps" in pairs and len(pairs) == 4
+
+
+def test_locked_seeds_change_init_and_order_and_are_summarised():
+    """--seeds of the locked ablations: seed k sets init and batch order; the summary gives each
+    variant's mean and range over its seeds, read from targets.json."""
+    from training.ablate_locked import run_name, seed_summary, variant_config
+
+    c0 = variant_config("lit_cpu", "robust", 10, 0, {})
+    c1 = variant_config("lit_cpu", "robust", 10, 0, {}, seed=1)
+    assert (c0.seed, c0.data.seed, c1.seed, c1.data.seed) == (0, 0, 1, 1)
+    assert c1.locked.radiometric == 0.3 and run_name("robust", 0) == "robust"
+    assert run_name("robust", 2) == "robust-seed2"
+
+    def bundle(havel: float, few: float) -> dict:
+        return {"scenes": {"havel_s2": {"zero_shot": {"accuracy": havel, "coarse": {}},
+                                        "few_shot": {"embedding": {"mean": few}}}},
+                "cross_date": {"R@1": 0.15}}  # fmt: skip
+
+    scores = {
+        "bundles": {"a0": bundle(0.2, 0.5), "a1": bundle(0.3, 0.4), "b0": bundle(0.25, 0.45)},
+        "gps_probes": {
+            "land_sea": {"a0": {"linear": 0.7, "knn5": 0.8}, "a1": {"linear": 0.8, "knn5": 0.9}}
+        },  # fmt: skip
+    }
+    md = seed_summary(scores, {"frozen": ["a0", "a1"], "robust": ["b0"]})
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
+    assert rows["zero-shot Havel"] == "| zero-shot Havel | 0.250 (0.200–0.300) | 0.250 |"
+    assert rows["few-shot Havel"] == "| few-shot Havel | 0.450 (0.400–0.500) | 0.450 |"
+    assert rows["GPS land/sea linear"] == "| GPS land/sea linear | 0.750 (0.700–0.800) | – |"
+    assert rows["zero-shot SF Bay"] == "| zero-shot SF Bay | – | – |"
+    assert md.startswith("Mean over 2 seed(s)")
