@@ -6,7 +6,7 @@ Every variant trains on the same data and feature views for the same number of o
 (``steps + stage2_steps``) from the same seed; only the ablated setting changes:
 
 * ``frozen``     pretrained EfficientNet-Lite0, frozen: stage 1 for all steps (the 0.2.0 recipe,
-  :data:`PLAIN`, which every variant but ``robust`` starts from);
+  :data:`PLAIN`, which the first five variants start from);
 * ``finetuned``  pretrained, stage 1 for ``steps``, then stage 2 fine-tunes the aerial blocks after
   the split for ``stage2_steps``;
 * ``random``     the same network randomly initialised and frozen (its own feature cache);
@@ -14,7 +14,7 @@ Every variant trains on the same data and feature views for the same number of o
 * ``gps1``       single-scale GPS encoder (sigma 256) instead of 2^0, 2^4, 2^8, 2^12;
 * ``radiometric`` frozen, with a random per-chip and per-band gain on the spectral stream's input;
 * ``cnndrop``    frozen, the texture stream hidden from the head for 30 % of training chips;
-* ``robust``     both of the last two (the 0.3.0 default recipe of ``lit_cpu``).
+* ``robust``     both of the last two.
 
 All variants are scored together by :mod:`training.targets_run` (checkpoints through
 :class:`training.torch_engine.TorchModel`) on the held-out areas, so the table compares them on
@@ -35,8 +35,8 @@ from .config import TrainConfig, load_config, merge
 
 log = logging.getLogger(__name__)
 
-# The 0.2.0 recipe: no robustness terms. Every variant but ``robust`` starts from it, so the
-# first ablations (docs/model/ablations_locked) reproduce with the 0.3.0 defaults in lit_cpu.
+# The shipped recipe (0.2.0): no robustness terms. Every variant but the last three starts from it,
+# so the ablations reproduce whatever lit_cpu turns on later.
 PLAIN: dict[str, Any] = {"locked": {"radiometric": 0.0, "cnn_dropout": 0.0}}
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -53,7 +53,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                     {"locked": {"radiometric": 0.3, "cnn_dropout": 0.0}}),
     "cnndrop": ("frozen + texture-stream dropout (p 0.3)",
                 {"locked": {"radiometric": 0.0, "cnn_dropout": 0.3}}),
-    "robust": ("frozen + radiometric (r 0.3) + texture-stream dropout (p 0.3): the 0.3.0 recipe",
+    "robust": ("frozen + radiometric (r 0.3) + texture-stream dropout (p 0.3)",
                {"locked": {"radiometric": 0.3, "cnn_dropout": 0.3}}),
 }  # fmt: skip
 
