@@ -182,7 +182,7 @@ class Controller(QObject):
         """Call ``then(store_folder)`` now if the cache holds the store, else after embedding."""
         s = self.settings()
         reader = reader_for_layer(
-            layer, bands=self.bands_for(layer, model).bands, scale=source_bands.scaling(layer)
+            layer, bands=self.bands_for(layer, model).mapping, scale=source_bands.scaling(layer)
         )
         grid = pipeline.tile_grid(
             model, reader, stride_px=s.stride_arg(), extent=area.extent, extent_crs=area.crs
@@ -251,13 +251,6 @@ class Controller(QObject):
             raise RasterInputError(
                 f"'{layer.name()}': {choice.reason}. Pick them in the UniGeo search dock under "
                 "Where › Bands."
-            )
-        present = [w for w in optional if w not in choice.absent]
-        if present != list(optional[: len(present)]):  # the engine reads them by position
-            raise RasterInputError(
-                f"'{layer.name()}' has {', '.join(present)} but no {', '.join(choice.absent)}: "
-                f"map the model's optional bands in order ({', '.join(optional)}) in the UniGeo "
-                "search dock under Where › Bands, or name the raster's bands"
             )
         return choice
 

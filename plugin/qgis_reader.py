@@ -30,7 +30,14 @@ from qgis.core import (
 )
 
 from ..engine.errors import RasterInputError
-from ..engine.raster import GdalReader, canonical_band, resolve_bands, sensor_of
+from ..engine.raster import (
+    GdalReader,
+    canonical_band,
+    explicit_selection,
+    present_bands,
+    resolve_bands,
+    sensor_of,
+)
 
 AUTO_SCALE = "dtype"  # 8-bit / 255, other types a 2-98 % stretch (the readers' default)
 
@@ -68,7 +75,8 @@ class QgsLayerReader:
 
     Args:
         layer: a valid raster layer (GeoTIFF, VRT, WMS, XYZ, ...).
-        bands: explicit 1-based band numbers in the model's band order; default: match by
+        bands: explicit 1-based band numbers in the model's band order (0 for a band the
+            layer lacks); default: match by
             colour interpretation, else the non-alpha bands in order. XYZ/WMS layers expose
             their colour band as four bands: red, green, blue, alpha.
     """
@@ -110,19 +118,17 @@ class QgsLayerReader:
         self._lock = threading.Lock()
 
     def _check_explicit(self, bands: Sequence[int] | None) -> tuple[int, ...] | None:
-        if bands is None:
-            return None
-        out = tuple(int(b) for b in bands)
-        if not out or any(not 1 <= b <= self.band_count for b in out):
-            raise RasterInputError(
-                f"{self._name}: bands={list(bands)} is invalid; the layer has bands "
-                f"1..{self.band_count} ({', '.join(self.band_names)})"
-            )
-        return out
+        return explicit_selection(bands, self.band_count, self.band_names, self._name)
+
+    @property
+    def explicit_bands(self) -> tuple[int, ...] | None:
+        """The explicit selection in the model's order (0 = absent), None when matched by name."""
+        return self._explicit
 
     def check_bands(self, wanted: Sequence[str]) -> list[int]:
         """The 1-based band numbers used for ``wanted``; RasterInputError if they do not fit."""
-        return resolve_bands(wanted, self.band_names, self._alpha, self._explicit, self._name)
+        explicit = present_bands(self._explicit)
+        return resolve_bands(wanted, self.band_names, self._alpha, explicit, self._name)
 
     def _scaling(self) -> tuple[np.ndarray, np.ndarray, str]:
         n = self.band_count

@@ -62,7 +62,10 @@ def add_embed_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="store folder to write")
     p.add_argument("--modality", default="aerial", choices=["aerial", "dsm"])
     p.add_argument(
-        "--bands", default=None, help="1-based band indices in model order, e.g. 1,2,3,4"
+        "--bands",
+        default=None,
+        help="1-based band indices in model order, e.g. 1,2,3,4; 0 for a band the raster lacks "
+        "(masked by an encoder with a band mask), e.g. 1,2,3,0,4,0 for RGB + SWIR1",
     )
     p.add_argument(
         "--scale",

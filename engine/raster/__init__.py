@@ -11,7 +11,7 @@ beside them (scaling, the warped and native read paths, batches, tiling) are the
 from __future__ import annotations
 
 from .band_choice import ABSENT, BandChoice, choose_bands, user_choice
-from .bands import canonical_band, resolve_bands
+from .bands import canonical_band, explicit_selection, present_bands, resolve_bands
 from .gdal_reader import GdalReader, close_all_readers
 from .layout import BandLayout, band_layout, optional_bands
 from .reader import RasterReader
@@ -30,9 +30,11 @@ __all__ = [
     "canonical_band",
     "choose_bands",
     "close_all_readers",
+    "explicit_selection",
     "get_sensor",
     "is_virtual",
     "optional_bands",
+    "present_bands",
     "resolve_bands",
     "sensor_names",
     "sensor_of",

@@ -30,6 +30,32 @@ def canonical_band(name: str) -> str:
     return _CANON.get(n, n)
 
 
+def explicit_selection(
+    bands: Sequence[int] | None, count: int, names: Sequence[str], where: str
+) -> tuple[int, ...] | None:
+    """A user's explicit band numbers in the model's order, checked: each one of the raster's
+    bands ``1..count``, or 0 for a model band the raster lacks (masked by a ``band_mask``
+    encoder, see :func:`engine.raster.band_layout`).
+
+    Raises:
+        RasterInputError: empty, all 0, or a number the raster does not have.
+    """
+    if bands is None:
+        return None
+    out = tuple(int(b) for b in bands)
+    if not out or any(not (b == 0 or 1 <= b <= count) for b in out) or not any(out):
+        raise RasterInputError(
+            f"{where}: bands={list(bands)} is invalid; the raster has bands 1..{count} "
+            f"({', '.join(names)}); 0 marks a model band the raster does not have"
+        )
+    return out
+
+
+def present_bands(explicit: Sequence[int] | None) -> tuple[int, ...] | None:
+    """The bands an explicit selection reads: its non-zero numbers, in order."""
+    return None if explicit is None else tuple(b for b in explicit if b)
+
+
 def resolve_bands(
     wanted: Sequence[str],
     names: Sequence[str],

@@ -34,7 +34,7 @@ from ..errors import RasterInputError
 from ..geo import crs as crs_mod
 from ..geo.gdal_errors import gdal_errors
 from ..grid import Bounds
-from .bands import alpha_bands, band_names, resolve_bands
+from .bands import alpha_bands, band_names, explicit_selection, present_bands, resolve_bands
 from .native import NativePlan, lattice_phase, native_source, pixel_shape, read_native, split_pixel
 from .scaling import apply_scaling, scaling_for, sensor_of, sensor_offset_span
 from .source import (
@@ -69,7 +69,8 @@ class GdalReader:
 
     Args:
         path: the raster file.
-        bands: explicit 1-based band numbers in the model's band order; default: match by name,
+        bands: explicit 1-based band numbers in the model's band order, 0 for a band the
+            raster lacks (an encoder with a ``band_mask`` masks it); default: match by name,
             else take the non-alpha bands in order.
         scale: ``"dtype"`` (uint8 / 255, other types by percentile stretch), ``"percentile"``
             (per-band 2-98 % stretch computed once from a decimated read of the whole raster),
@@ -130,20 +131,20 @@ class GdalReader:
 
     # -- validation -------------------------------------------------------------------------
     def _check_explicit(self, bands: Sequence[int] | None) -> tuple[int, ...] | None:
-        if bands is None:
-            return None
-        out = tuple(int(b) for b in bands)
-        bad = [b for b in out if not 1 <= b <= self.band_count]
-        if not out or bad:
-            raise RasterInputError(
-                f"{self.path.name}: bands={list(bands)} is invalid; the raster has bands "
-                f"1..{self.band_count} ({', '.join(self.band_names)})"
-            )
-        return out
+        return explicit_selection(bands, self.band_count, self.band_names, self.path.name)
+
+    @property
+    def explicit_bands(self) -> tuple[int, ...] | None:
+        """The explicit selection in the model's order (0 = absent), None when matched by name."""
+        return self._explicit
 
     def check_bands(self, wanted: Sequence[str]) -> list[int]:
-        """The 1-based band numbers used for ``wanted``; RasterInputError if they do not fit."""
-        return resolve_bands(wanted, self.band_names, self._alpha, self._explicit, self.path.name)
+        """The 1-based band numbers used for ``wanted``; RasterInputError if they do not fit.
+
+        With an explicit selection, ``wanted`` are the model bands it does not mark 0.
+        """
+        return resolve_bands(wanted, self.band_names, self._alpha, present_bands(self._explicit),
+                             self.path.name)  # fmt: skip
 
     # -- reading ----------------------------------------------------------------------------
     def _datasets(self, cost: int) -> dict:

@@ -57,9 +57,10 @@ class BandLayout:
 def band_layout(reader: Any, wanted: Sequence[str], optional: Sequence[str] = ()) -> BandLayout:
     """The :class:`BandLayout` of ``reader`` for an encoder with ``wanted`` bands.
 
-    Every wanted band when the reader has them all; else the required bands plus the optional
-    ones it has by name, else plus the first optional ones in the model's order (a user's
-    explicit selection of fewer bands than the model takes).
+    An explicit selection with 0 for the bands the raster lacks reads the others; else every
+    wanted band when the reader has them all; else the required bands plus the optional ones it
+    has by name, else plus the first optional ones in the model's order (an explicit selection
+    of fewer bands than the model takes).
 
     Raises:
         RasterInputError: the raster lacks a required band (the reader's own message).
@@ -67,6 +68,9 @@ def band_layout(reader: Any, wanted: Sequence[str], optional: Sequence[str] = ()
     wanted = tuple(wanted)
     if not hasattr(reader, "check_bands"):  # a reader that cannot tell: it is asked for all
         return BandLayout(wanted, wanted)
+    explicit = getattr(reader, "explicit_bands", None)
+    if explicit is not None and 0 in explicit:  # the user marked the bands the raster lacks
+        return _marked_absent(reader, wanted, tuple(explicit), set(optional))
     opt = [b for b in wanted if b in set(optional)]
     named = {canonical_band(n) for n in getattr(reader, "band_names", ()) if n}
     candidates = [list(wanted), [b for b in wanted if b not in opt or canonical_band(b) in named]]
@@ -79,3 +83,26 @@ def band_layout(reader: Any, wanted: Sequence[str], optional: Sequence[str] = ()
         return BandLayout(wanted, tuple(cand))
     reader.check_bands(wanted)  # raises the reader's own message for the full band list
     return BandLayout(wanted, wanted)
+
+
+def _marked_absent(
+    reader: Any, wanted: tuple[str, ...], explicit: tuple[int, ...], optional: set[str]
+) -> BandLayout:
+    """The layout of an explicit selection that marks absent bands with 0."""
+    if len(explicit) != len(wanted):
+        raise RasterInputError(
+            f"the band selection {list(explicit)} has {len(explicit)} entries but the model "
+            f"has {len(wanted)} bands ({', '.join(wanted)}): give one number per model band, "
+            "0 for a band the raster does not have"
+        )
+    needed = [w for w, b in zip(wanted, explicit, strict=True) if b == 0 and w not in optional]
+    if needed:
+        can = f" (it can do without {', '.join(sorted(optional, key=wanted.index))})"
+        raise RasterInputError(
+            f"the band selection {list(explicit)} marks {', '.join(needed)} absent (0), but "
+            "the model needs " + ("it" if len(needed) == 1 else "them")
+            + (can if optional else "; this encoder masks no band")
+        )  # fmt: skip
+    read = tuple(w for w, b in zip(wanted, explicit, strict=True) if b != 0)
+    reader.check_bands(read)
+    return BandLayout(wanted, read)

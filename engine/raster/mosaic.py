@@ -201,6 +201,11 @@ class MosaicReader:
             self._boxes[grid_crs] = [self._in_crs(m, grid_crs) for m in self.members]
         return self._boxes[grid_crs]
 
+    @property
+    def explicit_bands(self) -> tuple[int, ...] | None:
+        """The members' explicit selection (0 = absent), None when matched by name."""
+        return self.members[0].explicit_bands
+
     def check_bands(self, wanted: Sequence[str]) -> list[int]:
         """The band numbers used for ``wanted`` (checked on every member)."""
         return [m.check_bands(wanted) for m in self.members][0]

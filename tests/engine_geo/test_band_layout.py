@@ -63,6 +63,38 @@ def test_an_explicit_selection_of_fewer_bands_takes_the_first_optional_ones(naip
         assert lay.read == ("red", "green", "blue", "nir")
 
 
+def test_zero_marks_a_band_the_raster_lacks_anywhere_in_the_model_order(tmp_path):
+    """RGB + SWIR1 without NIR (bands=[1, 2, 3, 0, 4, 0]): NIR and SWIR2 masked, SWIR1 read
+    from band 4, which the positional rule for shorter selections could not express."""
+    rgbs = write_raster(tmp_path / "rgbs.tif", random_uint8(bands=4, size=64, seed=4))
+    with GdalReader(rgbs, bands=[1, 2, 3, 0, 4, 0]) as r:
+        assert r.explicit_bands == (1, 2, 3, 0, 4, 0)
+        lay = band_layout(r, SIX, ("nir", "swir1", "swir2"))
+        assert lay.read == ("red", "green", "blue", "swir1") and lay.absent == ("nir", "swir2")
+        grid = TileGrid.for_extent(
+            "EPSG:32633", 10.0, 16, None, r.bounds, origin=r.bounds[:1] + r.bounds[3:]
+        )
+        chips, _ = read_chips(r, grid, lay, [(0, 0), (1, 1)])
+        fp_zero = r.fingerprint()
+    with GdalReader(rgbs, bands=[1, 2, 3, 4]) as r:  # the same four bands read as RGBN
+        direct, _ = read_chips(r, grid, ("red", "green", "blue", "nir"), [(0, 0), (1, 1)])
+        assert r.fingerprint() != fp_zero  # another selection, another cache entry
+    np.testing.assert_array_equal(chips[:, [0, 1, 2, 4]], direct)
+    assert np.isnan(chips[:, [3, 5]]).all()
+    with GdalReader(rgbs, bands=[0, 2, 3, 1, 4, 0]) as r:  # red cannot be absent
+        with pytest.raises(RasterInputError, match=r"marks red absent \(0\)"):
+            band_layout(r, SIX, ("nir", "swir1", "swir2"))
+    with GdalReader(rgbs, bands=[1, 2, 3, 0]) as r:  # one entry per model band
+        with pytest.raises(RasterInputError, match="has 4 entries but the model has 6"):
+            band_layout(r, SIX, ("nir", "swir1", "swir2"))
+    with GdalReader(rgbs, bands=[1, 2, 3, 0]) as r:  # an encoder without a band mask
+        with pytest.raises(RasterInputError, match="masks no band"):
+            band_layout(r, SIX[:4], ())
+    for bad in ([0, 0, 0], [1, 2, 5], []):
+        with pytest.raises(RasterInputError, match="0 marks a model band"):
+            GdalReader(rgbs, bands=bad)
+
+
 def test_red_green_blue_are_never_optional(tmp_path):
     two = write_raster(tmp_path / "two.tif", random_uint8(bands=2, size=32))
     with GdalReader(two) as r, pytest.raises(RasterInputError, match="needs 6 band"):

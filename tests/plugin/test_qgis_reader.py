@@ -275,3 +275,33 @@ def test_uint16_layer_gets_the_same_percentile_stretch(qgis_app, plugin_package,
         rio.close()
     finally:
         gdal.Unlink(mem)
+
+
+def test_a_band_choice_with_nir_absent_and_swir_present_reads_swir(
+    qgis_app, plugin_package, tmp_path
+):
+    """The dock's choice red, green, blue, SWIR1 (NIR and SWIR2 absent) reaches both readers as
+    ``bands=(1, 2, 3, 0, 4, 0)``: SWIR1 is read from band 4, NIR and SWIR2 are masked (the
+    engine used to take a shorter selection as the first optional bands, so NIR was read)."""
+    from affine import Affine
+    from unigeo.engine.raster import GdalReader, band_layout
+    from unigeo.plugin import source_bands
+    from unigeo.plugin.qgis_reader import QgsLayerReader, reader_for_layer
+
+    six = ("red", "green", "blue", "nir", "swir1", "swir2")
+    path = tmp_path / "rgb_swir.tif"
+    profile = dict(driver="GTiff", width=32, height=32, count=4, dtype="uint8", crs="EPSG:32633",
+                   transform=Affine(10.0, 0, 500_000.0, 0, -10.0, 5_000_000.0))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8))
+        dst.descriptions = ("red", "green", "blue", "swir1")
+    layer = _layer(path)
+    choice = source_bands.auto_choice(layer, six, six[3:])
+    assert choice.decided and choice.mapping == (1, 2, 3, 0, 4, 0), choice.reason
+    assert choice.absent == ("nir", "swir2")
+    for reader in (reader_for_layer(layer, bands=choice.mapping),
+                   QgsLayerReader(layer, bands=choice.mapping)):  # fmt: skip
+        lay = band_layout(reader, six, six[3:])
+        assert lay.read == ("red", "green", "blue", "swir1"), type(reader)
+        assert reader.check_bands(lay.read) == [1, 2, 3, 4]
+    assert isinstance(reader_for_layer(layer, bands=choice.mapping), GdalReader)
