@@ -22,14 +22,20 @@ from typing import Any
 from qgis.core import Qgis, QgsRasterLayer, QgsSettings
 
 from ..engine.errors import RasterInputError
-from ..engine.raster import BandChoice, choose_bands, optional_bands, sensor_names, user_choice
+from ..engine.raster import (
+    SENSOR_PREFIX,
+    BandChoice,
+    choose_bands,
+    optional_bands,
+    sensor_names,
+    user_choice,
+)
 from .qgis_reader import AUTO_SCALE
 
 LAYER_PROPERTY = "unigeo/bands"
 SETTINGS_PREFIX = "unigeo/bands/"
 SCALING_PROPERTY = "unigeo/scaling"
 SCALING_PREFIX = "unigeo/scaling/"
-SENSOR_PREFIX = "sensor:"
 # QGIS names bands "Band 3" or, with a GDAL description, "Band 3: B3" ("Band" is translated)
 _BAND_NAME = re.compile(r"^\S+ \d+\s*:\s*(.*)$")
 _ARGB = (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)

@@ -15,12 +15,13 @@ from .bands import canonical_band, explicit_selection, present_bands, resolve_ba
 from .gdal_reader import GdalReader, close_all_readers
 from .layout import BandLayout, band_layout, optional_bands
 from .reader import RasterReader
-from .scaling import sensor_of
+from .scaling import SENSOR_PREFIX, sensor_of
 from .sensors import Sensor, get_sensor, sensor_names
 from .source import is_virtual
 
 __all__ = [
     "ABSENT",
+    "SENSOR_PREFIX",
     "BandChoice",
     "BandLayout",
     "GdalReader",
