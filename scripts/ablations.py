@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from anywhere
 
 from engine.atomic import atomic_path, atomic_write_text  # noqa: E402
 from engine.errors import InputError  # noqa: E402
-from training.config import TrainConfig, load_config, merge, parse_override  # noqa: E402
+from training.config import TrainConfig, load_config, merge, parse_overrides  # noqa: E402
 
 log = logging.getLogger("ablations")
 PIVOT = "aerial"
@@ -282,9 +282,7 @@ def run_locked(a: argparse.Namespace) -> int:
     from training.ablate_locked import VARIANTS as LOCKED
     from training.ablate_locked import run
 
-    over: dict[str, Any] = {}
-    for s in a.set:
-        over = merge(over, parse_override(s))
+    over = parse_overrides(a.set)
     base = a.config if a.config != "tiny" else "lit_cpu"
     chosen = a.variants != list(VARIANTS)  # the old grid's default means "every variant"
     names = [v for v in a.variants if v in LOCKED] if chosen else list(LOCKED)
@@ -313,9 +311,7 @@ def run_one(task: tuple) -> dict[str, Any]:
 
 def run_grid(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Train and evaluate every (world, variant, seed); returns the JSON document."""
-    over: dict[str, Any] = {}
-    for s in a.set:
-        over = merge(over, parse_override(s))
+    over = parse_overrides(a.set)
     tasks = [(a.config, over, w, v, s, a.steps, str(work), a.threads)
              for w in a.worlds for v in a.variants for s in a.seeds]  # fmt: skip
     if a.jobs > 1:

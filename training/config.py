@@ -329,3 +329,11 @@ def parse_override(text: str) -> dict[str, Any]:
             pass
     cur[parts[-1]] = value
     return out
+
+
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """Every ``--set key.sub=value`` of a command line, merged into one nested dict."""
+    over: dict[str, Any] = {}
+    for text in texts:
+        over = merge(over, parse_override(text))
+    return over

@@ -27,7 +27,7 @@ from torch import nn
 from engine.errors import InputError
 
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig, load_config, merge, parse_override
+from .config import TrainConfig, load_config, parse_overrides
 from .feature_cache import FeatureCache
 from .locked_batches import CachedBatches, embed_cached, to_device
 from .losses import AllToAllLoss, infonce_pair
@@ -273,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    over: dict[str, Any] = {}
-    for s in a.set:
-        over = merge(over, parse_override(s))
+    over = parse_overrides(a.set)
     cfg = load_config(a.config, over)
     t0 = time.perf_counter()
     run_stages(cfg, a.out)

@@ -14,14 +14,13 @@ import math
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint, set_rng_state
-from .config import OptimConfig, TrainConfig, load_config, merge, parse_override
+from .config import OptimConfig, TrainConfig, load_config, parse_overrides
 from .distributed import DistInfo, cleanup, init_distributed
 from .loader import EpochBatches, make_loader, resolve_workers
 from .losses import AllToAllLoss
@@ -245,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    over: dict[str, Any] = {}
-    for s in a.set:
-        over = merge(over, parse_override(s))
+    over = parse_overrides(a.set)
     cfg = load_config(a.config, over)
     dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     info = init_distributed(dev)
