@@ -181,10 +181,7 @@ class UniGeoAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.SENSOR,
-                self.tr(
-                    "Pixel scaling: auto (8-bit / 255, other types a 2-98 % stretch) or the "
-                    "sensor's training rule for raw products"
-                ),
+                self.tr("Pixel scaling: auto, or a sensor's training rule (see help)"),
                 options=[AUTO_SENSOR, *sensor_names()],
                 defaultValue=AUTO_SENSOR,
                 usesStaticStrings=True,  # SENSOR="sentinel2_l1c" in scripts, not an index
