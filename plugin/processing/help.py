@@ -36,13 +36,21 @@ _SENSOR_HELP = (
     "held-out Sentinel-2 scene the sensor rule gave better land-use zero-shot but worse "
     "open-water hits than the stretch (docs/MODEL_CARD.md): try both on your data.</p>"
 )
+_BANDS_HELP = (
+    "<p><b>BANDS</b> lists the layer's bands in the model's order (the shipped model: red, "
+    "green, blue, then NIR, SWIR1, SWIR2 where the raster has them); default: by band "
+    "description or colour interpretation, else in file order. In a script, 0 marks a band "
+    "the raster lacks: BANDS=[1, 2, 3, 0, 4] reads red, green, blue and SWIR1 from bands 1 to "
+    "4 and masks NIR. The dialog's band picker cannot list 0: for such a raster use a script "
+    "or the UniGeo panel's band choice, since a band listed in NIR's place is read as NIR.</p>"
+)
 _SOURCE_HELP = (
     "<p><b>Source</b>: an embedding store folder (STORE, from 'Embed raster'), or a raster "
     "layer (INPUT) that is embedded on demand into the UniGeo cache (embedded once, reused "
     "next time). EXTENT limits the area: with INPUT only that part is embedded; with STORE "
     "only the store's tiles within EXTENT are used (same tiles, same embeddings), so the "
     "output covers EXTENT alone and percentiles are ranks within it. An EXTENT outside the "
-    "store is an error.</p>" + _SENSOR_HELP
+    "store is an error.</p>" + _BANDS_HELP + _SENSOR_HELP
 )
 _LOAD_HELP = (
     "<p>Outputs opened after the run are styled as in the UniGeo panel, with the model, query "
@@ -62,8 +70,9 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
         "tile with the aerial encoder into an embedding store (embed once, query many times)."
         "</p><p>MODALITY picks the encoder: 'aerial' (default) for images, 'dsm' for a "
         "one-band surface model of heights in metres (read unscaled, averaged when "
-        "resampled; a GDAL raster file).</p><p>BANDS picks the layer bands in the model's order (default: by colour "
-        "interpretation, else in file order). STRIDE is the step between tiles in pixels (0 = "
+        "resampled; a GDAL raster file).</p>"
+        + _BANDS_HELP
+        + "<p>STRIDE is the step between tiles in pixels (0 = "
         "the tile size). EXTENT limits the area. OUTPUT_STORE is the store folder (default: "
         "the UniGeo cache). OUTPUT_TIFF optionally writes the embeddings as a multi-band "
         "float32 GeoTIFF (one band per dimension, one pixel per tile).</p><p>The run is "

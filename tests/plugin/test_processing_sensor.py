@@ -95,3 +95,39 @@ def test_sensor_scaling_needs_a_raster_file(qgis_new_project, tmp_path):
     assert layer.isValid()
     with pytest.raises(RasterInputError, match="Save the layer as a GeoTIFF"):
         reader_for_layer(layer, scale=f"sensor:{S2}")
+
+
+def test_processing_bands_zero_marks_a_band_the_raster_lacks(run, tmp_path):
+    """Scripts can mark an absent band with 0, as on the CLI: ``BANDS=[1, 2, 3, 0, 4, 0]`` on an
+    RGB + SWIR1 raster reads SWIR1 from band 4 and masks NIR and SWIR2 (the shipped encoder's
+    band mask). The same four bands listed without the zeros are read as R, G, B, NIR: a
+    different embedding. The dialog's band picker cannot list 0 (help text says so)."""
+    import rasterio
+    from affine import Affine
+    from unigeo.engine.model import UniGeoModel
+    from unigeo.engine.store.npy import EmbeddingStore
+
+    from tests.plugin.test_tasks import ORIGIN, PX, SIZE, UTM
+
+    shipped = Path(__file__).resolve().parents[2] / "resources" / "models" / "default"
+    path = tmp_path / "rgb_swir.tif"
+    profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=4, dtype="uint8", crs=UTM,
+                   transform=Affine(PX, 0.0, ORIGIN[0], 0.0, -PX, ORIGIN[1]))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(1, 255, (4, SIZE, SIZE), dtype=np.uint8))
+    marked = [1, 2, 3, 0, 4, 0]
+    run("embedraster", INPUT=str(path), BANDS=marked, MODEL=str(shipped),
+        OUTPUT_STORE=str(tmp_path / "marked"))  # fmt: skip
+    run("embedraster", INPUT=str(path), BANDS=[1, 2, 3, 4], MODEL=str(shipped),
+        OUTPUT_STORE=str(tmp_path / "as_nir"))  # fmt: skip
+    got = np.asarray(EmbeddingStore.open(tmp_path / "marked").embeddings, np.float32)
+    as_nir = np.asarray(EmbeddingStore.open(tmp_path / "as_nir").embeddings, np.float32)
+
+    from unigeo.engine import pipeline
+    from unigeo.engine.raster import GdalReader
+
+    model = UniGeoModel.load(shipped)
+    reader = GdalReader(path, bands=tuple(marked))
+    want = pipeline.embed(model, reader, pipeline.tile_grid(model, reader), tmp_path / "engine")
+    np.testing.assert_allclose(got, np.asarray(want.embeddings, np.float32), atol=1e-5)
+    assert np.abs(got - as_nir).max() > 0.05
