@@ -14,7 +14,10 @@ Every variant trains on the same data and feature views for the same number of o
 * ``gps1``       single-scale GPS encoder (sigma 256) instead of 2^0, 2^4, 2^8, 2^12;
 * ``radiometric`` frozen, with a random per-chip and per-band gain on the spectral stream's input;
 * ``cnndrop``    frozen, the texture stream hidden from the head for 30 % of training chips;
-* ``robust``     both of the last two.
+* ``robust``     both of the last two;
+* ``recon``      frozen, the chip's spectral statistics decoded from the embedding with weight 10
+  instead of 3 (aimed at few-shot probes, which pixel statistics still beat);
+* ``wide``       frozen, a 256-d embedding instead of 128-d (the same aim, by capacity).
 
 All variants are scored together by :mod:`training.targets_run` (checkpoints through
 :class:`training.torch_engine.TorchModel`) on the held-out areas, so the table compares them on
@@ -55,6 +58,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                 {"locked": {"radiometric": 0.0, "cnn_dropout": 0.3}}),
     "robust": ("frozen + radiometric (r 0.3) + texture-stream dropout (p 0.3)",
                {"locked": {"radiometric": 0.3, "cnn_dropout": 0.3}}),
+    "recon": ("frozen, spectral-statistics decoding weighted 10 (lit_cpu: 3)",
+              merge(PLAIN, {"locked": {"recon_weight": 10.0}})),
+    "wide": ("frozen, 256-d embedding (lit_cpu: 128)", merge(PLAIN, {"model": {"embed_dim": 256}})),
 }  # fmt: skip
 
 
