@@ -9,7 +9,8 @@ the command line and the report.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ TOP_K = 20
 def embed_aerial(model: UniGeoModel, chips: np.ndarray, batch: int = 64) -> np.ndarray:
     """Embed canonical-band chips ``[N, 6, S, S]`` with the bundle's own bands (by name)."""
     spec = model.spec(Modality.AERIAL).preprocess
-    x = np.stack([match_bands(c, SPECTRAL_BANDS, spec.bands) for c in chips])
+    x = match_bands_batch(chips, spec.bands)
     if x.shape[-1] != spec.size:
         from .data.collate import _resize
 
@@ -171,12 +172,62 @@ def text_to_map(model: UniGeoModel, scene: Scene, emb: np.ndarray, x: np.ndarray
     return out
 
 
-def cross_date(model: UniGeoModel, scene: Scene) -> dict[str, Any]:
+def stats_embedder(scene: Scene) -> Callable[[np.ndarray], np.ndarray]:
+    """The pixel-statistics baseline as an embedding: :func:`pixel_stats` of a chip, z-scored
+    with the mean and spread over every view of ``scene`` (one fixed transform for every date),
+    L2-normalised, so cosine retrieval on it is comparable with the model's."""
+    f = np.concatenate([pixel_stats(v) for v in scene.views]) if scene.views else np.zeros((1, 1))
+    mu, sd = f.mean(0), f.std(0) + 1e-6
+
+    def embed(chips: np.ndarray) -> np.ndarray:
+        z = (pixel_stats(chips) - mu) / sd
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+    return embed
+
+
+def lite0_embedder(config: str = "lit_cpu", batch: int = 128) -> Callable[[np.ndarray], np.ndarray]:
+    """The frozen backbone as an embedding: EfficientNet-Lite0's pooled ImageNet feature (1280-d,
+    L2-normalised) of a chip's RGB, as the aerial tower of ``config`` feeds it (a missing R, G
+    or B is the mean of the others). The reference for what the trained heads keep of it."""
+    import torch
+
+    from .config import load_config
+    from .models.effnet_towers import _EffNetBase
+
+    cfg = load_config(config).model.aerial
+    net = _EffNetBase(cfg).eval()
+    mean = np.array(cfg.mean, np.float32)[:, None, None]
+    std = np.array(cfg.std, np.float32)[:, None, None]
+
+    def embed(chips: np.ndarray) -> np.ndarray:
+        x = match_bands_batch(chips, cfg.bands)
+        mask = torch.from_numpy(np.isfinite(x).any(axis=(2, 3)).astype(np.float32))
+        px = torch.from_numpy(np.nan_to_num((x - mean) / std).astype(np.float32))
+        with torch.no_grad():
+            f = torch.cat([net.features(net.backbone_input(px[i : i + batch], mask[i : i + batch]))
+                           for i in range(0, len(px), batch)])  # fmt: skip
+        return torch.nn.functional.normalize(f, dim=1).numpy()
+
+    return embed
+
+
+def match_bands_batch(chips: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """Canonical-band chips ``[N, 6, S, S]`` in ``bands``' order (absent: NaN)."""
+    return np.stack([match_bands(c, SPECTRAL_BANDS, tuple(bands)) for c in chips])
+
+
+def cross_date(model: UniGeoModel | None, scene: Scene,
+               embed: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
     """Same place across dates: query one date's chip among another date's chips, R@1.
 
     Pairs of views with two different known dates; every such date pair is scored over the
     places that have both dates, and the R@1 are averaged weighted by places (chance = 1/n).
+    ``embed`` replaces the model's aerial tower (e.g. :func:`stats_embedder`, the baseline).
     """
+    if embed is None:
+        assert model is not None
+        embed = partial(embed_aerial, model)
     by_pair: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
     dated = any(any(ds) for ds in scene.dates)
     for i, ds in enumerate(scene.dates):
@@ -191,8 +242,8 @@ def cross_date(model: UniGeoModel, scene: Scene) -> dict[str, Any]:
     for trip in by_pair.values():
         if len(trip) < 2:
             continue
-        qa = embed_aerial(model, np.stack([scene.views[i][a] for i, a, _ in trip]))
-        gb = embed_aerial(model, np.stack([scene.views[i][b] for i, _, b in trip]))
+        qa = embed(np.stack([scene.views[i][a] for i, a, _ in trip]))
+        gb = embed(np.stack([scene.views[i][b] for i, _, b in trip]))
         r1 = (qa @ gb.T).argmax(1) == np.arange(len(trip))
         hits += float(r1.sum())
         chance += 1.0

@@ -74,8 +74,10 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"## {s}", "", head, sep, *_scene_rows(res, s, keys), ""]
     lines += ["## Same place across dates (test split: places never trained on)", "", head, sep]
     cd = [res["bundles"][k]["cross_date"] for k in keys]
+    base = "".join(f"{k} {_f(v.get('R@1'))}, "
+                   for k, v in res.get("cross_date_baselines", {}).items())  # fmt: skip
     lines.append("| R@1 | " + " | ".join(_f(c.get("R@1")) for c in cd)
-                 + f" | chance {_f(cd[0].get('chance@1'))}, n {cd[0].get('n')} |")  # fmt: skip
+                 + f" | {base}chance {_f(cd[0].get('chance@1'))}, n {cd[0].get('n')} |")  # fmt: skip
     lines += ["", "## Bundle", "", head, sep,
               "| size (MB) | " + " | ".join(_f(res["bundles"][k]["size_mb"], 1) for k in keys)
               + " | ≤ 60 |"]  # fmt: skip

@@ -27,7 +27,7 @@ from engine.model.contract import Modality
 
 from .band_match import dataset_bands
 from .heldout import load_scene
-from .targets import cross_date, embed_aerial, scene_measures
+from .targets import cross_date, embed_aerial, lite0_embedder, scene_measures, stats_embedder
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,13 @@ def e2e_speed(models: dict[str, Any], raster: Path, numbers: dict[str, int], rep
     return {k: n_tiles[k] / float(np.median(v)) for k, v in times.items()}
 
 
+def cross_date_baselines(dates: Any) -> dict[str, Any]:
+    """Cross-date R@1 of the references on the same chips: pixel statistics, and the frozen
+    backbone's pooled ImageNet feature (what the aerial tower's heads start from)."""
+    return {"pixel statistics": cross_date(None, dates, stats_embedder(dates)),
+            "frozen Lite0": cross_date(None, dates, lite0_embedder())}  # fmt: skip
+
+
 def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: int = 2000,
         seed: int = 0, threads: int | None = None, timing: bool = True,
         e2e_raster: Path | None = None) -> dict[str, Any]:  # fmt: skip
@@ -154,7 +161,8 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
         dataset_bands=src,
     )
     models = {str(b): open_model(b, names, threads) for b in bundles}
-    res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {}}
+    res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {},
+                           "cross_date_baselines": cross_date_baselines(dates)}  # fmt: skip
     for key, m in models.items():
         r: dict[str, Any] = {"size_mb": bundle_mb(Path(key)), "version": m.bundle.version,
                              "scenes": {s.name: scene_measures(m, s, names) for s in scenes},
