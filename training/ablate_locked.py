@@ -17,7 +17,10 @@ Every variant trains on the same data and feature views for the same number of o
 * ``robust``     both of the last two;
 * ``recon``      frozen, the chip's spectral statistics decoded from the embedding with weight 10
   instead of 3 (aimed at few-shot probes, which pixel statistics still beat);
-* ``wide``       frozen, a 256-d embedding instead of 128-d (the same aim, by capacity).
+* ``wide``       frozen, a 256-d embedding instead of 128-d (the same aim, by capacity);
+* ``view``       frozen, the same-place view term (another date or crop of the chip as the
+  positive) weighted 6 instead of 2: the heads keep less cross-date identity than the frozen
+  backbone's own features (targets' cross-date references).
 
 All variants are scored together by :mod:`training.targets_run` (checkpoints through
 :class:`training.torch_engine.TorchModel`) on the held-out areas, so the table compares them on
@@ -61,6 +64,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "recon": ("frozen, spectral-statistics decoding weighted 10 (lit_cpu: 3)",
               merge(PLAIN, {"locked": {"recon_weight": 10.0}})),
     "wide": ("frozen, 256-d embedding (lit_cpu: 128)", merge(PLAIN, {"model": {"embed_dim": 256}})),
+    "view": ("frozen, same-place view term weighted 6 (lit_cpu: 2)",
+             merge(PLAIN, {"locked": {"view_weight": 6.0}})),
 }  # fmt: skip
 
 
