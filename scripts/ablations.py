@@ -288,7 +288,8 @@ def run_locked(a: argparse.Namespace) -> int:
     names = [v for v in a.variants if v in LOCKED] if chosen else list(LOCKED)
     work = a.work or (ROOT / "out" / "ablations_locked")
     seeds = tuple(a.seeds or [0])
-    res = run(base, names, a.steps, a.stage2_steps, work, a.out, over, seeds=seeds)
+    res = run(base, names, a.steps, a.stage2_steps, work, a.out, over, seeds=seeds,
+              jobs=a.jobs, threads=a.threads)  # fmt: skip
     print((a.out / "scores" / "targets.md").read_text())
     if len(seeds) > 1:
         print((a.out / "seeds.md").read_text())

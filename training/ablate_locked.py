@@ -113,8 +113,34 @@ def _get(d: Any, path: tuple[str, ...]) -> float | None:
     return float(d) if isinstance(d, (int, float)) else None
 
 
+# References beside the variants (same chips, same run): (label, path in targets.json).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "few-shot Havel": ("pixel statistics", "bundles", "*", "scenes", "havel_s2", "few_shot",
+                       "pixel_stats", "mean"),
+    "cross-date R@1": ("pixel statistics", "cross_date_baselines", "pixel statistics", "R@1"),
+}  # fmt: skip
+
+
+def _reference(scores: dict[str, Any], label: str) -> str:
+    """The reference cell of a summary row ("pixel statistics 0.523", or "")."""
+    if label not in REFERENCES:
+        return ""
+    name, *path = REFERENCES[label]
+    if path[:2] == ["bundles", "*"]:
+        vals = [_get(b, tuple(path[2:])) for b in scores.get("bundles", {}).values()]
+        got = next((v for v in vals if v is not None), None)
+    else:
+        got = _get(scores, tuple(path))
+    extra = ""
+    if label == "cross-date R@1":
+        lite = _get(scores, ("cross_date_baselines", "frozen Lite0", "R@1"))
+        extra = f"; frozen Lite0 {lite:.3f}" if lite is not None else ""
+    return f"{name} {got:.3f}{extra}" if got is not None else extra.lstrip("; ")
+
+
 def seed_summary(scores: dict[str, Any], runs: dict[str, list[str]]) -> str:
-    """Markdown: per variant, the mean and the range over its seeds of the key held-out measures.
+    """Markdown: per variant, the mean and the range over its seeds of the key held-out measures,
+    and the references measured on the same chips (pixel statistics, the frozen backbone).
 
     ``runs`` maps a variant to the checkpoint keys of its seeds in ``scores`` (targets.json).
     """
@@ -135,40 +161,71 @@ def seed_summary(scores: dict[str, Any], runs: dict[str, list[str]]) -> str:
             mean = sum(got) / len(got)
             spread = f" ({min(got):.3f}–{max(got):.3f})" if len(got) > 1 else ""
             cells.append(f"{mean:.3f}{spread}")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {_reference(scores, label)} |")
     n = max((len(k) for k in runs.values()), default=0)
-    head = ["| measure | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    head = ["| measure | " + " | ".join(runs) + " | reference |",
+            "|---|" + "---|" * (len(runs) + 1)]  # fmt: skip
     return (f"Mean over {n} seed(s) (min–max in brackets), scored together in one run.\n\n"
             + "\n".join(head + rows) + "\n")  # fmt: skip
 
 
-def run(base: str, variants: list[str], steps: int, stage2: int, work: Path, out: Path,
-        over: dict[str, Any], gps_n: int = 2000, seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:  # fmt: skip
-    """Train every variant for every seed (resuming any that stopped), score them side by side
-    and, with more than one seed, summarise each variant over its seeds (``seeds.md``)."""
+def _train(cfg: TrainConfig, folder: Path, threads: int) -> float:
+    """Train one run (a process-pool task with ``jobs`` > 1); its wall time in seconds."""
+    import torch
+
     from .locked import run_stages
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    run_stages(cfg, folder)
+    return time.perf_counter() - t0
+
+
+def train_runs(todo: list[tuple[str, TrainConfig, Path]], jobs: int = 1,
+               threads: int = 1) -> dict[str, float]:  # fmt: skip
+    """Train ``(name, config, folder)`` runs, ``jobs`` side by side in spawned processes (each
+    run is the same as alone: seeded, ``threads`` torch threads); wall seconds per run."""
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = {name: pool.submit(_train, c, f, threads) for name, c, f in todo}
+            walls = {name: fut.result() for name, fut in futs.items()}
+    else:
+        walls = {name: _train(c, f, threads) for name, c, f in todo}
+    for name, wall in walls.items():
+        log.info("ablation %s trained (%.0f s)", name, wall)
+    return walls
+
+
+def run(base: str, variants: list[str], steps: int, stage2: int, work: Path, out: Path,
+        over: dict[str, Any], gps_n: int = 2000, seeds: tuple[int, ...] = (0,),
+        jobs: int = 1, threads: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Train every variant for every seed (keeping any run that finished, resuming any that
+    stopped; ``jobs`` runs side by side, ``threads`` torch threads each), score them side by
+    side and, with more than one seed, summarise each variant over its seeds (``seeds.md``)."""
     from .targets_run import run as score
 
     ckpts, walls, cfg = [], {}, None
     runs: dict[str, list[str]] = {}
+    todo: list[tuple[str, TrainConfig, Path]] = []
     for v in variants:
         for seed in seeds:
             cfg = variant_config(base, v, steps, stage2, over, seed)
             name = run_name(v, seed)
             folder = work / name
-            t0 = time.perf_counter()
             if not (folder / "checkpoint.pt").is_file():
-                run_stages(cfg, folder)
-            walls[name] = time.perf_counter() - t0
+                todo.append((name, cfg, folder))
             ckpts.append(folder / "checkpoint.pt")
             runs.setdefault(v, []).append(str(folder / "checkpoint.pt"))
-            log.info("ablation %s trained (%.0f s)", name, walls[name])
     assert cfg is not None
+    walls = train_runs(todo, jobs, threads)
     res = score(ckpts, Path(cfg.data.source), list(cfg.data.holdout_areas), out / "scores",
                 gps_n=gps_n, timing=False)  # fmt: skip
     doc = {"base_config": base, "steps": steps, "stage2_steps": stage2, "seeds": list(seeds),
            "variants": {v: VARIANTS[v][0] for v in variants}, "train_wall_s": walls,
-           "scores": "scores/targets.json"}  # fmt: skip
+           "jobs": jobs, "scores": "scores/targets.json"}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if len(seeds) > 1:
         doc["seed_summary"] = "seeds.md"

@@ -98,7 +98,8 @@ def test_locked_seeds_change_init_and_order_and_are_summarised():
 
     def bundle(havel: float, few: float) -> dict:
         return {"scenes": {"havel_s2": {"zero_shot": {"accuracy": havel, "coarse": {}},
-                                        "few_shot": {"embedding": {"mean": few}}}},
+                                        "few_shot": {"embedding": {"mean": few},
+                                                     "pixel_stats": {"mean": 0.523}}}},
                 "cross_date": {"R@1": 0.15}}  # fmt: skip
 
     scores = {
@@ -106,11 +107,19 @@ def test_locked_seeds_change_init_and_order_and_are_summarised():
         "gps_probes": {
             "land_sea": {"a0": {"linear": 0.7, "knn5": 0.8}, "a1": {"linear": 0.8, "knn5": 0.9}}
         },  # fmt: skip
+        "cross_date_baselines": {
+            "pixel statistics": {"R@1": 0.174},
+            "frozen Lite0": {"R@1": 0.265},
+        },  # fmt: skip
     }
     md = seed_summary(scores, {"frozen": ["a0", "a1"], "robust": ["b0"]})
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
-    assert rows["zero-shot Havel"] == "| zero-shot Havel | 0.250 (0.200–0.300) | 0.250 |"
-    assert rows["few-shot Havel"] == "| few-shot Havel | 0.450 (0.400–0.500) | 0.450 |"
-    assert rows["GPS land/sea linear"] == "| GPS land/sea linear | 0.750 (0.700–0.800) | – |"
-    assert rows["zero-shot SF Bay"] == "| zero-shot SF Bay | – | – |"
+    assert rows["zero-shot Havel"] == "| zero-shot Havel | 0.250 (0.200–0.300) | 0.250 |  |"
+    assert rows["few-shot Havel"] == (
+        "| few-shot Havel | 0.450 (0.400–0.500) | 0.450 | pixel statistics 0.523 |"
+    )
+    assert rows["cross-date R@1"] == ("| cross-date R@1 | 0.150 (0.150–0.150) | 0.150 | "
+                                      "pixel statistics 0.174; frozen Lite0 0.265 |")  # fmt: skip
+    assert rows["GPS land/sea linear"] == "| GPS land/sea linear | 0.750 (0.700–0.800) | – |  |"
+    assert rows["zero-shot SF Bay"] == "| zero-shot SF Bay | – | – |  |"
     assert md.startswith("Mean over 2 seed(s)")

@@ -298,3 +298,29 @@ def test_torch_model_scores_like_the_engine(synth, tmp_path):
     ]:  # fmt: skip
         np.testing.assert_allclose(a, b, atol=2e-4)
     assert torch_model.bundle.class_prompts["water"][0] == "an aerial view of water"
+
+
+def test_ablation_runs_side_by_side_train_the_same_weights_as_one_by_one(synth, tmp_path):
+    """``scripts/ablations.py --locked --jobs 2``: runs trained in parallel processes are the
+    runs trained alone (same seeds, one thread each), bit for bit."""
+    from training.ablate_locked import train_runs
+
+    cache = tmp_path / "cache"
+    cfgs = [lit_config(synth, cache, seed=s, data={"seed": s}, locked={"stage2_steps": 0})
+            for s in (0, 1)]  # fmt: skip
+    train_runs([("s0", cfgs[0], tmp_path / "one" / "s0")], jobs=1)  # also builds the cache
+    train_runs([("s1", cfgs[1], tmp_path / "one" / "s1")], jobs=1)
+    walls = train_runs([(f"s{k}", c, tmp_path / "two" / f"s{k}") for k, c in enumerate(cfgs)],
+                       jobs=2)  # fmt: skip
+    assert set(walls) == {"s0", "s1"} and all(w > 0 for w in walls.values())
+    for k in (0, 1):
+        a = torch.load(tmp_path / "one" / f"s{k}" / "checkpoint.pt", weights_only=True)
+        b = torch.load(tmp_path / "two" / f"s{k}" / "checkpoint.pt", weights_only=True)
+        sa, sb = a.get("model", a), b.get("model", b)
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), name
+    s0 = torch.load(tmp_path / "two" / "s0" / "checkpoint.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "two" / "s1" / "checkpoint.pt", weights_only=True)
+    m0, m1 = s0.get("model", s0), s1.get("model", s1)
+    assert any(not torch.equal(m0[n], m1[n]) for n in m0 if m0[n].is_floating_point())
