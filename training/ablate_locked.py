@@ -18,6 +18,8 @@ Every variant trains on the same data and feature views for the same number of o
 * ``recon``      frozen, the chip's spectral statistics decoded from the embedding with weight 10
   instead of 3 (aimed at few-shot probes, which pixel statistics still beat);
 * ``wide``       frozen, a 256-d embedding instead of 128-d (the same aim, by capacity);
+* ``quantiles``  frozen, the decoded chip statistics also hold each band's 10th, 50th and 90th
+  percentiles (what the pixel-statistics baseline has beyond moments and histograms);
 * ``view``       frozen, the same-place view term (another date or crop of the chip as the
   positive) weighted 6 instead of 2: the heads keep less cross-date identity than the frozen
   backbone's own features (targets' cross-date references).
@@ -64,6 +66,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "recon": ("frozen, spectral-statistics decoding weighted 10 (lit_cpu: 3)",
               merge(PLAIN, {"locked": {"recon_weight": 10.0}})),
     "wide": ("frozen, 256-d embedding (lit_cpu: 128)", merge(PLAIN, {"model": {"embed_dim": 256}})),
+    "quantiles": ("frozen, the decoded statistics include per-band 10/50/90th percentiles",
+                  merge(PLAIN, {"model": {"recon_quantiles": True}})),
     "view": ("frozen, same-place view term weighted 6 (lit_cpu: 2)",
              merge(PLAIN, {"locked": {"view_weight": 6.0}})),
 }  # fmt: skip

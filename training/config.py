@@ -112,6 +112,7 @@ class ModelConfig:
     init_logit_bias: float = -10.0  # sigmoid loss only: SigLIP's starting bias
     label_classes: int = 0  # > 0: a linear land-use head on the aerial embedding (training only)
     spectral_recon: bool = False  # a linear decoder of the chip's spectral statistics (training)
+    recon_quantiles: bool = False  # the decoder also targets per-band 10/50/90th percentiles
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,12 @@ class LockedTrainer:
         rw, rec = self.cfg.locked.recon_weight, self.model.recon_head
         if rw > 0 and rec is not None and "aerial" in emb:
             a, ok = batch["aerial"], batch["mask"]["aerial"]
+            spectral = self.model.towers["aerial"].spectral
             with torch.no_grad():
-                target = self.model.towers["aerial"].spectral.summary(a["pixels"], a["band_mask"])
+                target = spectral.summary(a["pixels"], a["band_mask"])
+                if self.cfg.model.recon_quantiles:
+                    q = spectral.quantiles(a["pixels"], a["band_mask"])
+                    target = torch.cat([target, q], dim=1)
             mse = nn.functional.mse_loss(rec(emb["aerial"][ok]), target[ok]) * target.shape[1]
             total = total + rw * mse
             stats["spectral-recon"] = float(mse.detach())

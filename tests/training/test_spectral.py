@@ -107,3 +107,18 @@ def test_histograms_count_pixels_per_bin():
     assert h[1].sum() == 0  # an absent band: masked
     h1 = _histogram(x, torch.ones(1, 2), 0.0, 1.0, 8).view(2, 8)
     assert h1[1].tolist() == [0, 0, 0, 0, 0, 0, 0, 1.0]
+
+
+def test_quantile_target_on_a_known_chip_and_a_masked_band():
+    """The training-only reconstruction target (``model.recon_quantiles``): per band the 10th,
+    50th and 90th percentiles of the raw [0, 1] values; an absent band gives zeros."""
+    s = _stream()
+    raw = np.zeros((1, 6, 10, 10), np.float32)
+    raw[0, 0] = np.linspace(0.0, 0.99, 100).reshape(10, 10)  # red: 0.00 ... 0.99
+    raw[0, 3] = 0.4  # NIR constant
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1]], dtype=torch.float32)  # SWIR1 absent
+    q = s.quantiles(_normalised(raw), mask).view(1, 6, 3)
+    assert s.quantiles_dim == 18
+    np.testing.assert_allclose(q[0, 0].numpy(), [0.099, 0.495, 0.891], atol=1e-4)
+    np.testing.assert_allclose(q[0, 3].numpy(), [0.4, 0.4, 0.4], atol=1e-5)
+    assert (q[0, 4] == 0).all()

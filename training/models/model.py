@@ -63,9 +63,9 @@ class UniGeoCLIP(nn.Module):
         # Training only: the chip's spectral statistics decoded linearly from the aerial
         # embedding, so a linear few-shot probe on it has what pixel statistics have.
         spec = getattr(self.towers["aerial"], "spectral", None) if "aerial" in self.towers else None
-        self.recon_head = (
-            nn.Linear(cfg.embed_dim, spec.summary_dim) if cfg.spectral_recon and spec else None
-        )
+        n_rec = (spec.summary_dim + (spec.quantiles_dim if cfg.recon_quantiles else 0)
+                 if spec else 0)  # fmt: skip
+        self.recon_head = nn.Linear(cfg.embed_dim, n_rec) if cfg.spectral_recon and spec else None
 
     @property
     def modalities(self) -> list[Modality]:

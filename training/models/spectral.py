@@ -169,6 +169,18 @@ class SpectralStream(nn.Module):
         keys = ("b_mean", "b_std", "i_mean", "i_std", "i_frac", "b_hist", "i_hist")
         return torch.cat([p[k] for k in keys], dim=1)
 
+    def quantiles(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
+        """Per band the 10th, 50th and 90th percentiles of the full-resolution chip, in [0, 1]
+        (an absent band gives 0): what the pixel-statistics baseline adds to the moments, and
+        what a linear probe on few labels exploits best (training only: never exported)."""
+        x = self.raw(pixels).flatten(2)  # [B, C, H*W]
+        q = torch.quantile(x, torch.tensor([0.1, 0.5, 0.9], dtype=x.dtype, device=x.device), dim=2)
+        return (q.permute(1, 2, 0) * band_mask.to(x.dtype)[:, :, None]).flatten(1)  # [B, 3C]
+
+    @property
+    def quantiles_dim(self) -> int:
+        return 3 * len(self.mean.view(-1))
+
     @property
     def summary_dim(self) -> int:
         c, k = len(self.mean.view(-1)), len(self.pairs)
