@@ -117,29 +117,32 @@ def _get(d: Any, path: tuple[str, ...]) -> float | None:
     return float(d) if isinstance(d, (int, float)) else None
 
 
-# References beside the variants (same chips, same run): (label, path in targets.json).
-REFERENCES: dict[str, tuple[str, ...]] = {
-    "few-shot Havel": ("pixel statistics", "bundles", "*", "scenes", "havel_s2", "few_shot",
-                       "pixel_stats", "mean"),
-    "cross-date R@1": ("pixel statistics", "cross_date_baselines", "pixel statistics", "R@1"),
+# References beside the variants (same chips, same run): label -> [(name, path in targets.json)];
+# "*" in a path: the first bundle that has it (every bundle's few-shot scores them alike).
+REFERENCES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "few-shot Havel": [
+        (name, ("bundles", "*", "scenes", "havel_s2", "few_shot", key, "mean"))
+        for name, key in (("pixel statistics", "pixel_stats"), ("frozen Lite0", "frozen_lite0"))
+    ],
+    "cross-date R@1": [
+        (name, ("cross_date_baselines", name, "R@1"))
+        for name in ("pixel statistics", "frozen Lite0")
+    ],
 }  # fmt: skip
 
 
 def _reference(scores: dict[str, Any], label: str) -> str:
-    """The reference cell of a summary row ("pixel statistics 0.523", or "")."""
-    if label not in REFERENCES:
-        return ""
-    name, *path = REFERENCES[label]
-    if path[:2] == ["bundles", "*"]:
-        vals = [_get(b, tuple(path[2:])) for b in scores.get("bundles", {}).values()]
-        got = next((v for v in vals if v is not None), None)
-    else:
-        got = _get(scores, tuple(path))
-    extra = ""
-    if label == "cross-date R@1":
-        lite = _get(scores, ("cross_date_baselines", "frozen Lite0", "R@1"))
-        extra = f"; frozen Lite0 {lite:.3f}" if lite is not None else ""
-    return f"{name} {got:.3f}{extra}" if got is not None else extra.lstrip("; ")
+    """The reference cell of a summary row ("pixel statistics 0.523; frozen Lite0 0.351")."""
+    cells = []
+    for name, path in REFERENCES.get(label, []):
+        if path[:2] == ("bundles", "*"):
+            vals = [_get(b, path[2:]) for b in scores.get("bundles", {}).values()]
+            got = next((v for v in vals if v is not None), None)
+        else:
+            got = _get(scores, path)
+        if got is not None:
+            cells.append(f"{name} {got:.3f}")
+    return "; ".join(cells)
 
 
 def seed_summary(scores: dict[str, Any], runs: dict[str, list[str]]) -> str:

@@ -291,8 +291,11 @@ def chance_at_k(groups: np.ndarray, k: int) -> float:
     return float((1.0 - miss).mean())
 
 
-def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str]) -> dict[str, Any]:
-    """Everything measured on one held-out scene."""
+def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
+                   references: dict[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything measured on one held-out scene. ``references``: more features of the scene's
+    first views (e.g. the frozen backbone's) that the few-shot probe scores beside the
+    embedding and the pixel statistics, on the same draws."""
     x = scene.first()
     emb = embed_aerial(model, x)
     labels = np.array(scene.column("landuse", -1), dtype=int)
@@ -303,6 +306,6 @@ def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str]) -> di
         out["zero_shot"] = zero_shot(model, emb, labels, names)
         groups = [list(g or []) for g in scene.column("groups", [])]
         if any(groups):
-            out["few_shot"] = few_shot({"embedding": emb, "pixel_stats": pixel_stats(x)},
-                                       labels, groups)  # fmt: skip
+            feats = {"embedding": emb, "pixel_stats": pixel_stats(x), **(references or {})}
+            out["few_shot"] = few_shot(feats, labels, groups)
     return out

@@ -37,7 +37,8 @@ def _scene_rows(res: dict[str, Any], scene: str, keys: list[str]) -> list[str]:
     fs = _get(b[keys[0]], "scenes", scene, "few_shot")
     if fs:
         row("few-shot (10 polygons/class, logreg), embeddings", "few_shot", "embedding", "mean",
-            extra=f"pixel statistics {fs['pixel_stats']['mean']:.3f} ± {fs['pixel_stats']['std']:.3f}")  # fmt: skip
+            extra=f"pixel statistics {fs['pixel_stats']['mean']:.3f} ± {fs['pixel_stats']['std']:.3f}"
+            + (f"; frozen Lite0 {fs['frozen_lite0']['mean']:.3f}" if "frozen_lite0" in fs else ""))  # fmt: skip
     for q in ("open water", "forest", "buildings", "cropland"):
         t = _get(b[keys[0]], "scenes", scene, "text_to_map", q)
         if t and t.get("scored"):

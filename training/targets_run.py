@@ -160,12 +160,16 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
         lambda r: r["split"] == "test" and r["area_id"] not in holdout and len(r["aerial"]) > 1,
         dataset_bands=src,
     )
+    lite0 = lite0_embedder()
+    refs = {s.name: {"frozen_lite0": lite0(s.first())} for s in scenes
+            if (np.array(s.column("landuse", -1)) >= 0).sum() >= 20}  # fmt: skip
     models = {str(b): open_model(b, names, threads) for b in bundles}
     res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {},
                            "cross_date_baselines": cross_date_baselines(dates)}  # fmt: skip
     for key, m in models.items():
         r: dict[str, Any] = {"size_mb": bundle_mb(Path(key)), "version": m.bundle.version,
-                             "scenes": {s.name: scene_measures(m, s, names) for s in scenes},
+                             "scenes": {s.name: scene_measures(m, s, names, refs.get(s.name))
+                                        for s in scenes},
                              "cross_date": cross_date(m, dates)}  # fmt: skip
         res["bundles"][key] = r
         log.info("scored %s", key)

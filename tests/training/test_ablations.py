@@ -99,7 +99,8 @@ def test_locked_seeds_change_init_and_order_and_are_summarised():
     def bundle(havel: float, few: float) -> dict:
         return {"scenes": {"havel_s2": {"zero_shot": {"accuracy": havel, "coarse": {}},
                                         "few_shot": {"embedding": {"mean": few},
-                                                     "pixel_stats": {"mean": 0.523}}}},
+                                                     "pixel_stats": {"mean": 0.523},
+                                                     "frozen_lite0": {"mean": 0.351}}}},
                 "cross_date": {"R@1": 0.15}}  # fmt: skip
 
     scores = {
