@@ -117,7 +117,8 @@ def test_locked_seeds_change_init_and_order_and_are_summarised():
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if "|" in line}
     assert rows["zero-shot Havel"] == "| zero-shot Havel | 0.250 (0.200–0.300) | 0.250 |  |"
     assert rows["few-shot Havel"] == (
-        "| few-shot Havel | 0.450 (0.400–0.500) | 0.450 | pixel statistics 0.523 |"
+        "| few-shot Havel | 0.450 (0.400–0.500) | 0.450 | "
+        "pixel statistics 0.523; frozen Lite0 0.351 |"
     )
     assert rows["cross-date R@1"] == ("| cross-date R@1 | 0.150 (0.150–0.150) | 0.150 | "
                                       "pixel statistics 0.174; frozen Lite0 0.265 |")  # fmt: skip
