@@ -20,6 +20,7 @@ Every variant trains on the same data and feature views for the same number of o
 * ``wide``       frozen, a 256-d embedding instead of 128-d (the same aim, by capacity);
 * ``quantiles``  frozen, the decoded chip statistics also hold each band's 10th, 50th and 90th
   percentiles (what the pixel-statistics baseline has beyond moments and histograms);
+* ``recon_radio`` both ``recon`` and ``radiometric`` (each helped a different held-out area);
 * ``view``       frozen, the same-place view term (another date or crop of the chip as the
   positive) weighted 6 instead of 2: the heads keep less cross-date identity than the frozen
   backbone's own features (targets' cross-date references).
@@ -68,6 +69,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "wide": ("frozen, 256-d embedding (lit_cpu: 128)", merge(PLAIN, {"model": {"embed_dim": 256}})),
     "quantiles": ("frozen, the decoded statistics include per-band 10/50/90th percentiles",
                   merge(PLAIN, {"model": {"recon_quantiles": True}})),
+    "recon_radio": ("frozen, recon weight 10 + radiometric augmentation (r 0.3)",
+                    merge(PLAIN, {"locked": {"recon_weight": 10.0, "radiometric": 0.3}})),
     "view": ("frozen, same-place view term weighted 6 (lit_cpu: 2)",
              merge(PLAIN, {"locked": {"view_weight": 6.0}})),
 }  # fmt: skip
