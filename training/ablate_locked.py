@@ -191,6 +191,15 @@ def _train(cfg: TrainConfig, folder: Path, threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when inside it: the checkpoints are the keys
+    of the committed score tables, which must not carry this machine's absolute paths."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def train_runs(todo: list[tuple[str, TrainConfig, Path]], jobs: int = 1,
                threads: int = 1) -> dict[str, float]:  # fmt: skip
     """Train ``(name, config, folder)`` runs, ``jobs`` side by side in spawned processes (each
@@ -224,7 +233,7 @@ def run(base: str, variants: list[str], steps: int, stage2: int, work: Path, out
         for seed in seeds:
             cfg = variant_config(base, v, steps, stage2, over, seed)
             name = run_name(v, seed)
-            folder = work / name
+            folder = _relative(work / name)
             if not (folder / "checkpoint.pt").is_file():
                 todo.append((name, cfg, folder))
             ckpts.append(folder / "checkpoint.pt")

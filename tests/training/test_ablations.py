@@ -125,3 +125,15 @@ def test_locked_seeds_change_init_and_order_and_are_summarised():
     assert rows["GPS land/sea linear"] == "| GPS land/sea linear | 0.750 (0.700–0.800) | – |  |"
     assert rows["zero-shot SF Bay"] == "| zero-shot SF Bay | – | – |  |"
     assert md.startswith("Mean over 2 seed(s)")
+
+
+def test_locked_run_keys_are_relative_so_committed_tables_carry_no_machine_paths(tmp_path):
+    from pathlib import Path
+
+    from training.ablate_locked import _relative
+
+    assert _relative(Path.cwd() / "out" / "ablations_locked" / "frozen") == Path(
+        "out/ablations_locked/frozen"
+    )
+    outside = tmp_path / "elsewhere"
+    assert _relative(outside) == outside  # outside the working directory: kept as given
