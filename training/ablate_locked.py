@@ -44,8 +44,9 @@ from .config import TrainConfig, load_config, merge
 
 log = logging.getLogger(__name__)
 
-# The shipped recipe (0.2.0): no robustness terms. Every variant but the last three starts from it,
-# so the ablations reproduce whatever lit_cpu turns on later.
+# The shipped recipe (0.2.0): no robustness terms. Every variant starts from it (radiometric,
+# cnndrop and robust set both terms themselves), so the ablations reproduce whatever lit_cpu
+# turns on later.
 PLAIN: dict[str, Any] = {"locked": {"radiometric": 0.0, "cnn_dropout": 0.0}}
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -171,8 +171,9 @@ class SpectralStream(nn.Module):
 
     def quantiles(self, pixels: Tensor, band_mask: Tensor) -> Tensor:
         """Per band the 10th, 50th and 90th percentiles of the full-resolution chip, in [0, 1]
-        (an absent band gives 0): what the pixel-statistics baseline adds to the moments, and
-        what a linear probe on few labels exploits best (training only: never exported)."""
+        (an absent band gives 0): what the pixel-statistics baseline adds to the moments; an
+        extra target of the decoder with ``model.recon_quantiles`` (training only, never
+        exported; it did not move few-shot in the ablations, docs/MODEL_CARD.md)."""
         x = self.raw(pixels).flatten(2)  # [B, C, H*W]
         q = torch.quantile(x, torch.tensor([0.1, 0.5, 0.9], dtype=x.dtype, device=x.device), dim=2)
         return (q.permute(1, 2, 0) * band_mask.to(x.dtype)[:, :, None]).flatten(1)  # [B, 3C]
