@@ -304,8 +304,16 @@ def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
                            "text_to_map": text_to_map(model, scene, emb, x, names)}  # fmt: skip
     if (labels >= 0).sum() >= 20:
         out["zero_shot"] = zero_shot(model, emb, labels, names)
-        groups = [list(g or []) for g in scene.column("groups", [])]
-        if any(groups):
-            feats = {"embedding": emb, "pixel_stats": pixel_stats(x), **(references or {})}
-            out["few_shot"] = few_shot(feats, labels, groups)
+    groups = few_shot_groups(scene)
+    if groups is not None:
+        feats = {"embedding": emb, "pixel_stats": pixel_stats(x), **(references or {})}
+        out["few_shot"] = few_shot(feats, labels, groups)
     return out
+
+
+def few_shot_groups(scene: Scene) -> list[list[str]] | None:
+    """The polygons of each sample when ``scene`` is scored few-shot (at least 20 labelled
+    chips and polygon groups), else None."""
+    labels = np.array(scene.column("landuse", -1), dtype=int)
+    groups = [list(g or []) for g in scene.column("groups", [])]
+    return groups if (labels >= 0).sum() >= 20 and any(groups) else None

@@ -27,7 +27,14 @@ from engine.model.contract import Modality
 
 from .band_match import dataset_bands
 from .heldout import load_scene
-from .targets import cross_date, embed_aerial, lite0_embedder, scene_measures, stats_embedder
+from .targets import (
+    cross_date,
+    embed_aerial,
+    few_shot_groups,
+    lite0_embedder,
+    scene_measures,
+    stats_embedder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +169,7 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
     )
     lite0 = lite0_embedder()
     refs = {s.name: {"frozen_lite0": lite0(s.first())} for s in scenes
-            if (np.array(s.column("landuse", -1)) >= 0).sum() >= 20}  # fmt: skip
+            if few_shot_groups(s) is not None}  # fmt: skip
     models = {str(b): open_model(b, names, threads) for b in bundles}
     res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {},
                            "cross_date_baselines": cross_date_baselines(dates)}  # fmt: skip
