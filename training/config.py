@@ -174,6 +174,10 @@ class LockedConfig:
     # in brightness; 0 = off)
     radiometric: float = 0.0
     cnn_dropout: float = 0.0  # chance to hide a training chip's texture (CNN) stream from the head
+    # keep the frozen backbone's cross-view neighbourhoods (training.losses.relational_distill):
+    # weight of the KL between its and the embedding's in-batch similarity softmaxes (0 = off)
+    distill_weight: float = 0.0
+    distill_tau: float = 0.05  # temperature of both similarity matrices of that term
 
 
 @dataclass(frozen=True)

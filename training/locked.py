@@ -30,7 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig, load_config, parse_overrides
 from .feature_cache import FeatureCache
 from .locked_batches import CachedBatches, embed_cached, to_device
-from .losses import AllToAllLoss, infonce_pair
+from .losses import AllToAllLoss, infonce_pair, relational_distill
 from .metrics_log import MetricsLog
 from .models.model import UniGeoCLIP
 from .sampler import GeoClusteredBatchSampler
@@ -151,6 +151,14 @@ class LockedTrainer:
             n, vw = max(1, len(out.pairs)), self.cfg.locked.view_weight
             total = (total * n + vw * v) / (n + vw)
             stats["aerial-view"] = float(v.detach())
+            dw = self.cfg.locked.distill_weight
+            if dw > 0 and self.stage == 1:  # the teacher: the cached pooled Lite0 features
+                ok = batch["mask"]["aerial"]
+                d = relational_distill(emb["aerial"], view, batch["aerial"]["feat"],
+                                       batch["aerial_view"]["feat"], ok,
+                                       self.cfg.locked.distill_tau)  # fmt: skip
+                total = total + dw * d
+                stats["aerial-distill"] = float(d.detach())
         rw, rec = self.cfg.locked.recon_weight, self.model.recon_head
         if rw > 0 and rec is not None and "aerial" in emb:
             a, ok = batch["aerial"], batch["mask"]["aerial"]

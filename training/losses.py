@@ -75,6 +75,36 @@ def infonce_pair(
     return 0.5 * (torch.where(valid, row + col, torch.zeros_like(row)).sum() / n)
 
 
+def relational_distill(
+    za: Tensor, zb: Tensor, ta: Tensor, tb: Tensor, valid: Tensor, tau: float
+) -> Tensor:
+    """Keep a frozen teacher's neighbourhoods: KL(teacher || student) of the softmax over a batch.
+
+    ``za``/``zb`` are the student's unit embeddings of two views of the same chips (another date
+    or crop), ``ta``/``tb`` the teacher's features of the same views. The teacher's features are
+    centred on the batch mean (pooled CNN features are non-negative, so raw cosines all sit near
+    1) and normalised; both similarity matrices use temperature ``tau``. Each row's target is the
+    teacher's distribution over the other view's chips, both directions averaged, over the rows
+    where ``valid``. No gradient reaches the teacher. Zero exactly when the student's similarities
+    equal the teacher's.
+    """
+    with torch.no_grad():
+        ok = valid[:, None] & valid[None, :]
+        both = torch.cat([ta[valid], tb[valid]]).float()
+        mu = both.mean(0, keepdim=True) if len(both) else 0.0
+        ua = F.normalize(ta.float() - mu, dim=1)
+        ub = F.normalize(tb.float() - mu, dim=1)
+        t_logits = (ua @ ub.T / tau).masked_fill(~ok, _MASKED)
+    s_logits = (za.float() @ zb.float().T / tau).masked_fill(~ok, _MASKED)
+    n = valid.sum().clamp(min=1)
+    total = za.new_zeros((), dtype=torch.float32)
+    for t, s in ((t_logits, s_logits), (t_logits.T, s_logits.T)):
+        p = F.softmax(t, dim=1)
+        kl = (p * (F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1))).sum(1)
+        total = total + torch.where(valid, kl, torch.zeros_like(kl)).sum() / n
+    return 0.5 * total
+
+
 def sigmoid_pair(za: Tensor, zb: Tensor, valid: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """SigLIP loss over valid rows/columns: -1/n * sum log sigmoid(z_ij (t <a_i, b_j> + b))."""
     logits = scale * (za.float() @ zb.float().T) + bias

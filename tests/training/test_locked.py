@@ -324,3 +324,37 @@ def test_ablation_runs_side_by_side_train_the_same_weights_as_one_by_one(synth, 
     s1 = torch.load(tmp_path / "two" / "s1" / "checkpoint.pt", weights_only=True)
     m0, m1 = s0.get("model", s0), s1.get("model", s1)
     assert any(not torch.equal(m0[n], m1[n]) for n in m0 if m0[n].is_floating_point())
+
+
+def test_distillation_term_pulls_the_embedding_towards_the_backbones_neighbourhoods(
+    built, tmp_path
+):
+    """locked.distill_weight: the same run with the term ends closer to the frozen features'
+    cross-view similarity structure than without it, and logs the term."""
+    from training.locked import LockedTrainer
+    from training.locked_batches import CachedBatches, embed_cached
+    from training.losses import relational_distill
+    from training.models.model import UniGeoCLIP
+
+    _, cfg, cache = built
+    ev = CachedBatches(cache, cfg)
+    idx = list(range(min(16, cache.n)))
+    batch = ev.batch(idx, np.random.default_rng(7))
+
+    def gap(weight: float) -> tuple[float, list[dict]]:
+        c = lit_config(Path(cfg.data.source), Path(cfg.locked.cache_dir), steps=24,
+                       locked={"stage2_steps": 0, "distill_weight": weight})  # fmt: skip
+        torch.manual_seed(0)
+        model = UniGeoCLIP(c.model)
+        rows = LockedTrainer(model, c, cache, tmp_path / f"w{weight}", 1).fit()
+        model.eval()
+        with torch.no_grad():
+            e = embed_cached(model, batch, 1)
+            d = relational_distill(e["aerial"], e["aerial_view"], batch["aerial"]["feat"],
+                                   batch["aerial_view"]["feat"], batch["mask"]["aerial"], 0.05)  # fmt: skip
+        return float(d), rows
+
+    off, rows_off = gap(0.0)
+    on, rows_on = gap(5.0)
+    assert "loss/aerial-distill" in rows_on[-1] and "loss/aerial-distill" not in rows_off[-1]
+    assert on < 0.8 * off, (on, off)

@@ -138,3 +138,36 @@ def test_shared_captions_are_not_negatives():
     emb, mask = {"aerial": img, "text": txt}, {"aerial": valid, "text": valid}
     out = loss(emb, mask, scale, None, {"text": torch.tensor([0, 0, 2, 3])})
     torch.testing.assert_close(out.total, masked)
+
+
+def test_relational_distill_is_zero_when_the_student_copies_the_teacher_and_never_moves_it():
+    """KL(teacher || student) of in-batch similarity softmaxes: exactly 0 for a student whose
+    embeddings are the centred, normalised teacher features; positive for another student; the
+    gradient reaches the student only; masked rows change nothing."""
+    from training.losses import relational_distill
+
+    g = torch.Generator().manual_seed(0)
+    ta = torch.rand(12, 20, generator=g) * 3  # non-negative, like pooled CNN features
+    tb = ta + 0.3 * torch.rand(12, 20, generator=g)  # the same chips on another date
+    valid = torch.ones(12, dtype=torch.bool)
+    mu = torch.cat([ta, tb]).mean(0, keepdim=True)
+    za, zb = F.normalize(ta - mu, dim=1), F.normalize(tb - mu, dim=1)
+    assert float(relational_distill(za, zb, ta, tb, valid, 0.05)) == pytest.approx(0.0, abs=1e-5)
+    sa = F.normalize(torch.randn(12, 20, generator=g), dim=1).requires_grad_()
+    sb = F.normalize(torch.randn(12, 20, generator=g), dim=1)
+    tt = ta.clone().requires_grad_()
+    loss = relational_distill(sa, sb, tt, tb, valid, 0.05)
+    assert float(loss) > 1.0
+    loss.backward()
+    assert sa.grad is not None and float(sa.grad.abs().sum()) > 0 and tt.grad is None
+    # a masked row: whatever it holds, the loss over the other rows is the one without it
+    valid2 = valid.clone()
+    valid2[3] = False
+    junk = sa.detach().clone()
+    junk[3] = F.normalize(torch.randn(1, 20, generator=g), dim=1)
+    a = relational_distill(sa.detach(), sb, ta, tb, valid2, 0.05)
+    b = relational_distill(junk, sb, ta, tb, valid2, 0.05)
+    keep = torch.arange(12) != 3
+    c = relational_distill(sa.detach()[keep], sb[keep], ta[keep], tb[keep], valid[keep], 0.05)
+    assert float(a) == pytest.approx(float(b), abs=1e-6)
+    assert float(a) == pytest.approx(float(c), abs=1e-5)
