@@ -9,6 +9,7 @@ layers and PNG renders made by the QGIS map renderer, and print a summary.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -175,11 +176,32 @@ def build_project(scene: Path, out: Path, info: dict) -> list[Path]:
     return pngs
 
 
+def figure_strip(pngs: list[Path], dest: Path, height: int = 449, gap: int = 4) -> Path:
+    """The README's picture: the renders side by side at one height, white gaps between."""
+    from PIL import Image
+
+    from engine.atomic import atomic_write_bytes
+
+    ims = [Image.open(p).convert("RGB") for p in pngs]
+    ims = [im.resize((round(im.width * height / im.height), height), Image.LANCZOS) for im in ims]
+    strip = Image.new("RGB", (sum(im.width for im in ims) + gap * (len(ims) - 1), height), "white")
+    x = 0
+    for im in ims:
+        strip.paste(im, (x, 0))
+        x += im.width + gap
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG", optimize=True)
+    atomic_write_bytes(dest, buf.getvalue())
+    return dest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out/demo", help="output folder")
     ap.add_argument("--model", default=str(default_model()), help="model bundle folder")
     ap.add_argument("--cache", default=str(ROOT / "data-cache"), help="download cache")
+    ap.add_argument("--figure", help="also write the four renders side by side here "
+                    "(the README's docs/img/demo.png)")  # fmt: skip
     a = ap.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +233,8 @@ def main() -> int:
     print(f"  project   {out / 'unigeo_demo.qgz'}")
     for p in pngs:
         print(f"  render    {p}")
+    if a.figure:
+        print(f"  figure    {figure_strip(pngs, Path(a.figure))}")
     return 0
 
 

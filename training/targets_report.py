@@ -57,15 +57,20 @@ def _scene_rows(res: dict[str, Any], scene: str, keys: list[str]) -> list[str]:
     return rows
 
 
-def _label(key: str) -> str:
-    """Column name: the bundle folder, or the run folder of a checkpoint."""
+def _label(key: str, version: Any = None) -> str:
+    """Column name: the bundle folder with its version (``ship (0.3.0)``), or the run folder of a
+    checkpoint (whose version is only the config's)."""
     p = Path(key)
-    return p.parent.name if p.suffix == ".pt" else (p.name or key)
+    if p.suffix == ".pt":
+        return p.parent.name
+    name = p.name or key
+    return f"{name} ({version})" if version and str(version) not in name else name
 
 
 def markdown(res: dict[str, Any]) -> str:
     keys = list(res["bundles"])
-    head = "| measure | " + " | ".join(_label(k) for k in keys) + " | baseline |"
+    labels = [_label(k, res["bundles"][k].get("version")) for k in keys]
+    head = "| measure | " + " | ".join(labels) + " | reference |"
     sep = "|---" * (len(keys) + 2) + "|"
     lines = ["# Held-out targets (issue 18)", "", f"Dataset `{res['dataset']}`; areas never "
              f"trained on: {', '.join(res['holdout'])}. Bundles: " +

@@ -67,6 +67,13 @@ def test_report_shows_the_cross_date_baseline():
                                  "frozen Lite0": {"R@1": 0.5}}}  # fmt: skip
     md = markdown(res)
     assert "| 0.150 | pixel statistics 0.422, frozen Lite0 0.500, chance 0.031, n 32 |" in md
+    # columns: a bundle folder with its version (make model's ship vs baseline), a checkpoint's
+    # run folder without the config's version, then the references
+    res["bundles"] = {"out/ship": res["bundles"]["b"], "out/baseline": {**res["bundles"]["b"],
+                      "version": "0.2.0"}, "w/frozen/checkpoint.pt": res["bundles"]["b"]}  # fmt: skip
+    res["bundles"]["out/ship"] = {**res["bundles"]["out/ship"], "version": "0.3.0"}
+    head = next(x for x in markdown(res).splitlines() if x.startswith("| measure"))
+    assert head == "| measure | ship (0.3.0) | baseline (0.2.0) | frozen | reference |"
 
 
 def test_lite0_baseline_embeds_chips_alike_across_brightness_and_apart_across_places():
