@@ -19,11 +19,11 @@ from ..library.catalog import DEFAULT_BUNDLE, default_models_dir
 
 MODELS_EPILOG = """examples:
   python -m engine models install --default                  # the pinned default model
-  python -m engine models install dist/model/unigeo-default-0.2.0.zip   # uses the .sha256 beside it
+  python -m engine models install dist/model/unigeo-default-0.3.0.zip   # uses the .sha256 beside it
   python -m engine models install https://host/b.zip --sha256 HEX --models-dir PROFILE/unigeo/models
   python -m engine models list [--json]
-  python -m engine models use unigeo-default-0.2.0
-  python -m engine models remove unigeo-default-0.2.0
+  python -m engine models use unigeo-default-0.3.0
+  python -m engine models remove unigeo-default-0.3.0
   python -m engine models pack out/bundle --out dist/model   # zip + .sha256 to share a bundle
 """
 

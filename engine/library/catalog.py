@@ -51,13 +51,13 @@ class PinnedBundle:
 # size from dist/model/<file>.sha256 (tests/test_package.py fails until they agree).
 DEFAULT_BUNDLE = PinnedBundle(
     name="unigeo-default",
-    version="0.2.0",
+    version="0.3.0",
     url=(
         "https://github.com/unigeo/unigeo/releases/download/"
-        "model-unigeo-default-0.2.0/unigeo-default-0.2.0.zip"
+        "model-unigeo-default-0.3.0/unigeo-default-0.3.0.zip"
     ),
-    sha256="076df5fbddf08b7b7be9d304504f270099c330c14baab89165bcebb101f7c66b",
-    size=55_008_682,
+    sha256="cb65d584614a433bb3366efa44ae994a67e1b1cde68532d2c2fdd484a77d3cea",
+    size=55_008_681,
 )
 
 

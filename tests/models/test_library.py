@@ -26,21 +26,21 @@ DEFAULT = ROOT / "resources" / "models" / "default"
 
 
 def test_card_summary_of_the_default_bundle(tmp_path):
-    folder = tmp_path / "unigeo-default-0.2.0"
+    folder = tmp_path / "unigeo-default-0.3.0"
     folder.mkdir()
     shutil.copy(DEFAULT / "bundle.json", folder)  # listing reads bundle.json only
     b = summarise(folder, active=True)
-    assert (b.name, b.version, b.active, b.problem) == ("unigeo-default", "0.2.0", True, "")
+    assert (b.name, b.version, b.active, b.problem) == ("unigeo-default", "0.3.0", True, "")
     assert b.modalities == ("aerial", "streetview", "dsm", "text", "gps")
     assert b.provenance["streetview"] == "synthetic"
     assert b.domain.startswith("17 areas (W,S,E,N: -77.10,38.76,-77.00,38.86;")
     assert b.domain.endswith("and 14 more); GSD 1-130 m")
     assert b.accuracies[0].startswith(
-        "zero-shot land use 20.9 % (n_test 478, classes 9, chance 0.1111"
+        "zero-shot land use 27.0 % (n_test 478, classes 9, chance 0.1111"
     )
     assert b.licence == "" and b.size_bytes == (DEFAULT / "bundle.json").stat().st_size
     lines = b.card_lines()
-    assert lines[0] == "unigeo-default 0.2.0  (active)"
+    assert lines[0] == "unigeo-default 0.3.0  (active)"
     assert "  licence: not declared in bundle.json" in lines
     assert "  modalities: aerial (real), streetview (synthetic), dsm (derived), text (derived), " \
         "gps (real)" in lines  # fmt: skip

@@ -225,5 +225,5 @@ def test_classify_dialog_opens_on_few_shot_for_the_shipped_model(plugin, monkeyp
     monkeypatch.setattr(ClassifyDialog, "exec_", look)
     plugin.show_classify()
     ((few, text),) = seen
-    assert few and "20.9% zero-shot land-use accuracy on 9 classes" in text
+    assert few and "27.0% zero-shot land-use accuracy on 9 classes" in text
     model_cache.release_all()

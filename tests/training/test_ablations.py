@@ -137,3 +137,19 @@ def test_locked_run_keys_are_relative_so_committed_tables_carry_no_machine_paths
     )
     outside = tmp_path / "elsewhere"
     assert _relative(outside) == outside  # outside the working directory: kept as given
+
+
+def test_locked_variants_start_from_the_0_2_0_recipe_whatever_lit_cpu_now_ships():
+    """The committed ablation tables compare against the 0.2.0 recipe (recon weight 3, no
+    radiometric jitter): every variant pins it, and the 0.3.0 default (lit_cpu) is recon_radio."""
+    from training.ablate_locked import VARIANTS, variant_config
+    from training.config import load_config
+
+    ship = load_config("lit_cpu").locked
+    assert (ship.recon_weight, ship.radiometric, ship.cnn_dropout) == (10.0, 0.3, 0.0)
+    got = {v: variant_config("lit_cpu", v, 10, 0, {}).locked for v in VARIANTS}
+    lk = {v: (c.recon_weight, c.radiometric, c.cnn_dropout) for v, c in got.items()}
+    assert lk["frozen"] == lk["finetuned"] == lk["pivot"] == (3.0, 0.0, 0.0)
+    assert lk["radiometric"] == (3.0, 0.3, 0.0) and lk["cnndrop"] == (3.0, 0.0, 0.3)
+    assert lk["recon"] == (10.0, 0.0, 0.0)
+    assert lk["recon_radio"] == (ship.recon_weight, ship.radiometric, ship.cnn_dropout)
