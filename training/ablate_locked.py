@@ -27,7 +27,8 @@ Every variant trains on the same data and feature views for the same number of o
   backbone's own features (targets' cross-date references);
 * ``distill``    ``recon_radio`` plus a term that keeps the frozen Lite0's neighbourhoods across
   views (``locked.distill_weight``: KL between its and the embedding's in-batch similarity
-  softmaxes over two dates or crops of each chip), aimed at the same cross-date gap.
+  softmaxes over two dates or crops of each chip), aimed at the same cross-date gap;
+  ``distill_low`` the same at a quarter of the weight.
 
 All variants are scored together by :mod:`training.targets_run` (checkpoints through
 :class:`training.torch_engine.TorchModel`) on the held-out areas, so the table compares them on
@@ -81,6 +82,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "distill": ("recon_radio (0.3.0) + the frozen Lite0's cross-date neighbourhoods kept (weight 2)",
                 merge(PLAIN, {"locked": {"recon_weight": 10.0, "radiometric": 0.3,
                                          "distill_weight": 2.0}})),
+    "distill_low": ("as distill, weight 0.5",
+                    merge(PLAIN, {"locked": {"recon_weight": 10.0, "radiometric": 0.3,
+                                             "distill_weight": 0.5}})),
 }  # fmt: skip
 
 
