@@ -117,6 +117,10 @@ SUMMARY: list[tuple[str, tuple[str, ...]]] = [
     ("coarse SF Bay", ("scenes", "sfbay_l7", "zero_shot", "coarse", "accuracy")),
     ("few-shot Havel", ("scenes", "havel_s2", "few_shot", "embedding", "mean")),
     (
+        "few-shot Havel, C by inner CV",
+        ("scenes", "havel_s2", "few_shot_tuned", "embedding", "mean"),
+    ),
+    (
         "zero-shot test split",
         ("scenes", "test split (places never trained on)", "zero_shot", "accuracy"),
     ),  # fmt: skip
@@ -135,10 +139,11 @@ def _get(d: Any, path: tuple[str, ...]) -> float | None:
 # References beside the variants (same chips, same run): label -> [(name, path in targets.json)];
 # "*" in a path: the first bundle that has it (every bundle's few-shot scores them alike).
 REFERENCES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "few-shot Havel": [
-        (name, ("bundles", "*", "scenes", "havel_s2", "few_shot", key, "mean"))
+    **{label: [
+        (name, ("bundles", "*", "scenes", "havel_s2", probe, key, "mean"))
         for name, key in (("pixel statistics", "pixel_stats"), ("frozen Lite0", "frozen_lite0"))
-    ],
+    ] for label, probe in (("few-shot Havel", "few_shot"),
+                           ("few-shot Havel, C by inner CV", "few_shot_tuned"))},
     "cross-date R@1": [
         (name, ("cross_date_baselines", name, "R@1"))
         for name in ("pixel statistics", "frozen Lite0")

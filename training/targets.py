@@ -90,26 +90,57 @@ def _confusion(y: np.ndarray, p: np.ndarray, k: int) -> list[list[int]]:
     return m.tolist()
 
 
-def _logreg_acc(xtr, ytr, xte, yte) -> float:
+# The grid of the tuned few-shot probe's inverse regularisation (sklearn's C), strongest first.
+FEW_SHOT_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def _logreg_acc(xtr, ytr, xte, yte, c: float = 1.0) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(xtr, ytr)
     return float((clf.predict(xte) == yte).mean())
 
 
+def _inner_c(x: np.ndarray, y: np.ndarray, poly: np.ndarray, cs: Sequence[float],
+             folds: int = 5) -> float:  # fmt: skip
+    """The C of ``cs`` with the best mean accuracy over ``folds`` folds of the training chips
+    grouped by polygon (the test chips are never seen); ties go to the stronger regularisation."""
+    from sklearn.model_selection import GroupKFold
+
+    if len(cs) == 1:
+        return float(cs[0])
+    splits = list(GroupKFold(min(folds, len(np.unique(poly)))).split(x, y, poly))
+    scores = []
+    for c in cs:
+        accs = [_logreg_acc(x[a], y[a], x[b], y[b], c) for a, b in splits
+                if len(np.unique(y[a])) > 1]  # fmt: skip
+        scores.append(np.mean(accs) if accs else -1.0)
+    return float(cs[int(np.argmax(scores))])
+
+
 def few_shot(feats: dict[str, np.ndarray], labels: np.ndarray, groups: list[list[str]],
-             per_class: int = 10, repeats: int = 10, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+             per_class: int = 10, repeats: int = 10, seed: int = 0,
+             cs: Sequence[float] = (1.0,),
+             engine_methods: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Few-shot land use: ``per_class`` polygons per class for training, grouped by polygon.
 
     In each repeat, ``per_class`` polygons of each class (with more than ``per_class``) are
     drawn; their chips train a logistic regression, and every chip touching none of them is a
     test chip. The same draws score every feature set (embeddings and the pixel baseline).
+    With several ``cs``, each feature set's regularisation is chosen in each repeat by grouped
+    cross-validation on the training chips alone (:func:`_inner_c`), as linear-probe protocols
+    do: one fixed C favours features with few dimensions. The chosen Cs are reported.
+    ``engine_methods`` ("prototype", "logreg") also score the ``embedding`` features with the
+    plugin's own few-shot classifier (:func:`engine.classify.fit.fit_classifier`, its default
+    settings) on the same draws: what an analyst gets (keys ``engine_<method>``).
     """
+    from engine.classify.fit import fit_classifier
+
     lab = labels >= 0
     first = np.array([g[0] if g else "" for g in groups], dtype=object)
     ok = lab & (first != "")
@@ -118,6 +149,9 @@ def few_shot(feats: dict[str, np.ndarray], labels: np.ndarray, groups: list[list
     use = ok & np.isin(labels, classes)
     rng = np.random.default_rng(seed)
     scores: dict[str, list[float]] = {k: [] for k in feats}
+    scores.update({f"engine_{m}": [] for m in engine_methods})
+    chosen: dict[str, list[float]] = {k: [] for k in feats}
+    index = {c: i for i, c in enumerate(classes)}
     n_test = []
     for _ in range(repeats):
         train_groups: set[str] = set()
@@ -128,10 +162,18 @@ def few_shot(feats: dict[str, np.ndarray], labels: np.ndarray, groups: list[list
         te = use & np.array([not (set(g) & train_groups) for g in groups])
         n_test.append(int(te.sum()))
         for k, x in feats.items():
-            scores[k].append(_logreg_acc(x[tr], labels[tr], x[te], labels[te]))
+            c = _inner_c(x[tr], labels[tr], first[tr], cs)
+            chosen[k].append(c)
+            scores[k].append(_logreg_acc(x[tr], labels[tr], x[te], labels[te], c))
+        for m in engine_methods:
+            x, ytr = feats["embedding"], np.array([index[v] for v in labels[tr]])
+            lin = fit_classifier(x[tr].astype(np.float32), ytr, len(classes), m)
+            pred = np.asarray(classes)[np.argmax(x[te] @ lin.weight + lin.bias, axis=1)]
+            scores[f"engine_{m}"].append(float((pred == labels[te]).mean()))
     return {"classes": [int(c) for c in classes], "per_class": per_class, "repeats": repeats,
-            "n_test_mean": float(np.mean(n_test)),
-            **{k: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+            "n_test_mean": float(np.mean(n_test)), "cs": [float(c) for c in cs],
+            **{k: {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                   **({"c": chosen[k]} if k in chosen else {})}
                for k, v in scores.items()}}  # fmt: skip
 
 
@@ -308,6 +350,8 @@ def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
     if groups is not None:
         feats = {"embedding": emb, "pixel_stats": pixel_stats(x), **(references or {})}
         out["few_shot"] = few_shot(feats, labels, groups)
+        out["few_shot_tuned"] = few_shot(feats, labels, groups, cs=FEW_SHOT_CS,
+                                         engine_methods=("prototype", "logreg"))  # fmt: skip
     return out
 
 

@@ -34,11 +34,21 @@ def _scene_rows(res: dict[str, Any], scene: str, keys: list[str]) -> list[str]:
         if c:
             row(f"zero-shot, coarse groups ({c['n']} chips)", "zero_shot", "coarse", "accuracy",
                 extra=f"majority {c['majority']:.3f}")  # fmt: skip
-    fs = _get(b[keys[0]], "scenes", scene, "few_shot")
-    if fs:
-        row("few-shot (10 polygons/class, logreg), embeddings", "few_shot", "embedding", "mean",
-            extra=f"pixel statistics {fs['pixel_stats']['mean']:.3f} ± {fs['pixel_stats']['std']:.3f}"
-            + (f"; frozen Lite0 {fs['frozen_lite0']['mean']:.3f}" if "frozen_lite0" in fs else ""))  # fmt: skip
+    for key, label in (("few_shot", "few-shot (10 polygons/class, logreg C 1), embeddings"),
+                       ("few_shot_tuned", "few-shot, C chosen by grouped CV on the training "
+                                          "polygons")):  # fmt: skip
+        fs = _get(b[keys[0]], "scenes", scene, key)
+        if fs:
+            ref = (
+                f"pixel statistics {fs['pixel_stats']['mean']:.3f} ± {fs['pixel_stats']['std']:.3f}"
+            )
+            if "frozen_lite0" in fs:
+                ref += f"; frozen Lite0 {fs['frozen_lite0']['mean']:.3f}"
+            row(label, key, "embedding", "mean", extra=ref)
+    for m, label in (("prototype", "nearest class prototype"), ("logreg", "logistic regression")):
+        if _get(b[keys[0]], "scenes", scene, "few_shot_tuned", f"engine_{m}"):
+            row(f"few-shot with UniGeo's classifier, {label} (same draws)", "few_shot_tuned",
+                f"engine_{m}", "mean")  # fmt: skip
     for q in ("open water", "forest", "buildings", "cropland"):
         t = _get(b[keys[0]], "scenes", scene, "text_to_map", q)
         if t and t.get("scored"):

@@ -86,3 +86,59 @@ def test_lite0_baseline_embeds_chips_alike_across_brightness_and_apart_across_pl
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
     sim = e @ d.T
     assert (sim.diagonal() > np.where(np.eye(6, dtype=bool), -1, sim).max(1)).all()
+
+
+def _polygon_world(dims: int = 100, effect: float = 0.2, n_poly: int = 12, per_poly: int = 6):
+    """Three classes of polygons; every one of ``dims`` dimensions carries a little of the class
+    (and of its polygon) under unit noise, as embedding dimensions do: with few training
+    polygons a weakly regularised probe overfits, a strongly regularised one averages."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 1, (3, dims))
+    labels, groups, rows = [], [], []
+    for c in range(3):
+        for p in range(n_poly):
+            centre = effect * (means[c] + rng.normal(0, 0.3, dims))
+            for _ in range(per_poly):
+                rows.append(centre + rng.normal(0, 1, dims))
+                labels.append(c)
+                groups.append([f"c{c}p{p}"])
+    return np.array(rows), np.array(labels), groups
+
+
+def test_few_shot_probe_with_inner_cv_picks_c_from_training_polygons_only():
+    """cs=(1.0,) is exactly the fixed-C probe (same draws); a grid chooses C per repeat by
+    grouped CV on the training chips, and on many weakly informative dimensions it chooses
+    strong regularisation and scores higher than C = 1."""
+    from training.targets import FEW_SHOT_CS, few_shot
+
+    x, y, g = _polygon_world()
+    feats = {"noisy": x}
+    fixed = few_shot(feats, y, g, per_class=5, repeats=4)
+    one = few_shot(feats, y, g, per_class=5, repeats=4, cs=(1.0,))
+    assert one["noisy"]["mean"] == fixed["noisy"]["mean"] and one["noisy"]["c"] == [1.0] * 4
+    tuned = few_shot(feats, y, g, per_class=5, repeats=4, cs=FEW_SHOT_CS)
+    assert tuned["cs"] == list(FEW_SHOT_CS) and len(tuned["noisy"]["c"]) == 4
+    assert set(tuned["noisy"]["c"]) <= set(FEW_SHOT_CS)
+    assert max(tuned["noisy"]["c"]) <= 0.03  # stronger regularisation chosen every time
+    assert tuned["noisy"]["mean"] > fixed["noisy"]["mean"] + 0.03
+    assert tuned["n_test_mean"] == fixed["n_test_mean"]  # the same draws
+
+
+def test_few_shot_scores_the_plugins_own_classifiers_on_the_same_draws():
+    """engine_methods: UniGeo's nearest-prototype and logistic-regression classifiers
+    (engine.classify.fit) score the embedding on the draws of the sklearn probe; classes that
+    are not contiguous integers map back correctly; on separable features both are near 1."""
+    from training.targets import few_shot
+
+    x, y, g = _polygon_world(dims=16, effect=1.5)
+    y = np.array([3, 5, 8])[y]  # class ids as a dataset holds them
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)  # unit embeddings
+    r = few_shot({"embedding": x}, y, g, per_class=5, repeats=3,
+                 engine_methods=("prototype", "logreg"))  # fmt: skip
+    assert r["classes"] == [3, 5, 8]
+    assert r["engine_prototype"]["mean"] > 0.9 and r["engine_logreg"]["mean"] > 0.9
+    assert "c" not in r["engine_prototype"] and len(r["embedding"]["c"]) == 3
+    shuffled = few_shot({"embedding": x}, np.random.default_rng(1).permutation(y), g,
+                        per_class=5, repeats=3,
+                        engine_methods=("prototype",))  # fmt: skip
+    assert shuffled["engine_prototype"]["mean"] < 0.6  # labels that do not follow the features
