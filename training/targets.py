@@ -333,11 +333,30 @@ def chance_at_k(groups: np.ndarray, k: int) -> float:
     return float((1.0 - miss).mean())
 
 
+# The two few-shot probes of the report: fixed C = 1, and C chosen by grouped CV (with UniGeo's
+# own classifiers beside it).
+PROBES: dict[str, dict[str, Any]] = {"few_shot": {}, "few_shot_tuned": {"cs": FEW_SHOT_CS}}
+
+
+def reference_few_shot(scene: Scene, references: dict[str, np.ndarray] | None = None
+                       ) -> dict[str, dict[str, Any]] | None:  # fmt: skip
+    """Both probes on the scene's pixel statistics and ``references`` (more features of its
+    first views, e.g. the frozen backbone's): the same for every bundle, so computed once per
+    scene and merged into each bundle's scores by :func:`scene_measures`. None when the scene is
+    not scored few-shot."""
+    groups = few_shot_groups(scene)
+    if groups is None:
+        return None
+    labels = np.array(scene.column("landuse", -1), dtype=int)
+    feats = {"pixel_stats": pixel_stats(scene.first()), **(references or {})}
+    return {k: few_shot(feats, labels, groups, **kw) for k, kw in PROBES.items()}
+
+
 def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
-                   references: dict[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Everything measured on one held-out scene. ``references``: more features of the scene's
-    first views (e.g. the frozen backbone's) that the few-shot probe scores beside the
-    embedding and the pixel statistics, on the same draws."""
+                   references: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything measured on one held-out scene. ``references``: the scene's
+    :func:`reference_few_shot` scores (computed here when not given); the embedding is scored
+    on the same draws and both sit side by side in ``few_shot`` and ``few_shot_tuned``."""
     x = scene.first()
     emb = embed_aerial(model, x)
     labels = np.array(scene.column("landuse", -1), dtype=int)
@@ -348,10 +367,11 @@ def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
         out["zero_shot"] = zero_shot(model, emb, labels, names)
     groups = few_shot_groups(scene)
     if groups is not None:
-        feats = {"embedding": emb, "pixel_stats": pixel_stats(x), **(references or {})}
-        out["few_shot"] = few_shot(feats, labels, groups)
-        out["few_shot_tuned"] = few_shot(feats, labels, groups, cs=FEW_SHOT_CS,
-                                         engine_methods=("prototype", "logreg"))  # fmt: skip
+        refs = references if references is not None else reference_few_shot(scene)
+        for k, kw in PROBES.items():
+            engine = ("prototype", "logreg") if kw else ()
+            own = few_shot({"embedding": emb}, labels, groups, engine_methods=engine, **kw)
+            out[k] = {**(refs or {}).get(k, {}), **own}
     return out
 
 

@@ -67,19 +67,31 @@ def _scene_rows(res: dict[str, Any], scene: str, keys: list[str]) -> list[str]:
     return rows
 
 
-def _label(key: str, version: Any = None) -> str:
+def _label(key: str, version: Any = None, parts: int = 1) -> str:
     """Column name: the bundle folder with its version (``ship (0.3.0)``), or the run folder of a
-    checkpoint (whose version is only the config's)."""
+    checkpoint (whose version is only the config's); ``parts`` trailing path parts."""
     p = Path(key)
     if p.suffix == ".pt":
-        return p.parent.name
-    name = p.name or key
+        return "/".join(p.parent.parts[-parts:])
+    name = "/".join(p.parts[-parts:]) or key
     return f"{name} ({version})" if version and str(version) not in name else name
+
+
+def _labels(res: dict[str, Any], keys: list[str]) -> list[str]:
+    """One column name per bundle, with more of its path where two would read the same."""
+    version = {k: res["bundles"][k].get("version") for k in keys}
+    labels = [_label(k, version[k]) for k in keys]
+    for parts in (2, 3, 8):
+        if len(set(labels)) == len(labels):
+            break
+        labels = [_label(k, version[k], parts) if labels.count(lab) > 1 else lab
+                  for k, lab in zip(keys, labels, strict=True)]  # fmt: skip
+    return labels
 
 
 def markdown(res: dict[str, Any]) -> str:
     keys = list(res["bundles"])
-    labels = [_label(k, res["bundles"][k].get("version")) for k in keys]
+    labels = _labels(res, keys)
     head = "| measure | " + " | ".join(labels) + " | reference |"
     sep = "|---" * (len(keys) + 2) + "|"
     lines = ["# Held-out targets (issue 18)", "", f"Dataset `{res['dataset']}`; areas never "

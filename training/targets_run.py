@@ -32,6 +32,7 @@ from .targets import (
     embed_aerial,
     few_shot_groups,
     lite0_embedder,
+    reference_few_shot,
     scene_measures,
     stats_embedder,
 )
@@ -168,7 +169,7 @@ def run(bundles: list[Path], root: Path, holdout: list[str], out: Path, gps_n: i
         dataset_bands=src,
     )
     lite0 = lite0_embedder()
-    refs = {s.name: {"frozen_lite0": lite0(s.first())} for s in scenes
+    refs = {s.name: reference_few_shot(s, {"frozen_lite0": lite0(s.first())}) for s in scenes
             if few_shot_groups(s) is not None}  # fmt: skip
     models = {str(b): open_model(b, names, threads) for b in bundles}
     res: dict[str, Any] = {"dataset": str(root), "holdout": holdout, "bundles": {},

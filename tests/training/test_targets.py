@@ -74,6 +74,11 @@ def test_report_shows_the_cross_date_baseline():
     res["bundles"]["out/ship"] = {**res["bundles"]["out/ship"], "version": "0.3.0"}
     head = next(x for x in markdown(res).splitlines() if x.startswith("| measure"))
     assert head == "| measure | ship (0.3.0) | baseline (0.2.0) | frozen | reference |"
+    # two bundles in folders of the same name and version: their parent folders tell them apart
+    res["bundles"]["cand/ship"] = {**res["bundles"]["out/ship"]}
+    head = next(x for x in markdown(res).splitlines() if x.startswith("| measure"))
+    assert head == ("| measure | out/ship (0.3.0) | baseline (0.2.0) | frozen | cand/ship (0.3.0) "
+                    "| reference |")  # fmt: skip
 
 
 def test_lite0_baseline_embeds_chips_alike_across_brightness_and_apart_across_places():
