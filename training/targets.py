@@ -165,10 +165,10 @@ def few_shot(feats: dict[str, np.ndarray], labels: np.ndarray, groups: list[list
             c = _inner_c(x[tr], labels[tr], first[tr], cs)
             chosen[k].append(c)
             scores[k].append(_logreg_acc(x[tr], labels[tr], x[te], labels[te], c))
+        emb, ytr = feats.get("embedding"), np.array([index[v] for v in labels[tr]])
         for m in engine_methods:
-            x, ytr = feats["embedding"], np.array([index[v] for v in labels[tr]])
-            lin = fit_classifier(x[tr].astype(np.float32), ytr, len(classes), m)
-            pred = np.asarray(classes)[np.argmax(x[te] @ lin.weight + lin.bias, axis=1)]
+            lin = fit_classifier(emb[tr].astype(np.float32), ytr, len(classes), m)
+            pred = np.asarray(classes)[np.argmax(emb[te] @ lin.weight + lin.bias, axis=1)]
             scores[f"engine_{m}"].append(float((pred == labels[te]).mean()))
     return {"classes": [int(c) for c in classes], "per_class": per_class, "repeats": repeats,
             "n_test_mean": float(np.mean(n_test)), "cs": [float(c) for c in cs],
@@ -333,9 +333,10 @@ def chance_at_k(groups: np.ndarray, k: int) -> float:
     return float((1.0 - miss).mean())
 
 
-# The two few-shot probes of the report: fixed C = 1, and C chosen by grouped CV (with UniGeo's
-# own classifiers beside it).
+# The two few-shot probes of the report: fixed C = 1, and C chosen by grouped CV; UniGeo's own
+# classifiers score the embedding beside the second.
 PROBES: dict[str, dict[str, Any]] = {"few_shot": {}, "few_shot_tuned": {"cs": FEW_SHOT_CS}}
+ENGINE_PROBE, ENGINE_METHODS = "few_shot_tuned", ("prototype", "logreg")
 
 
 def reference_few_shot(scene: Scene, references: dict[str, np.ndarray] | None = None
@@ -369,7 +370,7 @@ def scene_measures(model: UniGeoModel, scene: Scene, names: Sequence[str],
     if groups is not None:
         refs = references if references is not None else reference_few_shot(scene)
         for k, kw in PROBES.items():
-            engine = ("prototype", "logreg") if kw else ()
+            engine = ENGINE_METHODS if k == ENGINE_PROBE else ()
             own = few_shot({"embedding": emb}, labels, groups, engine_methods=engine, **kw)
             out[k] = {**(refs or {}).get(k, {}), **own}
     return out
